@@ -1,0 +1,587 @@
+//! The agent runtime: connects to NATS, publishes inventory and heartbeats,
+//! and executes commands from its durable consumer at most once per id.
+//!
+//! At-most-once works in two layers. JetStream de-duplicates a resent
+//! command id (`Nats-Msg-Id`) within the stream's duplicate window. Beyond
+//! that, and across agent restarts, the agent *claims* an id in the results
+//! bucket with a put-if-absent (`create`) before executing it; a redelivered
+//! or resent id finds the claim and is answered with the recorded result.
+
+use crate::config::AgentConfig;
+use crate::hypervisor::{HvError, Hypervisor, MigrateTarget, StopOutcome};
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer, kv};
+use futures::StreamExt;
+use nodemaint_proto::bus;
+use nodemaint_proto::model::{Vm, VmState};
+use nodemaint_proto::pb::{self, agent_command::Kind as Cmd, error::Code, event::Body};
+use nodemaint_proto::subjects::Subjects;
+use nodemaint_proto::Message as _;
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Claim marker in the results bucket: executing, no result yet.
+const CLAIMED: &[u8] = b"S";
+/// Prefix of a recorded result (followed by the protobuf CommandResult).
+const RESULT: u8 = b'R';
+
+pub struct Agent {
+    cfg: AgentConfig,
+    hv: Arc<dyn Hypervisor>,
+    js: jetstream::Context,
+    subjects: Subjects,
+    results: kv::Store,
+    inventory: tokio::sync::Mutex<InventoryState>,
+    generation: std::sync::atomic::AtomicU64,
+    in_flight: Mutex<HashSet<String>>,
+    slots: Arc<Semaphore>,
+    capacity: nodemaint_proto::model::Capacity,
+    boot_time_ms: i64,
+}
+
+#[derive(Default)]
+struct InventoryState {
+    domains: Option<Vec<Vm>>,
+}
+
+/// Connects to NATS within 5 s, naming the URL when it can't.
+pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
+    let opts = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(5));
+    tokio::time::timeout(Duration::from_secs(6), opts.connect(url))
+        .await
+        .map_err(|_| anyhow::anyhow!("NATS server at {url} not reachable within 5 s"))?
+        .with_context(|| format!("cannot connect to NATS at {url}"))
+}
+
+/// Runs the agent until `shutdown` completes.
+pub async fn run(
+    cfg: AgentConfig,
+    hv: Arc<dyn Hypervisor>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    cfg.validate()?;
+    let client = connect(&cfg.nats_url, &format!("node-agent {}", cfg.node)).await?;
+    let js = jetstream::new(client.clone());
+    let subjects = Subjects::new(&cfg.subject_prefix);
+    bus::ensure_streams(&js, &subjects)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot set up JetStream streams: {e}"))?;
+    let results = bus::bucket(
+        &js,
+        &subjects.agent_results_bucket(),
+        1,
+        Duration::from_secs(7 * 24 * 3600),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot open results bucket: {e}"))?;
+    let hv2 = hv.clone();
+    let capacity = tokio::task::spawn_blocking(move || hv2.host_capacity()).await??;
+    let agent = Arc::new(Agent {
+        slots: Arc::new(Semaphore::new(cfg.max_concurrent_commands)),
+        cfg,
+        hv,
+        js,
+        subjects,
+        results,
+        inventory: Default::default(),
+        // Starting from the clock keeps generations increasing across restarts.
+        generation: std::sync::atomic::AtomicU64::new(nodemaint_proto::now_ms() as u64),
+        in_flight: Default::default(),
+        capacity,
+        boot_time_ms: boot_time_ms(),
+    });
+    agent.publish_inventory(true).await?;
+    agent.heartbeat().await;
+    agent.report_interrupted().await;
+    tracing::info!(node = %agent.cfg.node, uri = %agent.cfg.libvirt_uri, "agent started");
+
+    let hb = tokio::spawn(agent.clone().heartbeat_loop());
+    let inv = tokio::spawn(agent.clone().inventory_loop());
+    let result = tokio::select! {
+        r = agent.clone().command_loop() => r,
+        _ = shutdown => Ok(()),
+    };
+    hb.abort();
+    inv.abort();
+    result
+}
+
+fn boot_time_ms() -> i64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    stat.lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .map(|s| s * 1000)
+        .unwrap_or(0)
+}
+
+fn hv_error(node: &str, e: &HvError) -> pb::Error {
+    let code = match e {
+        HvError::NotFound(_) => Code::NotFound,
+        HvError::WrongState(_) => Code::WrongState,
+        HvError::Timeout { .. } => Code::Timeout,
+        HvError::Connection { .. } => Code::Unavailable,
+        HvError::Libvirt { .. } | HvError::Other(_) => Code::Hypervisor,
+    };
+    let message = match e {
+        HvError::NotFound(vm) => format!("domain {vm} not found on node {node}"),
+        other => format!("{other} (node {node})"),
+    };
+    pb::Error::new(code, message)
+}
+
+impl Agent {
+    fn node(&self) -> &str {
+        &self.cfg.node
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Hypervisor) -> Result<T, HvError> + Send + 'static,
+    ) -> Result<T, HvError> {
+        let hv = self.hv.clone();
+        tokio::task::spawn_blocking(move || f(hv.as_ref()))
+            .await
+            .unwrap_or_else(|e| Err(HvError::Other(format!("hypervisor call panicked: {e}"))))
+    }
+
+    async fn publish(&self, op_id: &str, body: Body) {
+        if let Err(e) = bus::publish_event(&self.js, &self.subjects, self.node(), op_id, body).await
+        {
+            tracing::warn!(error = %e, "cannot publish event");
+        }
+    }
+
+    fn boot_id(&self) -> String {
+        std::fs::read_to_string(&self.cfg.boot_id_file)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    }
+
+    async fn heartbeat(&self) {
+        let hb = pb::Heartbeat {
+            boot_id: self.boot_id(),
+            agent_version: VERSION.into(),
+            capacity: Some(pb::HostCapacity {
+                vcpus: self.capacity.vcpus,
+                memory_mib: self.capacity.memory_mib,
+            }),
+            address: self.cfg.address.clone().unwrap_or_default(),
+            libvirt_uri: self.cfg.migration_uri(),
+            inventory_generation: self.generation.load(std::sync::atomic::Ordering::SeqCst),
+            boot_time_ms: self.boot_time_ms as u64,
+            interval_ms: self.cfg.heartbeat_interval_ms as u32,
+        };
+        self.publish("", Body::Heartbeat(hb)).await;
+    }
+
+    async fn heartbeat_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.heartbeat_interval_ms));
+        loop {
+            tick.tick().await;
+            self.heartbeat().await;
+        }
+    }
+
+    async fn inventory_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.inventory_poll_ms));
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.publish_inventory(false).await {
+                tracing::warn!(error = %e, "inventory refresh failed");
+            }
+        }
+    }
+
+    /// Lists domains and publishes them when they changed (or when forced).
+    pub async fn publish_inventory(&self, force: bool) -> anyhow::Result<()> {
+        let mut state = self.inventory.lock().await;
+        let domains = self.blocking(|hv| hv.list()).await?;
+        if !force && state.domains.as_ref() == Some(&domains) {
+            return Ok(());
+        }
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        let inv = pb::Inventory {
+            generation,
+            domains: domains.iter().map(pb::Domain::from).collect(),
+        };
+        bus::publish_event(
+            &self.js,
+            &self.subjects,
+            self.node(),
+            "",
+            Body::Inventory(inv),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot publish inventory: {e}"))?;
+        state.domains = Some(domains);
+        Ok(())
+    }
+
+    async fn command_loop(self: Arc<Self>) -> anyhow::Result<()> {
+        let stream = self.js.get_stream(self.subjects.commands_stream()).await?;
+        let durable = self.subjects.agent_consumer(self.node());
+        let consumer: consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                &durable,
+                consumer::pull::Config {
+                    durable_name: Some(durable.clone()),
+                    filter_subject: self.subjects.agent_cmd(self.node()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    // Bounded: a command that cannot even be claimed (KV down)
+                    // is dropped after this many tries, not retried forever.
+                    max_deliver: 5,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let mut messages = consumer.messages().await?;
+        while let Some(msg) = messages.next().await {
+            match msg {
+                Ok(msg) => self.clone().dispatch(msg).await,
+                Err(e) => tracing::warn!(error = %e, "command consumer error"),
+            }
+        }
+        anyhow::bail!("command consumer ended")
+    }
+
+    async fn dispatch(self: Arc<Self>, msg: jetstream::Message) {
+        let cmd = match nodemaint_proto::decode::<pb::AgentCommand>(&msg.payload) {
+            Ok(cmd) if cmd.id.is_empty() || cmd.kind.is_none() => {
+                Err("command without id or kind".to_string())
+            }
+            Ok(cmd) if nodemaint_proto::subjects::validate_token(&cmd.id).is_err() => {
+                Err(format!("command id {:?} is not a valid token", cmd.id))
+            }
+            Ok(cmd) => Ok(cmd),
+            Err(e) => Err(e.to_string()),
+        };
+        let cmd = match cmd {
+            Ok(cmd) => cmd,
+            Err(reason) => {
+                tracing::warn!(subject = %msg.subject, %reason, "malformed command dropped");
+                self.publish(
+                    "",
+                    Body::Error(pb::ErrorReport {
+                        subject: msg.subject.to_string(),
+                        error: Some(pb::Error::new(Code::Malformed, reason)),
+                    }),
+                )
+                .await;
+                // Terminate: redelivering garbage would never help.
+                let _ = msg.ack_with(jetstream::AckKind::Term).await;
+                return;
+            }
+        };
+        let key = format!("{}.{}", self.node(), cmd.id);
+        match self.results.create(&key, CLAIMED.into()).await {
+            Ok(_) => {
+                self.in_flight.lock().unwrap().insert(cmd.id.clone());
+                let _ = msg.ack().await;
+                let permit = self.slots.clone().acquire_owned().await.expect("semaphore");
+                tokio::spawn(async move {
+                    self.execute(cmd, &key).await;
+                    drop(permit);
+                });
+            }
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let _ = msg.ack().await;
+                self.answer_repeat(cmd, &key).await;
+            }
+            Err(e) => {
+                // Not acked: JetStream redelivers it (bounded by max_deliver).
+                tracing::warn!(error = %e, id = %cmd.id, "cannot claim command; will be redelivered");
+            }
+        }
+    }
+
+    /// A command id seen before: answer with what happened the first time.
+    async fn answer_repeat(&self, cmd: pb::AgentCommand, key: &str) {
+        let recorded = self.results.get(key).await.ok().flatten();
+        let mut result = match recorded.as_deref() {
+            Some([RESULT, rest @ ..]) => match pb::CommandResult::decode(rest) {
+                Ok(r) => r,
+                Err(_) => interrupted(&cmd.id, "recorded result is unreadable"),
+            },
+            _ if self.in_flight.lock().unwrap().contains(&cmd.id) => {
+                tracing::info!(id = %cmd.id, "repeat of a command still executing; ignored");
+                return;
+            }
+            _ => {
+                let r = interrupted(&cmd.id, "the agent stopped while executing it");
+                self.record(key, &r).await;
+                r
+            }
+        };
+        tracing::info!(id = %cmd.id, "repeated command answered with the recorded result");
+        result.duplicate = true;
+        self.publish(&cmd.op_id, Body::Result(result)).await;
+    }
+
+    /// After a restart: claims left without a result were cut off mid-way;
+    /// say so, so nobody waits forever, and record it.
+    async fn report_interrupted(&self) {
+        let prefix = format!("{}.", self.node());
+        let Ok(mut keys) = self.results.keys().await else {
+            return;
+        };
+        let mut mine = Vec::new();
+        while let Some(Ok(k)) = keys.next().await {
+            if k.starts_with(&prefix) {
+                mine.push(k);
+            }
+        }
+        for key in mine {
+            if let Ok(Some(v)) = self.results.get(&key).await {
+                if v.as_ref() == CLAIMED {
+                    let id = &key[prefix.len()..];
+                    let r = interrupted(id, "the agent stopped while executing it");
+                    self.record(&key, &r).await;
+                    self.publish("", Body::Result(r)).await;
+                }
+            }
+        }
+    }
+
+    async fn record(&self, key: &str, result: &pb::CommandResult) {
+        let mut value = vec![RESULT];
+        value.extend(result.encode_to_vec());
+        if let Err(e) = self.results.put(key, value.into()).await {
+            tracing::warn!(error = %e, key, "cannot record command result");
+        }
+    }
+
+    async fn execute(&self, cmd: pb::AgentCommand, key: &str) {
+        let started = Instant::now();
+        let id = cmd.id.clone();
+        tracing::info!(id = %id, op = %cmd.op_id, by = %cmd.requested_by, kind = ?cmd.kind, "executing command");
+        let mut result = match cmd.kind.clone().expect("checked in dispatch") {
+            Cmd::Start(s) => self.start(&s.vm).await,
+            Cmd::Stop(s) => self.stop(&s).await,
+            Cmd::RefreshInventory(_) => match self.publish_inventory(true).await {
+                Ok(()) => ok_result("inventory republished"),
+                Err(e) => err_result(Code::Hypervisor, e.to_string()),
+            },
+            Cmd::Migrate(m) => self.migrate(&cmd, &m).await,
+            Cmd::Define(d) => self.define(&d).await,
+            Cmd::RunHook(h) => crate::hook::run(&h).await,
+            Cmd::RunChecks(_) => err_result(
+                Code::InvalidArgument,
+                format!("node {} has no service checks configured", self.node()),
+            ),
+        };
+        result.command_id = id.clone();
+        result.duration_ms = started.elapsed().as_millis() as u64;
+        self.record(key, &result).await;
+        self.in_flight.lock().unwrap().remove(&id);
+        if let Err(e) = self.publish_inventory(false).await {
+            tracing::warn!(error = %e, "inventory refresh after command failed");
+        }
+        tracing::info!(id = %id, ok = result.ok, message = %result.message, error = ?result.error, "command done");
+        self.publish(&cmd.op_id, Body::Result(result)).await;
+    }
+
+    async fn start(&self, vm: &str) -> pb::CommandResult {
+        let name = vm.to_string();
+        match self.blocking(move |hv| hv.start(&name)).await {
+            Ok(()) => pb::CommandResult {
+                vm: vm.into(),
+                vm_node: self.node().into(),
+                vm_state: pb::VmState::Running as i32,
+                ..ok_result(&format!("{vm} started on {}", self.node()))
+            },
+            Err(e) => with_vm(vm, failed(hv_error(self.node(), &e))),
+        }
+    }
+
+    async fn stop(&self, s: &pb::StopVm) -> pb::CommandResult {
+        let secs = if s.graceful_timeout_s > 0 {
+            s.graceful_timeout_s
+        } else {
+            self.cfg.stop_graceful_timeout_s
+        };
+        let name = s.vm.clone();
+        match self
+            .blocking(move |hv| hv.stop(&name, Duration::from_secs(secs as u64)))
+            .await
+        {
+            Ok(outcome) => {
+                let how = match outcome {
+                    StopOutcome::AlreadyOff => "was already shut off".to_string(),
+                    StopOutcome::Graceful => "shut down gracefully".to_string(),
+                    StopOutcome::Destroyed => {
+                        format!("did not shut down within {secs} s and was destroyed")
+                    }
+                };
+                pb::CommandResult {
+                    vm: s.vm.clone(),
+                    vm_node: self.node().into(),
+                    vm_state: pb::VmState::Shutoff as i32,
+                    ..ok_result(&format!("{} {how}", s.vm))
+                }
+            }
+            Err(e) => with_vm(&s.vm, failed(hv_error(self.node(), &e))),
+        }
+    }
+
+    async fn define(&self, d: &pb::DefineVm) -> pb::CommandResult {
+        let xml = d.xml.clone();
+        let start = d.start;
+        let res = self
+            .blocking(move |hv| {
+                let name = hv.define(&xml)?;
+                if start {
+                    hv.start(&name)?;
+                }
+                Ok(name)
+            })
+            .await;
+        match res {
+            Ok(name) => pb::CommandResult {
+                vm: name.clone(),
+                vm_node: self.node().into(),
+                vm_state: if start {
+                    VmState::Running
+                } else {
+                    VmState::Shutoff
+                } as i32,
+                ..ok_result(&format!("{name} defined on {}", self.node()))
+            },
+            Err(e) => failed(hv_error(self.node(), &e)),
+        }
+    }
+
+    async fn migrate(&self, cmd: &pb::AgentCommand, m: &pb::MigrateVm) -> pb::CommandResult {
+        if m.dest_libvirt_uri.is_empty() || m.dest_node.is_empty() {
+            return with_vm(
+                &m.vm,
+                err_result(
+                    Code::InvalidArgument,
+                    "migrate needs dest_node and dest_libvirt_uri",
+                ),
+            );
+        }
+        if m.dest_node == self.node() {
+            return with_vm(
+                &m.vm,
+                err_result(
+                    Code::InvalidArgument,
+                    format!("{} already runs on {}", m.vm, m.dest_node),
+                ),
+            );
+        }
+        let target = MigrateTarget {
+            libvirt_uri: m.dest_libvirt_uri.clone(),
+            migrate_uri: m.dest_migrate_uri.clone(),
+            timeout: Duration::from_secs(if m.timeout_s > 0 {
+                m.timeout_s
+            } else {
+                self.cfg.migration_timeout_s
+            } as u64),
+            max_speed_mibs: m.max_speed_mibs,
+        };
+        // Progress samples come from a blocking thread; a channel keeps their
+        // order while a task publishes them.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let forward = {
+            let js = self.js.clone();
+            let s = self.subjects.clone();
+            let node = self.node().to_string();
+            let op = cmd.op_id.clone();
+            let id = cmd.id.clone();
+            let vm = m.vm.clone();
+            tokio::spawn(async move {
+                while let Some(p) = rx.recv().await {
+                    let p: crate::hypervisor::MigrateProgress = p;
+                    let body = Body::Progress(pb::Progress {
+                        command_id: id.clone(),
+                        vm: vm.clone(),
+                        step: "migrating".into(),
+                        percent: p.percent,
+                        bytes_processed: p.bytes_processed,
+                        bytes_remaining: p.bytes_remaining,
+                        message: String::new(),
+                    });
+                    let _ = bus::publish_event(&js, &s, &node, &op, body).await;
+                }
+            })
+        };
+        let name = m.vm.clone();
+        let res = self
+            .blocking(move |hv| {
+                hv.migrate(&name, &target, &mut |p| {
+                    let _ = tx.send(p);
+                })
+            })
+            .await;
+        let _ = forward.await;
+        match res {
+            Ok(()) => pb::CommandResult {
+                vm: m.vm.clone(),
+                vm_node: m.dest_node.clone(),
+                vm_state: pb::VmState::Running as i32,
+                ..ok_result(&format!(
+                    "{} migrated from {} to {}",
+                    m.vm,
+                    self.node(),
+                    m.dest_node
+                ))
+            },
+            Err(e) => pb::CommandResult {
+                vm: m.vm.clone(),
+                // On failure or abort the VM stays where it was.
+                vm_node: self.node().into(),
+                ..failed(hv_error(self.node(), &e))
+            },
+        }
+    }
+}
+
+fn ok_result(message: &str) -> pb::CommandResult {
+    pb::CommandResult {
+        ok: true,
+        message: message.to_string(),
+        ..Default::default()
+    }
+}
+
+fn failed(error: pb::Error) -> pb::CommandResult {
+    pb::CommandResult {
+        ok: false,
+        message: error.message.clone(),
+        error: Some(error),
+        ..Default::default()
+    }
+}
+
+fn err_result(code: Code, message: impl Into<String>) -> pb::CommandResult {
+    failed(pb::Error::new(code, message))
+}
+
+fn with_vm(vm: &str, mut r: pb::CommandResult) -> pb::CommandResult {
+    r.vm = vm.to_string();
+    r
+}
+
+fn interrupted(id: &str, why: &str) -> pb::CommandResult {
+    pb::CommandResult {
+        command_id: id.to_string(),
+        ..err_result(
+            Code::Aborted,
+            format!(
+                "command {id} was interrupted: {why}; its outcome is unknown, check the inventory"
+            ),
+        )
+    }
+}

@@ -1,0 +1,167 @@
+//! Agent configuration: a TOML file, overridden by flags and environment.
+//!
+//! ```toml
+//! node = "node1"                         # this node's name (a subject token)
+//! nats_url = "nats://10.77.0.1:4222"
+//! libvirt_uri = "qemu:///system"         # any libvirt URI, e.g. test:///abs/node.xml
+//! address = "10.77.0.11"                 # how other nodes reach this one (migrations)
+//! heartbeat_interval_ms = 2000
+//! boot_id_file = "/proc/sys/kernel/random/boot_id"
+//! ```
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub node: String,
+    #[serde(default = "default_nats_url")]
+    pub nats_url: String,
+    #[serde(default = "default_libvirt_uri")]
+    pub libvirt_uri: String,
+    /// Address other nodes use for migration to this node. Without it the
+    /// node can still run commands but cannot be a migration destination.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// libvirt URI other nodes use to migrate here; defaults to
+    /// `qemu+tcp://<address>/system`.
+    #[serde(default)]
+    pub migration_libvirt_uri: Option<String>,
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// How often the domain list is polled for changes.
+    #[serde(default = "default_inventory_poll_ms")]
+    pub inventory_poll_ms: u64,
+    #[serde(default = "default_boot_id_file")]
+    pub boot_id_file: PathBuf,
+    #[serde(default = "default_prefix")]
+    pub subject_prefix: String,
+    /// Graceful shutdown timeout when a stop command gives none.
+    #[serde(default = "default_stop_timeout")]
+    pub stop_graceful_timeout_s: u32,
+    /// Migration timeout when a command gives none.
+    #[serde(default = "default_migration_timeout")]
+    pub migration_timeout_s: u32,
+    /// Local working directory (logs of hooks); optional.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// Commands executed at the same time (migrations, stops, …).
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent_commands: usize,
+}
+
+fn default_nats_url() -> String {
+    "nats://127.0.0.1:4222".into()
+}
+fn default_libvirt_uri() -> String {
+    "qemu:///system".into()
+}
+fn default_heartbeat_ms() -> u64 {
+    2000
+}
+fn default_inventory_poll_ms() -> u64 {
+    1000
+}
+fn default_boot_id_file() -> PathBuf {
+    "/proc/sys/kernel/random/boot_id".into()
+}
+fn default_prefix() -> String {
+    nodemaint_proto::subjects::DEFAULT_PREFIX.into()
+}
+fn default_stop_timeout() -> u32 {
+    60
+}
+fn default_migration_timeout() -> u32 {
+    600
+}
+fn default_max_concurrent() -> usize {
+    4
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl AgentConfig {
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// A config with defaults for everything but the node name.
+    pub fn for_node(node: &str) -> Self {
+        toml::from_str(&format!("node = {node:?}")).expect("defaults parse")
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        nodemaint_proto::subjects::validate_token(&self.node)
+            .map_err(|e| ConfigError::Invalid(format!("node: {e}")))?;
+        if self.heartbeat_interval_ms < 100 {
+            return Err(ConfigError::Invalid(
+                "heartbeat_interval_ms must be at least 100".into(),
+            ));
+        }
+        if self.max_concurrent_commands == 0 {
+            return Err(ConfigError::Invalid(
+                "max_concurrent_commands must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn migration_uri(&self) -> String {
+        match (&self.migration_libvirt_uri, &self.address) {
+            (Some(uri), _) => uri.clone(),
+            (None, Some(addr)) => format!("qemu+tcp://{addr}/system"),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_in() {
+        let c = AgentConfig::for_node("n1");
+        assert_eq!(c.libvirt_uri, "qemu:///system");
+        assert_eq!(c.heartbeat_interval_ms, 2000);
+        assert_eq!(c.migration_uri(), "");
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn address_gives_migration_uri() {
+        let c = AgentConfig::from_toml("node='a'\naddress='10.0.0.2'", Path::new("x")).unwrap();
+        assert_eq!(c.migration_uri(), "qemu+tcp://10.0.0.2/system");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_names_are_named() {
+        let err = AgentConfig::from_toml("node='a'\nheartbeat=1", Path::new("a.toml")).unwrap_err();
+        assert!(err.to_string().contains("heartbeat"), "{err}");
+        let c = AgentConfig::for_node("a.b");
+        assert!(c.validate().unwrap_err().to_string().contains("a.b"));
+    }
+}

@@ -1,0 +1,265 @@
+//! libvirt backend on the `virt` crate; works with any URI
+//! (`qemu:///system`, `qemu+tcp://host/system`, `test:///default`,
+//! `test:///abs/path/node.xml`).
+
+use super::metadata;
+use super::{HvError, Hypervisor, MigrateProgress, MigrateTarget, StopOutcome};
+use nodemaint_proto::model::{Capacity, Vm, VmState};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use virt::connect::Connect;
+use virt::domain::{Domain, DomainState, MigrateParameters};
+use virt::error::{Error as VirtError, ErrorNumber};
+use virt::sys;
+
+pub struct LibvirtHypervisor {
+    uri: String,
+    conn: Mutex<Option<Connect>>,
+}
+
+impl LibvirtHypervisor {
+    /// Opens the connection now, so a wrong URI fails at agent start.
+    pub fn open(uri: &str) -> Result<Self, HvError> {
+        // libvirt prints every error to stderr by default; we report them ourselves.
+        virt::error::clear_error_callback();
+        let hv = LibvirtHypervisor {
+            uri: uri.to_string(),
+            conn: Mutex::new(None),
+        };
+        hv.connection()?;
+        Ok(hv)
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// The shared connection, opened on first use or after it was lost.
+    fn connection(&self) -> Result<Connect, HvError> {
+        let mut guard = self.conn.lock().expect("libvirt connection lock");
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = Connect::open(Some(&self.uri)).map_err(|e| HvError::Connection {
+            uri: self.uri.clone(),
+            message: e.message().to_string(),
+        })?;
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Runs `f` on the connection; when it fails and the connection turns
+    /// out to be dead (libvirtd restarted), reopens it and tries once more.
+    fn with_conn<T>(&self, f: impl Fn(&Connect) -> Result<T, VirtError>) -> Result<T, HvError> {
+        let conn = self.connection()?;
+        match f(&conn) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if conn.is_alive().unwrap_or(false) {
+                    return Err(map_err(e));
+                }
+                tracing::warn!(uri = %self.uri, error = %e.message(), "libvirt connection lost, reopening");
+                *self.conn.lock().expect("libvirt connection lock") = None;
+                let conn = self.connection()?;
+                f(&conn).map_err(map_err)
+            }
+        }
+    }
+
+    fn domain(&self, vm: &str) -> Result<Domain, HvError> {
+        self.with_conn(|c| c.lookup_domain_by_name(vm))
+            .map_err(|e| match e {
+                HvError::Libvirt { .. } | HvError::NotFound(_) => HvError::NotFound(vm.to_string()),
+                other => other,
+            })
+    }
+}
+
+fn map_err(e: VirtError) -> HvError {
+    let code = e.code();
+    if code.is(ErrorNumber::NoDomain) {
+        return HvError::NotFound(e.message().to_string());
+    }
+    if code.is(ErrorNumber::OperationInvalid) {
+        return HvError::WrongState(e.message().to_string());
+    }
+    HvError::Libvirt {
+        code: code.to_raw() as i32,
+        domain: e.domain().to_raw() as i32,
+        message: e.message().to_string(),
+    }
+}
+
+fn vm_state(s: DomainState) -> VmState {
+    match s {
+        DomainState::Running | DomainState::Blocked => VmState::Running,
+        DomainState::Paused | DomainState::PMSuspended => VmState::Paused,
+        DomainState::Shutoff | DomainState::Shutdown => VmState::Shutoff,
+        DomainState::Crashed => VmState::Crashed,
+        DomainState::NoState => VmState::Other,
+    }
+}
+
+fn describe(dom: &Domain) -> Result<Vm, VirtError> {
+    let info = dom.info()?;
+    let meta = dom
+        .metadata(
+            sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+            Some(metadata::NAMESPACE),
+            0,
+        )
+        .map(|xml| metadata::parse(&xml))
+        .unwrap_or_default();
+    Ok(Vm {
+        uuid: dom.uuid_string()?,
+        name: dom.name()?,
+        kind: meta.kind,
+        cloudspace: meta.cloudspace,
+        anti_affinity: meta.anti_affinity,
+        state: vm_state(info.state.known().unwrap_or(DomainState::NoState)),
+        vcpus: info.nr_virt_cpu,
+        memory_mib: info.max_mem / 1024,
+        persistent: dom.is_persistent().unwrap_or(false),
+    })
+}
+
+impl Hypervisor for LibvirtHypervisor {
+    fn list(&self) -> Result<Vec<Vm>, HvError> {
+        self.with_conn(|c| {
+            let mut vms = Vec::new();
+            for dom in c.list_all_domains(0)? {
+                match describe(&dom) {
+                    Ok(vm) => vms.push(vm),
+                    // Undefined between listing and describing (migrated away).
+                    Err(e) if e.code().is(ErrorNumber::NoDomain) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            vms.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(vms)
+        })
+    }
+
+    fn host_capacity(&self) -> Result<Capacity, HvError> {
+        self.with_conn(|c| {
+            let info = c.node_info()?;
+            Ok(Capacity {
+                vcpus: info.cpus,
+                memory_mib: info.memory / 1024,
+            })
+        })
+    }
+
+    fn start(&self, vm: &str) -> Result<(), HvError> {
+        let dom = self.domain(vm)?;
+        if dom.is_active().map_err(map_err)? {
+            return Err(HvError::WrongState(format!("{vm} is already running")));
+        }
+        dom.create().map(|_| ()).map_err(map_err)
+    }
+
+    fn stop(&self, vm: &str, graceful: Duration) -> Result<StopOutcome, HvError> {
+        let dom = self.domain(vm)?;
+        if !dom.is_active().map_err(map_err)? {
+            return Ok(StopOutcome::AlreadyOff);
+        }
+        // A guest without ACPI support rejects shutdown; destroy it then.
+        if dom.shutdown().is_ok() {
+            let deadline = Instant::now() + graceful;
+            while Instant::now() < deadline {
+                if !dom.is_active().map_err(map_err)? {
+                    return Ok(StopOutcome::Graceful);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        match dom.destroy() {
+            Ok(()) => Ok(StopOutcome::Destroyed),
+            // It went down between our last check and destroy.
+            Err(_) if !dom.is_active().unwrap_or(true) => Ok(StopOutcome::Graceful),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    fn define(&self, xml: &str) -> Result<String, HvError> {
+        self.with_conn(|c| c.define_domain_xml(xml)?.name())
+    }
+
+    fn migrate(
+        &self,
+        vm: &str,
+        target: &MigrateTarget,
+        progress: &mut dyn FnMut(MigrateProgress),
+    ) -> Result<(), HvError> {
+        let dom = self.domain(vm)?;
+        if !dom.is_active().map_err(map_err)? {
+            return Err(HvError::WrongState(format!(
+                "{vm} is not running; live migration needs a running domain"
+            )));
+        }
+        let flags = sys::VIR_MIGRATE_LIVE
+            | sys::VIR_MIGRATE_PEER2PEER
+            | sys::VIR_MIGRATE_PERSIST_DEST
+            | sys::VIR_MIGRATE_UNDEFINE_SOURCE;
+        let params = MigrateParameters {
+            uri: Some(target.migrate_uri.clone()),
+            bandwidth: (target.max_speed_mibs > 0).then_some(target.max_speed_mibs),
+            ..Default::default()
+        };
+        let dest = target.libvirt_uri.clone();
+        let name = vm.to_string();
+        let conn = self.connection()?;
+        // migrate_to_uri3 blocks until the end; a second thread samples the
+        // job stats and enforces the timeout meanwhile.
+        let worker = std::thread::spawn(move || {
+            let dom = conn.lookup_domain_by_name(&name)?;
+            dom.migrate_to_uri3(Some(&dest), params, flags)
+        });
+        let started = Instant::now();
+        let mut last_sample = started;
+        let mut aborted = false;
+        while !worker.is_finished() {
+            std::thread::sleep(Duration::from_millis(50));
+            if !aborted && started.elapsed() >= target.timeout {
+                // The safe wrapper has no virDomainAbortJob; this is the one
+                // raw call of the backend. The pointer is valid while `dom` lives.
+                let rc = unsafe { sys::virDomainAbortJob(dom.as_ptr()) };
+                tracing::warn!(vm, rc, "migration timed out, aborting the job");
+                aborted = true;
+            }
+            if last_sample.elapsed() < Duration::from_secs(1) {
+                continue;
+            }
+            last_sample = Instant::now();
+            if let Ok(stats) = dom.job_stats(0) {
+                let total = stats.data_total.unwrap_or(0);
+                let processed = stats.data_processed.unwrap_or(0);
+                let remaining = stats.data_remaining.unwrap_or(0);
+                if total > 0 {
+                    progress(MigrateProgress {
+                        percent: (processed as f64 * 100.0 / total as f64).min(100.0),
+                        bytes_processed: processed,
+                        bytes_remaining: remaining,
+                    });
+                }
+            }
+        }
+        let result = worker
+            .join()
+            .map_err(|_| HvError::Other("migration thread panicked".into()))?;
+        match result {
+            Ok(()) => {
+                progress(MigrateProgress {
+                    percent: 100.0,
+                    ..Default::default()
+                });
+                Ok(())
+            }
+            Err(_) if aborted => Err(HvError::Timeout {
+                vm: vm.to_string(),
+                secs: target.timeout.as_secs(),
+            }),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+}

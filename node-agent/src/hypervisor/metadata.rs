@@ -1,0 +1,130 @@
+//! The nodemaint metadata element of a domain's XML. Kind and cloudspace
+//! live in the domain definition itself, so they travel with a migration:
+//!
+//! ```xml
+//! <metadata>
+//!   <nodemaint:vm xmlns:nodemaint="https://nodemaint.dev/xmlns/vm/1"
+//!                 kind="vfw" cloudspace="cs1" anti-affinity="db"/>
+//! </metadata>
+//! ```
+
+use nodemaint_proto::model::VmKind;
+
+pub const NAMESPACE: &str = "https://nodemaint.dev/xmlns/vm/1";
+pub const PREFIX: &str = "nodemaint";
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VmMetadata {
+    pub kind: VmKind,
+    pub cloudspace: Option<String>,
+    pub anti_affinity: Option<String>,
+}
+
+/// Parses the element libvirt returns for our namespace. Unknown or missing
+/// attributes fall back to a user VM without cloudspace, since a domain
+/// created outside nodemaint is still a tenant's VM that must be moved.
+pub fn parse(xml: &str) -> VmMetadata {
+    let kind = match attr(xml, "kind").map(|k| k.to_ascii_lowercase()) {
+        Some(k) if k == "vfw" => VmKind::Vfw,
+        _ => VmKind::User,
+    };
+    VmMetadata {
+        kind,
+        cloudspace: attr(xml, "cloudspace").filter(|s| !s.is_empty()),
+        anti_affinity: attr(xml, "anti-affinity").filter(|s| !s.is_empty()),
+    }
+}
+
+/// The element to put inside `<metadata>` for these values.
+pub fn element(meta: &VmMetadata) -> String {
+    let kind = match meta.kind {
+        VmKind::User => "user",
+        VmKind::Vfw => "vfw",
+    };
+    let mut s = format!("<{PREFIX}:vm xmlns:{PREFIX}=\"{NAMESPACE}\" kind=\"{kind}\"");
+    if let Some(cs) = &meta.cloudspace {
+        s.push_str(&format!(" cloudspace=\"{}\"", escape(cs)));
+    }
+    if let Some(aa) = &meta.anti_affinity {
+        s.push_str(&format!(" anti-affinity=\"{}\"", escape(aa)));
+    }
+    s.push_str("/>");
+    s
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;")
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&quot;", "\"")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
+/// Value of attribute `name` on the first element (either quote style).
+fn attr(xml: &str, name: &str) -> Option<String> {
+    let start = xml.find('<')?;
+    let end = xml[start..].find('>')? + start;
+    let tag = &xml[start..end];
+    let mut rest = tag;
+    while let Some(pos) = rest.find(name) {
+        let before = rest[..pos].chars().last();
+        let after = &rest[pos + name.len()..];
+        let after_trim = after.trim_start();
+        if before.is_some_and(char::is_whitespace) && after_trim.starts_with('=') {
+            let value = after_trim[1..].trim_start();
+            let quote = value.chars().next()?;
+            if quote == '"' || quote == '\'' {
+                let close = value[1..].find(quote)?;
+                return Some(unescape(&value[1..1 + close]));
+            }
+        }
+        rest = &rest[pos + name.len()..];
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_libvirt_returns() {
+        let xml = r#"<nodemaint:vm xmlns:nodemaint="https://nodemaint.dev/xmlns/vm/1" kind="vfw" cloudspace="cs1"/>"#;
+        let m = parse(xml);
+        assert_eq!(m.kind, VmKind::Vfw);
+        assert_eq!(m.cloudspace.as_deref(), Some("cs1"));
+        assert_eq!(m.anti_affinity, None);
+    }
+
+    #[test]
+    fn single_quotes_and_anti_affinity() {
+        let xml = "<vm xmlns='x' kind='user' cloudspace='a&amp;b' anti-affinity='db'></vm>";
+        let m = parse(xml);
+        assert_eq!(m.kind, VmKind::User);
+        assert_eq!(m.cloudspace.as_deref(), Some("a&b"));
+        assert_eq!(m.anti_affinity.as_deref(), Some("db"));
+    }
+
+    #[test]
+    fn missing_or_garbage_is_a_plain_user_vm() {
+        assert_eq!(parse(""), VmMetadata::default());
+        assert_eq!(parse("not xml at all"), VmMetadata::default());
+        assert_eq!(parse("<vm kindness=\"vfw\"/>").kind, VmKind::User);
+    }
+
+    #[test]
+    fn element_roundtrips() {
+        let m = VmMetadata {
+            kind: VmKind::Vfw,
+            cloudspace: Some("cs \"9\"".into()),
+            anti_affinity: Some("g".into()),
+        };
+        assert_eq!(parse(&element(&m)), m);
+    }
+}

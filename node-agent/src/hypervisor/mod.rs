@@ -1,0 +1,85 @@
+//! The narrow interface the agent needs from a hypervisor, and its backends:
+//! [`libvirt::LibvirtHypervisor`] (any libvirt URI, production and tests) and
+//! [`sim::SimHypervisor`] (in memory, for scale and what-if runs).
+//!
+//! Every method blocks; the agent calls them on `spawn_blocking`.
+
+pub mod libvirt;
+pub mod metadata;
+pub mod sim;
+
+use nodemaint_proto::model::{Capacity, Vm};
+use std::time::Duration;
+
+/// Where and how to migrate a domain.
+#[derive(Clone, Debug)]
+pub struct MigrateTarget {
+    /// Destination libvirt URI for peer-to-peer migration (`qemu+tcp://10.0.0.2/system`).
+    pub libvirt_uri: String,
+    /// Explicit migration URI with the destination's address (`tcp://10.0.0.2`),
+    /// so the destination does not advertise a hostname the source can't resolve.
+    pub migrate_uri: String,
+    /// Abort the migration job after this long; the VM stays on the source.
+    pub timeout: Duration,
+    /// Bandwidth cap in MiB/s, 0 for unlimited.
+    pub max_speed_mibs: u64,
+}
+
+/// A migration progress sample from the domain's job stats.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct MigrateProgress {
+    pub percent: f64,
+    pub bytes_processed: u64,
+    pub bytes_remaining: u64,
+}
+
+/// How a stop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopOutcome {
+    AlreadyOff,
+    Graceful,
+    /// The guest ignored the ACPI shutdown within the timeout and was destroyed.
+    Destroyed,
+}
+
+/// Typed hypervisor errors; the agent maps them to wire error codes.
+#[derive(Debug, thiserror::Error)]
+pub enum HvError {
+    #[error("domain {0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    WrongState(String),
+    #[error("migration of {vm} aborted after {secs} s timeout; it still runs on the source")]
+    Timeout { vm: String, secs: u64 },
+    #[error("cannot connect to {uri}: {message}")]
+    Connection { uri: String, message: String },
+    #[error("libvirt error {code} ({domain}): {message}")]
+    Libvirt {
+        code: i32,
+        domain: i32,
+        message: String,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What the agent asks of a hypervisor. Implementations must be safe to
+/// call from several blocking threads at once.
+pub trait Hypervisor: Send + Sync + 'static {
+    /// Every defined or running domain, with kind and cloudspace from metadata.
+    fn list(&self) -> Result<Vec<Vm>, HvError>;
+    fn host_capacity(&self) -> Result<Capacity, HvError>;
+    fn start(&self, vm: &str) -> Result<(), HvError>;
+    /// ACPI shutdown, wait up to `graceful`, then destroy.
+    fn stop(&self, vm: &str, graceful: Duration) -> Result<StopOutcome, HvError>;
+    /// Define (persistently) from domain XML; returns the domain name.
+    fn define(&self, xml: &str) -> Result<String, HvError>;
+    /// Live, peer-to-peer, persistent on the destination, undefined on the
+    /// source. `progress` is called about once a second while it runs.
+    fn migrate(
+        &self,
+        vm: &str,
+        target: &MigrateTarget,
+        progress: &mut dyn FnMut(MigrateProgress),
+    ) -> Result<(), HvError>;
+}

@@ -1,0 +1,97 @@
+//! `node-agent`: the per-node daemon. See `node-agent --help`.
+
+use clap::Parser;
+use nodemaint_agent::config::AgentConfig;
+use nodemaint_agent::hypervisor::libvirt::LibvirtHypervisor;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// nodemaint node-agent: executes maintenance commands on this node's libvirt
+/// and reports heartbeats, inventory and progress over NATS.
+///
+/// Settings come from the TOML file given with --config; flags and
+/// environment variables override it. Example:
+///
+///   node-agent --config /etc/nodemaint/agent.toml
+///
+///   node-agent --node node1 --nats-url nats://10.0.0.1:4222 --libvirt-uri test:///default
+#[derive(Parser, Debug)]
+#[command(version, verbatim_doc_comment)]
+struct Args {
+    /// Agent config file (TOML).
+    #[arg(long, short, env = "NODEMAINT_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// This node's name, as the coordinator and operators know it.
+    #[arg(long, env = "NODEMAINT_NODE")]
+    node: Option<String>,
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL")]
+    nats_url: Option<String>,
+    /// libvirt URI of this node's hypervisor (qemu:///system, test:///default, …).
+    #[arg(long, env = "NODEMAINT_LIBVIRT_URI")]
+    libvirt_uri: Option<String>,
+    /// Address other nodes use to migrate VMs to this node.
+    #[arg(long, env = "NODEMAINT_ADDRESS")]
+    address: Option<String>,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, env = "NODEMAINT_HEARTBEAT_MS")]
+    heartbeat_interval_ms: Option<u64>,
+    /// File holding the boot id (default: the kernel's).
+    #[arg(long, env = "NODEMAINT_BOOT_ID_FILE")]
+    boot_id_file: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("node-agent: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut cfg = match (&args.config, &args.node) {
+        (Some(path), _) => AgentConfig::load(path)?,
+        (None, Some(node)) => AgentConfig::for_node(node),
+        (None, None) => anyhow::bail!("give --config FILE or --node NAME (see --help)"),
+    };
+    if let Some(v) = args.node {
+        cfg.node = v;
+    }
+    if let Some(v) = args.nats_url {
+        cfg.nats_url = v;
+    }
+    if let Some(v) = args.libvirt_uri {
+        cfg.libvirt_uri = v;
+    }
+    if let Some(v) = args.address {
+        cfg.address = Some(v);
+    }
+    if let Some(v) = args.heartbeat_interval_ms {
+        cfg.heartbeat_interval_ms = v;
+    }
+    if let Some(v) = args.boot_id_file {
+        cfg.boot_id_file = v;
+    }
+    cfg.validate()?;
+    let uri = cfg.libvirt_uri.clone();
+    let hv = tokio::task::spawn_blocking(move || LibvirtHypervisor::open(&uri)).await??;
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+    };
+    nodemaint_agent::agent::run(cfg, Arc::new(hv), shutdown).await
+}

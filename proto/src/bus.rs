@@ -1,0 +1,205 @@
+//! JetStream plumbing shared by agents and the coordinator: the streams and
+//! buckets (created idempotently by whoever starts first), event publishing,
+//! and compare-and-set updates of KV records.
+
+use crate::pb;
+use crate::subjects::{EventKind, Subjects};
+use async_nats::jetstream::{self, kv, stream};
+use prost::Message;
+use serde::{de::DeserializeOwned, Serialize};
+use std::time::Duration;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Creates (or checks) the commands and events streams.
+pub async fn ensure_streams(js: &jetstream::Context, s: &Subjects) -> Result<(), BoxError> {
+    js.get_or_create_stream(stream::Config {
+        name: s.commands_stream(),
+        subjects: vec![s.agent_cmd_all()],
+        // A command is removed once its agent acks it.
+        retention: stream::RetentionPolicy::WorkQueue,
+        // Resending a command id within this window is de-duplicated by the
+        // server; the agents' result bucket covers everything beyond it.
+        duplicate_window: Duration::from_secs(120),
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        ..Default::default()
+    })
+    .await?;
+    js.get_or_create_stream(stream::Config {
+        name: s.events_stream(),
+        subjects: vec![s.events_filter(None, None)],
+        retention: stream::RetentionPolicy::Limits,
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        max_bytes: 1 << 30,
+        // Heartbeats would otherwise crowd out everything else.
+        max_messages_per_subject: 10_000,
+        ..Default::default()
+    })
+    .await?;
+    Ok(())
+}
+
+/// Opens a KV bucket, creating it when missing.
+pub async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    history: i64,
+    max_age: Duration,
+) -> Result<kv::Store, BoxError> {
+    match js.get_key_value(name).await {
+        Ok(store) => Ok(store),
+        Err(_) => Ok(js
+            .create_key_value(kv::Config {
+                bucket: name.to_string(),
+                history,
+                max_age,
+                ..Default::default()
+            })
+            .await?),
+    }
+}
+
+/// Wraps a body in an [`pb::Event`] and publishes it on the node's subject
+/// for that kind. Heartbeats and progress go out as core messages (losing
+/// one is harmless); everything else waits for the stream's ack.
+pub async fn publish_event(
+    js: &jetstream::Context,
+    s: &Subjects,
+    node: &str,
+    op_id: &str,
+    body: pb::event::Body,
+) -> Result<(), BoxError> {
+    let kind = match &body {
+        pb::event::Body::Heartbeat(_) => EventKind::Heartbeat,
+        pb::event::Body::Inventory(_) => EventKind::Inventory,
+        pb::event::Body::Progress(_) => EventKind::Progress,
+        pb::event::Body::Result(_) => EventKind::Result,
+        pb::event::Body::Checks(_) => EventKind::Checks,
+        pb::event::Body::Job(_) => EventKind::Job,
+        pb::event::Body::Error(_) => EventKind::Error,
+    };
+    let event = pb::Event {
+        node: node.to_string(),
+        ts_ms: crate::now_ms(),
+        op_id: op_id.to_string(),
+        body: Some(body),
+    };
+    let subject = s.event(node, kind);
+    let payload = bytes::Bytes::from(event.encode_to_vec());
+    match kind {
+        EventKind::Heartbeat | EventKind::Progress => {
+            js.publish(subject, payload).await?;
+        }
+        _ => {
+            js.publish(subject, payload).await?.await?;
+        }
+    }
+    Ok(())
+}
+
+/// Outcome of a read-modify-write: the new value and its revision.
+pub struct Updated<T> {
+    pub value: T,
+    pub revision: u64,
+}
+
+/// Why a compare-and-set update did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum CasError<E> {
+    /// The closure refused the change (its error, untouched).
+    #[error(transparent)]
+    Rejected(E),
+    #[error("KV store error: {0}")]
+    Store(BoxError),
+    #[error("too much contention on key {0}")]
+    Contention(String),
+}
+
+/// Read-modify-write of a JSON record with compare-and-set: `f` sees the
+/// current value (or `None`) and returns the new one or refuses; on a
+/// concurrent write (wrong last revision) it is re-read and `f` runs again.
+pub async fn cas_update<T, E>(
+    store: &kv::Store,
+    key: &str,
+    mut f: impl FnMut(Option<T>) -> Result<T, E>,
+) -> Result<Updated<T>, CasError<E>>
+where
+    T: Serialize + DeserializeOwned,
+{
+    for _ in 0..64 {
+        let entry = store
+            .entry(key)
+            .await
+            .map_err(|e| CasError::Store(e.into()))?;
+        let (current, revision) = match entry {
+            Some(e) if e.operation == kv::Operation::Put => {
+                let v = serde_json::from_slice(&e.value).map_err(|err| {
+                    CasError::Store(format!("record {key} is corrupt: {err}").into())
+                })?;
+                (Some(v), Some(e.revision))
+            }
+            Some(e) => (None, Some(e.revision)),
+            None => (None, None),
+        };
+        let new = f(current).map_err(CasError::Rejected)?;
+        let bytes = bytes::Bytes::from(serde_json::to_vec(&new).expect("serializable record"));
+        let written = match revision {
+            Some(rev) => store.update(key, bytes, rev).await.map_err(|e| {
+                if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
+                    None
+                } else {
+                    Some(CasError::Store(e.into()))
+                }
+            }),
+            None => store.create(key, bytes).await.map_err(|e| {
+                if e.kind() == kv::CreateErrorKind::AlreadyExists {
+                    None
+                } else {
+                    Some(CasError::Store(e.into()))
+                }
+            }),
+        };
+        match written {
+            Ok(revision) => {
+                return Ok(Updated {
+                    value: new,
+                    revision,
+                })
+            }
+            Err(None) => continue, // somebody else wrote first: re-read
+            Err(Some(e)) => return Err(e),
+        }
+    }
+    Err(CasError::Contention(key.to_string()))
+}
+
+/// Reads a JSON record.
+pub async fn get_json<T: DeserializeOwned>(
+    store: &kv::Store,
+    key: &str,
+) -> Result<Option<T>, BoxError> {
+    match store.get(key).await? {
+        Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+        None => Ok(None),
+    }
+}
+
+/// Every record of a bucket, in key order.
+pub async fn all_json<T: DeserializeOwned>(
+    store: &kv::Store,
+) -> Result<Vec<(String, T)>, BoxError> {
+    use futures::StreamExt;
+    let mut keys: Vec<String> = Vec::new();
+    let mut stream = store.keys().await?;
+    while let Some(k) = stream.next().await {
+        keys.push(k?);
+    }
+    keys.sort();
+    let mut out = Vec::with_capacity(keys.len());
+    for k in keys {
+        if let Some(v) = get_json(store, &k).await? {
+            out.push((k, v));
+        }
+    }
+    Ok(out)
+}

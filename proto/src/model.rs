@@ -1,0 +1,330 @@
+//! The domain model: what the coordinator stores in its KV buckets and what
+//! the CLI prints with `--output json`. Wire types convert into these at the
+//! edges, so nothing else handles raw protobuf enums (`i32`s).
+
+use crate::pb;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum VmKind {
+    #[default]
+    User,
+    Vfw,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum VmState {
+    Running,
+    #[default]
+    Shutoff,
+    Paused,
+    Migrating,
+    Crashed,
+    Other,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum NodeStatus {
+    #[default]
+    Enabled,
+    Maintenance,
+    Error,
+    Decommissioned,
+}
+
+/// One VM (libvirt domain).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Vm {
+    pub uuid: String,
+    pub name: String,
+    pub kind: VmKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloudspace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anti_affinity: Option<String>,
+    pub state: VmState,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    #[serde(default)]
+    pub persistent: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+}
+
+/// A node (stack) as the coordinator keeps it in the `nodes` KV bucket.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub status: NodeStatus,
+    pub address: String,
+    pub libvirt_uri: String,
+    pub capacity: Capacity,
+    pub boot_id: String,
+    pub agent_version: String,
+    pub boot_time_ms: i64,
+    pub last_seen_ms: i64,
+    pub heartbeat_interval_ms: u32,
+    pub inventory_generation: u64,
+    pub domains: Vec<Vm>,
+    /// The job holding this node (maintenance, enable), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_job: Option<String>,
+    /// VMs that maintenance stopped, by name → job id; `enable` restarts
+    /// exactly these.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stopped_by: BTreeMap<String, String>,
+}
+
+impl NodeRecord {
+    /// A node is unreachable when it missed three heartbeats (at least 3 s).
+    pub fn reachable_at(&self, now_ms: i64) -> bool {
+        let grace = (self.heartbeat_interval_ms.max(1000) as i64) * 3;
+        self.last_seen_ms > 0 && now_ms - self.last_seen_ms <= grace
+    }
+
+    pub fn vms_running(&self) -> usize {
+        self.domains
+            .iter()
+            .filter(|d| d.state == VmState::Running)
+            .count()
+    }
+
+    /// Memory reserved by every defined VM, running or not.
+    pub fn memory_used_mib(&self) -> u64 {
+        self.domains.iter().map(|d| d.memory_mib).sum()
+    }
+
+    pub fn summary(&self, now_ms: i64) -> pb::NodeSummary {
+        pb::NodeSummary {
+            name: self.name.clone(),
+            status: pb::NodeStatus::from(self.status) as i32,
+            reachable: self.reachable_at(now_ms),
+            address: self.address.clone(),
+            capacity: Some(pb::HostCapacity {
+                vcpus: self.capacity.vcpus,
+                memory_mib: self.capacity.memory_mib,
+            }),
+            vms_running: self.vms_running() as u32,
+            vms_total: self.domains.len() as u32,
+            memory_used_mib: self.memory_used_mib(),
+            last_seen_ms: self.last_seen_ms,
+            boot_id: self.boot_id.clone(),
+            agent_version: self.agent_version.clone(),
+            current_job: self.current_job.clone().unwrap_or_default(),
+            boot_time_ms: self.boot_time_ms,
+        }
+    }
+}
+
+/// Node summary as printed by the CLI (`node list --output json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub name: String,
+    pub status: NodeStatus,
+    pub reachable: bool,
+    pub address: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub memory_used_mib: u64,
+    pub vms_running: u32,
+    pub vms_total: u32,
+    pub last_seen_ms: i64,
+    pub boot_id: String,
+    pub boot_time_ms: i64,
+    pub agent_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_job: Option<String>,
+}
+
+impl From<&pb::NodeSummary> for NodeView {
+    fn from(s: &pb::NodeSummary) -> Self {
+        let cap = s.capacity.unwrap_or_default();
+        NodeView {
+            name: s.name.clone(),
+            status: s.status().into(),
+            reachable: s.reachable,
+            address: s.address.clone(),
+            vcpus: cap.vcpus,
+            memory_mib: cap.memory_mib,
+            memory_used_mib: s.memory_used_mib,
+            vms_running: s.vms_running,
+            vms_total: s.vms_total,
+            last_seen_ms: s.last_seen_ms,
+            boot_id: s.boot_id.clone(),
+            boot_time_ms: s.boot_time_ms,
+            agent_version: s.agent_version.clone(),
+            current_job: (!s.current_job.is_empty()).then(|| s.current_job.clone()),
+        }
+    }
+}
+
+/// A VM with its node, as printed by `vm list --output json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VmView {
+    pub node: String,
+    #[serde(flatten)]
+    pub vm: Vm,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_by: Option<String>,
+}
+
+/// A cloudspace's firewall and where it runs (`vfw list --output json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VfwView {
+    pub cloudspace: String,
+    pub node: String,
+    pub name: String,
+    pub state: VmState,
+    pub node_reachable: bool,
+}
+
+fn opt(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+impl From<pb::VmKind> for VmKind {
+    fn from(k: pb::VmKind) -> Self {
+        match k {
+            pb::VmKind::Vfw => VmKind::Vfw,
+            _ => VmKind::User,
+        }
+    }
+}
+
+impl From<VmKind> for pb::VmKind {
+    fn from(k: VmKind) -> Self {
+        match k {
+            VmKind::User => pb::VmKind::User,
+            VmKind::Vfw => pb::VmKind::Vfw,
+        }
+    }
+}
+
+impl From<pb::VmState> for VmState {
+    fn from(s: pb::VmState) -> Self {
+        match s {
+            pb::VmState::Running => VmState::Running,
+            pb::VmState::Shutoff => VmState::Shutoff,
+            pb::VmState::Paused => VmState::Paused,
+            pb::VmState::Migrating => VmState::Migrating,
+            pb::VmState::Crashed => VmState::Crashed,
+            pb::VmState::Other | pb::VmState::Unspecified => VmState::Other,
+        }
+    }
+}
+
+impl From<VmState> for pb::VmState {
+    fn from(s: VmState) -> Self {
+        match s {
+            VmState::Running => pb::VmState::Running,
+            VmState::Shutoff => pb::VmState::Shutoff,
+            VmState::Paused => pb::VmState::Paused,
+            VmState::Migrating => pb::VmState::Migrating,
+            VmState::Crashed => pb::VmState::Crashed,
+            VmState::Other => pb::VmState::Other,
+        }
+    }
+}
+
+impl From<pb::NodeStatus> for NodeStatus {
+    fn from(s: pb::NodeStatus) -> Self {
+        match s {
+            pb::NodeStatus::Maintenance => NodeStatus::Maintenance,
+            pb::NodeStatus::Error => NodeStatus::Error,
+            pb::NodeStatus::Decommissioned => NodeStatus::Decommissioned,
+            pb::NodeStatus::Enabled | pb::NodeStatus::Unspecified => NodeStatus::Enabled,
+        }
+    }
+}
+
+impl From<NodeStatus> for pb::NodeStatus {
+    fn from(s: NodeStatus) -> Self {
+        match s {
+            NodeStatus::Enabled => pb::NodeStatus::Enabled,
+            NodeStatus::Maintenance => pb::NodeStatus::Maintenance,
+            NodeStatus::Error => pb::NodeStatus::Error,
+            NodeStatus::Decommissioned => pb::NodeStatus::Decommissioned,
+        }
+    }
+}
+
+impl From<&pb::Domain> for Vm {
+    fn from(d: &pb::Domain) -> Self {
+        Vm {
+            uuid: d.uuid.clone(),
+            name: d.name.clone(),
+            kind: d.kind().into(),
+            cloudspace: opt(&d.cloudspace),
+            anti_affinity: opt(&d.anti_affinity),
+            state: d.state().into(),
+            vcpus: d.vcpus,
+            memory_mib: d.memory_mib,
+            persistent: d.persistent,
+        }
+    }
+}
+
+impl From<&Vm> for pb::Domain {
+    fn from(v: &Vm) -> Self {
+        pb::Domain {
+            uuid: v.uuid.clone(),
+            name: v.name.clone(),
+            kind: pb::VmKind::from(v.kind) as i32,
+            cloudspace: v.cloudspace.clone().unwrap_or_default(),
+            anti_affinity: v.anti_affinity.clone().unwrap_or_default(),
+            state: pb::VmState::from(v.state) as i32,
+            vcpus: v.vcpus,
+            memory_mib: v.memory_mib,
+            persistent: v.persistent,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_roundtrips_through_the_model() {
+        let vm = Vm {
+            uuid: "u".into(),
+            name: "cs1-vfw".into(),
+            kind: VmKind::Vfw,
+            cloudspace: Some("cs1".into()),
+            anti_affinity: None,
+            state: VmState::Running,
+            vcpus: 1,
+            memory_mib: 64,
+            persistent: true,
+        };
+        assert_eq!(Vm::from(&pb::Domain::from(&vm)), vm);
+    }
+
+    #[test]
+    fn json_uses_operator_words() {
+        let v = serde_json::to_value(VmKind::Vfw).unwrap();
+        assert_eq!(v, "VFW");
+        let s = serde_json::to_value(NodeStatus::Maintenance).unwrap();
+        assert_eq!(s, "MAINTENANCE");
+    }
+
+    #[test]
+    fn reachability_follows_heartbeats() {
+        let n = NodeRecord {
+            last_seen_ms: 10_000,
+            heartbeat_interval_ms: 1000,
+            ..Default::default()
+        };
+        assert!(n.reachable_at(12_000));
+        assert!(!n.reachable_at(13_001));
+        assert!(!NodeRecord::default().reachable_at(1));
+    }
+}

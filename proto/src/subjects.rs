@@ -1,0 +1,228 @@
+//! Every NATS name nodemaint uses, built in one place and versioned.
+//!
+//! ```text
+//! <prefix>.v1.agent.<node>.cmd           commands to one agent (work-queue stream)
+//! <prefix>.v1.events.<node>.<kind>       heartbeats, inventory, progress, results, jobs
+//! <prefix>.v1.api.<method>               the coordinator's request/reply API
+//! ```
+//! The prefix (default `nodemaint`) lets several installations share one
+//! NATS server; stream and bucket names derive from it.
+
+/// The wire version inside every subject.
+pub const VERSION: &str = "v1";
+pub const DEFAULT_PREFIX: &str = "nodemaint";
+/// The node name used for coordinator-wide events (jobs).
+pub const COORDINATOR_NODE: &str = "coordinator";
+
+/// Kinds of events, the last token of an event subject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Heartbeat,
+    Inventory,
+    Progress,
+    Result,
+    Checks,
+    Job,
+    Error,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 7] = [
+        EventKind::Heartbeat,
+        EventKind::Inventory,
+        EventKind::Progress,
+        EventKind::Result,
+        EventKind::Checks,
+        EventKind::Job,
+        EventKind::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Heartbeat => "heartbeat",
+            EventKind::Inventory => "inventory",
+            EventKind::Progress => "progress",
+            EventKind::Result => "result",
+            EventKind::Checks => "checks",
+            EventKind::Job => "job",
+            EventKind::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// A name that is not usable as one subject token.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid name {0:?}: use letters, digits, '-' and '_' only (no dots, spaces, '*' or '>')")]
+pub struct InvalidName(pub String);
+
+/// Node names become subject tokens, so they must not contain separators or
+/// wildcards.
+pub fn validate_token(name: &str) -> Result<(), InvalidName> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidName(name.to_string()))
+    }
+}
+
+/// Subject, stream and bucket names for one prefix.
+#[derive(Clone, Debug)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Default for Subjects {
+    fn default() -> Self {
+        Subjects::new(DEFAULT_PREFIX)
+    }
+}
+
+impl Subjects {
+    pub fn new(prefix: &str) -> Self {
+        Subjects {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn base(&self) -> String {
+        format!("{}.{}", self.prefix, VERSION)
+    }
+
+    pub fn agent_cmd(&self, node: &str) -> String {
+        format!("{}.agent.{node}.cmd", self.base())
+    }
+
+    pub fn agent_cmd_all(&self) -> String {
+        format!("{}.agent.*.cmd", self.base())
+    }
+
+    pub fn event(&self, node: &str, kind: EventKind) -> String {
+        format!("{}.events.{node}.{}", self.base(), kind.as_str())
+    }
+
+    /// Filter for events, any node and/or kind when `None`.
+    pub fn events_filter(&self, node: Option<&str>, kind: Option<EventKind>) -> String {
+        format!(
+            "{}.events.{}.{}",
+            self.base(),
+            node.unwrap_or("*"),
+            kind.map(EventKind::as_str).unwrap_or("*")
+        )
+    }
+
+    /// Splits an event subject into (node, kind).
+    pub fn parse_event(&self, subject: &str) -> Option<(String, EventKind)> {
+        let rest = subject.strip_prefix(&format!("{}.events.", self.base()))?;
+        let (node, kind) = rest.split_once('.')?;
+        Some((node.to_string(), EventKind::parse(kind)?))
+    }
+
+    pub fn api(&self, method: &str) -> String {
+        format!("{}.api.{method}", self.base())
+    }
+
+    pub fn api_all(&self) -> String {
+        format!("{}.api.>", self.base())
+    }
+
+    pub fn api_method<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        let base = self.base();
+        subject.strip_prefix(&base)?.strip_prefix(".api.")
+    }
+
+    fn upper(&self) -> String {
+        self.prefix.to_uppercase().replace(['.', '-'], "_")
+    }
+
+    fn lower(&self) -> String {
+        self.prefix.to_lowercase().replace(['.', '-'], "_")
+    }
+
+    /// Work-queue stream holding agent commands.
+    pub fn commands_stream(&self) -> String {
+        format!("{}_COMMANDS", self.upper())
+    }
+
+    /// Limits stream holding every event, for replay.
+    pub fn events_stream(&self) -> String {
+        format!("{}_EVENTS", self.upper())
+    }
+
+    /// Durable pull consumer of one agent.
+    pub fn agent_consumer(&self, node: &str) -> String {
+        format!("agent-{node}")
+    }
+
+    pub fn nodes_bucket(&self) -> String {
+        format!("{}_nodes", self.lower())
+    }
+
+    pub fn jobs_bucket(&self) -> String {
+        format!("{}_jobs", self.lower())
+    }
+
+    pub fn leader_bucket(&self) -> String {
+        format!("{}_leader", self.lower())
+    }
+
+    /// Agents' record of executed command ids (at-most-once across restarts).
+    pub fn agent_results_bucket(&self) -> String {
+        format!("{}_agent_results", self.lower())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_versioned_and_prefixed() {
+        let s = Subjects::new("acme");
+        assert_eq!(s.agent_cmd("node1"), "acme.v1.agent.node1.cmd");
+        assert_eq!(
+            s.event("node1", EventKind::Heartbeat),
+            "acme.v1.events.node1.heartbeat"
+        );
+        assert_eq!(s.events_filter(None, None), "acme.v1.events.*.*");
+        assert_eq!(
+            s.events_filter(Some("n"), Some(EventKind::Job)),
+            "acme.v1.events.n.job"
+        );
+        assert_eq!(s.api("node.list"), "acme.v1.api.node.list");
+        assert_eq!(s.api_method("acme.v1.api.vm.move"), Some("vm.move"));
+        assert_eq!(s.api_method("other.v1.api.vm.move"), None);
+        assert_eq!(s.commands_stream(), "ACME_COMMANDS");
+        assert_eq!(s.nodes_bucket(), "acme_nodes");
+    }
+
+    #[test]
+    fn event_subjects_parse_back() {
+        let s = Subjects::default();
+        for kind in EventKind::ALL {
+            let subj = s.event("node-7", kind);
+            assert_eq!(s.parse_event(&subj), Some(("node-7".to_string(), kind)));
+        }
+        assert_eq!(s.parse_event("nodemaint.v1.events.n.bogus"), None);
+    }
+
+    #[test]
+    fn tokens_reject_separators_and_wildcards() {
+        assert!(validate_token("node-1_a").is_ok());
+        for bad in ["", "a.b", "a b", "*", ">", "a>"] {
+            assert!(validate_token(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
