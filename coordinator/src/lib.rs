@@ -1,1 +1,12 @@
+//! nodemaint coordinator: the node registry, the planner-driven jobs, the
+//! request/reply API, and the operator CLI's client side.
 
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod fleet;
+pub mod jobs;
+pub mod output;
+pub mod registry;
+pub mod server;

@@ -1,1 +1,27 @@
-fn main() {}
+//! `coordinator`: the daemon and the operators' CLI. See `coordinator --help`.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = nodemaint_coordinator::cli::Cli::parse();
+    // The daemon logs its work; the CLI only warnings, so its output stays clean.
+    let default = match cli.command {
+        nodemaint_coordinator::cli::Command::Serve { .. } => "info",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match nodemaint_coordinator::cli::run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

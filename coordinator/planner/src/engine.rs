@@ -88,6 +88,9 @@ pub(crate) struct Index<'a> {
     pub rank: Vec<u32>,
     pub base: Vec<Usage>,
     pub vm_node: Vec<u32>,
+    /// VMs with an anti-affinity group or VFWs with a cloudspace: the only
+    /// ones the [`Catalog`] needs to look at.
+    pub tagged: Vec<u32>,
 }
 
 impl<'a> Index<'a> {
@@ -133,13 +136,27 @@ impl<'a> Index<'a> {
         }
         let mut base = vec![Usage::default(); n];
         let mut vm_node = Vec::with_capacity(fleet.vms.len());
-        for vm in &fleet.vms {
-            let Some(&i) = by_name.get(vm.node.as_str()) else {
-                return Err(PlanError::InvalidFleet(format!(
-                    "VM {:?} is on unknown node {:?}",
-                    vm.name, vm.node
-                )));
+        let mut tagged = Vec::new();
+        // Exports usually list a node's VMs together: check the previous
+        // VM's node before hashing.
+        let mut last: Option<(&str, u32)> = None;
+        for (vi, vm) in fleet.vms.iter().enumerate() {
+            let i = match last {
+                Some((name, i)) if name == vm.node => i,
+                _ => {
+                    let Some(&i) = by_name.get(vm.node.as_str()) else {
+                        return Err(PlanError::InvalidFleet(format!(
+                            "VM {:?} is on unknown node {:?}",
+                            vm.name, vm.node
+                        )));
+                    };
+                    last = Some((vm.node.as_str(), i));
+                    i
+                }
             };
+            if vm.anti_affinity.is_some() || (vm.kind == VmKind::Vfw && vm.cloudspace.is_some()) {
+                tagged.push(vi as u32);
+            }
             let u = &mut base[i as usize];
             u.mem += vm.mem_mib;
             u.vcpu += u64::from(vm.vcpus);
@@ -156,7 +173,17 @@ impl<'a> Index<'a> {
             rank,
             base,
             vm_node,
+            tagged,
         })
+    }
+
+    /// Indices of the VMs on node `n`, in fleet order.
+    pub fn vms_on(&self, n: u32) -> impl Iterator<Item = usize> + '_ {
+        self.vm_node
+            .iter()
+            .enumerate()
+            .filter(move |(_, &vn)| vn == n)
+            .map(|(i, _)| i)
     }
 
     pub fn node(&self, name: &str) -> Result<u32, PlanError> {
@@ -196,8 +223,9 @@ impl<'a> Catalog<'a> {
             }
         }
         let all = only.is_none();
-        for (i, vm) in idx.fleet.vms.iter().enumerate() {
-            let node = idx.vm_node[i];
+        for &i in &idx.tagged {
+            let vm = &idx.fleet.vms[i as usize];
+            let node = idx.vm_node[i as usize];
             if let Some(g) = vm.anti_affinity.as_deref() {
                 if all {
                     cat.groups.entry(g).or_default().push(node);
@@ -286,6 +314,9 @@ pub(crate) struct Problem<'i, 'a> {
     req_group: Vec<Option<u32>>,
     req_cs: Vec<Option<u32>>,
     pub candidates: Vec<u32>,
+    /// Base utilisation of each candidate (32.32 fixed point, rounded
+    /// down), ascending.
+    cand_base: Vec<u64>,
     pristine: State,
     /// Work budget (candidate evaluations) for the exhaustive fallback.
     pub search_budget: u64,
@@ -330,22 +361,43 @@ impl<'i, 'a> Problem<'i, 'a> {
         for &e in excluded {
             is_excluded[e as usize] = true;
         }
-        let candidates = (0..idx.cap.len() as u32)
+        let candidates: Vec<u32> = (0..idx.cap.len() as u32)
             .filter(|&n| idx.eligible[n as usize] && !is_excluded[n as usize])
             .collect();
-        Problem {
+        let mut p = Problem {
             idx,
             reqs,
             req_group,
             req_cs,
-            candidates,
+            candidates: Vec::new(),
+            cand_base: Vec::new(),
             pristine: State {
                 usage: idx.base.clone(),
                 groups,
                 css,
             },
             search_budget: 2_000_000,
-        }
+        };
+        p.set_candidates(candidates);
+        p
+    }
+
+    /// Replace the candidate nodes (a subset of eligible, non-excluded
+    /// nodes; used by the rolling planner to try the roomiest nodes first).
+    /// Kept sorted by utilisation before the problem (`base`), which is a
+    /// lower bound of any later utilisation: placements only add to it.
+    /// [`Problem::choose`] uses that to stop scanning early.
+    pub fn set_candidates(&mut self, mut c: Vec<u32>) {
+        let idx = self.idx;
+        // Sort key: base utilisation in 32.32 fixed point, rounded down
+        // (integer keys sort several times faster than exact fractions).
+        let fixed = |n: u32| -> u64 {
+            let (u, cap) = (idx.base[n as usize].mem, idx.cap[n as usize].mem.max(1));
+            ((u128::from(u) << 32) / u128::from(cap)).min(u128::from(u64::MAX)) as u64
+        };
+        c.sort_unstable_by_key(|&n| (fixed(n), idx.rank[n as usize]));
+        self.cand_base = c.iter().map(|&n| fixed(n)).collect();
+        self.candidates = c;
     }
 
     pub fn fresh(&self) -> State {
@@ -395,7 +447,17 @@ impl<'i, 'a> Problem<'i, 'a> {
     /// Best candidate for request `r`, if any fits.
     pub fn choose(&self, st: &State, r: usize, soft: bool, mode: Mode) -> Option<u32> {
         let mut best: Option<(Key, u32)> = None;
-        for &n in &self.candidates {
+        for (i, &n) in self.candidates.iter().enumerate() {
+            // Early stop (balanced mode): every later candidate's utilisation
+            // after placement is at least its base utilisation, which is at
+            // least this one's; once that reaches the best found (with no
+            // spreading penalty), nothing later can win.
+            // The key is rounded down, so stop only when strictly above.
+            if let (Mode::Balanced, Some((b, _))) = (mode, &best) {
+                if b.soft == 0 && frac_cmp(self.cand_base[i], 1 << 32, b.num, b.den).is_gt() {
+                    break;
+                }
+            }
             if !self.fits(st, r, n) {
                 continue;
             }
@@ -415,7 +477,7 @@ impl<'i, 'a> Problem<'i, 'a> {
             .filter(|&&n| self.fits(st, r, n))
             .map(|&n| (self.key(st, r, n, soft, Mode::Balanced), n))
             .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.sort_by_key(|a| a.0);
         v.into_iter().map(|(_, n)| n).collect()
     }
 
@@ -462,11 +524,11 @@ impl<'i, 'a> Problem<'i, 'a> {
         let mut st = self.fresh();
         let mut assign = vec![None; self.reqs.len()];
         let mut failed = Vec::new();
-        for r in 0..self.reqs.len() {
+        for (r, slot) in assign.iter_mut().enumerate() {
             match self.choose(&st, r, soft, mode) {
                 Some(n) => {
                     self.place(&mut st, r, n);
-                    assign[r] = Some(n);
+                    *slot = Some(n);
                 }
                 None => failed.push((
                     r,

@@ -97,13 +97,7 @@ pub fn plan_drain(fleet: &Fleet, node: &str, limits: &Limits) -> Result<DrainPla
     let idx = Index::new(fleet)?;
     let n = idx.node(node)?;
     source_reachable(fleet, n as usize)?;
-    let reqs: Vec<Req> = fleet
-        .vms
-        .iter()
-        .zip(&idx.vm_node)
-        .filter(|(_, &vn)| vn == n)
-        .map(|(vm, _)| Req::of(vm))
-        .collect();
+    let reqs: Vec<Req> = idx.vms_on(n).map(|i| Req::of(&fleet.vms[i])).collect();
     let cat = catalog_for(&idx, &reqs);
     let prob = Problem::new(&idx, &cat, reqs, &[n]);
     match prob.solve(true) {

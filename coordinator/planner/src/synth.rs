@@ -209,7 +209,7 @@ pub fn exhaustive_drain(fleet: &Fleet, node: &str) -> Option<Frac> {
         .filter(|&i| fleet.nodes[i].name != node && fleet.nodes[i].accepts_vms())
         .collect();
     let mut vms: Vec<&Vm> = fleet.vms.iter().filter(|v| v.node == node).collect();
-    vms.sort_by(|a, b| b.mem_mib.cmp(&a.mem_mib));
+    vms.sort_by_key(|v| std::cmp::Reverse(v.mem_mib));
     if vms.is_empty() {
         return Some((0, 1));
     }

@@ -7,6 +7,9 @@
 use crate::model::{Fleet, Limits, Move, VmKind};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Moves in one wave: total, per source, per destination.
+type WaveLoad<'a> = (usize, BTreeMap<&'a str, usize>, BTreeMap<&'a str, usize>);
+
 /// Check that `moves` drain `node` of `fleet` under every hard constraint
 /// and the wave `limits`. Returns the first violation found.
 pub fn verify_drain(
@@ -141,8 +144,7 @@ pub fn verify_drain(
     if moves.windows(2).any(|w| w[0].wave > w[1].wave) {
         return Err("moves not sorted by wave".into());
     }
-    let mut per_wave: BTreeMap<u32, (usize, BTreeMap<&str, usize>, BTreeMap<&str, usize>)> =
-        BTreeMap::new();
+    let mut per_wave: BTreeMap<u32, WaveLoad> = BTreeMap::new();
     for m in moves {
         let w = per_wave.entry(m.wave).or_default();
         w.0 += 1;

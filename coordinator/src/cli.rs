@@ -1,0 +1,986 @@
+//! The `coordinator` command line: the daemon (`serve`) and the operator
+//! commands, each a thin client of the API.
+
+use crate::client::{Client, ClientError};
+use crate::output::{self, ago, fmt_ts, mib, table};
+use async_nats::jetstream::consumer::DeliverPolicy;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
+use nodemaint_planner as planner;
+use nodemaint_proto::model::{NodeView, Vm, VmView};
+use nodemaint_proto::pb::{self, api_reply::Kind as Reply, api_request::Kind as Req, event::Body};
+use nodemaint_proto::subjects::EventKind;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// nodemaint coordinator: maintenance mode for libvirt/KVM clouds.
+///
+/// Runs the coordinator daemon (`serve`) and is the operators' CLI: list
+/// nodes (stacks), VMs and virtual firewalls (VFWs), start, stop and move
+/// VMs, plan drains and rolling maintenance, follow the event stream.
+///
+/// Examples:
+///   coordinator serve --config deploy/coordinator.toml
+///   coordinator node list
+///   coordinator vfw list --output json
+///   coordinator vm move cs1-vm1 --to node2
+///   coordinator events --since 10m --follow
+#[derive(Parser, Debug)]
+#[command(version, verbatim_doc_comment, propagate_version = true)]
+pub struct Cli {
+    /// NATS server URL.
+    #[arg(
+        long,
+        global = true,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+    /// Output format: human tables or JSON (one document, or JSON lines for streams).
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Operator name sent with requests; fleet changes need group Level2 or Level3.
+    #[arg(long, global = true, env = "NODEMAINT_USER")]
+    pub user: Option<String>,
+    /// Subject prefix of this installation.
+    #[arg(
+        long,
+        global = true,
+        env = "NODEMAINT_PREFIX",
+        default_value = "nodemaint"
+    )]
+    pub prefix: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the coordinator daemon: node registry, API, jobs.
+    Serve {
+        /// Coordinator config (TOML): users and groups, migration limits.
+        #[arg(long, short, env = "NODEMAINT_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Nodes (stacks): list, show.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Virtual machines: list, start, stop, move.
+    #[command(subcommand)]
+    Vm(VmCmd),
+    /// Virtual firewalls (one system VM per cloudspace).
+    #[command(subcommand)]
+    Vfw(VfwCmd),
+    /// Replay, then optionally follow, the event stream.
+    Events(EventsArgs),
+    /// What-if plans; nothing is changed.
+    #[command(subcommand)]
+    Plan(PlanCmd),
+    /// The live fleet as a fleet file (for `plan --fleet`).
+    #[command(subcommand)]
+    Fleet(FleetCmd),
+    /// Jobs: every start, stop, move and maintenance, with its journal.
+    #[command(subcommand)]
+    Job(JobCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCmd {
+    /// Every node with status, reachability, VMs and memory.
+    List,
+    /// One node's details and its VMs, VFWs marked as such.
+    Show { node: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KindArg {
+    User,
+    Vfw,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StateArg {
+    Running,
+    Shutoff,
+    Paused,
+    Crashed,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VmCmd {
+    /// VMs across the fleet, optionally filtered.
+    List {
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        cloudspace: Option<String>,
+        #[arg(long, value_enum)]
+        kind: Option<KindArg>,
+        #[arg(long, value_enum)]
+        state: Option<StateArg>,
+    },
+    /// Start a shut-off VM on its node.
+    Start {
+        vm: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Stop a VM: graceful shutdown, then destroy after the timeout.
+    Stop {
+        vm: String,
+        /// Seconds to wait for a graceful shutdown before destroying.
+        #[arg(long)]
+        timeout: Option<u32>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Live-migrate a VM (VFWs too) to another node.
+    Move {
+        vm: String,
+        /// Destination node.
+        #[arg(long)]
+        to: String,
+        /// Abort the migration after this many seconds; the VM stays on its node.
+        #[arg(long)]
+        timeout: Option<u32>,
+        /// Cap the migration bandwidth (MiB/s).
+        #[arg(long)]
+        max_speed: Option<u64>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+}
+
+#[derive(Args, Debug, Clone, Copy)]
+pub struct WaitArgs {
+    /// Return once the request is accepted; follow it with `job watch ID`.
+    #[arg(long)]
+    pub detach: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VfwCmd {
+    /// Every cloudspace's firewall and where it runs.
+    List,
+}
+
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    /// Only this node's events ("coordinator" for job events).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Only this kind: heartbeat, inventory, progress, result, checks, job, error.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Start this far back (30s, 10m, 2h, 1d) or `all`.
+    #[arg(long, default_value = "1h")]
+    pub since: String,
+    /// Keep following new events after the replay.
+    #[arg(long, short)]
+    pub follow: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PlanCmd {
+    /// Where the VMs of NODE would go if it were drained, in which waves.
+    Drain {
+        node: String,
+        /// Plan against a fleet file instead of the live fleet.
+        #[arg(long)]
+        fleet: Option<PathBuf>,
+        /// Concurrent outbound migrations from NODE.
+        #[arg(long, default_value_t = 0)]
+        max_parallel: u32,
+    },
+    /// In which groups NODES can be taken down for rolling maintenance.
+    Rolling {
+        nodes: Vec<String>,
+        /// All nodes of the fleet.
+        #[arg(long, conflicts_with = "nodes")]
+        all: bool,
+        /// Nodes down at the same time.
+        #[arg(long, default_value_t = 1)]
+        max_unavailable: u32,
+        #[arg(long)]
+        fleet: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FleetCmd {
+    /// Print the live fleet as a fleet file (JSON).
+    Export,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobCmd {
+    /// Recent jobs, newest first.
+    List,
+    /// A job with its journal.
+    Show { id: String },
+    /// Follow a running job until it ends.
+    Watch { id: String },
+}
+
+/// A failure with its exit code: 1 for refusals and failures.
+pub type CliResult = Result<(), anyhow::Error>;
+
+fn user(cli: &Cli) -> String {
+    cli.user
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub async fn run(cli: Cli) -> CliResult {
+    if let Command::Serve { config } = &cli.command {
+        return serve(&cli, config.clone()).await;
+    }
+    // Plans against a file need no coordinator.
+    if let Command::Plan(p) = &cli.command {
+        if let Some(out) = plan_from_file(p)? {
+            return print_plan(&cli, p, &out);
+        }
+    }
+    let client = Client::connect(&cli.nats_url, &cli.prefix, &user(&cli)).await?;
+    match &cli.command {
+        Command::Serve { .. } => unreachable!(),
+        Command::Node(NodeCmd::List) => node_list(&cli, &client).await,
+        Command::Node(NodeCmd::Show { node }) => node_show(&cli, &client, node).await,
+        Command::Vm(VmCmd::List {
+            node,
+            cloudspace,
+            kind,
+            state,
+        }) => vm_list(&cli, &client, node, cloudspace, *kind, *state).await,
+        Command::Vm(VmCmd::Start { vm, wait }) => {
+            let req = Req::StartVm(pb::VmAction {
+                vm: vm.clone(),
+                graceful_timeout_s: 0,
+            });
+            run_op(&cli, &client, req, *wait).await
+        }
+        Command::Vm(VmCmd::Stop { vm, timeout, wait }) => {
+            let req = Req::StopVm(pb::VmAction {
+                vm: vm.clone(),
+                graceful_timeout_s: timeout.unwrap_or(0),
+            });
+            run_op(&cli, &client, req, *wait).await
+        }
+        Command::Vm(VmCmd::Move {
+            vm,
+            to,
+            timeout,
+            max_speed,
+            wait,
+        }) => {
+            let req = Req::MoveVm(pb::MoveVm {
+                vm: vm.clone(),
+                to_node: to.clone(),
+                timeout_s: timeout.unwrap_or(0),
+                max_speed_mibs: max_speed.unwrap_or(0),
+            });
+            run_op(&cli, &client, req, *wait).await
+        }
+        Command::Vfw(VfwCmd::List) => vfw_list(&cli, &client).await,
+        Command::Events(a) => events(&cli, &client, a).await,
+        Command::Plan(p) => {
+            let req = match p {
+                PlanCmd::Drain {
+                    node, max_parallel, ..
+                } => Req::PlanDrain(pb::PlanDrain {
+                    node: node.clone(),
+                    max_parallel: *max_parallel,
+                }),
+                PlanCmd::Rolling {
+                    nodes,
+                    all,
+                    max_unavailable,
+                    ..
+                } => {
+                    if nodes.is_empty() && !all {
+                        anyhow::bail!("name the nodes to roll, or give --all");
+                    }
+                    Req::PlanRolling(pb::PlanRolling {
+                        nodes: nodes.clone(),
+                        max_unavailable: *max_unavailable,
+                    })
+                }
+            };
+            let doc = json_reply(client.call(req).await?)?;
+            print_plan(&cli, p, &doc)
+        }
+        Command::Fleet(FleetCmd::Export) => {
+            let doc = json_reply(client.call(Req::ExportFleet(pb::ExportFleet {})).await?)?;
+            let v: serde_json::Value = serde_json::from_str(&doc)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        Command::Job(JobCmd::List) => job_list(&cli, &client).await,
+        Command::Job(JobCmd::Show { id }) => job_show(&cli, &client, id).await,
+        Command::Job(JobCmd::Watch { id }) => job_watch(&cli, &client, id).await,
+    }
+}
+
+async fn serve(cli: &Cli, config: Option<PathBuf>) -> CliResult {
+    let mut cfg = match config {
+        Some(p) => crate::config::CoordinatorConfig::load(&p)?,
+        None => crate::config::CoordinatorConfig::default(),
+    };
+    // The global flag (or NATS_URL) wins over the file when given explicitly.
+    if std::env::var("NATS_URL").is_ok() || std::env::args().any(|a| a.starts_with("--nats-url")) {
+        cfg.nats_url = cli.nats_url.clone();
+    }
+    if cli.prefix != nodemaint_proto::subjects::DEFAULT_PREFIX {
+        cfg.subject_prefix = cli.prefix.clone();
+    }
+    if cfg.users.is_empty() {
+        tracing::warn!("no users configured: every fleet change will be refused");
+    }
+    let coord = crate::server::Coordinator::start(cfg).await?;
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+    };
+    coord.serve(shutdown).await
+}
+
+fn json_reply(r: Reply) -> anyhow::Result<String> {
+    match r {
+        Reply::Json(s) => Ok(s),
+        other => anyhow::bail!("unexpected reply {other:?}"),
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> CliResult {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+async fn node_list(cli: &Cli, c: &Client) -> CliResult {
+    let Reply::Nodes(list) = c.call(Req::ListNodes(pb::ListNodes {})).await? else {
+        anyhow::bail!("unexpected reply");
+    };
+    let views: Vec<NodeView> = list.nodes.iter().map(NodeView::from).collect();
+    if cli.output == Output::Json {
+        return print_json(&views);
+    }
+    let now = nodemaint_proto::now_ms();
+    let rows: Vec<Vec<String>> = views
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                format!("{:?}", n.status).to_uppercase(),
+                if n.reachable {
+                    "yes".into()
+                } else {
+                    "NO".into()
+                },
+                format!("{}/{}", n.vms_running, n.vms_total),
+                format!("{} / {}", mib(n.memory_used_mib), mib(n.memory_mib)),
+                ago(n.last_seen_ms, now),
+                n.current_job
+                    .as_deref()
+                    .map(output::short)
+                    .unwrap_or("-")
+                    .to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "NODE",
+                "STATUS",
+                "REACHABLE",
+                "VMS RUN/TOTAL",
+                "MEMORY USED/TOTAL",
+                "LAST SEEN",
+                "JOB"
+            ],
+            &rows
+        )
+    );
+    if rows.is_empty() {
+        eprintln!(
+            "(no node has registered yet; are the agents running against {}?)",
+            cli.nats_url
+        );
+    }
+    Ok(())
+}
+
+fn vm_rows(vms: &[VmView], with_node: bool) -> Vec<Vec<String>> {
+    vms.iter()
+        .map(|v| {
+            let mut row = vec![v.vm.name.clone()];
+            if with_node {
+                row.push(v.node.clone());
+            }
+            row.extend([
+                format!("{:?}", v.vm.kind).to_uppercase(),
+                v.vm.cloudspace.clone().unwrap_or_else(|| "-".into()),
+                format!("{:?}", v.vm.state).to_uppercase(),
+                v.vm.vcpus.to_string(),
+                mib(v.vm.memory_mib),
+                v.stopped_by
+                    .as_deref()
+                    .map(|j| format!("stopped by job {}", output::short(j)))
+                    .unwrap_or_default(),
+            ]);
+            row
+        })
+        .collect()
+}
+
+async fn node_show(cli: &Cli, c: &Client, node: &str) -> CliResult {
+    let Reply::Node(d) = c
+        .call(Req::ShowNode(pb::ShowNode { node: node.into() }))
+        .await?
+    else {
+        anyhow::bail!("unexpected reply");
+    };
+    let summary = d.summary.clone().unwrap_or_default();
+    let view = NodeView::from(&summary);
+    let vms: Vec<VmView> = d
+        .domains
+        .iter()
+        .map(|dom| VmView {
+            node: view.name.clone(),
+            vm: Vm::from(dom),
+            stopped_by: None,
+        })
+        .collect();
+    if cli.output == Output::Json {
+        return print_json(
+            &serde_json::json!({ "node": view, "libvirt_uri": d.libvirt_uri, "vms": vms }),
+        );
+    }
+    let now = nodemaint_proto::now_ms();
+    println!("Node:        {}", view.name);
+    println!("Status:      {:?}", view.status);
+    println!(
+        "Reachable:   {} (last seen {})",
+        if view.reachable { "yes" } else { "NO" },
+        ago(view.last_seen_ms, now)
+    );
+    println!("Address:     {}  libvirt: {}", view.address, d.libvirt_uri);
+    println!(
+        "Capacity:    {} vCPUs, {}",
+        view.vcpus,
+        mib(view.memory_mib)
+    );
+    println!(
+        "Memory used: {} by {} VMs ({} running)",
+        mib(view.memory_used_mib),
+        view.vms_total,
+        view.vms_running
+    );
+    println!(
+        "Boot:        id {} at {}",
+        view.boot_id,
+        fmt_ts(view.boot_time_ms)
+    );
+    println!("Agent:       {}", view.agent_version);
+    if let Some(j) = &view.current_job {
+        println!("Job:         {j}");
+    }
+    let (sys, user): (Vec<VmView>, Vec<VmView>) = vms
+        .into_iter()
+        .partition(|v| v.vm.kind == nodemaint_proto::model::VmKind::Vfw);
+    let headers = [
+        "VM",
+        "KIND",
+        "CLOUDSPACE",
+        "STATE",
+        "VCPUS",
+        "MEMORY",
+        "NOTE",
+    ];
+    println!("\nUser VMs ({}):", user.len());
+    print!("{}", table(&headers, &vm_rows(&user, false)));
+    println!("\nSystem VMs — virtual firewalls ({}):", sys.len());
+    print!("{}", table(&headers, &vm_rows(&sys, false)));
+    Ok(())
+}
+
+async fn vm_list(
+    cli: &Cli,
+    c: &Client,
+    node: &Option<String>,
+    cloudspace: &Option<String>,
+    kind: Option<KindArg>,
+    state: Option<StateArg>,
+) -> CliResult {
+    let req = pb::ListVms {
+        node: node.clone().unwrap_or_default(),
+        cloudspace: cloudspace.clone().unwrap_or_default(),
+        kind: match kind {
+            None => pb::VmKind::Unspecified,
+            Some(KindArg::User) => pb::VmKind::User,
+            Some(KindArg::Vfw) => pb::VmKind::Vfw,
+        } as i32,
+        state: match state {
+            None => pb::VmState::Unspecified,
+            Some(StateArg::Running) => pb::VmState::Running,
+            Some(StateArg::Shutoff) => pb::VmState::Shutoff,
+            Some(StateArg::Paused) => pb::VmState::Paused,
+            Some(StateArg::Crashed) => pb::VmState::Crashed,
+        } as i32,
+    };
+    let Reply::Vms(list) = c.call(Req::ListVms(req)).await? else {
+        anyhow::bail!("unexpected reply");
+    };
+    let vms: Vec<VmView> = list
+        .vms
+        .iter()
+        .map(|e| VmView {
+            node: e.node.clone(),
+            vm: e.domain.as_ref().map(Vm::from).unwrap_or_default(),
+            stopped_by: (!e.stopped_by.is_empty()).then(|| e.stopped_by.clone()),
+        })
+        .collect();
+    if cli.output == Output::Json {
+        return print_json(&vms);
+    }
+    print!(
+        "{}",
+        table(
+            &[
+                "VM",
+                "NODE",
+                "KIND",
+                "CLOUDSPACE",
+                "STATE",
+                "VCPUS",
+                "MEMORY",
+                "NOTE"
+            ],
+            &vm_rows(&vms, true)
+        )
+    );
+    Ok(())
+}
+
+async fn vfw_list(cli: &Cli, c: &Client) -> CliResult {
+    let Reply::Vfws(list) = c.call(Req::ListVfws(pb::ListVfws {})).await? else {
+        anyhow::bail!("unexpected reply");
+    };
+    let views: Vec<nodemaint_proto::model::VfwView> = list
+        .vfws
+        .iter()
+        .map(|v| {
+            let d = v.domain.as_ref().map(Vm::from).unwrap_or_default();
+            nodemaint_proto::model::VfwView {
+                cloudspace: v.cloudspace.clone(),
+                node: v.node.clone(),
+                name: d.name,
+                state: d.state,
+                node_reachable: v.node_reachable,
+            }
+        })
+        .collect();
+    if cli.output == Output::Json {
+        return print_json(&views);
+    }
+    let rows: Vec<Vec<String>> = views
+        .iter()
+        .map(|v| {
+            if v.node.is_empty() {
+                vec![
+                    v.cloudspace.clone(),
+                    "-".into(),
+                    "MISSING: no node reports this VFW".into(),
+                    "-".into(),
+                ]
+            } else {
+                vec![
+                    v.cloudspace.clone(),
+                    v.name.clone(),
+                    format!("{:?}", v.state).to_uppercase(),
+                    format!(
+                        "{}{}",
+                        v.node,
+                        if v.node_reachable {
+                            ""
+                        } else {
+                            " (unreachable)"
+                        }
+                    ),
+                ]
+            }
+        })
+        .collect();
+    print!("{}", table(&["CLOUDSPACE", "VFW", "STATE", "NODE"], &rows));
+    Ok(())
+}
+
+/// Sends a fleet-changing request, then follows its job to the end with a
+/// progress line per VM (JSON lines with `--output json`). Fails (exit 1)
+/// when the job fails.
+async fn run_op(cli: &Cli, c: &Client, req: Req, wait: WaitArgs) -> CliResult {
+    let Reply::Accepted(acc) = c.call(req).await? else {
+        anyhow::bail!("unexpected reply");
+    };
+    if cli.output == Output::Json {
+        println!(
+            "{}",
+            serde_json::json!({ "accepted": true, "job_id": acc.op_id, "message": acc.message })
+        );
+    } else {
+        eprintln!("{}", acc.message);
+    }
+    if wait.detach {
+        if cli.output == Output::Table {
+            println!("{}", acc.op_id);
+        }
+        return Ok(());
+    }
+    follow_job(cli, c, &acc.op_id, acc.events_from_seq).await
+}
+
+async fn follow_job(cli: &Cli, c: &Client, job_id: &str, from_seq: u64) -> CliResult {
+    let json = cli.output == Output::Json;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut bar_open = false;
+    let end = c
+        .watch_op(job_id, from_seq, |ev| {
+            if json {
+                println!("{}", output::event_json(0, ev));
+                return;
+            }
+            match &ev.body {
+                Some(Body::Progress(p)) => {
+                    let line = format!(
+                        "{:<20} {} {}/{} moved",
+                        p.vm,
+                        output::bar(p.percent),
+                        mib(p.bytes_processed >> 20),
+                        mib((p.bytes_processed + p.bytes_remaining) >> 20)
+                    );
+                    if tty {
+                        eprint!("\r{line}\x1b[K");
+                        bar_open = true;
+                    } else {
+                        eprintln!("{line}");
+                    }
+                }
+                Some(Body::Job(j)) => {
+                    if bar_open {
+                        eprintln!();
+                        bar_open = false;
+                    }
+                    if !j.terminal {
+                        eprintln!("{} {}", fmt_ts(ev.ts_ms), j.message);
+                    }
+                }
+                _ => {}
+            }
+            let _ = std::io::stderr().flush();
+        })
+        .await?;
+    if bar_open {
+        eprintln!();
+    }
+    if !json {
+        println!("{}: {}", end.state, end.message);
+    }
+    if end.ok {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!(
+            "job {job_id} {}: {}",
+            end.state.to_lowercase(),
+            end.message
+        ))
+    }
+}
+
+fn parse_since(s: &str) -> anyhow::Result<Option<Duration>> {
+    if s == "all" {
+        return Ok(None);
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| {
+        anyhow::anyhow!("--since {s:?}: use a number with s, m, h or d (e.g. 10m), or `all`")
+    })?;
+    let secs = match unit {
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => anyhow::bail!("--since {s:?}: unknown unit {unit:?} (use s, m, h or d)"),
+    };
+    Ok(Some(Duration::from_secs(secs)))
+}
+
+async fn events(cli: &Cli, c: &Client, a: &EventsArgs) -> CliResult {
+    let kind = match &a.kind {
+        Some(k) => Some(EventKind::parse(k).ok_or_else(|| {
+            anyhow::anyhow!(
+                "unknown event kind {k:?}; kinds: {}",
+                EventKind::ALL.map(|k| k.as_str()).join(", ")
+            )
+        })?),
+        None => None,
+    };
+    if let Some(n) = &a.node {
+        nodemaint_proto::subjects::validate_token(n)?;
+    }
+    let deliver = match parse_since(&a.since)? {
+        None => DeliverPolicy::All,
+        Some(d) => DeliverPolicy::ByStartTime {
+            start_time: time::OffsetDateTime::now_utc() - d,
+        },
+    };
+    let filter = c.subjects.events_filter(a.node.as_deref(), kind);
+    let mut msgs = c.event_stream(vec![filter], deliver).await?;
+    let mut caught_up = false;
+    loop {
+        // Without --follow, stop when the replay has caught up (no event
+        // pending, or none arriving for a moment).
+        let next = if a.follow || !caught_up {
+            match tokio::time::timeout(
+                Duration::from_millis(if a.follow { u64::MAX / 4 } else { 1500 }),
+                msgs.next(),
+            )
+            .await
+            {
+                Ok(n) => n,
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
+        let Some(msg) = next else { break };
+        let msg = msg.map_err(|e| ClientError::Other(format!("event stream error: {e}")))?;
+        let (seq, pending) = msg
+            .info()
+            .map(|i| (i.stream_sequence, i.pending))
+            .unwrap_or((0, 1));
+        match nodemaint_proto::decode::<pb::Event>(&msg.payload) {
+            Ok(ev) if cli.output == Output::Json => println!("{}", output::event_json(seq, &ev)),
+            Ok(ev) => println!("{}", output::event_line(&ev)),
+            Err(e) => eprintln!("(seq {seq}: {e})"),
+        }
+        if pending == 0 && !a.follow {
+            caught_up = true;
+        }
+    }
+    Ok(())
+}
+
+/// Computes a plan locally when `--fleet FILE` is given.
+fn plan_from_file(p: &PlanCmd) -> anyhow::Result<Option<String>> {
+    let (file, doc) = match p {
+        PlanCmd::Drain {
+            node,
+            fleet: Some(f),
+            max_parallel,
+        } => {
+            let fleet = read_fleet(f)?;
+            let limits = crate::fleet::limits(&crate::config::Limits::default(), *max_parallel);
+            let r =
+                planner::drain_report(&fleet, node, &limits).map_err(|e| anyhow::anyhow!("{e}"))?;
+            (f, serde_json::to_string(&r)?)
+        }
+        PlanCmd::Rolling {
+            nodes,
+            all,
+            max_unavailable,
+            fleet: Some(f),
+        } => {
+            let fleet = read_fleet(f)?;
+            if nodes.is_empty() && !all {
+                anyhow::bail!("name the nodes to roll, or give --all");
+            }
+            let nodes: Vec<String> = if *all {
+                fleet.nodes.iter().map(|n| n.name.clone()).collect()
+            } else {
+                nodes.clone()
+            };
+            let r = planner::plan_rolling(&fleet, &nodes, (*max_unavailable).max(1) as usize)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            (f, serde_json::to_string(&r)?)
+        }
+        _ => return Ok(None),
+    };
+    let _ = file;
+    Ok(Some(doc))
+}
+
+fn read_fleet(path: &PathBuf) -> anyhow::Result<planner::Fleet> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read fleet file {}: {e}", path.display()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("invalid fleet file {}: {e}", path.display()))
+}
+
+fn print_plan(cli: &Cli, p: &PlanCmd, doc: &str) -> CliResult {
+    let v: serde_json::Value = serde_json::from_str(doc)?;
+    if cli.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        match p {
+            PlanCmd::Drain { node, .. } => {
+                let r: planner::DrainReport = serde_json::from_value(v.clone())?;
+                let rows: Vec<Vec<String>> = r
+                    .moves
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            m.wave.to_string(),
+                            m.vm.clone(),
+                            m.kind.to_string(),
+                            m.from.clone(),
+                            m.to.clone(),
+                        ]
+                    })
+                    .collect();
+                println!("Drain plan for {node}: {} moves", rows.len());
+                print!("{}", table(&["WAVE", "VM", "KIND", "FROM", "TO"], &rows));
+                if !r.unplaced.is_empty() {
+                    println!(
+                        "\nCannot place {} VMs, nothing would be moved:",
+                        r.unplaced.len()
+                    );
+                    for u in &r.unplaced {
+                        println!("  {}: {}", u.vm, u.reason);
+                    }
+                }
+            }
+            PlanCmd::Rolling { .. } => {
+                let r: planner::RollingPlan = serde_json::from_value(v.clone())?;
+                for (i, g) in r.groups.iter().enumerate() {
+                    println!("group {}: {}", i + 1, g.join(", "));
+                }
+                for u in &r.undrainable {
+                    println!("cannot be drained: {}: {}", u.node, u.reason);
+                }
+            }
+        }
+    }
+    // An infeasible plan is a failure for scripts too.
+    let unplaced = v
+        .get("unplaced")
+        .and_then(|u| u.as_array())
+        .map(|a| !a.is_empty())
+        .unwrap_or(false);
+    let undrainable = v
+        .get("undrainable")
+        .and_then(|u| u.as_array())
+        .map(|a| !a.is_empty())
+        .unwrap_or(false);
+    if unplaced || undrainable {
+        anyhow::bail!("the plan is infeasible (see above)");
+    }
+    Ok(())
+}
+
+async fn job_list(cli: &Cli, c: &Client) -> CliResult {
+    let doc = json_reply(c.call(Req::ListJobs(pb::ListJobs {})).await?)?;
+    let jobs: Vec<crate::jobs::Job> = serde_json::from_str(&doc)?;
+    if cli.output == Output::Json {
+        return print_json(&jobs);
+    }
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            vec![
+                j.id.clone(),
+                j.kind.clone(),
+                format!("{:?}", j.state).to_uppercase(),
+                j.node.clone().unwrap_or_else(|| "-".into()),
+                j.user.clone(),
+                fmt_ts(j.created_ms),
+                j.outcome.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &["JOB", "KIND", "STATE", "NODE", "USER", "CREATED", "OUTCOME"],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+async fn job_show(cli: &Cli, c: &Client, id: &str) -> CliResult {
+    let doc = json_reply(
+        c.call(Req::ShowJob(pb::ShowJob { job_id: id.into() }))
+            .await?,
+    )?;
+    let job: crate::jobs::Job = serde_json::from_str(&doc)?;
+    if cli.output == Output::Json {
+        return print_json(&job);
+    }
+    println!("Job:     {} ({})", job.id, job.kind);
+    println!("State:   {:?}", job.state);
+    println!("User:    {}", job.user);
+    println!("Node:    {}", job.node.as_deref().unwrap_or("-"));
+    println!("Created: {}", fmt_ts(job.created_ms));
+    println!("Params:  {}", job.params);
+    println!("Journal:");
+    for s in &job.steps {
+        let mark = match s.ok {
+            Some(true) => "ok  ",
+            Some(false) => "FAIL",
+            None => "    ",
+        };
+        println!("  {} {mark} {}", fmt_ts(s.ts_ms), s.message);
+    }
+    if let Some(o) = &job.outcome {
+        println!("Outcome: {o}");
+    }
+    Ok(())
+}
+
+async fn job_watch(cli: &Cli, c: &Client, id: &str) -> CliResult {
+    let doc = json_reply(
+        c.call(Req::ShowJob(pb::ShowJob { job_id: id.into() }))
+            .await?,
+    )?;
+    let job: crate::jobs::Job = serde_json::from_str(&doc)?;
+    if job.state.is_terminal() {
+        return job_show(cli, c, id).await;
+    }
+    follow_job(cli, c, id, 0).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_parses_units() {
+        assert_eq!(parse_since("10m").unwrap(), Some(Duration::from_secs(600)));
+        assert_eq!(parse_since("2h").unwrap(), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_since("all").unwrap(), None);
+        assert!(parse_since("ten").is_err());
+        assert!(parse_since("5y")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown unit"));
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,156 @@
+//! The CLI's side of the API: requests with typed errors, and watchers of
+//! the events stream (an operation's progress, or the whole stream).
+
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+use nodemaint_proto::pb::{self, api_reply::Kind as Reply, api_request::Kind as Req, event::Body};
+use nodemaint_proto::subjects::{EventKind, Subjects, COORDINATOR_NODE};
+use nodemaint_proto::Message as _;
+use std::time::Duration;
+
+/// Errors the CLI reports; each says what failed and where.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Connect(String),
+    #[error(
+        "no coordinator answers on {url} (is `coordinator serve` running with the same --prefix?)"
+    )]
+    NoCoordinator { url: String },
+    #[error("the coordinator on {url} did not answer within {secs} s")]
+    Timeout { url: String, secs: u64 },
+    /// The coordinator refused or failed the request.
+    #[error("{0}")]
+    Api(pb::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub struct Client {
+    pub nats: async_nats::Client,
+    pub js: jetstream::Context,
+    pub subjects: Subjects,
+    pub url: String,
+    pub user: String,
+}
+
+impl Client {
+    pub async fn connect(url: &str, prefix: &str, user: &str) -> Result<Self, ClientError> {
+        let nats = crate::server::connect(url, "nodemaint-cli")
+            .await
+            .map_err(|e| ClientError::Connect(format!("{e:#}")))?;
+        Ok(Client {
+            js: jetstream::new(nats.clone()),
+            nats,
+            subjects: Subjects::new(prefix),
+            url: url.to_string(),
+            user: user.to_string(),
+        })
+    }
+
+    /// One API request; an error reply becomes `ClientError::Api`.
+    pub async fn call(&self, kind: Req) -> Result<Reply, ClientError> {
+        let req = pb::ApiRequest {
+            user: self.user.clone(),
+            kind: Some(kind),
+        };
+        let method = req.method().expect("kind set");
+        let secs = 10;
+        let resp = tokio::time::timeout(
+            Duration::from_secs(secs),
+            self.nats
+                .request(self.subjects.api(method), req.encode_to_vec().into()),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout {
+            url: self.url.clone(),
+            secs,
+        })?
+        .map_err(|e| match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => ClientError::NoCoordinator {
+                url: self.url.clone(),
+            },
+            async_nats::RequestErrorKind::TimedOut => ClientError::Timeout {
+                url: self.url.clone(),
+                secs,
+            },
+            _ => ClientError::Other(format!("request {method} failed: {e}")),
+        })?;
+        let reply = nodemaint_proto::decode::<pb::ApiReply>(&resp.payload)
+            .map_err(|e| ClientError::Other(format!("bad reply from coordinator: {e}")))?;
+        match reply.kind {
+            Some(Reply::Error(e)) => Err(ClientError::Api(e)),
+            Some(k) => Ok(k),
+            None => Err(ClientError::Other("empty reply from coordinator".into())),
+        }
+    }
+
+    /// An ordered consumer over the events stream.
+    pub async fn event_stream(
+        &self,
+        filters: Vec<String>,
+        deliver: consumer::DeliverPolicy,
+    ) -> Result<consumer::pull::Ordered, ClientError> {
+        let stream = self
+            .js
+            .get_stream(self.subjects.events_stream())
+            .await
+            .map_err(|e| {
+                ClientError::Other(format!("events stream unavailable on {}: {e}", self.url))
+            })?;
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subjects: filters,
+                deliver_policy: deliver,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ClientError::Other(format!("cannot read events: {e}")))?;
+        consumer
+            .messages()
+            .await
+            .map_err(|e| ClientError::Other(format!("cannot read events: {e}")))
+    }
+
+    /// Follows one operation's events from `from_seq` until its terminal job
+    /// event; `on_event` sees every event of the operation. Returns the
+    /// terminal event.
+    pub async fn watch_op(
+        &self,
+        op_id: &str,
+        from_seq: u64,
+        mut on_event: impl FnMut(&pb::Event),
+    ) -> Result<pb::JobEvent, ClientError> {
+        let s = &self.subjects;
+        let filters = vec![
+            s.events_filter(None, Some(EventKind::Progress)),
+            s.events_filter(None, Some(EventKind::Result)),
+            s.events_filter(None, Some(EventKind::Checks)),
+            s.events_filter(Some(COORDINATOR_NODE), Some(EventKind::Job)),
+        ];
+        let mut msgs = self
+            .event_stream(
+                filters,
+                consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from_seq + 1,
+                },
+            )
+            .await?;
+        while let Some(msg) = msgs.next().await {
+            let msg = msg.map_err(|e| ClientError::Other(format!("event stream error: {e}")))?;
+            let Ok(ev) = nodemaint_proto::decode::<pb::Event>(&msg.payload) else {
+                continue;
+            };
+            if ev.op_id != op_id {
+                continue;
+            }
+            on_event(&ev);
+            if let Some(Body::Job(j)) = &ev.body {
+                if j.terminal {
+                    return Ok(j.clone());
+                }
+            }
+        }
+        Err(ClientError::Other("event stream ended".into()))
+    }
+}

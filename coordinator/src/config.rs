@@ -1,0 +1,180 @@
+//! Coordinator configuration (TOML), e.g. `deploy/coordinator.toml`:
+//!
+//! ```toml
+//! nats_url = "nats://127.0.0.1:4222"
+//! [users.alice]
+//! groups = ["Level2"]
+//! [users.bob]
+//! groups = ["Level1"]
+//! [limits]
+//! per_source = 2       # outbound migrations per node
+//! per_destination = 2  # inbound migrations per node
+//! global = 5           # migrations in the whole fleet
+//! ```
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Groups allowed to change the fleet (maintenance, enable, move, start…).
+pub const OPERATOR_GROUPS: [&str; 2] = ["Level2", "Level3"];
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    #[serde(default = "default_nats_url")]
+    pub nats_url: String,
+    #[serde(default = "default_prefix")]
+    pub subject_prefix: String,
+    #[serde(default)]
+    pub users: BTreeMap<String, User>,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Default graceful stop timeout of stop commands.
+    #[serde(default = "default_stop_timeout")]
+    pub stop_graceful_timeout_s: u32,
+    /// Default migration timeout.
+    #[serde(default = "default_migration_timeout")]
+    pub migration_timeout_s: u32,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// argon2 hash for the web portal; the CLI trusts NATS authentication.
+    #[serde(default)]
+    pub password_hash: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "two")]
+    pub per_source: usize,
+    #[serde(default = "two")]
+    pub per_destination: usize,
+    #[serde(default = "five")]
+    pub global: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            per_source: 2,
+            per_destination: 2,
+            global: 5,
+        }
+    }
+}
+
+fn two() -> usize {
+    2
+}
+fn five() -> usize {
+    5
+}
+fn default_nats_url() -> String {
+    "nats://127.0.0.1:4222".into()
+}
+fn default_prefix() -> String {
+    nodemaint_proto::subjects::DEFAULT_PREFIX.into()
+}
+fn default_stop_timeout() -> u32 {
+    60
+}
+fn default_migration_timeout() -> u32 {
+    600
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults parse")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+impl CoordinatorConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// `Ok` when `user` may change the fleet; otherwise the refusal text.
+    pub fn authorize_change(&self, user: &str, action: &str) -> Result<(), String> {
+        let groups = self.users.get(user).map(|u| u.groups.as_slice());
+        match groups {
+            Some(g) if g.iter().any(|g| OPERATOR_GROUPS.contains(&g.as_str())) => Ok(()),
+            Some(g) => {
+                Err(format!(
+                "user {user:?} (groups: {}) may not {action}: group Level2 or Level3 is required",
+                if g.is_empty() { "none".to_string() } else { g.join(", ") }
+            ))
+            }
+            None => Err(format!(
+                "unknown user {user:?} may not {action}: group Level2 or Level3 is required \
+                 (users and groups are configured in the coordinator's config)"
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> CoordinatorConfig {
+        toml::from_str(
+            r#"
+            [users.alice]
+            groups = ["Level2"]
+            [users.carol]
+            groups = ["Level3", "admins"]
+            [users.bob]
+            groups = ["Level1"]
+            "#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn level2_and_level3_may_change() {
+        assert!(cfg().authorize_change("alice", "x").is_ok());
+        assert!(cfg().authorize_change("carol", "x").is_ok());
+    }
+
+    #[test]
+    fn others_are_told_which_group_is_needed() {
+        let e = cfg().authorize_change("bob", "enable node1").unwrap_err();
+        assert!(
+            e.contains("Level1") && e.contains("Level2 or Level3"),
+            "{e}"
+        );
+        let e = cfg().authorize_change("mallory", "move vm").unwrap_err();
+        assert!(e.contains("unknown user"), "{e}");
+    }
+
+    #[test]
+    fn defaults() {
+        let c = CoordinatorConfig::default();
+        assert_eq!(c.limits.global, 5);
+        assert!(c.users.is_empty());
+    }
+}

@@ -1,0 +1,209 @@
+//! The node registry: node records in the `nodes` KV bucket, written with
+//! compare-and-set, and mirrored in memory by a KV watch for fast reads.
+//!
+//! Reads from the mirror may lag a write by milliseconds; every decision
+//! that must not race (status changes) is made inside a CAS update, which
+//! sees the stored value.
+
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use nodemaint_proto::bus::{self, CasError};
+use nodemaint_proto::model::{Capacity, NodeRecord, Vm};
+use nodemaint_proto::pb;
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+#[derive(Clone)]
+pub struct Registry {
+    kv: kv::Store,
+    mirror: Arc<RwLock<BTreeMap<String, NodeRecord>>>,
+}
+
+impl Registry {
+    /// Opens the registry and starts mirroring it; returns once the mirror
+    /// has caught up with the bucket.
+    pub async fn open(kv: kv::Store) -> Result<Self, bus::BoxError> {
+        let reg = Registry {
+            kv,
+            mirror: Arc::default(),
+        };
+        let initial = bus::all_json::<NodeRecord>(&reg.kv).await?;
+        {
+            let mut m = reg.mirror.write().unwrap();
+            for (k, v) in initial {
+                m.insert(k, v);
+            }
+        }
+        let mut watch = reg.kv.watch_all().await?;
+        let mirror = reg.mirror.clone();
+        tokio::spawn(async move {
+            while let Some(entry) = watch.next().await {
+                let Ok(entry) = entry else { continue };
+                let mut m = mirror.write().unwrap();
+                match entry.operation {
+                    kv::Operation::Put => {
+                        if let Ok(rec) = serde_json::from_slice::<NodeRecord>(&entry.value) {
+                            m.insert(entry.key, rec);
+                        }
+                    }
+                    kv::Operation::Delete | kv::Operation::Purge => {
+                        m.remove(&entry.key);
+                    }
+                }
+            }
+        });
+        Ok(reg)
+    }
+
+    pub fn get(&self, node: &str) -> Option<NodeRecord> {
+        self.mirror.read().unwrap().get(node).cloned()
+    }
+
+    pub fn all(&self) -> Vec<NodeRecord> {
+        self.mirror.read().unwrap().values().cloned().collect()
+    }
+
+    /// Reads the stored record, bypassing the mirror.
+    pub async fn fresh(&self, node: &str) -> Result<Option<NodeRecord>, bus::BoxError> {
+        bus::get_json(&self.kv, node).await
+    }
+
+    /// CAS update of one node; `f` may refuse. The mirror is updated at once
+    /// so the writer reads its own write.
+    pub async fn update<E>(
+        &self,
+        node: &str,
+        f: impl FnMut(Option<NodeRecord>) -> Result<NodeRecord, E>,
+    ) -> Result<NodeRecord, CasError<E>> {
+        let updated = bus::cas_update(&self.kv, node, f).await?;
+        self.mirror
+            .write()
+            .unwrap()
+            .insert(node.to_string(), updated.value.clone());
+        Ok(updated.value)
+    }
+
+    /// Finds a VM by name: (node record, vm). Several hits would mean a VM
+    /// runs twice, which callers report rather than pick one.
+    pub fn find_vm(&self, name: &str) -> Vec<(NodeRecord, Vm)> {
+        self.mirror
+            .read()
+            .unwrap()
+            .values()
+            .flat_map(|n| {
+                n.domains
+                    .iter()
+                    .filter(|d| d.name == name)
+                    .map(move |d| (n.clone(), d.clone()))
+            })
+            .collect()
+    }
+}
+
+/// Applies a heartbeat (pure): liveness, boot id, capacity, address.
+pub fn apply_heartbeat(
+    rec: Option<NodeRecord>,
+    node: &str,
+    hb: &pb::Heartbeat,
+    ts_ms: i64,
+) -> NodeRecord {
+    let mut rec = rec.unwrap_or_else(|| NodeRecord {
+        name: node.to_string(),
+        ..Default::default()
+    });
+    rec.last_seen_ms = rec.last_seen_ms.max(ts_ms);
+    rec.boot_id = hb.boot_id.clone();
+    rec.agent_version = hb.agent_version.clone();
+    rec.address = hb.address.clone();
+    rec.libvirt_uri = hb.libvirt_uri.clone();
+    rec.boot_time_ms = hb.boot_time_ms as i64;
+    rec.heartbeat_interval_ms = hb.interval_ms;
+    if let Some(c) = hb.capacity {
+        rec.capacity = Capacity {
+            vcpus: c.vcpus,
+            memory_mib: c.memory_mib,
+        };
+    }
+    rec
+}
+
+/// Applies an inventory (pure). Returns `None` when it is older than what
+/// the record holds, so a late event never overwrites a newer list.
+pub fn apply_inventory(
+    rec: Option<NodeRecord>,
+    node: &str,
+    inv: &pb::Inventory,
+) -> Option<NodeRecord> {
+    let mut rec = rec.unwrap_or_else(|| NodeRecord {
+        name: node.to_string(),
+        ..Default::default()
+    });
+    if inv.generation <= rec.inventory_generation {
+        return None;
+    }
+    rec.inventory_generation = inv.generation;
+    rec.domains = inv.domains.iter().map(Vm::from).collect();
+    Some(rec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inv(generation: u64, names: &[&str]) -> pb::Inventory {
+        pb::Inventory {
+            generation,
+            domains: names
+                .iter()
+                .map(|n| pb::Domain {
+                    name: n.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn heartbeat_creates_and_refreshes() {
+        let hb = pb::Heartbeat {
+            boot_id: "b1".into(),
+            interval_ms: 1000,
+            capacity: Some(pb::HostCapacity {
+                vcpus: 8,
+                memory_mib: 4096,
+            }),
+            ..Default::default()
+        };
+        let r = apply_heartbeat(None, "n1", &hb, 5000);
+        assert_eq!(
+            (r.name.as_str(), r.boot_id.as_str(), r.capacity.memory_mib),
+            ("n1", "b1", 4096)
+        );
+        // An out-of-order older heartbeat does not move last_seen back.
+        let r = apply_heartbeat(Some(r), "n1", &hb, 4000);
+        assert_eq!(r.last_seen_ms, 5000);
+    }
+
+    #[test]
+    fn heartbeat_keeps_status_and_domains() {
+        let rec = NodeRecord {
+            name: "n1".into(),
+            status: nodemaint_proto::model::NodeStatus::Maintenance,
+            domains: vec![Vm::default()],
+            ..Default::default()
+        };
+        let r = apply_heartbeat(Some(rec), "n1", &pb::Heartbeat::default(), 1);
+        assert_eq!(r.status, nodemaint_proto::model::NodeStatus::Maintenance);
+        assert_eq!(r.domains.len(), 1);
+    }
+
+    #[test]
+    fn older_inventory_is_ignored() {
+        let r = apply_inventory(None, "n1", &inv(5, &["a", "b"])).unwrap();
+        assert_eq!(r.domains.len(), 2);
+        assert!(apply_inventory(Some(r.clone()), "n1", &inv(4, &["a"])).is_none());
+        assert!(apply_inventory(Some(r.clone()), "n1", &inv(5, &["a"])).is_none());
+        let r = apply_inventory(Some(r), "n1", &inv(6, &["a"])).unwrap();
+        assert_eq!(r.domains.len(), 1);
+    }
+}

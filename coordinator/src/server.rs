@@ -1,0 +1,338 @@
+//! `coordinator serve`: keeps the node registry from agents' events and
+//! answers the API. The pieces:
+//!
+//! - an event loop applying heartbeats and inventories to the registry;
+//! - a result router handing agents' progress and results to whoever sent
+//!   the command (jobs wait on them);
+//! - the API responder (`<prefix>.v1.api.>`, queue group, so replicas share load).
+
+use crate::config::CoordinatorConfig;
+use crate::registry::{self, Registry};
+use anyhow::Context as _;
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
+use nodemaint_proto::bus;
+use nodemaint_proto::pb::{self, event::Body};
+use nodemaint_proto::subjects::{EventKind, Subjects, COORDINATOR_NODE};
+use nodemaint_proto::Message as _;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+pub struct Coordinator {
+    pub cfg: CoordinatorConfig,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub subjects: Subjects,
+    pub registry: Registry,
+    pub jobs: kv::Store,
+    /// Command id → channel of that command's progress and result events.
+    waiters: Mutex<HashMap<String, mpsc::UnboundedSender<pb::Event>>>,
+}
+
+/// Connects to NATS within 5 s, naming the URL when it can't.
+pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
+    let opts = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(5));
+    tokio::time::timeout(Duration::from_secs(6), opts.connect(url))
+        .await
+        .map_err(|_| anyhow::anyhow!("NATS server at {url} not reachable within 5 s"))?
+        .with_context(|| format!("cannot connect to NATS at {url}"))
+}
+
+impl Coordinator {
+    /// Connects, creates streams and buckets, and starts the event loops.
+    pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<Arc<Self>> {
+        let client = connect(&cfg.nats_url, "nodemaint-coordinator").await?;
+        let js = jetstream::new(client.clone());
+        let subjects = Subjects::new(&cfg.subject_prefix);
+        let e = |what: &str, err: bus::BoxError| anyhow::anyhow!("cannot set up {what}: {err}");
+        bus::ensure_streams(&js, &subjects)
+            .await
+            .map_err(|err| e("streams", err))?;
+        let nodes = bus::bucket(&js, &subjects.nodes_bucket(), 5, Duration::ZERO)
+            .await
+            .map_err(|err| e("nodes bucket", err))?;
+        let jobs = bus::bucket(&js, &subjects.jobs_bucket(), 1, Duration::ZERO)
+            .await
+            .map_err(|err| e("jobs bucket", err))?;
+        let registry = Registry::open(nodes)
+            .await
+            .map_err(|err| e("registry", err))?;
+        let coord = Arc::new(Coordinator {
+            cfg,
+            client,
+            js,
+            subjects,
+            registry,
+            jobs,
+            waiters: Default::default(),
+        });
+        coord.clone().spawn_event_loops().await?;
+        Ok(coord)
+    }
+
+    /// Answers the API until `shutdown` completes.
+    pub async fn serve(self: Arc<Self>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let mut api = self
+            .client
+            .queue_subscribe(self.subjects.api_all(), "nodemaint-coordinator".into())
+            .await?;
+        tracing::info!(url = %self.cfg.nats_url, "coordinator serving");
+        let serve = async {
+            while let Some(msg) = api.next().await {
+                let me = self.clone();
+                tokio::spawn(async move { me.answer(msg).await });
+            }
+        };
+        tokio::select! {
+            _ = serve => anyhow::bail!("API subscription ended"),
+            _ = shutdown => Ok(()),
+        }
+    }
+
+    async fn answer(self: Arc<Self>, msg: async_nats::Message) {
+        let Some(reply_to) = msg.reply.clone() else {
+            tracing::warn!(subject = %msg.subject, "API request without reply subject ignored");
+            return;
+        };
+        let reply = match nodemaint_proto::decode::<pb::ApiRequest>(&msg.payload) {
+            Err(e) => {
+                tracing::warn!(subject = %msg.subject, error = %e, "malformed API request");
+                pb::ApiReply::error(pb::error::Code::Malformed, e.to_string())
+            }
+            Ok(req) => {
+                let method = self.subjects.api_method(&msg.subject).unwrap_or("");
+                if req.method() != Some(method) {
+                    pb::ApiReply::error(
+                        pb::error::Code::Malformed,
+                        format!(
+                            "request body {} does not match subject method {method:?}",
+                            req.method().unwrap_or("(empty)")
+                        ),
+                    )
+                } else {
+                    crate::api::handle(&self, req).await
+                }
+            }
+        };
+        if let Err(e) = self
+            .client
+            .publish(reply_to, reply.encode_to_vec().into())
+            .await
+        {
+            tracing::warn!(error = %e, "cannot send API reply");
+        }
+    }
+
+    async fn spawn_event_loops(self: Arc<Self>) -> anyhow::Result<()> {
+        let s = &self.subjects;
+        let mut state = self
+            .client
+            .subscribe(s.events_filter(None, Some(EventKind::Heartbeat)))
+            .await?;
+        let mut inventory = self
+            .client
+            .subscribe(s.events_filter(None, Some(EventKind::Inventory)))
+            .await?;
+        let mut results = self
+            .client
+            .subscribe(s.events_filter(None, Some(EventKind::Result)))
+            .await?;
+        let mut progress = self
+            .client
+            .subscribe(s.events_filter(None, Some(EventKind::Progress)))
+            .await?;
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    Some(m) = state.next() => m,
+                    Some(m) = inventory.next() => m,
+                    else => break,
+                };
+                me.on_node_event(msg).await;
+            }
+        });
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    Some(m) = results.next() => m,
+                    Some(m) = progress.next() => m,
+                    else => break,
+                };
+                me.route_to_waiter(msg);
+            }
+        });
+        Ok(())
+    }
+
+    /// Reports a malformed message on the coordinator's error subject.
+    async fn report_malformed(&self, subject: &str, reason: String) {
+        tracing::warn!(subject, %reason, "malformed event ignored");
+        let body = Body::Error(pb::ErrorReport {
+            subject: subject.to_string(),
+            error: Some(pb::Error::new(pb::error::Code::Malformed, reason)),
+        });
+        let _ = bus::publish_event(&self.js, &self.subjects, COORDINATOR_NODE, "", body).await;
+    }
+
+    fn decode_event(&self, msg: &async_nats::Message) -> Result<(String, pb::Event), String> {
+        let (node, _) = self
+            .subjects
+            .parse_event(&msg.subject)
+            .ok_or_else(|| "not an event subject".to_string())?;
+        nodemaint_proto::subjects::validate_token(&node).map_err(|e| e.to_string())?;
+        let ev = nodemaint_proto::decode::<pb::Event>(&msg.payload).map_err(|e| e.to_string())?;
+        if ev.node != node {
+            return Err(format!(
+                "event for node {:?} published on {node}'s subject",
+                ev.node
+            ));
+        }
+        Ok((node, ev))
+    }
+
+    async fn on_node_event(&self, msg: async_nats::Message) {
+        let (node, ev) = match self.decode_event(&msg) {
+            Ok(x) => x,
+            Err(reason) => return self.report_malformed(&msg.subject, reason).await,
+        };
+        match ev.body {
+            Some(Body::Heartbeat(hb)) => {
+                let ts = nodemaint_proto::now_ms();
+                let rec = self
+                    .registry
+                    .update::<std::convert::Infallible>(&node, |r| {
+                        Ok(registry::apply_heartbeat(r, &node, &hb, ts))
+                    })
+                    .await;
+                match rec {
+                    // The agent's inventory moved on while we did not see it
+                    // (coordinator restart, lost core message): re-read it.
+                    Ok(rec) if rec.inventory_generation != hb.inventory_generation => {
+                        self.reload_inventory(&node).await
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(%node, error = %e, "cannot record heartbeat"),
+                }
+            }
+            Some(Body::Inventory(inv)) => self.apply_inventory(&node, &inv).await,
+            _ => {}
+        }
+    }
+
+    async fn apply_inventory(&self, node: &str, inv: &pb::Inventory) {
+        let res = self
+            .registry
+            .update(node, |r| {
+                registry::apply_inventory(r, node, inv)
+                    .ok_or_else(|| "older than the stored inventory".to_string())
+            })
+            .await;
+        match res {
+            Ok(_) | Err(bus::CasError::Rejected(_)) => {}
+            Err(e) => tracing::warn!(node, error = %e, "cannot record inventory"),
+        }
+    }
+
+    async fn reload_inventory(&self, node: &str) {
+        let subject = self.subjects.event(node, EventKind::Inventory);
+        let Ok(stream) = self.js.get_stream(self.subjects.events_stream()).await else {
+            return;
+        };
+        match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => match nodemaint_proto::decode::<pb::Event>(&m.payload) {
+                Ok(pb::Event {
+                    body: Some(Body::Inventory(inv)),
+                    ..
+                }) => self.apply_inventory(node, &inv).await,
+                _ => {
+                    self.report_malformed(&subject, "stored inventory unreadable".into())
+                        .await
+                }
+            },
+            Err(e) => tracing::debug!(node, error = %e, "no stored inventory yet"),
+        }
+    }
+
+    fn route_to_waiter(&self, msg: async_nats::Message) {
+        let Ok(ev) = nodemaint_proto::decode::<pb::Event>(&msg.payload) else {
+            return;
+        };
+        let id = match &ev.body {
+            Some(Body::Result(r)) => r.command_id.clone(),
+            Some(Body::Progress(p)) => p.command_id.clone(),
+            _ => return,
+        };
+        let mut waiters = self.waiters.lock().unwrap();
+        let is_result = matches!(ev.body, Some(Body::Result(_)));
+        if let Some(tx) = waiters.get(&id) {
+            let _ = tx.send(ev);
+            if is_result {
+                waiters.remove(&id);
+            }
+        }
+    }
+
+    /// Sends a command to a node's agent through its durable stream, with
+    /// the command id as `Nats-Msg-Id`. The returned channel yields the
+    /// command's progress events and, last, its result.
+    pub async fn send_command(
+        &self,
+        node: &str,
+        cmd: &pb::AgentCommand,
+    ) -> anyhow::Result<mpsc::UnboundedReceiver<pb::Event>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        // Registered before publishing, so even an instant result is caught.
+        self.waiters.lock().unwrap().insert(cmd.id.clone(), tx);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", cmd.id.as_str());
+        let sent = async {
+            self.js
+                .publish_with_headers(
+                    self.subjects.agent_cmd(node),
+                    headers,
+                    cmd.encode_to_vec().into(),
+                )
+                .await?
+                .await?;
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = sent {
+            self.waiters.lock().unwrap().remove(&cmd.id);
+            return Err(e.context(format!("cannot send command to node {node}")));
+        }
+        Ok(rx)
+    }
+
+    /// Last sequence of the events stream: a watcher that replays from the
+    /// next one misses nothing of an operation accepted now.
+    pub async fn events_seq(&self) -> u64 {
+        match self.js.get_stream(self.subjects.events_stream()).await {
+            Ok(mut s) => s.info().await.map(|i| i.state.last_sequence).unwrap_or(0),
+            Err(_) => 0,
+        }
+    }
+
+    /// Publishes a job event (on the coordinator's subject).
+    pub async fn job_event(&self, job: pb::JobEvent) {
+        let op = job.job_id.clone();
+        if let Err(e) = bus::publish_event(
+            &self.js,
+            &self.subjects,
+            COORDINATOR_NODE,
+            &op,
+            Body::Job(job),
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "cannot publish job event");
+        }
+    }
+}
