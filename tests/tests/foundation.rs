@@ -1,0 +1,473 @@
+//! Foundation: agents on libvirt's test driver report to a coordinator over
+//! a real nats-server; the CLI shows what libvirt holds; commands reach
+//! libvirt at most once per id; bad input is refused by name.
+
+use futures::StreamExt;
+use nodemaint_proto::pb::{self, event::Body};
+use nodemaint_proto::subjects::{EventKind, Subjects};
+use nodemaint_proto::Message as _;
+use nodemaint_tests::*;
+use std::time::{Duration, Instant};
+
+fn two_node_fleet() -> Fleet {
+    let mut f = Fleet::start();
+    f.add_agent(
+        "node1",
+        &[
+            Dom::vfw("cs1"),
+            Dom::user("node1-vm1", "cs1"),
+            Dom::user("node1-off", "cs2").off(),
+        ],
+    );
+    f.add_agent("node2", &[Dom::vfw("cs2"), Dom::user("node2-vm1", "cs2")]);
+    f.wait_registered();
+    f
+}
+
+fn vm_state(f: &Fleet, vm: &str) -> String {
+    let vms = f.cli_json("bob", &["vm", "list"]);
+    vms.as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == vm)
+        .map(|v| v["state"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| "ABSENT".into())
+}
+
+fn wait_state(f: &Fleet, vm: &str, want: &str) {
+    wait_for(
+        Duration::from_secs(10),
+        &format!("{vm} to be {want}"),
+        || vm_state(f, vm) == want,
+    );
+}
+
+#[test]
+fn cli_json_shows_what_libvirt_holds() {
+    let f = two_node_fleet();
+
+    let nodes = f.cli_json("bob", &["node", "list"]);
+    let nodes = nodes.as_array().unwrap();
+    assert_eq!(nodes.len(), 2);
+    let n1 = nodes.iter().find(|n| n["name"] == "node1").unwrap();
+    assert_eq!(n1["status"], "ENABLED");
+    assert_eq!(n1["reachable"], true);
+    assert_eq!(n1["vms_total"], 3);
+    assert_eq!(n1["vms_running"], 2);
+    assert_eq!(n1["memory_mib"], 8192, "capacity from libvirt's node info");
+    assert_eq!(n1["memory_used_mib"], 64 + 256 + 256);
+    assert_eq!(n1["boot_id"], "boot-node1-1");
+
+    let show = f.cli_json("bob", &["node", "show", "node1"]);
+    let vms = show["vms"].as_array().unwrap();
+    let vfw = vms.iter().find(|v| v["name"] == "cs1-vfw").unwrap();
+    assert_eq!(vfw["kind"], "VFW");
+    assert_eq!(vfw["cloudspace"], "cs1");
+    let off = vms.iter().find(|v| v["name"] == "node1-off").unwrap();
+    assert_eq!(off["state"], "SHUTOFF");
+    assert_eq!(off["kind"], "USER");
+
+    let vfws = f.cli_json("bob", &["vm", "list", "--kind", "vfw"]);
+    let mut names: Vec<&str> = vfws
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["cs1-vfw", "cs2-vfw"]);
+    let cs2 = f.cli_json("bob", &["vm", "list", "--cloudspace", "cs2"]);
+    assert_eq!(cs2.as_array().unwrap().len(), 3);
+    let off = f.cli_json("bob", &["vm", "list", "--state", "shutoff"]);
+    assert_eq!(off.as_array().unwrap().len(), 1);
+    assert_eq!(off[0]["node"], "node1");
+
+    let vfw_list = f.cli_json("bob", &["vfw", "list"]);
+    let pairs: Vec<(String, String)> = vfw_list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["cloudspace"].as_str().unwrap().into(),
+                v["node"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("cs1".into(), "node1".into()),
+            ("cs2".into(), "node2".into())
+        ]
+    );
+
+    // The human table marks system VMs separately.
+    let table = stdout(&f.cli("bob", &["node", "show", "node1"]));
+    let sys = table.find("System VMs").expect("system VMs section");
+    assert!(table[sys..].contains("cs1-vfw"), "{table}");
+    assert!(!table[..sys].contains("cs1-vfw"), "{table}");
+}
+
+#[test]
+fn start_and_stop_reach_libvirt_and_are_jobs() {
+    let f = two_node_fleet();
+    let out = f.cli("alice", &["vm", "stop", "node1-vm1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_state(&f, "node1-vm1", "SHUTOFF");
+
+    // JSON lines: the acceptance, the job's events, the terminal event.
+    let out = f.cli("carol", &["vm", "start", "node1-vm1", "--output", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["accepted"], true);
+    let last = lines.last().unwrap();
+    assert_eq!(last["body"]["terminal"], true);
+    assert_eq!(last["body"]["ok"], true);
+    wait_state(&f, "node1-vm1", "RUNNING");
+
+    let jobs = f.cli_json("bob", &["job", "list"]);
+    let kinds: Vec<(&str, &str, &str)> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            (
+                j["kind"].as_str().unwrap(),
+                j["user"].as_str().unwrap(),
+                j["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        kinds.contains(&("vm.stop", "alice", "SUCCEEDED")),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&("vm.start", "carol", "SUCCEEDED")),
+        "{kinds:?}"
+    );
+
+    // Starting a running VM is refused by name, and nothing changes.
+    let out = f.cli("alice", &["vm", "start", "node1-vm1"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("already running"), "{}", stderr(&out));
+}
+
+async fn js_client(f: &Fleet) -> (async_nats::Client, async_nats::jetstream::Context) {
+    let c = async_nats::connect(&f.nats.url).await.unwrap();
+    (c.clone(), async_nats::jetstream::new(c))
+}
+
+fn command(id: &str, kind: pb::agent_command::Kind) -> pb::AgentCommand {
+    pb::AgentCommand {
+        id: id.into(),
+        op_id: format!("op-{id}"),
+        requested_by: "test".into(),
+        kind: Some(kind),
+    }
+}
+
+async fn send(
+    js: &async_nats::jetstream::Context,
+    node: &str,
+    cmd: &pb::AgentCommand,
+    msg_id: bool,
+) {
+    let s = Subjects::default();
+    let mut h = async_nats::HeaderMap::new();
+    if msg_id {
+        h.insert("Nats-Msg-Id", cmd.id.as_str());
+    }
+    js.publish_with_headers(s.agent_cmd(node), h, cmd.encode_to_vec().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// Next result event for `command_id` on the subscription.
+async fn next_result(sub: &mut async_nats::Subscriber, command_id: &str) -> pb::CommandResult {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = tokio::time::timeout(left, sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("no result for {command_id}"))
+            .unwrap();
+        let ev: pb::Event = nodemaint_proto::decode(&msg.payload).unwrap();
+        if let Some(Body::Result(r)) = ev.body {
+            if r.command_id == command_id {
+                return r;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_id_executes_at_most_once_also_across_agent_restarts() {
+    let mut f = tokio::task::block_in_place(two_node_fleet);
+    let (client, js) = js_client(&f).await;
+    let s = Subjects::default();
+    let mut results = client
+        .subscribe(s.event("node1", EventKind::Result))
+        .await
+        .unwrap();
+
+    let stop = command(
+        "stop-1",
+        pb::agent_command::Kind::Stop(pb::StopVm {
+            vm: "node1-vm1".into(),
+            graceful_timeout_s: 5,
+        }),
+    );
+    send(&js, "node1", &stop, true).await;
+    let r = next_result(&mut results, "stop-1").await;
+    assert!(r.ok && !r.duplicate, "{r:?}");
+    tokio::task::block_in_place(|| wait_state(&f, "node1-vm1", "SHUTOFF"));
+
+    // Start it again under another id, then resend the stop id: first within
+    // the server's de-duplication window (dropped by JetStream), then without
+    // a message id (as after the window): answered, not executed.
+    let start = command(
+        "start-1",
+        pb::agent_command::Kind::Start(pb::StartVm {
+            vm: "node1-vm1".into(),
+        }),
+    );
+    send(&js, "node1", &start, true).await;
+    assert!(next_result(&mut results, "start-1").await.ok);
+    send(&js, "node1", &stop, true).await;
+    send(&js, "node1", &stop, false).await;
+    let r = next_result(&mut results, "stop-1").await;
+    assert!(
+        r.ok && r.duplicate,
+        "repeat must be answered with the recorded result: {r:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        tokio::task::block_in_place(|| vm_state(&f, "node1-vm1")),
+        "RUNNING"
+    );
+
+    // Restart the agent: the test driver reloads its fixture (node1-vm1
+    // running). The old id must still not execute.
+    tokio::task::block_in_place(|| {
+        f.stop_agent("node1");
+        f.start_agent("node1");
+    });
+    send(&js, "node1", &stop, false).await;
+    let r = next_result(&mut results, "stop-1").await;
+    assert!(r.duplicate, "{r:?}");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        tokio::task::block_in_place(|| vm_state(&f, "node1-vm1")),
+        "RUNNING"
+    );
+    let log = f.agent_log("node1");
+    assert!(log.contains("repeated command answered"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_are_reported_acked_and_survived() {
+    let f = tokio::task::block_in_place(two_node_fleet);
+    let (client, js) = js_client(&f).await;
+    let s = Subjects::default();
+    let mut agent_errors = client
+        .subscribe(s.event("node1", EventKind::Error))
+        .await
+        .unwrap();
+    let mut coord_errors = client
+        .subscribe(s.event("coordinator", EventKind::Error))
+        .await
+        .unwrap();
+
+    // Garbage on the agent's command subject.
+    js.publish(s.agent_cmd("node1"), vec![0xff, 0x01, 0x02].into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(10), agent_errors.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let ev: pb::Event = nodemaint_proto::decode(&msg.payload).unwrap();
+    let Some(Body::Error(e)) = ev.body else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(e.error.unwrap().code, pb::error::Code::Malformed as i32);
+    // Acked (terminated), not redelivered: nothing left pending for the agent.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(s.commands_stream())
+        .await
+        .unwrap()
+        .get_consumer("agent-node1")
+        .await
+        .unwrap();
+    let info = consumer.info().await.unwrap();
+    assert_eq!((info.num_ack_pending, info.num_pending), (0, 0), "{info:?}");
+
+    // Garbage on the API: a typed error reply.
+    let reply = client
+        .request(s.api("node.list"), vec![0xff, 0xff].into())
+        .await
+        .unwrap();
+    let reply: pb::ApiReply = nodemaint_proto::decode(&reply.payload).unwrap();
+    let Some(pb::api_reply::Kind::Error(e)) = reply.kind else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(e.code, pb::error::Code::Malformed as i32);
+
+    // Garbage heartbeat: the coordinator reports it and keeps going.
+    client
+        .publish(
+            s.event("node1", EventKind::Heartbeat),
+            vec![0xde, 0xad].into(),
+        )
+        .await
+        .unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(10), coord_errors.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let ev: pb::Event = nodemaint_proto::decode(&msg.payload).unwrap();
+    assert!(matches!(ev.body, Some(Body::Error(_))), "{ev:?}");
+
+    // Both still work.
+    let out = tokio::task::block_in_place(|| f.cli("alice", &["vm", "stop", "node2-vm1"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_for_a_missing_domain_fails_with_not_found() {
+    let f = tokio::task::block_in_place(two_node_fleet);
+    let (client, js) = js_client(&f).await;
+    let s = Subjects::default();
+    let mut results = client
+        .subscribe(s.event("node2", EventKind::Result))
+        .await
+        .unwrap();
+    let cmd = command(
+        "ghost-1",
+        pb::agent_command::Kind::Start(pb::StartVm { vm: "ghost".into() }),
+    );
+    send(&js, "node2", &cmd, true).await;
+    let r = next_result(&mut results, "ghost-1").await;
+    assert!(!r.ok);
+    let e = r.error.unwrap();
+    assert_eq!(e.code, pb::error::Code::NotFound as i32);
+    assert!(
+        e.message.contains("ghost") && e.message.contains("node2"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn silent_agent_is_shown_unreachable_not_dropped() {
+    let mut f = two_node_fleet();
+    f.stop_agent("node2");
+    wait_for(Duration::from_secs(10), "node2 unreachable", || {
+        let nodes = f.cli_json("bob", &["node", "list"]);
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == "node2" && n["reachable"] == false)
+    });
+    let nodes = f.cli_json("bob", &["node", "list"]);
+    assert_eq!(nodes.as_array().unwrap().len(), 2);
+    let table = stdout(&f.cli("bob", &["node", "list"]));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("node2") && l.contains("NO")),
+        "{table}"
+    );
+    // Its VFW is still accounted for, flagged as on an unreachable node.
+    let vfws = f.cli_json("bob", &["vfw", "list"]);
+    let cs2 = vfws
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["cloudspace"] == "cs2")
+        .unwrap();
+    assert_eq!(
+        (cs2["node"].as_str(), cs2["node_reachable"].as_bool()),
+        (Some("node2"), Some(false))
+    );
+    // Commands to it are refused clearly.
+    let out = f.cli("alice", &["vm", "stop", "node2-vm1"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("node2 is unreachable"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn bad_input_is_refused_by_name_and_changes_nothing() {
+    let f = two_node_fleet();
+    let cases: &[(&str, &[&str], &str)] = &[
+        ("alice", &["node", "show", "nope"], "unknown node \"nope\""),
+        ("alice", &["vm", "start", "nope"], "unknown VM \"nope\""),
+        (
+            "alice",
+            &["vm", "list", "--node", "nope"],
+            "unknown node \"nope\"",
+        ),
+        ("bob", &["vm", "stop", "node1-vm1"], "Level2 or Level3"),
+        ("mallory", &["vm", "stop", "node1-vm1"], "unknown user"),
+        ("alice", &["vm", "stop", "node1-off"], "already shut off"),
+        (
+            "alice",
+            &["events", "--kind", "nonsense"],
+            "unknown event kind",
+        ),
+        ("alice", &["events", "--since", "5y"], "unknown unit"),
+        ("alice", &["job", "show", "nope"], "unknown job"),
+    ];
+    for (user, args, want) in cases {
+        let out = f.cli(user, args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
+    }
+    assert_eq!(vm_state(&f, "node1-vm1"), "RUNNING");
+    assert_eq!(vm_state(&f, "node1-off"), "SHUTOFF");
+    let jobs = f.cli_json("bob", &["job", "list"]);
+    assert_eq!(jobs.as_array().unwrap().len(), 0, "refusals create no job");
+}
+
+#[test]
+fn unreachable_nats_is_named_within_five_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("nats://127.0.0.1:{}", free_port());
+    let t = Instant::now();
+    let out = cli_in(&url, dir.path(), "alice", &["node", "list"]);
+    assert!(!out.status.success());
+    assert!(
+        t.elapsed() < Duration::from_secs(7),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(stderr(&out).contains(&url), "{}", stderr(&out));
+}
+
+#[test]
+fn no_coordinator_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let out = cli_in(&nats.url, dir.path(), "alice", &["node", "list"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no coordinator answers"),
+        "{}",
+        stderr(&out)
+    );
+}
