@@ -1,7 +1,7 @@
 //! API handlers: one function per method, each validating everything before
 //! changing anything, so a refused request leaves the fleet as it was.
 
-use crate::jobs::{Job, JobState};
+use crate::jobs::Job;
 use crate::server::Coordinator;
 use nodemaint_planner as planner;
 use nodemaint_proto::model::{NodeRecord, NodeStatus, Vm, VmKind, VmState};
@@ -10,7 +10,19 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// A refusal: code and message, turned into an `ApiReply` error.
+#[derive(Debug)]
 pub struct Refusal(pub Code, pub String);
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.0.as_str_name(), self.1)
+    }
+}
+
+/// Status as operators read it: ENABLED, MAINTENANCE, …
+fn status_word(s: NodeStatus) -> String {
+    format!("{s:?}").to_uppercase()
+}
 
 impl From<Refusal> for pb::ApiReply {
     fn from(r: Refusal) -> Self {
@@ -45,6 +57,11 @@ pub async fn handle(c: &Arc<Coordinator>, req: pb::ApiRequest) -> pb::ApiReply {
         Req::StartVm(r) => start_vm(c, &user, &r).await,
         Req::StopVm(r) => stop_vm(c, &user, &r).await,
         Req::MoveVm(r) => move_vm(c, &user, &r).await,
+        Req::MoveVfw(r) => move_vfw(c, &user, &r).await,
+        Req::StartMaintenance(r) => start_maintenance(c, &user, &r).await,
+        Req::EnableNode(r) => enable_node(c, &user, &r).await,
+        Req::StartStopped(r) => start_stopped(c, &user, &r).await,
+        Req::CreateVm(r) => create_vm(c, &user, &r).await,
         Req::ExportFleet(_) => json(&fleet(c)),
         Req::PlanDrain(r) => plan_drain(c, &r),
         Req::PlanRolling(r) => plan_rolling(c, &r),
@@ -217,60 +234,39 @@ fn list_vfws(c: &Coordinator) -> Reply {
     Reply::Vfws(pb::VfwList { vfws })
 }
 
-fn new_command(job: &Job, kind: pb::agent_command::Kind) -> pb::AgentCommand {
-    pb::AgentCommand {
-        id: uuid::Uuid::new_v4().to_string(),
-        op_id: job.id.clone(),
-        requested_by: job.user.clone(),
-        kind: Some(kind),
-    }
-}
-
-/// Records the job, sends one command, and finishes the job when the
-/// agent's result arrives (in the background). Replies "accepted".
-async fn single_command_job(
-    c: &Arc<Coordinator>,
-    job: Job,
-    node: &str,
-    kind: pb::agent_command::Kind,
-) -> Result<Reply> {
+/// Records a job and runs it in the background; replies "accepted" with
+/// where its events start.
+async fn launch(c: &Arc<Coordinator>, job: Job) -> Result<Reply> {
     let from_seq = c.events_seq().await;
     c.create_job(&job).await.map_err(internal)?;
-    let cmd = new_command(&job, kind);
-    let mut rx = match c.send_command(node, &cmd).await {
-        Ok(rx) => rx,
-        Err(e) => {
-            c.finish_job(&job.id, JobState::Failed, format!("{e:#}"))
-                .await;
-            return Err(Refusal(Code::Unavailable, format!("{e:#}")));
-        }
-    };
-    let job_id = job.id.clone();
     let message = format!("{} accepted as job {}", job.kind, job.id);
-    let c2 = c.clone();
-    tokio::spawn(async move {
-        while let Some(ev) = rx.recv().await {
-            if let Some(pb::event::Body::Result(r)) = ev.body {
-                let (state, outcome) = if r.ok {
-                    (JobState::Succeeded, r.message.clone())
-                } else {
-                    (
-                        JobState::Failed,
-                        r.error.map(|e| e.to_string()).unwrap_or(r.message),
-                    )
-                };
-                c2.job_step(&job_id, Some(&r.vm), Some(r.ok), outcome.clone())
-                    .await;
-                c2.finish_job(&job_id, state, outcome).await;
-                return;
-            }
-        }
-    });
+    let op_id = job.id.clone();
+    crate::executor::spawn(c.clone(), job, false);
     Ok(Reply::Accepted(pb::Accepted {
-        op_id: job.id,
+        op_id,
         events_from_seq: from_seq,
         message,
     }))
+}
+
+/// A job of one agent command, prepared here and executed (journaled) by
+/// the executor.
+async fn single_command_job(
+    c: &Arc<Coordinator>,
+    mut job: Job,
+    node: &str,
+    vm: &str,
+    kind: pb::agent_command::Kind,
+) -> Result<Reply> {
+    use nodemaint_proto::Message as _;
+    let cmd = pb::AgentCommand {
+        kind: Some(kind),
+        ..Default::default()
+    };
+    job.params["command"] = crate::jobs::hex(&cmd.encode_to_vec()).into();
+    job.params["command_node"] = node.into();
+    job.params["vm"] = vm.into();
+    launch(c, job).await
 }
 
 async fn start_vm(c: &Arc<Coordinator>, user: &str, r: &pb::VmAction) -> Result<Reply> {
@@ -300,7 +296,7 @@ async fn start_vm(c: &Arc<Coordinator>, user: &str, r: &pb::VmAction) -> Result<
     let kind = pb::agent_command::Kind::Start(pb::StartVm {
         vm: vm.name.clone(),
     });
-    single_command_job(c, job, &n.name, kind).await
+    single_command_job(c, job, &n.name, &vm.name, kind).await
 }
 
 async fn stop_vm(c: &Arc<Coordinator>, user: &str, r: &pb::VmAction) -> Result<Reply> {
@@ -327,7 +323,7 @@ async fn stop_vm(c: &Arc<Coordinator>, user: &str, r: &pb::VmAction) -> Result<R
         vm: vm.name.clone(),
         graceful_timeout_s: timeout,
     });
-    single_command_job(c, job, &n.name, kind).await
+    single_command_job(c, job, &n.name, &vm.name, kind).await
 }
 
 /// The destination's migration endpoints, or a refusal saying what is missing.
@@ -395,7 +391,7 @@ async fn move_vm(c: &Arc<Coordinator>, user: &str, r: &pb::MoveVm) -> Result<Rep
         timeout_s: timeout,
         max_speed_mibs: r.max_speed_mibs,
     });
-    single_command_job(c, job, &src.name, kind).await
+    single_command_job(c, job, &src.name, &vm.name, kind).await
 }
 
 fn plan_drain(c: &Coordinator, r: &pb::PlanDrain) -> Result<Reply> {
@@ -415,4 +411,305 @@ fn plan_rolling(c: &Coordinator, r: &pb::PlanRolling) -> Result<Reply> {
     let k = r.max_unavailable.max(1) as usize;
     let plan = planner::plan_rolling(&fleet, &nodes, k).map_err(plan_error)?;
     json(&plan)
+}
+
+async fn move_vfw(c: &Arc<Coordinator>, user: &str, r: &pb::MoveVfw) -> Result<Reply> {
+    let to = (!r.to_node.is_empty()).then_some(r.to_node.as_str());
+    if let Some(to) = to {
+        node(c, to)?;
+    }
+    let m = planner::plan_vfw_move(&fleet(c), &r.cloudspace, to).map_err(plan_error)?;
+    move_vm(
+        c,
+        user,
+        &pb::MoveVm {
+            vm: m.vm,
+            to_node: m.to,
+            timeout_s: r.timeout_s,
+            max_speed_mibs: 0,
+        },
+    )
+    .await
+}
+
+/// Cloudspaces whose VFW runs on the node (these firewalls go down in stop mode).
+fn vfw_cloudspaces(n: &NodeRecord) -> Vec<String> {
+    let mut cs: Vec<String> = n
+        .domains
+        .iter()
+        .filter(|d| d.kind == VmKind::Vfw && d.state == VmState::Running)
+        .map(|d| d.cloudspace.clone().unwrap_or_else(|| d.name.clone()))
+        .collect();
+    cs.sort();
+    cs.dedup();
+    cs
+}
+
+/// Takes the node for a job: status `from` → `to`, current job set, in one
+/// compare-and-set, so two requests cannot both win.
+async fn take_node(
+    c: &Coordinator,
+    name: &str,
+    from: NodeStatus,
+    to: NodeStatus,
+    job_id: &str,
+) -> Result<NodeRecord> {
+    c.registry
+        .update(name, |r| {
+            let mut r =
+                r.ok_or_else(|| Refusal(Code::NotFound, format!("unknown node {name:?}")))?;
+            if let Some(j) = &r.current_job {
+                return Err(Refusal(
+                    Code::Conflict,
+                    format!("node {name} is held by job {j}; wait for it or check `job show {j}`"),
+                ));
+            }
+            if r.status != from {
+                return Err(Refusal(
+                    Code::WrongState,
+                    format!(
+                        "node {name} is {}, not {}",
+                        status_word(r.status),
+                        status_word(from)
+                    ),
+                ));
+            }
+            r.status = to;
+            r.current_job = Some(job_id.to_string());
+            Ok(r)
+        })
+        .await
+        .map_err(|e| match e {
+            nodemaint_proto::bus::CasError::Rejected(r) => r,
+            other => internal(other),
+        })
+}
+
+async fn start_maintenance(
+    c: &Arc<Coordinator>,
+    user: &str,
+    r: &pb::StartMaintenance,
+) -> Result<Reply> {
+    use pb::start_maintenance::Mode;
+    let n = node(c, &r.node)?;
+    match (n.status, &n.current_job) {
+        (NodeStatus::Maintenance, _) => {
+            return refuse(
+                Code::WrongState,
+                format!(
+                    "node {} is already in maintenance; `node enable {}` ends it",
+                    n.name, n.name
+                ),
+            )
+        }
+        (_, Some(j)) => {
+            return refuse(
+                Code::Conflict,
+                format!("node {} is held by job {j}", n.name),
+            )
+        }
+        (NodeStatus::Enabled, None) => {}
+        (other, None) => {
+            return refuse(
+                Code::WrongState,
+                format!(
+                    "node {} is {}; only an ENABLED node can enter maintenance",
+                    n.name,
+                    status_word(other)
+                ),
+            )
+        }
+    }
+    require_reachable(&n)?;
+    let mode = Mode::try_from(r.mode).unwrap_or(Mode::Unspecified);
+    let mut params = serde_json::json!({
+        "node": n.name, "ack_vfw_downtime": r.ack_vfw_downtime, "max_parallel": r.max_parallel,
+    });
+    match mode {
+        Mode::Unspecified => return refuse(Code::InvalidArgument, "give a mode: move (live-migrate every VM away, preferred) or stop (stop every VM, VFWs included)"),
+        Mode::Stop => {
+            let cs = vfw_cloudspaces(&n);
+            if !cs.is_empty() && !r.ack_vfw_downtime {
+                return refuse(
+                    Code::WrongState,
+                    format!(
+                        "node {} runs the virtual firewall (VFW) of cloudspace(s) {}: stopping it takes their network down \
+                         until `node enable {}` restarts it. Repeat with --ack-vfw-downtime to accept, or use --mode move",
+                        n.name,
+                        cs.join(", "),
+                        n.name
+                    ),
+                );
+            }
+            params["mode"] = "stop".into();
+            params["vfw_cloudspaces_down"] = cs.into();
+        }
+        Mode::Move => {
+            let limits = crate::fleet::limits(&c.cfg.limits, r.max_parallel);
+            let mut f = fleet(c);
+            // Plan as if the node were already in maintenance.
+            for node in &mut f.nodes {
+                if node.name == n.name {
+                    node.status = planner::NodeStatus::Maintenance;
+                }
+            }
+            let plan = planner::plan_drain(&f, &n.name, &limits).map_err(plan_error)?;
+            params["mode"] = "move".into();
+            params["plan"] = serde_json::to_value(&plan).map_err(internal)?;
+        }
+    }
+    let job = Job::new("maintenance.start", user, Some(&n.name), params);
+    take_node(
+        c,
+        &n.name,
+        NodeStatus::Enabled,
+        NodeStatus::Maintenance,
+        &job.id,
+    )
+    .await?;
+    launch(c, job).await
+}
+
+async fn enable_node(c: &Arc<Coordinator>, user: &str, r: &pb::EnableNode) -> Result<Reply> {
+    let n = node(c, &r.node)?;
+    if n.status != NodeStatus::Maintenance {
+        return refuse(
+            Code::WrongState,
+            format!(
+                "node {} is {}, not in maintenance; nothing to enable",
+                n.name,
+                status_word(n.status)
+            ),
+        );
+    }
+    if let Some(j) = &n.current_job {
+        return refuse(
+            Code::Conflict,
+            format!("node {} is held by job {j}; wait for it to end", n.name),
+        );
+    }
+    if !n.stopped_by.is_empty() {
+        require_reachable(&n)?;
+    }
+    let restart: Vec<String> = n.stopped_by.keys().cloned().collect();
+    let job = Job::new(
+        "node.enable",
+        user,
+        Some(&n.name),
+        serde_json::json!({ "node": n.name, "restart": restart }),
+    );
+    take_node(
+        c,
+        &n.name,
+        NodeStatus::Maintenance,
+        NodeStatus::Enabled,
+        &job.id,
+    )
+    .await?;
+    launch(c, job).await
+}
+
+async fn start_stopped(c: &Arc<Coordinator>, user: &str, r: &pb::StartStopped) -> Result<Reply> {
+    let n = node(c, &r.node)?;
+    let names = crate::executor::shut_off(&n);
+    if r.dry_run {
+        return json(&serde_json::json!({ "node": n.name, "would_start": names }));
+    }
+    if n.status == NodeStatus::Maintenance {
+        return refuse(
+            Code::WrongState,
+            format!("node {} is in maintenance; enable it first", n.name),
+        );
+    }
+    if let Some(j) = &n.current_job {
+        return refuse(
+            Code::Conflict,
+            format!("node {} is held by job {j}", n.name),
+        );
+    }
+    require_reachable(&n)?;
+    if names.is_empty() {
+        return refuse(
+            Code::WrongState,
+            format!("node {} has no shut-off VM", n.name),
+        );
+    }
+    let job = Job::new(
+        "node.start-stopped",
+        user,
+        Some(&n.name),
+        serde_json::json!({ "node": n.name, "start": names }),
+    );
+    take_node(
+        c,
+        &n.name,
+        NodeStatus::Enabled,
+        NodeStatus::Enabled,
+        &job.id,
+    )
+    .await?;
+    launch(c, job).await
+}
+
+async fn create_vm(c: &Arc<Coordinator>, user: &str, r: &pb::CreateVm) -> Result<Reply> {
+    nodemaint_proto::subjects::validate_token(&r.name)
+        .map_err(|e| Refusal(Code::InvalidArgument, format!("VM name: {e}")))?;
+    if r.memory_mib == 0 || r.vcpus == 0 {
+        return refuse(
+            Code::InvalidArgument,
+            "give --memory MiB and --vcpus, both above 0",
+        );
+    }
+    if r.vfw && r.cloudspace.is_empty() {
+        return refuse(
+            Code::InvalidArgument,
+            "a VFW belongs to a cloudspace: give --cloudspace",
+        );
+    }
+    if !c.registry.find_vm(&r.name).is_empty() {
+        return refuse(
+            Code::Conflict,
+            format!("a VM named {:?} already exists", r.name),
+        );
+    }
+    let f = fleet(c);
+    if r.vfw
+        && f.vms.iter().any(|v| {
+            v.kind == planner::VmKind::Vfw && v.cloudspace.as_deref() == Some(&r.cloudspace)
+        })
+    {
+        return refuse(
+            Code::Conflict,
+            format!("cloudspace {} already has a VFW", r.cloudspace),
+        );
+    }
+    let mut vm = planner::Vm::new(r.name.clone(), String::new(), r.memory_mib, r.vcpus);
+    vm.kind = if r.vfw {
+        planner::VmKind::Vfw
+    } else {
+        planner::VmKind::User
+    };
+    vm.cloudspace = (!r.cloudspace.is_empty()).then(|| r.cloudspace.clone());
+    // The scheduler: never a node in maintenance (the planner only places on ENABLED, reachable nodes).
+    let dest = planner::place_new(&f, &vm).map_err(plan_error)?;
+    let job = Job::new(
+        "vm.create",
+        user,
+        Some(&dest),
+        serde_json::json!({ "vm": r.name, "memory_mib": r.memory_mib, "vcpus": r.vcpus, "cloudspace": r.cloudspace, "vfw": r.vfw, "to": dest }),
+    );
+    let kind = pb::agent_command::Kind::Define(pb::DefineVm {
+        xml: String::new(),
+        start: true,
+        name: r.name.clone(),
+        memory_mib: r.memory_mib,
+        vcpus: r.vcpus,
+        kind: if r.vfw {
+            pb::VmKind::Vfw
+        } else {
+            pb::VmKind::User
+        } as i32,
+        cloudspace: r.cloudspace.clone(),
+    });
+    single_command_job(c, job, &dest, &r.name, kind).await
 }

@@ -89,6 +89,46 @@ pub enum Command {
     /// Jobs: every start, stop, move and maintenance, with its journal.
     #[command(subcommand)]
     Job(JobCmd),
+    /// Put a node in maintenance (move all VMs away, or stop them all).
+    #[command(subcommand)]
+    Maintenance(MaintenanceCmd),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Live-migrate every VM (VFWs first) to nodes the planner picks. Preferred.
+    Move,
+    /// Stop every VM, VFWs included; `node enable` restarts exactly these.
+    Stop,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MaintenanceCmd {
+    /// Mark NODE unschedulable (MAINTENANCE) at once, then empty it.
+    ///
+    /// --mode move: plans destinations for every VM (VFWs first) and refuses
+    /// before moving anything if they don't fit, naming each VM; then migrates
+    /// in waves within the migration limits; a failed move is retried once on
+    /// another node. --mode stop: stops every VM; refused while VFWs run on
+    /// the node unless --ack-vfw-downtime is given.
+    ///
+    /// Examples:
+    ///   coordinator maintenance start node2 --mode move
+    ///   coordinator maintenance start node2 --mode stop --ack-vfw-downtime
+    #[command(verbatim_doc_comment)]
+    Start {
+        node: String,
+        #[arg(long, value_enum)]
+        mode: ModeArg,
+        /// Accept that the cloudspaces whose VFW runs on NODE lose their firewall until enable.
+        #[arg(long)]
+        ack_vfw_downtime: bool,
+        /// Concurrent outbound migrations from NODE (default: the configured per-node limit).
+        #[arg(long, default_value_t = 0)]
+        max_parallel: u32,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -97,6 +137,22 @@ pub enum NodeCmd {
     List,
     /// One node's details and its VMs, VFWs marked as such.
     Show { node: String },
+    /// End maintenance: the node takes VMs again and the VMs maintenance
+    /// stopped are started on it, VFWs first.
+    Enable {
+        node: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Start every shut-off VM of NODE, VFWs first (the seed's `virsh start` loop).
+    StartStopped {
+        node: String,
+        /// Only list what would be started.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -156,6 +212,23 @@ pub enum VmCmd {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Create a VM; the scheduler picks the node (never one in maintenance).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Memory in MiB.
+        #[arg(long)]
+        memory: u64,
+        #[arg(long, default_value_t = 1)]
+        vcpus: u32,
+        #[arg(long)]
+        cloudspace: Option<String>,
+        /// Create the cloudspace's virtual firewall (system VM).
+        #[arg(long)]
+        vfw: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
 }
 
 #[derive(Args, Debug, Clone, Copy)]
@@ -169,6 +242,17 @@ pub struct WaitArgs {
 pub enum VfwCmd {
     /// Every cloudspace's firewall and where it runs.
     List,
+    /// Move a cloudspace's VFW to another node (the portal's "Move VFW").
+    Move {
+        cloudspace: String,
+        /// Destination node; the planner picks the best one when omitted.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        timeout: Option<u32>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -290,6 +374,105 @@ pub async fn run(cli: Cli) -> CliResult {
             run_op(&cli, &client, req, *wait).await
         }
         Command::Vfw(VfwCmd::List) => vfw_list(&cli, &client).await,
+        Command::Vfw(VfwCmd::Move {
+            cloudspace,
+            to,
+            timeout,
+            wait,
+        }) => {
+            let req = Req::MoveVfw(pb::MoveVfw {
+                cloudspace: cloudspace.clone(),
+                to_node: to.clone().unwrap_or_default(),
+                timeout_s: timeout.unwrap_or(0),
+            });
+            run_op(&cli, &client, req, *wait).await
+        }
+        Command::Vm(VmCmd::Create {
+            name,
+            memory,
+            vcpus,
+            cloudspace,
+            vfw,
+            wait,
+        }) => {
+            let req = Req::CreateVm(pb::CreateVm {
+                name: name.clone(),
+                memory_mib: *memory,
+                vcpus: *vcpus,
+                cloudspace: cloudspace.clone().unwrap_or_default(),
+                vfw: *vfw,
+            });
+            run_op(&cli, &client, req, *wait).await
+        }
+        Command::Node(NodeCmd::Enable { node, wait }) => {
+            run_op(
+                &cli,
+                &client,
+                Req::EnableNode(pb::EnableNode { node: node.clone() }),
+                *wait,
+            )
+            .await
+        }
+        Command::Node(NodeCmd::StartStopped {
+            node,
+            dry_run: true,
+            ..
+        }) => {
+            let req = Req::StartStopped(pb::StartStopped {
+                node: node.clone(),
+                dry_run: true,
+            });
+            let doc = json_reply(client.call(req).await?)?;
+            let v: serde_json::Value = serde_json::from_str(&doc)?;
+            if cli.output == Output::Json {
+                return print_json(&v);
+            }
+            let names: Vec<&str> = v["would_start"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str())
+                .collect();
+            println!(
+                "would start on {node}: {}",
+                if names.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    names.join(", ")
+                }
+            );
+            Ok(())
+        }
+        Command::Node(NodeCmd::StartStopped {
+            node,
+            dry_run: false,
+            wait,
+        }) => {
+            let req = Req::StartStopped(pb::StartStopped {
+                node: node.clone(),
+                dry_run: false,
+            });
+            run_op(&cli, &client, req, *wait).await
+        }
+        Command::Maintenance(MaintenanceCmd::Start {
+            node,
+            mode,
+            ack_vfw_downtime,
+            max_parallel,
+            wait,
+        }) => {
+            use pb::start_maintenance::Mode;
+            let req = Req::StartMaintenance(pb::StartMaintenance {
+                node: node.clone(),
+                mode: match mode {
+                    ModeArg::Move => Mode::Move,
+                    ModeArg::Stop => Mode::Stop,
+                } as i32,
+                ack_vfw_downtime: *ack_vfw_downtime,
+                max_parallel: *max_parallel,
+            });
+            run_op(&cli, &client, req, *wait).await
+        }
         Command::Events(a) => events(&cli, &client, a).await,
         Command::Plan(p) => {
             let req = match p {
@@ -695,7 +878,29 @@ async fn follow_job(cli: &Cli, c: &Client, job_id: &str, from_seq: u64) -> CliRe
     if bar_open {
         eprintln!();
     }
-    if !json {
+    // The job's end report: what was done and what was not.
+    let job = match c
+        .call(Req::ShowJob(pb::ShowJob {
+            job_id: job_id.into(),
+        }))
+        .await
+    {
+        Ok(Reply::Json(doc)) => serde_json::from_str::<crate::jobs::Job>(&doc).ok(),
+        _ => None,
+    };
+    if json {
+        if let Some(job) = &job {
+            println!("{}", serde_json::json!({ "job": job }));
+        }
+    } else {
+        if let Some(r) = job.as_ref().and_then(|j| j.report.as_ref()) {
+            for l in &r.done {
+                println!("  done      {}: {}", l.vm, l.detail);
+            }
+            for l in &r.not_done {
+                println!("  NOT DONE  {}: {}", l.vm, l.detail);
+            }
+        }
         println!("{}: {}", end.state, end.message);
     }
     if end.ok {
@@ -748,22 +953,17 @@ async fn events(cli: &Cli, c: &Client, a: &EventsArgs) -> CliResult {
     };
     let filter = c.subjects.events_filter(a.node.as_deref(), kind);
     let mut msgs = c.event_stream(vec![filter], deliver).await?;
+    // Without --follow, stop when the replay has caught up (nothing
+    // pending), or when nothing arrives for a moment (no matching events).
+    let idle = (!a.follow).then_some(Duration::from_millis(1500));
     let mut caught_up = false;
     loop {
-        // Without --follow, stop when the replay has caught up (no event
-        // pending, or none arriving for a moment).
-        let next = if a.follow || !caught_up {
-            match tokio::time::timeout(
-                Duration::from_millis(if a.follow { u64::MAX / 4 } else { 1500 }),
-                msgs.next(),
-            )
-            .await
-            {
-                Ok(n) => n,
-                Err(_) => None,
-            }
-        } else {
-            None
+        if caught_up {
+            break;
+        }
+        let next = match idle {
+            Some(d) => tokio::time::timeout(d, msgs.next()).await.ok().flatten(),
+            None => msgs.next().await,
         };
         let Some(msg) = next else { break };
         let msg = msg.map_err(|e| ClientError::Other(format!("event stream error: {e}")))?;
@@ -946,6 +1146,16 @@ async fn job_show(cli: &Cli, c: &Client, id: &str) -> CliResult {
     }
     if let Some(o) = &job.outcome {
         println!("Outcome: {o}");
+    }
+    if let Some(r) = &job.report {
+        println!("Done ({}):", r.done.len());
+        for l in &r.done {
+            println!("  {}: {}", l.vm, l.detail);
+        }
+        println!("Not done ({}):", r.not_done.len());
+        for l in &r.not_done {
+            println!("  {}: {}", l.vm, l.detail);
+        }
     }
     Ok(())
 }

@@ -56,6 +56,55 @@ pub struct Job {
     /// Final summary once terminal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
+    /// Every agent command the job sent, journaled before it is sent, so a
+    /// restarted coordinator can re-send unfinished ones with the same id
+    /// (agents execute an id at most once and answer repeats).
+    #[serde(default)]
+    pub commands: Vec<CommandRecord>,
+    /// What the job did and did not do, once it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<Report>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CommandRecord {
+    pub id: String,
+    pub node: String,
+    pub vm: String,
+    /// `migrate`, `stop`, `start`, `define`.
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// The encoded AgentCommand (hex), for re-sending after a restart.
+    pub payload: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ok: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The end report of a job: each VM with what happened to it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub done: Vec<ReportLine>,
+    pub not_done: Vec<ReportLine>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReportLine {
+    pub vm: String,
+    pub detail: String,
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect()
 }
 
 impl Job {
@@ -72,6 +121,8 @@ impl Job {
             params,
             steps: Vec::new(),
             outcome: None,
+            commands: Vec::new(),
+            report: None,
         }
     }
 }
@@ -144,13 +195,44 @@ impl Coordinator {
         .await;
     }
 
+    /// Read-modify-write of a job record.
+    pub async fn update_job(&self, id: &str, mut f: impl FnMut(&mut Job)) -> Option<Job> {
+        let res = bus::cas_update::<Job, String>(&self.jobs, id, |j| {
+            let mut j = j.ok_or_else(|| format!("job {id} vanished"))?;
+            f(&mut j);
+            j.updated_ms = nodemaint_proto::now_ms();
+            Ok(j)
+        })
+        .await;
+        match res {
+            Ok(u) => Some(u.value),
+            Err(e) => {
+                tracing::warn!(job = id, error = %e, "cannot update job");
+                None
+            }
+        }
+    }
+
     /// Ends a job with a state and outcome, and publishes the terminal event.
     pub async fn finish_job(&self, id: &str, state: JobState, outcome: String) {
+        self.finish_job_with(id, state, outcome, None).await
+    }
+
+    pub async fn finish_job_with(
+        &self,
+        id: &str,
+        state: JobState,
+        outcome: String,
+        report: Option<Report>,
+    ) {
         let now = nodemaint_proto::now_ms();
         let res = bus::cas_update::<Job, String>(&self.jobs, id, |j| {
             let mut j = j.ok_or_else(|| format!("job {id} vanished"))?;
             j.state = state;
             j.outcome = Some(outcome.clone());
+            if report.is_some() {
+                j.report = report.clone();
+            }
             j.updated_ms = now;
             Ok(j)
         })
@@ -177,5 +259,28 @@ impl Coordinator {
             ..Default::default()
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_roundtrips() {
+        let b = vec![0u8, 1, 0xab, 0xff];
+        assert_eq!(hex(&b), "0001abff");
+        assert_eq!(unhex(&hex(&b)), Some(b));
+        assert_eq!(unhex("zz"), None);
+    }
+
+    #[test]
+    fn old_records_without_new_fields_still_load() {
+        let j: Job = serde_json::from_str(
+            r#"{"id":"1","kind":"vm.start","user":"a","state":"RUNNING","created_ms":1,"updated_ms":1}"#,
+        )
+        .unwrap();
+        assert!(j.commands.is_empty() && j.report.is_none());
+        assert!(!j.state.is_terminal());
     }
 }

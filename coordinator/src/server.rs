@@ -28,6 +28,8 @@ pub struct Coordinator {
     pub subjects: Subjects,
     pub registry: Registry,
     pub jobs: kv::Store,
+    /// Migration concurrency shared by all jobs.
+    pub slots: crate::executor::MigrationSlots,
     /// Command id → channel of that command's progress and result events.
     waiters: Mutex<HashMap<String, mpsc::UnboundedSender<pb::Event>>>,
 }
@@ -62,6 +64,7 @@ impl Coordinator {
         let registry = Registry::open(nodes)
             .await
             .map_err(|err| e("registry", err))?;
+        let cfg_limits = cfg.limits;
         let coord = Arc::new(Coordinator {
             cfg,
             client,
@@ -69,9 +72,11 @@ impl Coordinator {
             subjects,
             registry,
             jobs,
+            slots: crate::executor::MigrationSlots::new(cfg_limits),
             waiters: Default::default(),
         });
         coord.clone().spawn_event_loops().await?;
+        tokio::spawn(crate::executor::resume_jobs(coord.clone()));
         Ok(coord)
     }
 

@@ -436,7 +436,40 @@ impl Agent {
     }
 
     async fn define(&self, d: &pb::DefineVm) -> pb::CommandResult {
-        let xml = d.xml.clone();
+        let xml = if d.xml.is_empty() {
+            if d.name.is_empty() || d.memory_mib == 0 {
+                return err_result(
+                    Code::InvalidArgument,
+                    "define needs domain XML or a name and memory",
+                );
+            }
+            let template = match &self.cfg.guest_template {
+                Some(path) => match std::fs::read_to_string(path) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        return err_result(
+                            Code::Internal,
+                            format!("cannot read guest template {}: {e}", path.display()),
+                        )
+                    }
+                },
+                None => None,
+            };
+            let spec = crate::hypervisor::template::Spec {
+                name: d.name.clone(),
+                memory_mib: d.memory_mib,
+                vcpus: d.vcpus.max(1),
+                meta: crate::hypervisor::metadata::VmMetadata {
+                    kind: d.kind().into(),
+                    cloudspace: (!d.cloudspace.is_empty()).then(|| d.cloudspace.clone()),
+                    anti_affinity: None,
+                },
+            };
+            let ty = crate::hypervisor::template::domain_type(&self.cfg.libvirt_uri);
+            crate::hypervisor::template::render(&spec, ty, template.as_deref())
+        } else {
+            d.xml.clone()
+        };
         let start = d.start;
         let res = self
             .blocking(move |hv| {

@@ -46,6 +46,10 @@ pub struct AgentConfig {
     /// Local working directory (logs of hooks); optional.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// Domain XML template for VMs created from a spec (see
+    /// `hypervisor::template`); the built-in minimal guest when absent.
+    #[serde(default)]
+    pub guest_template: Option<PathBuf>,
     /// Commands executed at the same time (migrations, stops, …).
     #[serde(default = "default_max_concurrent")]
     pub max_concurrent_commands: usize,

@@ -94,6 +94,10 @@ impl pb::ApiRequest {
 
     /// Whether the method changes the fleet, and so needs Level2 or Level3.
     pub fn is_mutating(&self) -> bool {
+        // A dry run only reads.
+        if let Some(pb::api_request::Kind::StartStopped(r)) = &self.kind {
+            return !r.dry_run;
+        }
         matches!(
             self.method(),
             Some(

@@ -153,6 +153,11 @@ pub struct Dom {
 }
 
 impl Dom {
+    pub fn sized(mut self, memory_mib: u64) -> Dom {
+        self.memory_mib = memory_mib;
+        self
+    }
+
     pub fn user(name: &str, cloudspace: &str) -> Dom {
         Dom {
             name: name.into(),
@@ -272,8 +277,13 @@ impl Fleet {
 
     /// Writes `<node>.xml` with the domains and starts its agent.
     pub fn add_agent(&mut self, node: &str, doms: &[Dom]) {
+        self.add_agent_with(node, 8192, doms)
+    }
+
+    /// Like `add_agent`, with the node's memory in MiB.
+    pub fn add_agent_with(&mut self, node: &str, memory_mib: u64, doms: &[Dom]) {
         let xml = self.dir.path().join(format!("{node}.xml"));
-        node_xml(&xml, 8192, 8, doms);
+        node_xml(&xml, memory_mib, 8, doms);
         std::fs::write(
             self.dir.path().join(format!("{node}.boot_id")),
             format!("boot-{node}-1\n"),

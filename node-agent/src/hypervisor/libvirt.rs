@@ -192,15 +192,19 @@ impl Hypervisor for LibvirtHypervisor {
         progress: &mut dyn FnMut(MigrateProgress),
     ) -> Result<(), HvError> {
         let dom = self.domain(vm)?;
-        if !dom.is_active().map_err(map_err)? {
-            return Err(HvError::WrongState(format!(
-                "{vm} is not running; live migration needs a running domain"
-            )));
-        }
-        let flags = sys::VIR_MIGRATE_LIVE
-            | sys::VIR_MIGRATE_PEER2PEER
-            | sys::VIR_MIGRATE_PERSIST_DEST
-            | sys::VIR_MIGRATE_UNDEFINE_SOURCE;
+        // A shut-off domain has no memory to copy: move its definition only.
+        let live = dom.is_active().map_err(map_err)?;
+        let flags = if live {
+            sys::VIR_MIGRATE_LIVE
+                | sys::VIR_MIGRATE_PEER2PEER
+                | sys::VIR_MIGRATE_PERSIST_DEST
+                | sys::VIR_MIGRATE_UNDEFINE_SOURCE
+        } else {
+            sys::VIR_MIGRATE_OFFLINE
+                | sys::VIR_MIGRATE_PEER2PEER
+                | sys::VIR_MIGRATE_PERSIST_DEST
+                | sys::VIR_MIGRATE_UNDEFINE_SOURCE
+        };
         let params = MigrateParameters {
             uri: Some(target.migrate_uri.clone()),
             bandwidth: (target.max_speed_mibs > 0).then_some(target.max_speed_mibs),

@@ -7,6 +7,7 @@
 pub mod libvirt;
 pub mod metadata;
 pub mod sim;
+pub mod template;
 
 use nodemaint_proto::model::{Capacity, Vm};
 use std::time::Duration;
@@ -74,8 +75,9 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn stop(&self, vm: &str, graceful: Duration) -> Result<StopOutcome, HvError>;
     /// Define (persistently) from domain XML; returns the domain name.
     fn define(&self, xml: &str) -> Result<String, HvError>;
-    /// Live, peer-to-peer, persistent on the destination, undefined on the
-    /// source. `progress` is called about once a second while it runs.
+    /// Live (offline when shut off), peer-to-peer, persistent on the
+    /// destination, undefined on the source. `progress` is called about
+    /// once a second while it runs.
     fn migrate(
         &self,
         vm: &str,

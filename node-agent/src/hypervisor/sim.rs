@@ -126,10 +126,35 @@ impl Hypervisor for SimHypervisor {
         })
     }
 
-    fn define(&self, _xml: &str) -> Result<String, HvError> {
-        Err(HvError::Other(
-            "the simulated hypervisor does not parse domain XML".into(),
-        ))
+    fn define(&self, xml: &str) -> Result<String, HvError> {
+        // Only what the agent renders from a spec: name, memory, vcpus, metadata.
+        let tag = |t: &str| -> Option<String> {
+            let start = xml.find(&format!("<{t}"))?;
+            let open_end = xml[start..].find('>')? + start + 1;
+            let close = xml[open_end..].find(&format!("</{t}>"))? + open_end;
+            Some(xml[open_end..close].trim().to_string())
+        };
+        let name = tag("name").ok_or_else(|| HvError::Other("domain XML without <name>".into()))?;
+        let meta = xml
+            .find("<nodemaint:vm")
+            .map(|i| super::metadata::parse(&xml[i..]))
+            .unwrap_or_default();
+        let vm = Vm {
+            uuid: format!("sim-{name}"),
+            name: name.clone(),
+            kind: meta.kind,
+            cloudspace: meta.cloudspace,
+            anti_affinity: meta.anti_affinity,
+            state: VmState::Shutoff,
+            vcpus: tag("vcpu").and_then(|v| v.parse().ok()).unwrap_or(1),
+            memory_mib: tag("memory")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+                / 1024,
+            persistent: true,
+        };
+        self.world.add_vm(&self.node, vm);
+        Ok(name)
     }
 
     fn migrate(
@@ -146,11 +171,13 @@ impl Hypervisor for SimHypervisor {
                 message: "not a sim:// URI".into(),
             })?
             .to_string();
+        // A shut-off VM moves its definition only, instantly.
         let mem = self.with_vm(vm, |v| {
-            if v.state != VmState::Running {
-                return Err(HvError::WrongState(format!("{vm} is not running")));
-            }
-            Ok(v.memory_mib)
+            Ok(if v.state == VmState::Running {
+                v.memory_mib
+            } else {
+                0
+            })
         })?;
         if !self.world.nodes.lock().unwrap().contains_key(&dest) {
             return Err(HvError::Connection {

@@ -37,6 +37,7 @@ struct DrainRow {
 #[derive(Serialize)]
 struct RollingRow {
     k: usize,
+    util: f64,
     nodes: usize,
     vms: usize,
     ms: f64,
@@ -165,6 +166,7 @@ fn rolling_bench(k: usize, util: f64) -> RollingRow {
     let drainable = all.len() - plan.undrainable.len();
     RollingRow {
         k,
+        util,
         nodes: all.len(),
         vms: fleet.vms.len(),
         ms: elapsed,
@@ -279,8 +281,15 @@ fn main() {
     }
     for r in &rep.rolling_1k {
         println!(
-            "| rolling order K={} | {} nodes / {} VMs | {:.0} ms, {} groups (lower bound {}), {} undrainable | < 1 s |",
-            r.k, r.nodes, r.vms, r.ms, r.groups, r.lower_bound, r.undrainable
+            "| rolling order K={} | {} nodes / {} VMs, {:.0}% mem | {:.0} ms, {} groups (lower bound {}), {} undrainable | < 1 s |",
+            r.k,
+            r.nodes,
+            r.vms,
+            r.util * 100.0,
+            r.ms,
+            r.groups,
+            r.lower_bound,
+            r.undrainable
         );
     }
     let qr = &rep.quality;

@@ -245,7 +245,9 @@ fn hroller_groups(a: &Args, fleet: &Fleet, dir: &std::path::Path) -> Result<(usi
         .map_err(|e| format!("{}: {e}", a.hroller))?;
     let ms = t.elapsed().as_secs_f64() * 1e3;
     if !out.status.success() {
-        return Err(format!("hroller: {}", String::from_utf8_lossy(&out.stderr)));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or("").trim().to_string();
+        return Err(format!("hroller: {last}"));
     }
     let groups = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -328,10 +330,7 @@ fn main() {
     for (util, g, u, t, k5, hr) in rolling_rows {
         let (hg, ht) = match hr {
             Ok((g, t)) => (g.to_string(), format!("{t:.0} ms")),
-            Err(e) => {
-                eprintln!("{e}");
-                ("failed".into(), "-".into())
-            }
+            Err(e) => (format!("failed ({e})"), "-".into()),
         };
         println!(
             "| {:.0}% | {g} ({u}) | {k5} | {hg} | {t:.0} ms | {ht} |",

@@ -1,0 +1,352 @@
+//! Maintenance mode on libvirt's test driver: stop mode and enable, the
+//! scheduler, refusals, permissions, and a drain whose migrations fail
+//! (the test driver cannot migrate), which must end with a report and
+//! every VM still running exactly once. Live migration itself is tested in
+//! the lab suites.
+
+use nodemaint_tests::*;
+use serde_json::Value;
+use std::time::Duration;
+
+fn fleet() -> Fleet {
+    let mut f = Fleet::start();
+    f.add_agent(
+        "node1",
+        &[
+            Dom::vfw("cs1"),
+            Dom::vfw("cs2"),
+            Dom::user("vm-a", "cs1"),
+            Dom::user("vm-b", "cs2"),
+            Dom::user("tenant-off", "cs1").off(),
+        ],
+    );
+    f.add_agent("node2", &[Dom::vfw("cs3"), Dom::user("vm-c", "cs3")]);
+    f.add_agent("node3", &[Dom::user("vm-d", "cs3")]);
+    f.wait_registered();
+    f
+}
+
+fn vms(f: &Fleet) -> Vec<Value> {
+    f.cli_json("bob", &["vm", "list"])
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn vm<'a>(all: &'a [Value], name: &str) -> &'a Value {
+    all.iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("{name} missing"))
+}
+
+fn node_status(f: &Fleet, node: &str) -> String {
+    f.cli_json("bob", &["node", "show", node])["node"]["status"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Invariant 1 and 2: every VM appears on exactly one node.
+fn assert_each_vm_once(f: &Fleet, expected: usize) {
+    let all = vms(f);
+    let mut names: Vec<&str> = all.iter().map(|v| v["name"].as_str().unwrap()).collect();
+    names.sort();
+    let before = names.len();
+    names.dedup();
+    assert_eq!(
+        before,
+        names.len(),
+        "a VM is reported by two nodes: {all:?}"
+    );
+    assert_eq!(names.len(), expected, "a VM was lost: {names:?}");
+}
+
+fn ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        stdout(out),
+        stderr(out)
+    );
+}
+
+#[test]
+fn stop_mode_needs_acknowledgement_then_stops_records_and_enable_restarts_exactly_those() {
+    let f = fleet();
+
+    // Without the acknowledgement: refused, naming the cloudspaces; nothing changes.
+    let out = f.cli(
+        "alice",
+        &["maintenance", "start", "node1", "--mode", "stop"],
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("cs1, cs2") && err.contains("--ack-vfw-downtime"),
+        "{err}"
+    );
+    assert_eq!(node_status(&f, "node1"), "ENABLED");
+    assert_eq!(vm(&vms(&f), "vm-a")["state"], "RUNNING");
+
+    // Level1 may not, even with the acknowledgement.
+    let out = f.cli(
+        "bob",
+        &[
+            "maintenance",
+            "start",
+            "node1",
+            "--mode",
+            "stop",
+            "--ack-vfw-downtime",
+        ],
+    );
+    assert!(
+        stderr(&out).contains("Level2 or Level3"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(node_status(&f, "node1"), "ENABLED");
+
+    ok(&f.cli(
+        "alice",
+        &[
+            "maintenance",
+            "start",
+            "node1",
+            "--mode",
+            "stop",
+            "--ack-vfw-downtime",
+        ],
+    ));
+    assert_eq!(node_status(&f, "node1"), "MAINTENANCE");
+    wait_for(Duration::from_secs(10), "node1's VMs shut off", || {
+        let all = vms(&f);
+        ["cs1-vfw", "cs2-vfw", "vm-a", "vm-b"]
+            .iter()
+            .all(|n| vm(&all, n)["state"] == "SHUTOFF")
+    });
+    let all = vms(&f);
+    for n in ["cs1-vfw", "cs2-vfw", "vm-a", "vm-b"] {
+        assert!(
+            vm(&all, n)["stopped_by"].is_string(),
+            "{n} not recorded: {all:?}"
+        );
+    }
+    assert!(
+        vm(&all, "tenant-off")["stopped_by"].is_null(),
+        "a tenant's shut-off VM was recorded"
+    );
+    assert_each_vm_once(&f, 8);
+
+    // Wrong-state requests are refused by name and change nothing.
+    let out = f.cli(
+        "alice",
+        &["maintenance", "start", "node1", "--mode", "move"],
+    );
+    assert!(
+        stderr(&out).contains("already in maintenance"),
+        "{}",
+        stderr(&out)
+    );
+    let out = f.cli("alice", &["vm", "start", "vm-a"]);
+    assert!(stderr(&out).contains("in maintenance"), "{}", stderr(&out));
+    let out = f.cli("alice", &["node", "enable", "node2"]);
+    assert!(
+        stderr(&out).contains("not in maintenance"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The scheduler never places a new VM on the node in maintenance.
+    for i in 0..4 {
+        let name = format!("new-{i}");
+        ok(&f.cli(
+            "alice",
+            &[
+                "vm",
+                "create",
+                "--name",
+                &name,
+                "--memory",
+                "128",
+                "--cloudspace",
+                "cs3",
+            ],
+        ));
+        wait_for(Duration::from_secs(10), "new VM in inventory", || {
+            vms(&f).iter().any(|v| v["name"] == name.as_str())
+        });
+        assert_ne!(vm(&vms(&f), &name)["node"], "node1");
+    }
+
+    // Enable restarts exactly the recorded set, VFWs first, not the tenant's VM.
+    let out = f.cli("carol", &["node", "enable", "node1", "--output", "json"]);
+    ok(&out);
+    let job_line = stdout(&out)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["job"].is_object())
+        .unwrap();
+    let starts: Vec<String> = job_line["job"]["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["action"] == "start")
+        .map(|c| c["vm"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        starts,
+        ["cs1-vfw", "cs2-vfw", "vm-a", "vm-b"],
+        "VFWs first, exactly the recorded set"
+    );
+    assert_eq!(job_line["job"]["user"], "carol");
+    wait_for(Duration::from_secs(10), "restarted", || {
+        let all = vms(&f);
+        ["cs1-vfw", "cs2-vfw", "vm-a", "vm-b"]
+            .iter()
+            .all(|n| vm(&all, n)["state"] == "RUNNING")
+    });
+    let all = vms(&f);
+    assert_eq!(vm(&all, "tenant-off")["state"], "SHUTOFF");
+    assert!(
+        all.iter().all(|v| v["stopped_by"].is_null()),
+        "records cleared: {all:?}"
+    );
+    assert_eq!(node_status(&f, "node1"), "ENABLED");
+}
+
+#[test]
+fn an_infeasible_drain_moves_nothing_and_names_the_vms() {
+    let mut f = Fleet::start();
+    f.add_agent_with(
+        "big",
+        16384,
+        &[
+            Dom::user("huge", "cs1").sized(6000),
+            Dom::user("large", "cs1").sized(5000),
+            Dom::vfw("cs1"),
+        ],
+    );
+    f.add_agent_with("small", 4096, &[Dom::user("s1", "cs2").sized(1024)]);
+    f.wait_registered();
+    let out = f.cli("alice", &["maintenance", "start", "big", "--mode", "move"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("NO_CAPACITY") && err.contains("huge") && err.contains("large"),
+        "{err}"
+    );
+    assert_eq!(node_status(&f, "big"), "ENABLED");
+    assert_eq!(
+        f.cli_json("bob", &["job", "list"])
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    // The what-if plan says the same, with a non-zero exit.
+    let out = f.cli("bob", &["plan", "drain", "big", "--output", "json"]);
+    assert!(!out.status.success());
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["moves"].as_array().unwrap().len(), 0);
+    let unplaced: Vec<&str> = plan["unplaced"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["vm"].as_str().unwrap())
+        .collect();
+    assert!(
+        unplaced.contains(&"huge") && unplaced.contains(&"large"),
+        "{unplaced:?}"
+    );
+}
+
+#[test]
+fn failed_migrations_are_retried_elsewhere_reported_and_lose_nothing() {
+    let f = fleet();
+    // The test driver refuses migrations: each VM is tried on its planned node
+    // and once more on another; the job fails with a report, the node stays
+    // in maintenance, and every VM still runs exactly once.
+    let out = f.cli(
+        "alice",
+        &[
+            "maintenance",
+            "start",
+            "node1",
+            "--mode",
+            "move",
+            "--output",
+            "json",
+        ],
+    );
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let job = stdout(&out)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["job"].is_object())
+        .unwrap()["job"]
+        .clone();
+    assert_eq!(job["state"], "FAILED");
+    let not_done: Vec<&str> = job["report"]["not_done"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["vm"].as_str().unwrap())
+        .collect();
+    assert_eq!(not_done.len(), 5, "{job}");
+    let migrations: Vec<&Value> = job["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["action"] == "migrate")
+        .collect();
+    assert_eq!(migrations.len(), 10, "each VM tried twice: {job}");
+    for name in ["cs1-vfw", "vm-a"] {
+        let dests: Vec<&str> = migrations
+            .iter()
+            .filter(|c| c["vm"] == name)
+            .map(|c| c["to"].as_str().unwrap())
+            .collect();
+        assert_eq!(dests.len(), 2);
+        assert_ne!(dests[0], dests[1], "retry goes to another node");
+    }
+    // VFWs were moved first.
+    assert!(
+        migrations[0]["vm"].as_str().unwrap().ends_with("-vfw"),
+        "{migrations:?}"
+    );
+    assert_eq!(node_status(&f, "node1"), "MAINTENANCE");
+    let all = vms(&f);
+    assert_eq!(vm(&all, "vm-a")["node"], "node1");
+    assert_eq!(vm(&all, "vm-a")["state"], "RUNNING");
+    assert_each_vm_once(&f, 8);
+    // The operator can enable the node again.
+    ok(&f.cli("alice", &["node", "enable", "node1"]));
+    assert_eq!(node_status(&f, "node1"), "ENABLED");
+}
+
+#[test]
+fn start_stopped_starts_shut_off_vms_vfws_first() {
+    let mut f = Fleet::start();
+    f.add_agent(
+        "n1",
+        &[
+            Dom::user("a-user", "cs1").off(),
+            Dom::vfw("cs1").off(),
+            Dom::user("up", "cs1"),
+        ],
+    );
+    f.wait_registered();
+    let v = f.cli_json("bob", &["node", "start-stopped", "n1", "--dry-run"]);
+    assert_eq!(v["would_start"], serde_json::json!(["cs1-vfw", "a-user"]));
+    // A dry run changes nothing.
+    assert_eq!(vm(&vms(&f), "cs1-vfw")["state"], "SHUTOFF");
+    let out = f.cli("bob", &["node", "start-stopped", "n1"]);
+    assert!(stderr(&out).contains("Level2 or Level3"));
+    ok(&f.cli("alice", &["node", "start-stopped", "n1"]));
+    wait_for(Duration::from_secs(10), "all running", || {
+        vms(&f).iter().all(|v| v["state"] == "RUNNING")
+    });
+    let out = f.cli("alice", &["vm", "start", "ghost"]);
+    assert!(stderr(&out).contains("unknown VM"));
+}
