@@ -15,7 +15,12 @@ cargo build --workspace --all-targets
 # Lab suites share one lab each and must not overlap: one test binary at a
 # time (cargo's default) and one test thread inside lab binaries.
 cargo test --workspace --exclude nodemaint-tests
-cargo test -p nodemaint-tests --test foundation
+# Integration suites on the test driver (each test has its own nats-server).
+for suite in tests/tests/*.rs; do
+    name=$(basename "$suite" .rs)
+    [[ $name == lab_* ]] && continue
+    cargo test -p nodemaint-tests --test "$name"
+done
 for suite in tests/tests/lab_*.rs; do
     [[ -e $suite ]] || continue
     name=$(basename "$suite" .rs)

@@ -62,6 +62,7 @@ pub async fn handle(c: &Arc<Coordinator>, req: pb::ApiRequest) -> pb::ApiReply {
         Req::EnableNode(r) => enable_node(c, &user, &r).await,
         Req::StartStopped(r) => start_stopped(c, &user, &r).await,
         Req::CreateVm(r) => create_vm(c, &user, &r).await,
+        Req::CheckNode(r) => check_node(c, &user, &r).await,
         Req::ExportFleet(_) => json(&fleet(c)),
         Req::PlanDrain(r) => plan_drain(c, &r),
         Req::PlanRolling(r) => plan_rolling(c, &r),
@@ -73,10 +74,6 @@ pub async fn handle(c: &Arc<Coordinator>, req: pb::ApiRequest) -> pb::ApiReply {
             Some(job) => json(&job),
             None => refuse(Code::NotFound, format!("unknown job {:?}", r.job_id)),
         },
-        _ => refuse(
-            Code::InvalidArgument,
-            format!("method {method} is not available in this coordinator version"),
-        ),
     };
     match res {
         Ok(kind) => pb::ApiReply { kind: Some(kind) },
@@ -433,7 +430,7 @@ async fn move_vfw(c: &Arc<Coordinator>, user: &str, r: &pb::MoveVfw) -> Result<R
 }
 
 /// Cloudspaces whose VFW runs on the node (these firewalls go down in stop mode).
-fn vfw_cloudspaces(n: &NodeRecord) -> Vec<String> {
+pub fn vfw_cloudspaces(n: &NodeRecord) -> Vec<String> {
     let mut cs: Vec<String> = n
         .domains
         .iter()
@@ -712,4 +709,19 @@ async fn create_vm(c: &Arc<Coordinator>, user: &str, r: &pb::CreateVm) -> Result
         cloudspace: r.cloudspace.clone(),
     });
     single_command_job(c, job, &dest, &r.name, kind).await
+}
+
+async fn check_node(c: &Arc<Coordinator>, user: &str, r: &pb::CheckNode) -> Result<Reply> {
+    let n = node(c, &r.node)?;
+    require_reachable(&n)?;
+    let job = Job::new(
+        "node.check",
+        user,
+        Some(&n.name),
+        serde_json::json!({ "node": n.name, "start_failed": r.start_failed }),
+    );
+    let kind = pb::agent_command::Kind::RunChecks(pb::RunChecks {
+        start_failed: r.start_failed,
+    });
+    single_command_job(c, job, &n.name, "", kind).await
 }

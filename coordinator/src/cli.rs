@@ -68,7 +68,13 @@ pub enum Command {
         /// Coordinator config (TOML): users and groups, migration limits.
         #[arg(long, short, env = "NODEMAINT_CONFIG")]
         config: Option<PathBuf>,
+        /// Also serve the operator web portal on this address (e.g. 127.0.0.1:8080).
+        #[arg(long, value_name = "ADDR", env = "NODEMAINT_HTTP")]
+        http: Option<std::net::SocketAddr>,
     },
+    /// Print an argon2 hash of the password read from standard input, for
+    /// `password_hash` of a user in the coordinator config (portal login).
+    HashPassword,
     /// Nodes (stacks): list, show.
     #[command(subcommand)]
     Node(NodeCmd),
@@ -143,6 +149,24 @@ pub enum NodeCmd {
         node: String,
         #[command(flatten)]
         wait: WaitArgs,
+    },
+    /// Run NODE's post-reboot service checks (storage, agent services,
+    /// systemd units, ports) and show every service; exit 1 if any failed.
+    Check {
+        node: String,
+        /// Run the start command of each failed check once, then check again.
+        #[arg(long)]
+        start_failed: bool,
+    },
+    /// Wait until NODE's agent is back with a different boot id (it rebooted).
+    WaitRebooted {
+        node: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// The boot id before the reboot (default: the current one).
+        #[arg(long)]
+        boot_id: Option<String>,
     },
     /// Start every shut-off VM of NODE, VFWs first (the seed's `virsh start` loop).
     StartStopped {
@@ -324,8 +348,16 @@ fn user(cli: &Cli) -> String {
 }
 
 pub async fn run(cli: Cli) -> CliResult {
-    if let Command::Serve { config } = &cli.command {
-        return serve(&cli, config.clone()).await;
+    if let Command::Serve { config, http } = &cli.command {
+        return serve(&cli, config.clone(), *http).await;
+    }
+    if let Command::HashPassword = &cli.command {
+        let mut pw = String::new();
+        std::io::stdin().read_line(&mut pw)?;
+        let pw = pw.trim_end_matches(['\n', '\r']);
+        anyhow::ensure!(!pw.is_empty(), "give the password on standard input");
+        println!("{}", crate::portal::hash_password(pw)?);
+        return Ok(());
     }
     // Plans against a file need no coordinator.
     if let Command::Plan(p) = &cli.command {
@@ -335,7 +367,7 @@ pub async fn run(cli: Cli) -> CliResult {
     }
     let client = Client::connect(&cli.nats_url, &cli.prefix, &user(&cli)).await?;
     match &cli.command {
-        Command::Serve { .. } => unreachable!(),
+        Command::Serve { .. } | Command::HashPassword => unreachable!(),
         Command::Node(NodeCmd::List) => node_list(&cli, &client).await,
         Command::Node(NodeCmd::Show { node }) => node_show(&cli, &client, node).await,
         Command::Vm(VmCmd::List {
@@ -404,6 +436,18 @@ pub async fn run(cli: Cli) -> CliResult {
             });
             run_op(&cli, &client, req, *wait).await
         }
+        Command::Node(NodeCmd::Check { node, start_failed }) => {
+            let req = Req::CheckNode(pb::CheckNode {
+                node: node.clone(),
+                start_failed: *start_failed,
+            });
+            run_op(&cli, &client, req, WaitArgs { detach: false }).await
+        }
+        Command::Node(NodeCmd::WaitRebooted {
+            node,
+            timeout,
+            boot_id,
+        }) => wait_rebooted(&cli, &client, node, *timeout, boot_id.clone()).await,
         Command::Node(NodeCmd::Enable { node, wait }) => {
             run_op(
                 &cli,
@@ -512,7 +556,7 @@ pub async fn run(cli: Cli) -> CliResult {
     }
 }
 
-async fn serve(cli: &Cli, config: Option<PathBuf>) -> CliResult {
+async fn serve(cli: &Cli, config: Option<PathBuf>, http: Option<std::net::SocketAddr>) -> CliResult {
     let mut cfg = match config {
         Some(p) => crate::config::CoordinatorConfig::load(&p)?,
         None => crate::config::CoordinatorConfig::default(),
@@ -528,6 +572,18 @@ async fn serve(cli: &Cli, config: Option<PathBuf>) -> CliResult {
         tracing::warn!("no users configured: every fleet change will be refused");
     }
     let coord = crate::server::Coordinator::start(cfg).await?;
+    if let Some(addr) = http {
+        // Bound here so that a busy port fails the start instead of a log line.
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("portal: cannot listen on {addr}: {e}"))?;
+        let portal = crate::portal::serve_on(coord.clone(), listener);
+        tokio::spawn(async move {
+            if let Err(e) = portal.await {
+                tracing::error!(error = %e, "operator portal stopped");
+            }
+        });
+    }
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("signal handler");
@@ -861,6 +917,38 @@ async fn follow_job(cli: &Cli, c: &Client, job_id: &str, from_seq: u64) -> CliRe
                         eprintln!("{line}");
                     }
                 }
+                Some(Body::Checks(report)) => {
+                    if bar_open {
+                        eprintln!();
+                        bar_open = false;
+                    }
+                    let rows: Vec<Vec<String>> = report
+                        .services
+                        .iter()
+                        .map(|s| {
+                            vec![
+                                s.check.clone(),
+                                s.service.clone(),
+                                if s.ok { "ok".into() } else { "FAILED".into() },
+                                s.state.clone(),
+                                if s.start_attempted {
+                                    "started".into()
+                                } else {
+                                    String::new()
+                                },
+                                s.detail.lines().next().unwrap_or("").to_string(),
+                            ]
+                        })
+                        .collect();
+                    println!("Service checks on {}:", ev.node);
+                    print!(
+                        "{}",
+                        table(
+                            &["CHECK", "SERVICE", "RESULT", "STATE", "ACTION", "DETAIL"],
+                            &rows
+                        )
+                    );
+                }
                 Some(Body::Job(j)) => {
                     if bar_open {
                         eprintln!();
@@ -1192,5 +1280,56 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+}
+
+async fn wait_rebooted(
+    cli: &Cli,
+    c: &Client,
+    node: &str,
+    timeout: u64,
+    before: Option<String>,
+) -> CliResult {
+    let first = node_summary(c, node).await?;
+    let before = before.unwrap_or(first.boot_id.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(timeout);
+    let mut was_down = false;
+    loop {
+        let s = node_summary(c, node).await?;
+        was_down |= !s.reachable;
+        if s.reachable && !s.boot_id.is_empty() && s.boot_id != before {
+            if cli.output == Output::Json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "node": node, "rebooted": true, "old_boot_id": before, "boot_id": s.boot_id })
+                );
+            } else {
+                println!("{node} is back with boot id {} (was {before})", s.boot_id);
+            }
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "{node} did not come back with a new boot id within {timeout} s ({})",
+                if was_down {
+                    "it went down"
+                } else {
+                    "it never went down"
+                }
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn node_summary(c: &Client, node: &str) -> anyhow::Result<pb::NodeSummary> {
+    match c
+        .call(Req::ShowNode(pb::ShowNode {
+            node: node.to_string(),
+        }))
+        .await?
+    {
+        Reply::Node(d) => Ok(d.summary.unwrap_or_default()),
+        other => anyhow::bail!("unexpected reply {other:?}"),
     }
 }

@@ -105,6 +105,9 @@ impl Coordinator {
         match kind {
             Kind::Migrate(m) => Duration::from_secs(u64::from(m.timeout_s.max(1)) + 60),
             Kind::Stop(s) => Duration::from_secs(u64::from(s.graceful_timeout_s) + 60),
+            Kind::RunHook(h) => Duration::from_secs(u64::from(h.timeout_s.max(600)) + 60),
+            // Checks with start commands can take several check timeouts.
+            Kind::RunChecks(_) => Duration::from_secs(600),
             _ => Duration::from_secs(120),
         }
     }

@@ -8,6 +8,8 @@ pub mod config;
 pub mod executor;
 pub mod fleet;
 pub mod jobs;
+pub mod lease;
 pub mod output;
+pub mod portal;
 pub mod registry;
 pub mod server;

@@ -76,12 +76,22 @@ impl Coordinator {
             waiters: Default::default(),
         });
         coord.clone().spawn_event_loops().await?;
-        tokio::spawn(crate::executor::resume_jobs(coord.clone()));
         Ok(coord)
     }
 
-    /// Answers the API until `shutdown` completes.
+    /// Waits for the leader lease, then resumes left-over jobs and answers
+    /// the API until `shutdown` completes or the lease is lost.
     pub async fn serve(self: Arc<Self>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let leader = bus::bucket(&self.js, &self.subjects.leader_bucket(), 1, Duration::ZERO)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open leader bucket: {e}"))?;
+        let elector = crate::lease::Elector::new(leader, Duration::from_secs(6));
+        tokio::pin!(shutdown);
+        tokio::select! {
+            _ = elector.acquire() => {},
+            _ = &mut shutdown => return Ok(()),
+        }
+        tokio::spawn(crate::executor::resume_jobs(self.clone()));
         let mut api = self
             .client
             .queue_subscribe(self.subjects.api_all(), "nodemaint-coordinator".into())
@@ -95,6 +105,7 @@ impl Coordinator {
         };
         tokio::select! {
             _ = serve => anyhow::bail!("API subscription ended"),
+            _ = elector.keep() => anyhow::bail!("lost the leader lease; exiting so that only one coordinator acts"),
             _ = shutdown => Ok(()),
         }
     }

@@ -30,8 +30,13 @@ const CLAIMED: &[u8] = b"S";
 /// Prefix of a recorded result (followed by the protobuf CommandResult).
 const RESULT: u8 = b'R';
 
+/// Handles hook commands in-process instead of `sh -c` (the simulated fleet's
+/// power cycle); returns `None` to fall back to the shell.
+pub type HookHandler = Arc<dyn Fn(&pb::RunHook) -> Option<pb::CommandResult> + Send + Sync>;
+
 pub struct Agent {
     cfg: AgentConfig,
+    hooks: Option<HookHandler>,
     hv: Arc<dyn Hypervisor>,
     js: jetstream::Context,
     subjects: Subjects,
@@ -66,6 +71,16 @@ pub async fn run(
     hv: Arc<dyn Hypervisor>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    run_with(cfg, hv, None, shutdown).await
+}
+
+/// `run` with an in-process hook handler.
+pub async fn run_with(
+    cfg: AgentConfig,
+    hv: Arc<dyn Hypervisor>,
+    hooks: Option<HookHandler>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     cfg.validate()?;
     let client = connect(&cfg.nats_url, &format!("node-agent {}", cfg.node)).await?;
     let js = jetstream::new(client.clone());
@@ -84,6 +99,7 @@ pub async fn run(
     let hv2 = hv.clone();
     let capacity = tokio::task::spawn_blocking(move || hv2.host_capacity()).await??;
     let agent = Arc::new(Agent {
+        hooks,
         slots: Arc::new(Semaphore::new(cfg.max_concurrent_commands)),
         cfg,
         hv,
@@ -375,11 +391,11 @@ impl Agent {
             },
             Cmd::Migrate(m) => self.migrate(&cmd, &m).await,
             Cmd::Define(d) => self.define(&d).await,
-            Cmd::RunHook(h) => crate::hook::run(&h).await,
-            Cmd::RunChecks(_) => err_result(
-                Code::InvalidArgument,
-                format!("node {} has no service checks configured", self.node()),
-            ),
+            Cmd::RunHook(h) => match self.hooks.as_ref().and_then(|f| f(&h)) {
+                Some(r) => r,
+                None => crate::hook::run(&h).await,
+            },
+            Cmd::RunChecks(rc) => self.checks(&cmd.op_id, rc.start_failed).await,
         };
         result.command_id = id.clone();
         result.duration_ms = started.elapsed().as_millis() as u64;
@@ -390,6 +406,33 @@ impl Agent {
         }
         tracing::info!(id = %id, ok = result.ok, message = %result.message, error = ?result.error, "command done");
         self.publish(&cmd.op_id, Body::Result(result)).await;
+    }
+
+    /// Runs the configured service checks; the report also goes out as a
+    /// `checks` event for dashboards. Ok only when every service is ok.
+    async fn checks(&self, op_id: &str, start_failed: bool) -> pb::CommandResult {
+        let report = crate::checks::run_checks(&self.cfg.checks, start_failed).await;
+        self.publish(op_id, Body::Checks(report.clone())).await;
+        let failed: Vec<String> = report
+            .services
+            .iter()
+            .filter(|s| !s.ok)
+            .map(|s| format!("{} ({})", s.service, s.state))
+            .collect();
+        let mut r = if failed.is_empty() {
+            ok_result(&format!(
+                "{} services ok on {}",
+                report.services.len(),
+                self.node()
+            ))
+        } else {
+            err_result(
+                Code::WrongState,
+                format!("failed on {}: {}", self.node(), failed.join(", ")),
+            )
+        };
+        r.checks = Some(report);
+        r
     }
 
     async fn start(&self, vm: &str) -> pb::CommandResult {

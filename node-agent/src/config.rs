@@ -7,6 +7,12 @@
 //! address = "10.77.0.11"                 # how other nodes reach this one (migrations)
 //! heartbeat_interval_ms = 2000
 //! boot_id_file = "/proc/sys/kernel/random/boot_id"
+//!
+//! [[checks]]                             # post-reboot checks, see `checks`
+//! name = "ovs"
+//! type = "ovs_services"
+//! command = "ovs monitor services"
+//! start = "ovs start services"
 //! ```
 
 use serde::Deserialize;
@@ -50,6 +56,9 @@ pub struct AgentConfig {
     /// `hypervisor::template`); the built-in minimal guest when absent.
     #[serde(default)]
     pub guest_template: Option<PathBuf>,
+    /// Post-reboot service checks (see `checks`), run by `node check`.
+    #[serde(default)]
+    pub checks: Vec<crate::checks::CheckConfig>,
     /// Commands executed at the same time (migrations, stops, …).
     #[serde(default = "default_max_concurrent")]
     pub max_concurrent_commands: usize,
@@ -125,6 +134,8 @@ impl AgentConfig {
                 "heartbeat_interval_ms must be at least 100".into(),
             ));
         }
+        crate::checks::validate(&self.checks)
+            .map_err(|e| ConfigError::Invalid(format!("checks: {e}")))?;
         if self.max_concurrent_commands == 0 {
             return Err(ConfigError::Invalid(
                 "max_concurrent_commands must be at least 1".into(),

@@ -3,6 +3,7 @@
 //! heartbeats, inventory, progress and results as events.
 
 pub mod agent;
+pub mod checks;
 pub mod config;
 pub mod hook;
 pub mod hypervisor;

@@ -4,8 +4,7 @@
 
 // Until the module is wired into the library, compile it here directly.
 #[allow(dead_code)]
-#[path = "../src/checks.rs"]
-mod checks;
+use nodemaint_agent::checks;
 
 use checks::{run_checks, CheckConfig, CheckKind};
 use nodemaint_proto::pb;

@@ -2,8 +2,7 @@
 //! Its own test binary (one test) because it changes PATH for the process.
 
 #[allow(dead_code)]
-#[path = "../src/checks.rs"]
-mod checks;
+use nodemaint_agent::checks;
 
 use checks::{run_checks, CheckConfig, CheckKind};
 

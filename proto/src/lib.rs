@@ -95,8 +95,11 @@ impl pb::ApiRequest {
     /// Whether the method changes the fleet, and so needs Level2 or Level3.
     pub fn is_mutating(&self) -> bool {
         // A dry run only reads.
-        if let Some(pb::api_request::Kind::StartStopped(r)) = &self.kind {
-            return !r.dry_run;
+        match &self.kind {
+            Some(pb::api_request::Kind::StartStopped(r)) => return !r.dry_run,
+            // Checking only reads; starting failed services changes the node.
+            Some(pb::api_request::Kind::CheckNode(r)) => return r.start_failed,
+            _ => {}
         }
         matches!(
             self.method(),

@@ -223,6 +223,8 @@ pub struct Fleet {
     pub coordinator: Option<Proc>,
     pub agents: Vec<(String, Option<Proc>)>,
     pub config: PathBuf,
+    /// Extra agent TOML per node (e.g. `[[checks]]`), appended to its config.
+    pub agent_extra: std::collections::HashMap<String, String>,
 }
 
 /// Users every test fleet knows: alice (Level2), carol (Level3), bob (Level1).
@@ -248,6 +250,7 @@ impl Fleet {
             coordinator: None,
             agents: Vec::new(),
             config,
+            agent_extra: Default::default(),
         };
         f.start_coordinator();
         f
@@ -302,10 +305,11 @@ impl Fleet {
             format!(
                 "node = \"{node}\"\nnats_url = \"{}\"\nlibvirt_uri = \"test://{}\"\n\
                  address = \"127.0.0.1\"\nheartbeat_interval_ms = 300\ninventory_poll_ms = 200\n\
-                 boot_id_file = \"{}\"\n",
+                 boot_id_file = \"{}\"\n{}\n",
                 self.nats.url,
                 xml.display(),
-                boot.display()
+                boot.display(),
+                self.agent_extra.get(node).map(String::as_str).unwrap_or("")
             ),
         )
         .unwrap();

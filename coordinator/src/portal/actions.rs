@@ -1,0 +1,149 @@
+//! The actions: each checks the session's CSRF token, then makes exactly
+//! the API request the CLI would make, as the logged-in user. Accepted:
+//! 303 to the job view. Refused: the API's message with a status code that
+//! says why (404, 403, 409, 400, 503), and nothing changed.
+
+use super::auth::Auth;
+use super::Portal;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use nodemaint_proto::pb::{self, api_reply::Kind as Reply, api_request::Kind as Req};
+use serde::Deserialize;
+use std::sync::Arc;
+
+fn accepted(reply: Reply) -> Response {
+    match reply {
+        Reply::Accepted(a) => Redirect::to(&format!("/jobs/{}", super::html::url(&a.op_id)))
+            .into_response(),
+        other => super::html::error_page(
+            None,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Unexpected reply",
+            &format!("unexpected API reply {other:?}"),
+        ),
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct MaintenanceForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    mode: String,
+    #[serde(default)]
+    ack_vfw_downtime: Option<String>,
+    #[serde(default)]
+    max_parallel: Option<String>,
+}
+
+pub async fn maintenance(
+    State(st): State<Arc<Portal>>,
+    auth: Auth,
+    Path(node): Path<String>,
+    Form(f): Form<MaintenanceForm>,
+) -> Response {
+    if let Err(r) = auth.check_csrf(&f.csrf) {
+        return r;
+    }
+    use pb::start_maintenance::Mode;
+    let mode = match f.mode.as_str() {
+        "move" => Mode::Move,
+        "stop" => Mode::Stop,
+        // The API names the choices.
+        _ => Mode::Unspecified,
+    };
+    let max_parallel = match f.max_parallel.as_deref().map(str::trim) {
+        None | Some("") => 0,
+        Some(s) => match s.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => {
+                return super::html::error_page(
+                    Some(&auth),
+                    StatusCode::BAD_REQUEST,
+                    "Maintenance refused",
+                    &format!("max_parallel {s:?} is not a number"),
+                )
+            }
+        },
+    };
+    let ack = matches!(
+        f.ack_vfw_downtime.as_deref(),
+        Some("yes" | "on" | "true" | "1")
+    );
+    match st
+        .api(
+            &auth.user,
+            Req::StartMaintenance(pb::StartMaintenance {
+                node,
+                mode: mode as i32,
+                ack_vfw_downtime: ack,
+                max_parallel,
+            }),
+        )
+        .await
+    {
+        Ok(r) => accepted(r),
+        Err(e) => e.page(Some(&auth), "Maintenance refused"),
+    }
+}
+
+pub async fn enable(
+    State(st): State<Arc<Portal>>,
+    auth: Auth,
+    Path(node): Path<String>,
+    Form(f): Form<super::auth::CsrfForm>,
+) -> Response {
+    if let Err(r) = auth.check_csrf(&f.csrf) {
+        return r;
+    }
+    match st
+        .api(&auth.user, Req::EnableNode(pb::EnableNode { node }))
+        .await
+    {
+        Ok(r) => accepted(r),
+        Err(e) => e.page(Some(&auth), "Enable refused"),
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct MoveVfwForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    to_node: String,
+}
+
+pub async fn move_vfw(
+    State(st): State<Arc<Portal>>,
+    auth: Auth,
+    Path(cloudspace): Path<String>,
+    Form(f): Form<MoveVfwForm>,
+) -> Response {
+    if let Err(r) = auth.check_csrf(&f.csrf) {
+        return r;
+    }
+    if f.to_node.is_empty() {
+        return super::html::error_page(
+            Some(&auth),
+            StatusCode::BAD_REQUEST,
+            "Move VFW refused",
+            "choose the stack to move the VFW to",
+        );
+    }
+    match st
+        .api(
+            &auth.user,
+            Req::MoveVfw(pb::MoveVfw {
+                cloudspace,
+                to_node: f.to_node,
+                timeout_s: 0,
+            }),
+        )
+        .await
+    {
+        Ok(r) => accepted(r),
+        Err(e) => e.page(Some(&auth), "Move VFW refused"),
+    }
+}

@@ -1,0 +1,401 @@
+//! Login, sessions and CSRF protection.
+//!
+//! - Operators are the coordinator config's `[users.NAME]` entries with a
+//!   `password_hash` (argon2 PHC string, `coordinator hash-password` makes
+//!   one). A user without a hash cannot log in to the portal.
+//! - A successful login creates a session: a random 256-bit token in the
+//!   cookie `nodemaint_session` (HttpOnly, SameSite=Strict, Path=/), kept
+//!   in memory with an idle expiry; logging out or restarting the
+//!   coordinator ends it.
+//! - Each session has its own random CSRF token, embedded in every form and
+//!   compared (in constant time) on every POST; a missing or different token
+//!   is refused with 403 and changes nothing.
+//! - Groups are read from the config on every request, so the actions a
+//!   user may take follow the config, not the login.
+
+use super::html::{self, esc, Nav};
+use super::Portal;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::{header, request::Parts, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub const COOKIE: &str = "nodemaint_session";
+/// A session ends after this long without a request.
+pub const SESSION_IDLE: Duration = Duration::from_secs(8 * 3600);
+
+/// An argon2id hash (PHC string) of `password` with a random salt and the
+/// crate's default cost.
+pub fn hash_password(password: &str) -> anyhow::Result<String> {
+    let mut salt = [0u8; 16];
+    getrandom::getrandom(&mut salt).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| anyhow::anyhow!("salt: {e}"))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("cannot hash password: {e}"))
+}
+
+/// Whether `password` matches the PHC string `hash` (with the algorithm and
+/// cost the hash names). A malformed hash matches nothing.
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    match PasswordHash::new(hash) {
+        Ok(h) => Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A hash to verify against for unknown users, so a login attempt costs
+/// the same whether or not the user exists.
+fn dummy_hash() -> &'static str {
+    static H: OnceLock<String> = OnceLock::new();
+    H.get_or_init(|| hash_password("nodemaint-dummy").unwrap_or_default())
+}
+
+/// 32 random bytes, hex.
+pub fn random_token() -> String {
+    let mut b = [0u8; 32];
+    getrandom::getrandom(&mut b).expect("operating system randomness");
+    crate::jobs::hex(&b)
+}
+
+/// Compares two strings without an early exit on the first difference.
+pub fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub user: String,
+    pub csrf: String,
+    expires: Instant,
+}
+
+/// The in-memory session store.
+pub struct Sessions {
+    idle: Duration,
+    map: Mutex<HashMap<String, Session>>,
+}
+
+impl Sessions {
+    pub fn new(idle: Duration) -> Self {
+        Sessions {
+            idle,
+            map: Mutex::default(),
+        }
+    }
+
+    /// A new session for `user`: (cookie token, session). Drops expired ones.
+    pub fn create(&self, user: &str) -> (String, Session) {
+        let now = Instant::now();
+        let token = random_token();
+        let s = Session {
+            user: user.to_string(),
+            csrf: random_token(),
+            expires: now + self.idle,
+        };
+        let mut m = self.map.lock().unwrap();
+        m.retain(|_, s| s.expires > now);
+        m.insert(token.clone(), s.clone());
+        (token, s)
+    }
+
+    /// The live session of `token`, its expiry pushed back.
+    pub fn get(&self, token: &str) -> Option<Session> {
+        let now = Instant::now();
+        let mut m = self.map.lock().unwrap();
+        match m.get_mut(token) {
+            Some(s) if s.expires > now => {
+                s.expires = now + self.idle;
+                Some(s.clone())
+            }
+            Some(_) => {
+                m.remove(token);
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub fn remove(&self, token: &str) {
+        self.map.lock().unwrap().remove(token);
+    }
+}
+
+/// The session cookie's value, if the request has one.
+pub fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+/// The logged-in user of a request.
+#[derive(Clone, Debug)]
+pub struct Auth {
+    pub user: String,
+    pub groups: Vec<String>,
+    pub csrf: String,
+    pub token: String,
+}
+
+impl Auth {
+    /// Whether the config lets this user change the fleet (Level2/Level3);
+    /// the API decides again on every request.
+    pub fn can_act(&self) -> bool {
+        self.groups
+            .iter()
+            .any(|g| crate::config::OPERATOR_GROUPS.contains(&g.as_str()))
+    }
+
+    /// Checks a form's CSRF token against the session's.
+    #[allow(clippy::result_large_err)]
+    pub fn check_csrf(&self, token: &str) -> Result<(), Response> {
+        if !token.is_empty() && same(token, &self.csrf) {
+            return Ok(());
+        }
+        Err(html::error_page(
+            Some(self),
+            StatusCode::FORBIDDEN,
+            "Stale or foreign form",
+            "the form's security token (CSRF) is missing or does not belong to your session: \
+             it is stale (you logged in again or the coordinator restarted) or it was not sent \
+             from this portal. Reload the page and try again.",
+        ))
+    }
+}
+
+impl FromRequestParts<Arc<Portal>> for Auth {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, st: &Arc<Portal>) -> Result<Self, Response> {
+        let session = cookie_token(&parts.headers).and_then(|t| st.sessions.get(&t).map(|s| (t, s)));
+        // A user removed from the config loses access at once.
+        let found = session.and_then(|(token, s)| {
+            let groups = st.c.cfg.users.get(&s.user)?.groups.clone();
+            Some(Auth {
+                user: s.user,
+                groups,
+                csrf: s.csrf,
+                token,
+            })
+        });
+        match found {
+            Some(a) => Ok(a),
+            None => {
+                let path = parts.uri.path();
+                if path.starts_with("/api/") || path.starts_with("/events/") || parts.method != "GET" {
+                    let msg = "not logged in (or the session expired): log in at /login";
+                    if parts.method == "GET" {
+                        return Err((StatusCode::UNAUTHORIZED, msg).into_response());
+                    }
+                    return Err(html::error_page(
+                        None,
+                        StatusCode::UNAUTHORIZED,
+                        "Not logged in",
+                        msg,
+                    ));
+                }
+                let next = parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/");
+                Err(Redirect::to(&format!("/login?next={}", html::url(next))).into_response())
+            }
+        }
+    }
+}
+
+/// Where to go after login: a local path only (no open redirect).
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
+        _ => "/".to_string(),
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct NextQuery {
+    #[serde(default)]
+    next: Option<String>,
+}
+
+fn login_form(next: &str, error: Option<&str>, user: &str) -> String {
+    let alert = error
+        .map(|e| {
+            format!(
+                r#"<div class="alert error" role="alert" id="error">{}</div>"#,
+                esc(e)
+            )
+        })
+        .unwrap_or_default();
+    let body = format!(
+        r#"<div class="login">
+<h1>Operator portal</h1>
+<p class="muted">Maintenance mode for libvirt/KVM clouds. Log in with your operator account.</p>
+{alert}
+<form method="post" action="/login" class="stack-form">
+<input type="hidden" name="next" value="{next}">
+<label>User name <input name="username" id="username" autocomplete="username" required autofocus value="{user}"></label>
+<label>Password <input name="password" id="password" type="password" autocomplete="current-password" required></label>
+<button type="submit" class="primary" id="login">Log in</button>
+</form></div>"#,
+        next = esc(next),
+        user = esc(user),
+    );
+    html::page(None, Nav::None, "Log in", &body)
+}
+
+pub async fn login_page(Query(q): Query<NextQuery>) -> Response {
+    html::respond(
+        StatusCode::OK,
+        login_form(&safe_next(q.next.as_deref()), None, ""),
+    )
+}
+
+#[derive(Deserialize, Default)]
+pub struct LoginForm {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    next: Option<String>,
+}
+
+pub async fn login(State(st): State<Arc<Portal>>, Form(f): Form<LoginForm>) -> Response {
+    let next = safe_next(f.next.as_deref());
+    let hash = st
+        .c
+        .cfg
+        .users
+        .get(&f.username)
+        .and_then(|u| u.password_hash.clone());
+    let known = hash.is_some();
+    let hash = hash.unwrap_or_else(|| dummy_hash().to_string());
+    let password = f.password.clone();
+    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+        .await
+        .unwrap_or(false);
+    if !(known && ok) {
+        tracing::info!(user = %f.username, "portal login refused");
+        return html::respond(
+            StatusCode::UNAUTHORIZED,
+            login_form(
+                &next,
+                Some("Unknown user name or wrong password (a user needs a password_hash in the coordinator's config)."),
+                &f.username,
+            ),
+        );
+    }
+    let (token, _) = st.sessions.create(&f.username);
+    tracing::info!(user = %f.username, "portal login");
+    (
+        [(
+            header::SET_COOKIE,
+            format!(
+                "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+                SESSION_IDLE.as_secs()
+            ),
+        )],
+        Redirect::to(&next),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize, Default)]
+pub struct CsrfForm {
+    #[serde(default)]
+    pub csrf: String,
+}
+
+pub async fn logout(State(st): State<Arc<Portal>>, auth: Auth, Form(f): Form<CsrfForm>) -> Response {
+    if let Err(r) = auth.check_csrf(&f.csrf) {
+        return r;
+    }
+    st.sessions.remove(&auth.token);
+    (
+        [(
+            header::SET_COOKIE,
+            format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+        )],
+        Redirect::to("/login"),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cheap hash (the cost is in the PHC string), so the test is quick
+    /// in debug builds.
+    fn cheap_hash(pw: &str) -> String {
+        let params = argon2::Params::new(1024, 1, 1, None).unwrap();
+        let a = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        a.hash_password(pw.as_bytes(), &salt).unwrap().to_string()
+    }
+
+    #[test]
+    fn passwords_verify_against_their_hash_only() {
+        let h = cheap_hash("s3cret");
+        assert!(h.starts_with("$argon2id$"), "{h}");
+        assert!(verify_password("s3cret", &h));
+        assert!(!verify_password("s3cret ", &h));
+        assert!(!verify_password("s3cret", "not a hash"));
+        assert!(!verify_password("", ""));
+    }
+
+    #[test]
+    fn sessions_expire_and_can_be_removed() {
+        let s = Sessions::new(Duration::from_millis(50));
+        let (t, sess) = s.create("alice");
+        assert_eq!(t.len(), 64);
+        assert_ne!(t, sess.csrf);
+        assert_eq!(s.get(&t).unwrap().user, "alice");
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(s.get(&t).is_none(), "expired session still valid");
+        let (t2, _) = s.create("bob");
+        s.remove(&t2);
+        assert!(s.get(&t2).is_none());
+        assert!(s.get("forged").is_none());
+    }
+
+    #[test]
+    fn cookie_is_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, "a=1; nodemaint_session=abc; b=2".parse().unwrap());
+        assert_eq!(cookie_token(&h).as_deref(), Some("abc"));
+        assert_eq!(cookie_token(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn next_is_local_only() {
+        assert_eq!(safe_next(Some("/stacks/n1")), "/stacks/n1");
+        assert_eq!(safe_next(Some("//evil.example/")), "/");
+        assert_eq!(safe_next(Some("https://evil.example/")), "/");
+        assert_eq!(safe_next(None), "/");
+    }
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(same("abc", "abc"));
+        assert!(!same("abc", "abd"));
+        assert!(!same("abc", "ab"));
+    }
+}

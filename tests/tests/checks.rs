@@ -1,0 +1,155 @@
+//! Post-reboot service checks through coordinator → agent → real processes
+//! (a stand-in `ovs` whose services can be stopped), and reboot detection
+//! by boot id.
+
+use nodemaint_tests::*;
+use serde_json::Value;
+use std::time::Duration;
+
+/// A stand-in `ovs` command: `monitor services` prints Upstart-style lines
+/// from a state file; `start services` starts them all.
+fn fake_ovs(dir: &std::path::Path, stopped: &[&str]) -> std::path::PathBuf {
+    let state = dir.join("ovs.state");
+    let mut lines = String::new();
+    for svc in ["ovs-workers", "ovs-watcher-framework", "ovs-arakoon-voldrv"] {
+        let up = !stopped.contains(&svc);
+        lines.push_str(&format!("{svc} {}\n", if up { "up" } else { "down" }));
+    }
+    std::fs::write(&state, lines).unwrap();
+    let script = dir.join("ovs");
+    std::fs::write(
+        &script,
+        format!(
+            r#"#!/bin/sh
+state={state}
+case "$1 $2" in
+  "monitor services")
+    echo "Running processes:"
+    n=100; while read svc st; do n=$((n+1)); [ "$st" = up ] && echo "$svc start/running, process $n"; done < "$state"
+    echo; echo "Non-running processes:"
+    while read svc st; do [ "$st" = down ] && echo "$svc stop/waiting"; done < "$state"
+    ;;
+  "start services") sed -i 's/ down$/ up/' "$state" ;;
+  *) echo "usage: ovs monitor services | ovs start services" >&2; exit 2 ;;
+esac
+"#,
+            state = state.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+fn json_lines(out: &std::process::Output) -> Vec<Value> {
+    stdout(out)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn checks_report(lines: &[Value]) -> Value {
+    lines
+        .iter()
+        .find(|l| l["kind"] == "checks")
+        .expect("a checks event")
+        .clone()
+}
+
+#[test]
+fn node_check_reports_failures_and_start_failed_fixes_them() {
+    let mut f = Fleet::start();
+    let ovs = fake_ovs(f.dir.path(), &["ovs-arakoon-voldrv"]);
+    f.agent_extra.insert(
+        "node1".into(),
+        format!(
+            "[[checks]]\nname = \"ovs\"\ntype = \"ovs_services\"\ncommand = \"{0} monitor services\"\nstart = \"{0} start services\"\ntimeout_s = 5\n",
+            ovs.display()
+        ),
+    );
+    f.add_agent("node1", &[Dom::user("vm1", "cs1")]);
+    f.wait_registered();
+
+    // Read-only check: allowed for Level1, exits 1 and names the failed service.
+    let out = f.cli("bob", &["node", "check", "node1", "--output", "json"]);
+    assert!(!out.status.success());
+    let report = checks_report(&json_lines(&out));
+    let services = report["body"]["services"].as_array().unwrap();
+    assert_eq!(services.len(), 3);
+    let failed: Vec<&Value> = services.iter().filter(|s| s["ok"] == false).collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["service"], "ovs-arakoon-voldrv");
+    let table = stdout(&f.cli("bob", &["node", "check", "node1"]));
+    assert!(
+        table.contains("ovs-arakoon-voldrv") && table.contains("FAILED"),
+        "{table}"
+    );
+
+    // Starting failed services changes the node: Level2 or Level3 only.
+    let out = f.cli("bob", &["node", "check", "node1", "--start-failed"]);
+    assert!(
+        stderr(&out).contains("Level2 or Level3"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = f.cli(
+        "alice",
+        &[
+            "node",
+            "check",
+            "node1",
+            "--start-failed",
+            "--output",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = checks_report(&json_lines(&out));
+    assert_eq!(report["body"]["all_ok"], true);
+    // And it stays fixed.
+    assert!(f.cli("bob", &["node", "check", "node1"]).status.success());
+}
+
+#[test]
+fn wait_rebooted_sees_a_new_boot_id() {
+    let mut f = Fleet::start();
+    f.add_agent("node1", &[Dom::user("vm1", "cs1")]);
+    f.wait_registered();
+    // No reboot: times out with a clear message.
+    let out = f.cli("bob", &["node", "wait-rebooted", "node1", "--timeout", "2"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("did not come back with a new boot id"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Reboot: the agent stops, the boot id changes, the agent returns.
+    f.stop_agent("node1");
+    std::fs::write(f.dir.path().join("node1.boot_id"), "boot-node1-2\n").unwrap();
+    let url = f.nats.url.clone();
+    let dir = f.dir.path().to_path_buf();
+    let waiter = std::thread::spawn(move || {
+        cli_in(
+            &url,
+            &dir,
+            "bob",
+            &[
+                "node",
+                "wait-rebooted",
+                "node1",
+                "--boot-id",
+                "boot-node1-1",
+                "--timeout",
+                "30",
+            ],
+        )
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    f.start_agent("node1");
+    let out = waiter.join().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("boot-node1-2"), "{}", stdout(&out));
+}
