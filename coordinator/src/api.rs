@@ -63,6 +63,8 @@ pub async fn handle(c: &Arc<Coordinator>, req: pb::ApiRequest) -> pb::ApiReply {
         Req::StartStopped(r) => start_stopped(c, &user, &r).await,
         Req::CreateVm(r) => create_vm(c, &user, &r).await,
         Req::CheckNode(r) => check_node(c, &user, &r).await,
+        Req::StartRolling(r) => start_rolling(c, &user, &r).await,
+        Req::ControlRolling(r) => control_rolling(c, &r).await,
         Req::ExportFleet(_) => json(&fleet(c)),
         Req::PlanDrain(r) => plan_drain(c, &r),
         Req::PlanRolling(r) => plan_rolling(c, &r),
@@ -444,7 +446,7 @@ pub fn vfw_cloudspaces(n: &NodeRecord) -> Vec<String> {
 
 /// Takes the node for a job: status `from` → `to`, current job set, in one
 /// compare-and-set, so two requests cannot both win.
-async fn take_node(
+pub(crate) async fn take_node(
     c: &Coordinator,
     name: &str,
     from: NodeStatus,
@@ -724,4 +726,116 @@ async fn check_node(c: &Arc<Coordinator>, user: &str, r: &pb::CheckNode) -> Resu
         start_failed: r.start_failed,
     });
     single_command_job(c, job, &n.name, "", kind).await
+}
+
+async fn start_rolling(c: &Arc<Coordinator>, user: &str, r: &pb::StartRolling) -> Result<Reply> {
+    if r.reboot_command.is_empty() == !r.wait_for_continue {
+        return refuse(
+            Code::InvalidArgument,
+            "give either --reboot-command CMD (run by each node's agent, {node} is replaced) or --wait-for-continue",
+        );
+    }
+    let f = fleet(c);
+    let nodes: Vec<String> = if r.nodes.is_empty() {
+        f.nodes.iter().map(|n| n.name.clone()).collect()
+    } else {
+        for n in &r.nodes {
+            node(c, n)?;
+        }
+        r.nodes.clone()
+    };
+    if let Ok(jobs) = c.list_jobs().await {
+        if let Some(j) = jobs
+            .iter()
+            .find(|j| j.kind == "rolling" && !j.state.is_terminal())
+        {
+            return refuse(
+                Code::Conflict,
+                format!("rolling maintenance {} is already in progress", j.id),
+            );
+        }
+    }
+    let k = r.max_unavailable.max(1) as usize;
+    let plan = planner::plan_rolling(&f, &nodes, k).map_err(plan_error)?;
+    if !plan.undrainable.is_empty() {
+        let why: Vec<String> = plan
+            .undrainable
+            .iter()
+            .map(|u| format!("{}: {}", u.node, u.reason))
+            .collect();
+        return refuse(
+            Code::NoCapacity,
+            format!(
+                "these nodes cannot be drained, leave them out or make room: {}",
+                why.join("; ")
+            ),
+        );
+    }
+    let progress: serde_json::Map<String, serde_json::Value> = nodes
+        .iter()
+        .map(|n| (n.clone(), "pending".into()))
+        .collect();
+    let job = Job::new(
+        "rolling",
+        user,
+        None,
+        serde_json::json!({
+            "nodes": nodes, "groups": plan.groups, "max_unavailable": k,
+            "reboot_command": r.reboot_command, "wait_for_continue": r.wait_for_continue,
+            "checks_must_pass": r.checks_must_pass,
+            "reboot_timeout_s": if r.reboot_timeout_s > 0 { r.reboot_timeout_s } else { 900 },
+            "progress": progress, "continued": {}, "boot_before": {}, "children": {},
+        }),
+    );
+    launch(c, job).await
+}
+
+async fn control_rolling(c: &Arc<Coordinator>, r: &pb::ControlRolling) -> Result<Reply> {
+    use crate::jobs::JobState;
+    use pb::control_rolling::Action;
+    let action = Action::try_from(r.action).unwrap_or(Action::Unspecified);
+    let id = r.job_id.clone();
+    let node_name = r.node.clone();
+    let res = nodemaint_proto::bus::cas_update::<Job, Refusal>(&c.jobs, &id, |j| {
+        let mut j = j.ok_or_else(|| Refusal(Code::NotFound, format!("unknown job {id:?}")))?;
+        if j.kind != "rolling" {
+            return Err(Refusal(Code::InvalidArgument, format!("job {id} is a {}, not a rolling maintenance", j.kind)));
+        }
+        let state = j.state;
+        let wrong = |what: &str| Refusal(Code::WrongState, format!("cannot {what} rolling maintenance {id}: it is {state:?}"));
+        match action {
+            Action::Pause if state == JobState::Running => j.state = JobState::Paused,
+            Action::Pause => return Err(wrong("pause")),
+            Action::Resume if state == JobState::Paused => j.state = JobState::Running,
+            Action::Resume => return Err(wrong("resume")),
+            Action::Abort if !state.is_terminal() => j.state = JobState::Aborted,
+            Action::Abort => return Err(wrong("abort")),
+            Action::Continue => {
+                if j.params["progress"][node_name.as_str()].as_str() != Some("rebooting") || !j.params["wait_for_continue"].as_bool().unwrap_or(false) {
+                    return Err(Refusal(
+                        Code::WrongState,
+                        format!("node {node_name:?} is not waiting for a continue in rolling maintenance {id}"),
+                    ));
+                }
+                j.params["continued"][node_name.as_str()] = true.into();
+            }
+            Action::Unspecified => return Err(Refusal(Code::InvalidArgument, "give an action: pause, resume, abort or continue".into())),
+        }
+        j.updated_ms = now();
+        Ok(j)
+    })
+    .await;
+    let job = match res {
+        Ok(u) => u.value,
+        Err(nodemaint_proto::bus::CasError::Rejected(r)) => return Err(r),
+        Err(e) => return Err(internal(e)),
+    };
+    let word = format!("{action:?}").to_lowercase();
+    c.job_step(&job.id, None, None, format!("{word} requested"))
+        .await;
+    Ok(Reply::Accepted(pb::Accepted {
+        op_id: job.id.clone(),
+        events_from_seq: 0,
+        message: format!("rolling maintenance {}: {word} ({:?})", job.id, job.state),
+    }))
 }

@@ -98,6 +98,59 @@ pub enum Command {
     /// Put a node in maintenance (move all VMs away, or stop them all).
     #[command(subcommand)]
     Maintenance(MaintenanceCmd),
+    /// Rolling maintenance across many nodes: drain, reboot, check, enable, next.
+    #[command(subcommand)]
+    Rolling(RollingCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RollingCmd {
+    /// Start a rolling maintenance over NODES (or --all).
+    ///
+    /// Groups of at most --max-unavailable nodes, whose VMs the rest of the
+    /// fleet can absorb, go through: maintenance with move → the reboot hook
+    /// (a command each node's agent runs; {node} is replaced) or an operator's
+    /// `rolling continue` → wait for a new boot id → service checks (failed
+    /// services started once) → enable → verify; then the next group.
+    ///
+    /// Examples:
+    ///   coordinator rolling start --all --reboot-command 'systemctl reboot' --yes
+    ///   coordinator rolling start node1 node2 --wait-for-continue --checks-must-pass
+    #[command(verbatim_doc_comment)]
+    Start {
+        nodes: Vec<String>,
+        #[arg(long, conflicts_with = "nodes")]
+        all: bool,
+        #[arg(long, default_value_t = 1)]
+        max_unavailable: u32,
+        /// Reboot/upgrade command run by each node's agent.
+        #[arg(long, conflicts_with = "wait_for_continue")]
+        reboot_command: Option<String>,
+        /// Instead of a command, wait for `rolling continue JOB NODE`.
+        #[arg(long)]
+        wait_for_continue: bool,
+        /// Stop the rolling if a node's post-reboot checks fail.
+        #[arg(long)]
+        checks_must_pass: bool,
+        /// Seconds to wait for a node to come back with a new boot id.
+        #[arg(long, default_value_t = 900)]
+        reboot_timeout: u32,
+        /// Don't ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Progress of a rolling maintenance: each node's phase and the journal.
+    Show { id: String },
+    /// Pause at the next phase boundary.
+    Pause { id: String },
+    /// Resume a paused rolling maintenance.
+    Resume { id: String },
+    /// Stop at the next phase boundary; nodes already down stay in maintenance.
+    Abort { id: String },
+    /// Tell a --wait-for-continue rolling that NODE's reboot is done.
+    Continue { id: String, node: String },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -550,13 +603,18 @@ pub async fn run(cli: Cli) -> CliResult {
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(())
         }
+        Command::Rolling(r) => rolling(&cli, &client, r).await,
         Command::Job(JobCmd::List) => job_list(&cli, &client).await,
         Command::Job(JobCmd::Show { id }) => job_show(&cli, &client, id).await,
         Command::Job(JobCmd::Watch { id }) => job_watch(&cli, &client, id).await,
     }
 }
 
-async fn serve(cli: &Cli, config: Option<PathBuf>, http: Option<std::net::SocketAddr>) -> CliResult {
+async fn serve(
+    cli: &Cli,
+    config: Option<PathBuf>,
+    http: Option<std::net::SocketAddr>,
+) -> CliResult {
     let mut cfg = match config {
         Some(p) => crate::config::CoordinatorConfig::load(&p)?,
         None => crate::config::CoordinatorConfig::default(),
@@ -1332,4 +1390,120 @@ async fn node_summary(c: &Client, node: &str) -> anyhow::Result<pb::NodeSummary>
         Reply::Node(d) => Ok(d.summary.unwrap_or_default()),
         other => anyhow::bail!("unexpected reply {other:?}"),
     }
+}
+
+async fn rolling(cli: &Cli, c: &Client, r: &RollingCmd) -> CliResult {
+    use pb::control_rolling::Action;
+    let control = |id: &String, action: Action, node: &str| {
+        Req::ControlRolling(pb::ControlRolling {
+            job_id: id.clone(),
+            action: action as i32,
+            node: node.to_string(),
+        })
+    };
+    let req = match r {
+        RollingCmd::Start {
+            nodes,
+            all,
+            max_unavailable,
+            reboot_command,
+            wait_for_continue,
+            checks_must_pass,
+            reboot_timeout,
+            yes,
+            wait,
+        } => {
+            if nodes.is_empty() && !all {
+                anyhow::bail!("name the nodes to roll, or give --all");
+            }
+            // Show the order first; ask unless --yes.
+            let plan = json_reply(
+                c.call(Req::PlanRolling(pb::PlanRolling {
+                    nodes: nodes.clone(),
+                    max_unavailable: *max_unavailable,
+                }))
+                .await?,
+            )?;
+            let plan: planner::RollingPlan = serde_json::from_str(&plan)?;
+            if !yes {
+                eprintln!("Rolling maintenance, {} groups:", plan.groups.len());
+                for (i, g) in plan.groups.iter().enumerate() {
+                    eprintln!("  {}: {}", i + 1, g.join(", "));
+                }
+                if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                    anyhow::bail!("not a terminal: add --yes to start without confirmation");
+                }
+                eprint!("Proceed? [y/N] ");
+                let mut answer = String::new();
+                std::io::stdin().read_line(&mut answer)?;
+                if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                    anyhow::bail!("cancelled; nothing was changed");
+                }
+            }
+            let req = Req::StartRolling(pb::StartRolling {
+                nodes: nodes.clone(),
+                max_unavailable: *max_unavailable,
+                reboot_command: reboot_command.clone().unwrap_or_default(),
+                wait_for_continue: *wait_for_continue,
+                checks_must_pass: *checks_must_pass,
+                reboot_timeout_s: *reboot_timeout,
+            });
+            return run_op(cli, c, req, *wait).await;
+        }
+        RollingCmd::Show { id } => return rolling_show(cli, c, id).await,
+        RollingCmd::Pause { id } => control(id, Action::Pause, ""),
+        RollingCmd::Resume { id } => control(id, Action::Resume, ""),
+        RollingCmd::Abort { id } => control(id, Action::Abort, ""),
+        RollingCmd::Continue { id, node } => control(id, Action::Continue, node),
+    };
+    let Reply::Accepted(acc) = c.call(req).await? else {
+        anyhow::bail!("unexpected reply");
+    };
+    if cli.output == Output::Json {
+        println!(
+            "{}",
+            serde_json::json!({ "ok": true, "job_id": acc.op_id, "message": acc.message })
+        );
+    } else {
+        println!("{}", acc.message);
+    }
+    Ok(())
+}
+
+async fn rolling_show(cli: &Cli, c: &Client, id: &str) -> CliResult {
+    let doc = json_reply(
+        c.call(Req::ShowJob(pb::ShowJob { job_id: id.into() }))
+            .await?,
+    )?;
+    let job: crate::jobs::Job = serde_json::from_str(&doc)?;
+    if cli.output == Output::Json {
+        return print_json(&job);
+    }
+    println!(
+        "Rolling maintenance {} ({:?}), started by {}",
+        job.id, job.state, job.user
+    );
+    let groups: Vec<Vec<String>> =
+        serde_json::from_value(job.params["groups"].clone()).unwrap_or_default();
+    let mut rows = Vec::new();
+    for (i, g) in groups.iter().enumerate() {
+        for n in g {
+            rows.push(vec![
+                (i + 1).to_string(),
+                n.clone(),
+                job.params["progress"][n.as_str()]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string(),
+            ]);
+        }
+    }
+    print!("{}", table(&["GROUP", "NODE", "PHASE"], &rows));
+    if let Some(last) = job.steps.last() {
+        println!("Last step: {} {}", fmt_ts(last.ts_ms), last.message);
+    }
+    if let Some(o) = &job.outcome {
+        println!("Outcome: {o}");
+    }
+    Ok(())
 }

@@ -297,6 +297,7 @@ pub fn spawn(c: Arc<Coordinator>, job: Job, resumed: bool) {
             },
             "node.enable" => enable(c, job, resumed).await,
             "node.start-stopped" => start_stopped(c, job, resumed).await,
+            "rolling" => crate::rolling::run(c, job, resumed).await,
             _ => single(c, job, resumed).await,
         }
     });
@@ -384,7 +385,17 @@ async fn drain(c: Arc<Coordinator>, job: Job, resumed: bool) {
     let max_parallel = job.params["max_parallel"].as_u64().unwrap_or(0) as u32;
     let limits = crate::fleet::limits(&c.cfg.limits, max_parallel);
     let fleet = crate::fleet::snapshot(&c.registry.all(), nodemaint_proto::now_ms());
-    let plan = match planner::plan_drain(&fleet, &node, &limits) {
+    // The plan made when the job was accepted (rolling plans a group's drains
+    // jointly); after a restart, re-plan whatever is still on the node.
+    let accepted: Option<planner::DrainPlan> = if resumed {
+        None
+    } else {
+        serde_json::from_value(job.params["plan"].clone()).ok()
+    };
+    let plan = match accepted
+        .map(Ok)
+        .unwrap_or_else(|| planner::plan_drain(&fleet, &node, &limits))
+    {
         Ok(p) => p,
         Err(e) => {
             c.release_node(&node, &job.id).await;
@@ -787,13 +798,36 @@ pub fn shut_off(rec: &NodeRecord) -> Vec<String> {
     v.into_iter().map(|(_, n)| n).collect()
 }
 
+/// Records a job and starts it; used for jobs that other jobs spawn.
+pub async fn launch_child(c: &Arc<Coordinator>, job: Job) -> anyhow::Result<String> {
+    c.create_job(&job).await?;
+    let id = job.id.clone();
+    spawn(c.clone(), job, false);
+    Ok(id)
+}
+
+/// Waits until a job is terminal and returns it.
+pub async fn await_job(c: &Coordinator, id: &str) -> Option<Job> {
+    loop {
+        match c.get_job(id).await {
+            Some(j) if j.state.is_terminal() => return Some(j),
+            Some(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+            None => return None,
+        }
+    }
+}
+
 /// On start: resume every job the previous coordinator left running.
 pub async fn resume_jobs(c: Arc<Coordinator>) {
     let jobs = match c.list_jobs().await {
         Ok(j) => j,
         Err(e) => return tracing::warn!(error = %e, "cannot list jobs to resume"),
     };
-    for job in jobs.into_iter().filter(|j| j.state == JobState::Running) {
+    // Paused jobs get their executor back too; it waits at its checkpoint.
+    for job in jobs
+        .into_iter()
+        .filter(|j| matches!(j.state, JobState::Running | JobState::Paused))
+    {
         tracing::info!(job = %job.id, kind = %job.kind, "resuming job after restart");
         c.job_step(
             &job.id,

@@ -12,4 +12,5 @@ pub mod lease;
 pub mod output;
 pub mod portal;
 pub mod registry;
+pub mod rolling;
 pub mod server;

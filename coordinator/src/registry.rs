@@ -10,14 +10,21 @@ use futures::StreamExt;
 use nodemaint_proto::bus::{self, CasError};
 use nodemaint_proto::model::{Capacity, NodeRecord, Vm};
 use nodemaint_proto::pb;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 #[derive(Clone)]
 pub struct Registry {
     kv: kv::Store,
     mirror: Arc<RwLock<BTreeMap<String, NodeRecord>>>,
+    /// Last heartbeat per node as this coordinator saw it. Liveness lives
+    /// here rather than in a KV write per heartbeat; the stored `last_seen_ms`
+    /// is refreshed only every `PERSIST_SEEN_MS` or when the record changes.
+    seen: Arc<RwLock<HashMap<String, i64>>>,
 }
+
+/// How stale the stored `last_seen_ms` may get before a heartbeat rewrites it.
+pub const PERSIST_SEEN_MS: i64 = 30_000;
 
 impl Registry {
     /// Opens the registry and starts mirroring it; returns once the mirror
@@ -26,6 +33,7 @@ impl Registry {
         let reg = Registry {
             kv,
             mirror: Arc::default(),
+            seen: Arc::default(),
         };
         let initial = bus::all_json::<NodeRecord>(&reg.kv).await?;
         {
@@ -55,12 +63,28 @@ impl Registry {
         Ok(reg)
     }
 
+    fn with_seen(&self, mut rec: NodeRecord) -> NodeRecord {
+        if let Some(&t) = self.seen.read().unwrap().get(&rec.name) {
+            rec.last_seen_ms = rec.last_seen_ms.max(t);
+        }
+        rec
+    }
+
     pub fn get(&self, node: &str) -> Option<NodeRecord> {
-        self.mirror.read().unwrap().get(node).cloned()
+        let rec = self.mirror.read().unwrap().get(node).cloned()?;
+        Some(self.with_seen(rec))
     }
 
     pub fn all(&self) -> Vec<NodeRecord> {
-        self.mirror.read().unwrap().values().cloned().collect()
+        let recs: Vec<NodeRecord> = self.mirror.read().unwrap().values().cloned().collect();
+        recs.into_iter().map(|r| self.with_seen(r)).collect()
+    }
+
+    /// Notes a heartbeat in memory (cheap; no KV write).
+    pub fn saw(&self, node: &str, ts_ms: i64) {
+        let mut seen = self.seen.write().unwrap();
+        let t = seen.entry(node.to_string()).or_insert(0);
+        *t = (*t).max(ts_ms);
     }
 
     /// Reads the stored record, bypassing the mirror.
@@ -86,7 +110,8 @@ impl Registry {
     /// Finds a VM by name: (node record, vm). Several hits would mean a VM
     /// runs twice, which callers report rather than pick one.
     pub fn find_vm(&self, name: &str) -> Vec<(NodeRecord, Vm)> {
-        self.mirror
+        let hits: Vec<(NodeRecord, Vm)> = self
+            .mirror
             .read()
             .unwrap()
             .values()
@@ -96,8 +121,26 @@ impl Registry {
                     .filter(|d| d.name == name)
                     .map(move |d| (n.clone(), d.clone()))
             })
+            .collect();
+        hits.into_iter()
+            .map(|(n, d)| (self.with_seen(n), d))
             .collect()
     }
+}
+
+/// Whether a heartbeat changes the stored record beyond liveness (pure):
+/// only then, or when the stored `last_seen_ms` is stale, is it written.
+pub fn heartbeat_needs_write(rec: Option<&NodeRecord>, hb: &pb::Heartbeat, ts_ms: i64) -> bool {
+    let Some(r) = rec else { return true };
+    let cap = hb.capacity.map(|c| (c.vcpus, c.memory_mib));
+    r.boot_id != hb.boot_id
+        || r.agent_version != hb.agent_version
+        || r.address != hb.address
+        || r.libvirt_uri != hb.libvirt_uri
+        || r.boot_time_ms != hb.boot_time_ms as i64
+        || r.heartbeat_interval_ms != hb.interval_ms
+        || (cap.is_some() && cap != Some((r.capacity.vcpus, r.capacity.memory_mib)))
+        || ts_ms - r.last_seen_ms > PERSIST_SEEN_MS
 }
 
 /// Applies a heartbeat (pure): liveness, boot id, capacity, address.
@@ -195,6 +238,28 @@ mod tests {
         let r = apply_heartbeat(Some(rec), "n1", &pb::Heartbeat::default(), 1);
         assert_eq!(r.status, nodemaint_proto::model::NodeStatus::Maintenance);
         assert_eq!(r.domains.len(), 1);
+    }
+
+    #[test]
+    fn only_changes_or_stale_liveness_are_written() {
+        let hb = pb::Heartbeat {
+            boot_id: "b1".into(),
+            interval_ms: 1000,
+            ..Default::default()
+        };
+        assert!(heartbeat_needs_write(None, &hb, 0));
+        let r = apply_heartbeat(None, "n1", &hb, 10_000);
+        assert!(!heartbeat_needs_write(Some(&r), &hb, 11_000));
+        assert!(heartbeat_needs_write(
+            Some(&r),
+            &hb,
+            10_000 + PERSIST_SEEN_MS + 1
+        ));
+        let rebooted = pb::Heartbeat {
+            boot_id: "b2".into(),
+            ..hb
+        };
+        assert!(heartbeat_needs_write(Some(&r), &rebooted, 11_000));
     }
 
     #[test]

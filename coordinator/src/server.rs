@@ -28,6 +28,9 @@ pub struct Coordinator {
     pub subjects: Subjects,
     pub registry: Registry,
     pub jobs: kv::Store,
+    /// True while this coordinator holds the leader lease: only the leader
+    /// changes the fleet (the portal checks it too).
+    pub leader: std::sync::atomic::AtomicBool,
     /// Migration concurrency shared by all jobs.
     pub slots: crate::executor::MigrationSlots,
     /// Command id → channel of that command's progress and result events.
@@ -73,6 +76,7 @@ impl Coordinator {
             registry,
             jobs,
             slots: crate::executor::MigrationSlots::new(cfg_limits),
+            leader: Default::default(),
             waiters: Default::default(),
         });
         coord.clone().spawn_event_loops().await?;
@@ -91,6 +95,7 @@ impl Coordinator {
             _ = elector.acquire() => {},
             _ = &mut shutdown => return Ok(()),
         }
+        self.leader.store(true, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(crate::executor::resume_jobs(self.clone()));
         let mut api = self
             .client
@@ -105,7 +110,10 @@ impl Coordinator {
         };
         tokio::select! {
             _ = serve => anyhow::bail!("API subscription ended"),
-            _ = elector.keep() => anyhow::bail!("lost the leader lease; exiting so that only one coordinator acts"),
+            _ = elector.keep() => {
+                self.leader.store(false, std::sync::atomic::Ordering::SeqCst);
+                anyhow::bail!("lost the leader lease; exiting so that only one coordinator acts")
+            }
             _ = shutdown => Ok(()),
         }
     }
@@ -221,20 +229,24 @@ impl Coordinator {
         match ev.body {
             Some(Body::Heartbeat(hb)) => {
                 let ts = nodemaint_proto::now_ms();
-                let rec = self
-                    .registry
-                    .update::<std::convert::Infallible>(&node, |r| {
-                        Ok(registry::apply_heartbeat(r, &node, &hb, ts))
-                    })
-                    .await;
-                match rec {
-                    // The agent's inventory moved on while we did not see it
-                    // (coordinator restart, lost core message): re-read it.
-                    Ok(rec) if rec.inventory_generation != hb.inventory_generation => {
-                        self.reload_inventory(&node).await
+                self.registry.saw(&node, ts);
+                let stored = self.registry.get(&node);
+                let generation = stored.as_ref().map(|r| r.inventory_generation);
+                if registry::heartbeat_needs_write(stored.as_ref(), &hb, ts) {
+                    let res = self
+                        .registry
+                        .update::<std::convert::Infallible>(&node, |r| {
+                            Ok(registry::apply_heartbeat(r, &node, &hb, ts))
+                        })
+                        .await;
+                    if let Err(e) = res {
+                        tracing::warn!(%node, error = %e, "cannot record heartbeat");
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(%node, error = %e, "cannot record heartbeat"),
+                }
+                // The agent's inventory moved on while we did not see it
+                // (coordinator restart, lost core message): re-read it.
+                if generation != Some(hb.inventory_generation) {
+                    self.reload_inventory(&node).await
                 }
             }
             Some(Body::Inventory(inv)) => self.apply_inventory(&node, &inv).await,

@@ -24,6 +24,11 @@ header:
 entry:
         cli
         movl    $stack_top, %esp
+        /* first of all enable the ACPI power button event (PM1a_EN bit 8): QEMU drops a
+         * power-button press while it is disabled */
+        movw    $0x602, %dx
+        movw    $0x0100, %ax
+        outw    %ax, %dx
         /* dirty RAM: EBX = multiboot info, mem_upper (KiB above 1 MiB) at +8 */
         movl    8(%ebx), %ecx
         shll    $10, %ecx                 /* = top of RAM - 1 MiB */
@@ -51,10 +56,6 @@ entry:
         movb    $0xFF, %al
         outb    %al, $0x21
         outb    %al, $0xA1
-        /* enable the ACPI power button event: PM1a_EN bit 8 */
-        movw    $0x602, %dx
-        movw    $0x0100, %ax
-        outw    %ax, %dx
         /* local APIC: enable, periodic timer vector 0x40, divide by 128, ~0.1 s at 1 GHz */
         movl    $0xFEE00000, %ebx
         movl    $0x1FF, 0xF0(%ebx)

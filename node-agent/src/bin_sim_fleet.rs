@@ -57,6 +57,10 @@ struct Args {
     prefix: String,
     #[arg(long, env = "NODEMAINT_PREFIX", default_value = "nodemaint")]
     subject_prefix: String,
+    /// Check every 50 ms that each VM exists on exactly one node and none is
+    /// lost; violations are printed as `INVARIANT VIOLATION: …` on stderr.
+    #[arg(long)]
+    check_invariants: bool,
     /// Where boot-id files live.
     #[arg(long, default_value = "/tmp/nodemaint-sim")]
     state_dir: PathBuf,
@@ -130,8 +134,42 @@ async fn main() -> anyhow::Result<()> {
         names.len(),
         a.nats_url
     );
+    if a.check_invariants {
+        tokio::spawn(check_invariants(world.clone()));
+    }
     tokio::signal::ctrl_c().await?;
     Ok(())
+}
+
+/// Invariants 1 and 2 on the simulated hypervisors' own state (the truth,
+/// not the coordinator's view): every VM on exactly one node, none lost.
+async fn check_invariants(world: SimWorld) {
+    let expected = world.placements().len();
+    let mut checks: u64 = 0;
+    loop {
+        let placements = world.placements();
+        let mut names: Vec<&str> = placements.iter().map(|(_, v)| v.name.as_str()).collect();
+        names.sort();
+        let total = names.len();
+        names.dedup();
+        if names.len() != total {
+            eprintln!(
+                "INVARIANT VIOLATION: a VM is on two nodes ({total} placements, {} VMs)",
+                names.len()
+            );
+        }
+        if names.len() != expected {
+            eprintln!(
+                "INVARIANT VIOLATION: {} VMs, expected {expected}",
+                names.len()
+            );
+        }
+        checks += 1;
+        if checks == 1 || checks.is_multiple_of(100) {
+            eprintln!("sim-fleet: invariants held over {checks} checks ({expected} VMs)");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn sim_vm(name: &str, kind: VmKind, cs: &str, memory_mib: u64) -> Vm {

@@ -89,6 +89,8 @@ impl pb::ApiRequest {
             PlanDrain(_) => "plan.drain",
             PlanRolling(_) => "plan.rolling",
             CheckNode(_) => "node.check",
+            StartRolling(_) => "rolling.start",
+            ControlRolling(_) => "rolling.control",
         })
     }
 
@@ -113,6 +115,8 @@ impl pb::ApiRequest {
                     | "node.start-stopped"
                     | "vm.create"
                     | "node.check"
+                    | "rolling.start"
+                    | "rolling.control"
             )
         )
     }

@@ -417,3 +417,67 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// [`USERS_TOML`]'s users with portal passwords: each user's password is
+/// `<user>-pw` (alice-pw, carol-pw, bob-pw). The argon2 hashes use a cheap
+/// cost (m=1 MiB, t=1) so that debug-build logins are quick; real configs
+/// use `coordinator hash-password` (argon2's default cost).
+pub const USERS_WITH_PASSWORDS: &str = r#"
+[users.alice]
+groups = ["Level2"]
+password_hash = "$argon2id$v=19$m=1024,t=1,p=1$c2FsdC1hbGljZS0xMjM0$XcFHUfCIYBEf4QMzj18+D1SXbteSin4km/hptqyXvo4"
+[users.carol]
+groups = ["Level3"]
+password_hash = "$argon2id$v=19$m=1024,t=1,p=1$c2FsdC1jYXJvbC0xMjM0$oQipEyn94wO25RlCRYqBCK6dZpKA3sH/tA7MyhK2bf4"
+[users.bob]
+groups = ["Level1"]
+password_hash = "$argon2id$v=19$m=1024,t=1,p=1$c2FsdC1ib2ItMTIzNDU2$TnYoG0q+NsEAUULs/SrZZNStE7vb/8meFb/vElfGotQ"
+"#;
+
+impl Fleet {
+    /// nats-server and a `coordinator.toml` with [`USERS_WITH_PASSWORDS`],
+    /// but no coordinator process: for tests that run the coordinator
+    /// in-process (the portal's handler tests). Agents started with
+    /// `add_agent` need a coordinator answering before `wait_registered`.
+    pub fn start_bare() -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let nats = Nats::start(dir.path());
+        let config = dir.path().join("coordinator.toml");
+        std::fs::write(&config, USERS_WITH_PASSWORDS).unwrap();
+        Fleet {
+            dir,
+            nats,
+            coordinator: None,
+            agents: Vec::new(),
+            config,
+            agent_extra: Default::default(),
+        }
+    }
+
+    /// Like [`Fleet::start`] with [`USERS_WITH_PASSWORDS`], the coordinator
+    /// also serving the operator portal (`serve --http`) on a free port.
+    /// Returns the fleet and the portal's base URL (`http://127.0.0.1:PORT`).
+    pub fn start_with_portal() -> (Fleet, String) {
+        let mut f = Fleet::start_bare();
+        let port = free_port();
+        let log = f.dir.path().join("coordinator.log");
+        let p = Proc::spawn(
+            "coordinator",
+            Command::new(bin("coordinator"))
+                .args(["serve", "--config"])
+                .arg(&f.config)
+                .args(["--http", &format!("127.0.0.1:{port}")])
+                .env("NATS_URL", &f.nats.url)
+                .env("RUST_LOG", "info"),
+            log,
+        );
+        f.coordinator = Some(p);
+        wait_for(Duration::from_secs(20), "coordinator to answer", || {
+            f.cli("alice", &["node", "list"]).status.success()
+        });
+        wait_for(Duration::from_secs(10), "portal to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        (f, format!("http://127.0.0.1:{port}"))
+    }
+}

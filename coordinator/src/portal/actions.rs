@@ -15,8 +15,9 @@ use std::sync::Arc;
 
 fn accepted(reply: Reply) -> Response {
     match reply {
-        Reply::Accepted(a) => Redirect::to(&format!("/jobs/{}", super::html::url(&a.op_id)))
-            .into_response(),
+        Reply::Accepted(a) => {
+            Redirect::to(&format!("/jobs/{}", super::html::url(&a.op_id))).into_response()
+        }
         other => super::html::error_page(
             None,
             StatusCode::INTERNAL_SERVER_ERROR,

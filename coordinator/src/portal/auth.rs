@@ -182,7 +182,8 @@ impl FromRequestParts<Arc<Portal>> for Auth {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, st: &Arc<Portal>) -> Result<Self, Response> {
-        let session = cookie_token(&parts.headers).and_then(|t| st.sessions.get(&t).map(|s| (t, s)));
+        let session =
+            cookie_token(&parts.headers).and_then(|t| st.sessions.get(&t).map(|s| (t, s)));
         // A user removed from the config loses access at once.
         let found = session.and_then(|(token, s)| {
             let groups = st.c.cfg.users.get(&s.user)?.groups.clone();
@@ -197,7 +198,10 @@ impl FromRequestParts<Arc<Portal>> for Auth {
             Some(a) => Ok(a),
             None => {
                 let path = parts.uri.path();
-                if path.starts_with("/api/") || path.starts_with("/events/") || parts.method != "GET" {
+                if path.starts_with("/api/")
+                    || path.starts_with("/events/")
+                    || parts.method != "GET"
+                {
                     let msg = "not logged in (or the session expired): log in at /login";
                     if parts.method == "GET" {
                         return Err((StatusCode::UNAUTHORIZED, msg).into_response());
@@ -279,12 +283,11 @@ pub struct LoginForm {
 
 pub async fn login(State(st): State<Arc<Portal>>, Form(f): Form<LoginForm>) -> Response {
     let next = safe_next(f.next.as_deref());
-    let hash = st
-        .c
-        .cfg
-        .users
-        .get(&f.username)
-        .and_then(|u| u.password_hash.clone());
+    let hash =
+        st.c.cfg
+            .users
+            .get(&f.username)
+            .and_then(|u| u.password_hash.clone());
     let known = hash.is_some();
     let hash = hash.unwrap_or_else(|| dummy_hash().to_string());
     let password = f.password.clone();
@@ -323,7 +326,11 @@ pub struct CsrfForm {
     pub csrf: String,
 }
 
-pub async fn logout(State(st): State<Arc<Portal>>, auth: Auth, Form(f): Form<CsrfForm>) -> Response {
+pub async fn logout(
+    State(st): State<Arc<Portal>>,
+    auth: Auth,
+    Form(f): Form<CsrfForm>,
+) -> Response {
     if let Err(r) = auth.check_csrf(&f.csrf) {
         return r;
     }
@@ -379,7 +386,10 @@ mod tests {
     #[test]
     fn cookie_is_found_among_others() {
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, "a=1; nodemaint_session=abc; b=2".parse().unwrap());
+        h.append(
+            header::COOKIE,
+            "a=1; nodemaint_session=abc; b=2".parse().unwrap(),
+        );
         assert_eq!(cookie_token(&h).as_deref(), Some("abc"));
         assert_eq!(cookie_token(&HeaderMap::new()), None);
     }

@@ -42,9 +42,11 @@ pub struct NodeQuery {
 }
 
 fn sse(rx: mpsc::Receiver<Event>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok(e), rx))
-    });
+    let stream =
+        futures::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
+        );
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
@@ -119,7 +121,11 @@ pub async fn stacks_json(
 }
 
 /// `/api/jobs/{id}`: the job record (as `job show --output json`).
-pub async fn job_json(State(st): State<Arc<Portal>>, _auth: Auth, Path(id): Path<String>) -> Response {
+pub async fn job_json(
+    State(st): State<Arc<Portal>>,
+    _auth: Auth,
+    Path(id): Path<String>,
+) -> Response {
     match st.c.get_job(&id).await {
         Some(j) => Json(j).into_response(),
         None => (StatusCode::NOT_FOUND, format!("unknown job {id:?}")).into_response(),
@@ -212,7 +218,9 @@ pub async fn jobs_sse(State(st): State<Arc<Portal>>, _auth: Auth) -> Response {
                 _ = tick.tick() => {}
                 _ = tx.closed() => break,
             }
-            let Ok(jobs) = c.list_jobs().await else { continue };
+            let Ok(jobs) = c.list_jobs().await else {
+                continue;
+            };
             let v = serde_json::json!({ "fragments": { "jobs-body": pages::jobs_rows(&jobs) } });
             let data = v.to_string();
             if data != last {
@@ -227,15 +235,11 @@ pub async fn jobs_sse(State(st): State<Arc<Portal>>, _auth: Auth) -> Response {
 }
 
 /// The events of one job, replayed from its start, then followed.
-async fn job_events(
-    c: &Coordinator,
-    created_ms: i64,
-) -> anyhow::Result<consumer::pull::Ordered> {
+async fn job_events(c: &Coordinator, created_ms: i64) -> anyhow::Result<consumer::pull::Ordered> {
     let s = &c.subjects;
     let stream = c.js.get_stream(s.events_stream()).await?;
-    let start = time::OffsetDateTime::from_unix_timestamp_nanos(
-        (created_ms as i128 - 2_000) * 1_000_000,
-    )?;
+    let start =
+        time::OffsetDateTime::from_unix_timestamp_nanos((created_ms as i128 - 2_000) * 1_000_000)?;
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subjects: vec![
@@ -250,7 +254,11 @@ async fn job_events(
     Ok(consumer.messages().await?)
 }
 
-pub async fn job_sse(State(st): State<Arc<Portal>>, _auth: Auth, Path(id): Path<String>) -> Response {
+pub async fn job_sse(
+    State(st): State<Arc<Portal>>,
+    _auth: Auth,
+    Path(id): Path<String>,
+) -> Response {
     let Some(mut job) = st.c.get_job(&id).await else {
         return (StatusCode::NOT_FOUND, format!("unknown job {id:?}")).into_response();
     };
@@ -332,7 +340,9 @@ pub async fn job_sse(State(st): State<Arc<Portal>>, _auth: Auth, Path(id): Path<
             }
         }
         let _ = tx.send(send(&job, &live)).await;
-        let _ = tx.send(Event::default().event("end").data(job.id.clone())).await;
+        let _ = tx
+            .send(Event::default().event("end").data(job.id.clone()))
+            .await;
     });
     sse(rx).into_response()
 }

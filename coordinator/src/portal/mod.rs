@@ -24,8 +24,8 @@
 //! ```
 
 mod actions;
-pub mod auth;
 mod assets;
+pub mod auth;
 pub mod html;
 mod live;
 mod pages;
@@ -77,14 +77,20 @@ impl ApiError {
 impl Portal {
     /// One API call on behalf of `user`, through the same handler as the CLI.
     pub async fn api(&self, user: &str, kind: Req) -> Result<Reply, ApiError> {
-        let reply = crate::api::handle(
-            &self.c,
-            pb::ApiRequest {
-                user: user.to_string(),
-                kind: Some(kind),
-            },
-        )
-        .await;
+        let req = pb::ApiRequest {
+            user: user.to_string(),
+            kind: Some(kind),
+        };
+        // A standby coordinator shows the fleet but must not change it.
+        if req.is_mutating() && !self.c.leader.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ApiError {
+                code: Code::Unavailable,
+                message: "this coordinator is a standby (another one holds the leader lease); \
+                          use the leader's portal"
+                    .into(),
+            });
+        }
+        let reply = crate::api::handle(&self.c, req).await;
         match reply.kind {
             Some(Reply::Error(e)) => Err(ApiError {
                 code: e.code(),
@@ -161,7 +167,10 @@ pub async fn serve(c: Arc<Coordinator>, addr: SocketAddr) -> anyhow::Result<()> 
 
 /// Serves the portal on a bound listener (so a caller can fail fast on a
 /// busy port, or bind port 0).
-pub async fn serve_on(c: Arc<Coordinator>, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+pub async fn serve_on(
+    c: Arc<Coordinator>,
+    listener: tokio::net::TcpListener,
+) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!("operator portal on http://{addr}/");
     axum::serve(listener, router(c))

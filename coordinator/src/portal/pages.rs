@@ -13,7 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use nodemaint_planner as planner;
-use nodemaint_proto::model::{NodeRecord, NodeStatus, Vm, VmKind, VmState};
+use nodemaint_proto::model::{NodeRecord, NodeStatus, Vm, VmKind};
 use nodemaint_proto::pb::{self, api_reply::Kind as Reply, api_request::Kind as Req};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -86,7 +86,10 @@ pub async fn stacks(State(st): State<Arc<Portal>>, auth: Auth) -> Response {
         count = esc(&stacks_count(&nodes, now)),
         rows = stacks_rows(&nodes, now),
     );
-    respond(StatusCode::OK, page(Some(&auth), Nav::Stacks, "Stacks", &body))
+    respond(
+        StatusCode::OK,
+        page(Some(&auth), Nav::Stacks, "Stacks", &body),
+    )
 }
 
 // ---------------------------------------------------------- Stack Details
@@ -120,7 +123,10 @@ pub fn node_facts(n: &NodeRecord, now: i64) -> String {
             esc(&crate::output::ago(n.last_seen_ms, now)),
         ),
         fact("Address", esc(&n.address)),
-        fact("libvirt URI", format!("<code>{}</code>", esc(&n.libvirt_uri))),
+        fact(
+            "libvirt URI",
+            format!("<code>{}</code>", esc(&n.libvirt_uri)),
+        ),
         fact("Agent version", esc(&n.agent_version)),
         fact(
             "Current job",
@@ -181,7 +187,8 @@ pub fn system_vm_rows(n: &NodeRecord) -> String {
         })
         .collect();
     if rows.is_empty() {
-        return r#"<tr><td colspan="6" class="muted">No virtual firewall on this stack.</td></tr>"#.into();
+        return r#"<tr><td colspan="6" class="muted">No virtual firewall on this stack.</td></tr>"#
+            .into();
     }
     rows.concat()
 }
@@ -211,16 +218,17 @@ fn enable_blocker(auth: &Auth, n: &NodeRecord) -> Option<String> {
         return Some(format!("node is held by job {}", crate::output::short(j)));
     }
     if n.status != NodeStatus::Maintenance {
-        return Some(format!("node is {}, not in maintenance", html::status_word(n.status)));
+        return Some(format!(
+            "node is {}, not in maintenance",
+            html::status_word(n.status)
+        ));
     }
     None
 }
 
 fn menu_item(id: &str, dialog: &str, label: &str, blocker: &Option<String>) -> String {
     match blocker {
-        None => format!(
-            r#"<button type="button" id="{id}" data-open="{dialog}">{label}</button>"#
-        ),
+        None => format!(r#"<button type="button" id="{id}" data-open="{dialog}">{label}</button>"#),
         Some(why) => format!(
             r#"<button type="button" id="{id}" disabled title="{why}">{label}</button><small class="why">{why}</small>"#,
             why = esc(why)
@@ -233,7 +241,7 @@ fn actions_menu(auth: &Auth, n: &NodeRecord, now: i64) -> String {
         String::new()
     } else {
         format!(
-            r#"<p class="note" id="needs-operator">Actions {NEEDS_OPERATOR}; you are in {}.</p>"#,
+            r#"<p class="note" id="needs-operator">Actions: {NEEDS_OPERATOR}; you are in {}.</p>"#,
             esc(&if auth.groups.is_empty() {
                 "no group".into()
             } else {
@@ -417,7 +425,11 @@ pub fn node_key(n: &NodeRecord) -> String {
     )
 }
 
-pub async fn stack(State(st): State<Arc<Portal>>, auth: Auth, Path(node): Path<String>) -> Response {
+pub async fn stack(
+    State(st): State<Arc<Portal>>,
+    auth: Auth,
+    Path(node): Path<String>,
+) -> Response {
     let Some(n) = st.c.registry.get(&node) else {
         let known: Vec<String> = st.c.registry.all().into_iter().map(|n| n.name).collect();
         return html::error_page(
@@ -468,7 +480,12 @@ pub async fn stack(State(st): State<Arc<Portal>>, auth: Auth, Path(node): Path<S
     );
     respond(
         StatusCode::OK,
-        page(Some(&auth), Nav::Stacks, &format!("Stack {}", n.name), &body),
+        page(
+            Some(&auth),
+            Nav::Stacks,
+            &format!("Stack {}", n.name),
+            &body,
+        ),
     )
 }
 
@@ -588,8 +605,12 @@ pub async fn vms(State(st): State<Arc<Portal>>, auth: Auth, Query(f): Query<VmFi
     css.dedup();
     let mut cs_opts: Vec<(String, String)> = vec![(String::new(), "any cloudspace".into())];
     cs_opts.extend(css.into_iter().map(|c| (c.clone(), c)));
-    let kinds = [("", "any kind"), ("user", "user VMs"), ("vfw", "virtual firewalls (VFW)")]
-        .map(|(a, b)| (a.to_string(), b.to_string()));
+    let kinds = [
+        ("", "any kind"),
+        ("user", "user VMs"),
+        ("vfw", "virtual firewalls (VFW)"),
+    ]
+    .map(|(a, b)| (a.to_string(), b.to_string()));
     let states = [
         ("", "any state"),
         ("running", "running"),
@@ -724,9 +745,6 @@ pub async fn cloudspace(
         }
         None => r#"<div><dt>Virtual firewall</dt><dd id="vfw-name"><span class="badge st-unreachable">no node reports this cloudspace's VFW</span></dd></div>"#.into(),
     };
-    if mine.len() > 1 && mine.iter().filter(|v| !v.node.is_empty()).count() > 1 {
-        // Listed so that a VFW reported twice is visible, not hidden.
-    }
     let move_form = match vfw {
         None => String::new(),
         Some(v) => {
@@ -768,7 +786,10 @@ pub async fn cloudspace(
                 from = esc(&v.node),
                 options = options.concat(),
                 note = why
-                    .map(|w| format!(r#"<small class="why" id="move-vfw-why">{}</small>"#, esc(&w)))
+                    .map(|w| format!(
+                        r#"<small class="why" id="move-vfw-why">{}</small>"#,
+                        esc(&w)
+                    ))
                     .unwrap_or_default(),
             )
         }
@@ -788,7 +809,8 @@ pub async fn cloudspace(
         }
     }
     if vm_rows.is_empty() {
-        vm_rows = r#"<tr><td colspan="4" class="muted">No user VM in this cloudspace.</td></tr>"#.into();
+        vm_rows =
+            r#"<tr><td colspan="4" class="muted">No user VM in this cloudspace.</td></tr>"#.into();
     }
     let body = format!(
         r#"<nav class="crumbs"><a href="/cloudspaces">Cloudspaces</a> › {csn}</nav>
@@ -879,14 +901,24 @@ pub fn job_facts(j: &Job) -> String {
     if let Some(m) = j.params.get("mode").and_then(|m| m.as_str()) {
         s.push(fact("Mode", esc(m)));
     }
-    if let Some(cs) = j.params.get("vfw_cloudspaces_down").and_then(|v| v.as_array()) {
+    if let Some(cs) = j
+        .params
+        .get("vfw_cloudspaces_down")
+        .and_then(|v| v.as_array())
+    {
         if !cs.is_empty() {
             let names: Vec<&str> = cs.iter().filter_map(|c| c.as_str()).collect();
-            s.push(fact("VFW downtime acknowledged for", esc(&names.join(", "))));
+            s.push(fact(
+                "VFW downtime acknowledged for",
+                esc(&names.join(", ")),
+            ));
         }
     }
     if let Some(o) = &j.outcome {
-        s.push(fact("Outcome", format!(r#"<span id="job-outcome">{}</span>"#, esc(o))));
+        s.push(fact(
+            "Outcome",
+            format!(r#"<span id="job-outcome">{}</span>"#, esc(o)),
+        ));
     }
     s.concat()
 }
@@ -1078,7 +1110,11 @@ pub async fn job(State(st): State<Arc<Portal>>, auth: Auth, Path(id): Path<Strin
         id = esc(&j.id),
         kind = esc(&j.kind),
         badge = job_badge(&state_word(&j)),
-        live_word = if j.state.is_terminal() { "ended" } else { "live" },
+        live_word = if j.state.is_terminal() {
+            "ended"
+        } else {
+            "live"
+        },
         facts = job_facts(&j),
         progress = job_progress_rows(&j, &LiveProgress::new()),
         report = job_report(&j),
@@ -1086,7 +1122,12 @@ pub async fn job(State(st): State<Arc<Portal>>, auth: Auth, Path(id): Path<Strin
     );
     respond(
         StatusCode::OK,
-        page(Some(&auth), Nav::Jobs, &format!("Job {}", crate::output::short(&j.id)), &body),
+        page(
+            Some(&auth),
+            Nav::Jobs,
+            &format!("Job {}", crate::output::short(&j.id)),
+            &body,
+        ),
     )
 }
 
@@ -1101,8 +1142,4 @@ pub fn vm_json(n: &NodeRecord, d: &Vm) -> serde_json::Value {
         "memory_mib": d.memory_mib,
         "stopped_by": n.stopped_by.get(&d.name),
     })
-}
-
-pub fn running(d: &Vm) -> bool {
-    d.state == VmState::Running
 }

@@ -1,0 +1,1363 @@
+//! The operator portal.
+//!
+//! Handler tests: the portal's router (`tower::ServiceExt::oneshot`, no
+//! socket) on a real in-process coordinator, a real nats-server and
+//! node-agents on libvirt's test driver. Every page and action, logins,
+//! sessions, CSRF, permissions and refusals.
+//!
+//! End-to-end: `coordinator serve --http` driven by a real headless
+//! Chromium through chromedriver (WebDriver); it saves screenshots of the
+//! main pages to `docs/screenshots/`. Without chromium/chromedriver it skips
+//! with a reason, except under `CI=true`, where it fails.
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use nodemaint_coordinator::config::CoordinatorConfig;
+use nodemaint_coordinator::portal;
+use nodemaint_coordinator::server::Coordinator;
+use nodemaint_proto::model::{NodeStatus, VmState};
+use nodemaint_tests::*;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tower::ServiceExt;
+
+// ------------------------------------------------------------- harness
+
+struct Env {
+    fleet: Fleet,
+    coord: Arc<Coordinator>,
+    app: Router,
+}
+
+/// node1: the VFWs of cs1 and cs2, two user VMs and a VM its tenant shut
+/// off; node2: cs3's VFW and a VM; node3: one VM.
+fn add_agents(f: &mut Fleet) {
+    f.add_agent(
+        "node1",
+        &[
+            Dom::vfw("cs1"),
+            Dom::vfw("cs2"),
+            Dom::user("vm-a", "cs1"),
+            Dom::user("vm-b", "cs2"),
+            Dom::user("tenant-off", "cs1").off(),
+        ],
+    );
+    f.add_agent("node2", &[Dom::vfw("cs3"), Dom::user("vm-c", "cs3")]);
+    f.add_agent("node3", &[Dom::user("vm-d", "cs3")]);
+}
+
+/// A coordinator in this process (so the router can be called directly),
+/// answering the API for the CLI too, with three test-driver agents.
+async fn env() -> Env {
+    let mut fleet = Fleet::start_bare();
+    let mut cfg = CoordinatorConfig::load(&fleet.config).expect("config");
+    cfg.nats_url = fleet.nats.url.clone();
+    let coord = Coordinator::start(cfg).await.expect("coordinator starts");
+    tokio::spawn(coord.clone().serve(std::future::pending::<()>()));
+    tokio::task::block_in_place(|| {
+        wait_for(Duration::from_secs(20), "coordinator to answer", || {
+            fleet.cli("alice", &["node", "list"]).status.success()
+        });
+        add_agents(&mut fleet);
+        fleet.wait_registered();
+    });
+    let app = portal::router(coord.clone());
+    Env { fleet, coord, app }
+}
+
+struct Resp {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Resp {
+    fn location(&self) -> String {
+        self.headers
+            .get(header::LOCATION)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+async fn send(app: &Router, req: Request<Body>) -> Resp {
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    Resp {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn form(fields: &[(&str, &str)]) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[derive(Clone)]
+struct Sess {
+    cookie: String,
+    csrf: String,
+}
+
+async fn get(app: &Router, s: Option<&Sess>, path: &str) -> Resp {
+    let mut b = Request::get(path);
+    if let Some(s) = s {
+        b = b.header(header::COOKIE, &s.cookie);
+    }
+    send(app, b.body(Body::empty()).unwrap()).await
+}
+
+async fn post(app: &Router, s: Option<&Sess>, path: &str, fields: &[(&str, &str)]) -> Resp {
+    let mut b =
+        Request::post(path).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    if let Some(s) = s {
+        b = b.header(header::COOKIE, &s.cookie);
+    }
+    send(app, b.body(Body::from(form(fields))).unwrap()).await
+}
+
+/// The CSRF token embedded in a page's forms.
+fn csrf_of(page: &str) -> String {
+    let i = page
+        .find(r#"name="csrf" value=""#)
+        .unwrap_or_else(|| panic!("no CSRF field in page: {page}"));
+    let rest = &page[i + r#"name="csrf" value=""#.len()..];
+    rest[..rest.find('"').unwrap()].to_string()
+}
+
+async fn login(app: &Router, user: &str) -> Sess {
+    let r = post(
+        app,
+        None,
+        "/login",
+        &[
+            ("username", user),
+            ("password", &format!("{user}-pw")),
+            ("next", "/"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "login {user}: {}", r.body);
+    let set = r.headers[header::SET_COOKIE].to_str().unwrap().to_string();
+    let cookie = set.split(';').next().unwrap().to_string();
+    let page = get(
+        app,
+        Some(&Sess {
+            cookie: cookie.clone(),
+            csrf: String::new(),
+        }),
+        "/",
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::OK);
+    Sess {
+        csrf: csrf_of(&page.body),
+        cookie,
+    }
+}
+
+/// Polls `/api/jobs/{id}` until the job ends; returns its record.
+async fn wait_job(app: &Router, s: &Sess, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let r = get(app, Some(s), &format!("/api/jobs/{id}")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let j = r.json();
+        if ["SUCCEEDED", "FAILED", "ABORTED"].contains(&j["state"].as_str().unwrap_or("")) {
+            return j;
+        }
+        assert!(Instant::now() < deadline, "job {id} did not end: {j}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn job_id_from(location: &str) -> String {
+    location
+        .strip_prefix("/jobs/")
+        .unwrap_or_else(|| panic!("not a job location: {location:?}"))
+        .to_string()
+}
+
+/// The part of a page between an element id and the end of its table.
+fn section<'a>(page: &'a str, id: &str) -> &'a str {
+    let i = page
+        .find(&format!(r#"id="{id}""#))
+        .unwrap_or_else(|| panic!("no #{id} in page"));
+    let rest = &page[i..];
+    &rest[..rest.find("</table>").unwrap_or(rest.len())]
+}
+
+/// Reads SSE frames until `stop` matches the text so far, or the timeout.
+async fn read_sse(
+    app: &Router,
+    s: &Sess,
+    path: &str,
+    secs: u64,
+    stop: impl Fn(&str) -> bool,
+) -> String {
+    let req = Request::get(path)
+        .header(header::COOKIE, &s.cookie)
+        .body(Body::empty())
+        .unwrap();
+    let res = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.headers()[header::CONTENT_TYPE].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let mut body = res.into_body();
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !stop(&text) {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    text.push_str(&String::from_utf8_lossy(d));
+                }
+            }
+            Ok(_) => break,
+            Err(_) => panic!("SSE {path}: timed out; got so far:\n{text}"),
+        }
+    }
+    text
+}
+
+fn status(c: &Coordinator, node: &str) -> NodeStatus {
+    c.registry.get(node).unwrap().status
+}
+
+fn vm_state(c: &Coordinator, node: &str, vm: &str) -> VmState {
+    c.registry
+        .get(node)
+        .unwrap()
+        .domains
+        .iter()
+        .find(|d| d.name == vm)
+        .unwrap_or_else(|| panic!("{vm} not on {node}"))
+        .state
+}
+
+// ------------------------------------------------------ handler tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_sessions_and_csrf() {
+    let e = env().await;
+    let app = &e.app;
+
+    // Without a session: pages redirect to the login, API and events say 401.
+    let r = get(app, None, "/stacks/node1").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.location(), "/login?next=%2Fstacks%2Fnode1");
+    assert_eq!(
+        get(app, None, "/api/stacks").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get(app, None, "/events/stacks").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let r = post(app, None, "/stacks/node1/enable", &[("csrf", "x")]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    // The login page.
+    let r = get(app, None, "/login?next=/jobs").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains(r#"name="password""#) && r.body.contains(r#"value="/jobs""#));
+    assert!(r.headers[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap()
+        .contains("frame-ancestors 'none'"));
+
+    // Wrong password, unknown user, empty password: 401, no cookie.
+    for (u, p) in [("alice", "wrong"), ("mallory", "mallory-pw"), ("alice", "")] {
+        let r = post(app, None, "/login", &[("username", u), ("password", p)]).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{u}/{p}");
+        assert!(r.headers.get(header::SET_COOKIE).is_none());
+        assert!(
+            r.body.contains("Unknown user name or wrong password"),
+            "{}",
+            r.body
+        );
+    }
+
+    // Right password: an HttpOnly, SameSite=Strict session cookie and the
+    // redirect to `next` (local paths only).
+    let r = post(
+        app,
+        None,
+        "/login",
+        &[
+            ("username", "alice"),
+            ("password", "alice-pw"),
+            ("next", "/jobs"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.location(), "/jobs");
+    let set = r.headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(set.starts_with("nodemaint_session="), "{set}");
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set.contains(flag), "{flag} missing: {set}");
+    }
+    let r = post(
+        app,
+        None,
+        "/login",
+        &[
+            ("username", "bob"),
+            ("password", "bob-pw"),
+            ("next", "//evil.example/"),
+        ],
+    )
+    .await;
+    assert_eq!(r.location(), "/");
+
+    let alice = login(app, "alice").await;
+    let bob = login(app, "bob").await;
+    assert_ne!(alice.csrf, bob.csrf);
+    let page = get(app, Some(&alice), "/").await;
+    assert!(page.body.contains("alice") && page.body.contains("Level2"));
+
+    // A forged cookie is no session.
+    let forged = Sess {
+        cookie: "nodemaint_session=0000".into(),
+        csrf: alice.csrf.clone(),
+    };
+    assert_eq!(
+        get(app, Some(&forged), "/").await.status,
+        StatusCode::SEE_OTHER
+    );
+
+    // CSRF: another session's token, or none, is refused and changes nothing.
+    let jobs_before = e.coord.list_jobs().await.unwrap().len();
+    for token in ["", bob.csrf.as_str(), "0123"] {
+        let r = post(
+            app,
+            Some(&alice),
+            "/stacks/node1/maintenance",
+            &[
+                ("csrf", token),
+                ("mode", "stop"),
+                ("ack_vfw_downtime", "yes"),
+            ],
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "token {token:?}");
+        assert!(r.body.contains("CSRF"), "{}", r.body);
+    }
+    assert_eq!(status(&e.coord, "node1"), NodeStatus::Enabled);
+    assert_eq!(e.coord.list_jobs().await.unwrap().len(), jobs_before);
+
+    // Logout needs the token too, then ends the session.
+    let r = post(app, Some(&alice), "/logout", &[]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = post(app, Some(&alice), "/logout", &[("csrf", &alice.csrf)]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.location(), "/login");
+    assert!(r.headers[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+    assert_eq!(
+        get(app, Some(&alice), "/").await.status,
+        StatusCode::SEE_OTHER
+    );
+    // Bob's session is unaffected.
+    assert_eq!(get(app, Some(&bob), "/").await.status, StatusCode::OK);
+    drop(e.fleet);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_show_the_fleet() {
+    let e = env().await;
+    let app = &e.app;
+    let alice = login(app, "alice").await;
+    let bob = login(app, "bob").await;
+
+    // Stacks: every node with status, VMs running/total, memory, boot time.
+    let r = get(app, Some(&bob), "/").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers[header::CACHE_CONTROL], "no-store");
+    for n in ["node1", "node2", "node3"] {
+        assert!(r.body.contains(&format!(r#"<tr data-node="{n}">"#)), "{n}");
+    }
+    let row1 = &r.body[r.body.find(r#"data-node="node1""#).unwrap()..];
+    let row1 = &row1[..row1.find("</tr>").unwrap()];
+    assert!(row1.contains("ENABLED"), "{row1}");
+    assert!(row1.contains("4 / 5"), "running/total: {row1}");
+    assert!(row1.contains("896 MiB / 8192 MiB"), "memory: {row1}");
+    assert!(row1.contains("Z</td>"), "boot time: {row1}");
+    assert!(r.body.contains(r#"data-live="/events/stacks""#));
+
+    // The same as JSON.
+    let j = get(app, Some(&bob), "/api/stacks").await.json();
+    let n1 = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "node1")
+        .unwrap();
+    assert_eq!(n1["status"], "ENABLED");
+    assert_eq!(n1["reachable"], true);
+    assert_eq!(
+        (n1["vms_running"].as_u64(), n1["vms_total"].as_u64()),
+        (Some(4), Some(5))
+    );
+    assert_eq!(
+        get(app, Some(&bob), "/api/stacks?node=nope").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // Live: the first SSE message carries the rendered table.
+    let sse = read_sse(app, &bob, "/events/stacks", 10, |t| t.contains("\n\n")).await;
+    assert!(sse.starts_with("event: fragments"), "{sse}");
+    assert!(
+        sse.contains("stacks-body") && sse.contains("node3"),
+        "{sse}"
+    );
+    let sse = read_sse(app, &bob, "/events/stacks?node=node1", 10, |t| {
+        t.contains("\n\n")
+    })
+    .await;
+    assert!(
+        sse.contains("system-vms-body") && sse.contains("cs2-vfw"),
+        "{sse}"
+    );
+    assert_eq!(
+        get(app, Some(&bob), "/events/stacks?node=nope")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+
+    // Stack Details: user VMs and, separately, the VFWs.
+    let r = get(app, Some(&alice), "/stacks/node1").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let users = section(&r.body, "user-vms");
+    let system = section(&r.body, "system-vms");
+    for vm in ["vm-a", "vm-b", "tenant-off"] {
+        assert!(
+            users.contains(vm) && !system.contains(&format!(r#"data-vm="{vm}""#)),
+            "{vm}"
+        );
+    }
+    for vm in ["cs1-vfw", "cs2-vfw"] {
+        assert!(
+            system.contains(vm) && !users.contains(&format!(r#"data-vm="{vm}""#)),
+            "{vm}"
+        );
+    }
+    // The Actions menu and the confirm dialog: Move All (preferred, with the
+    // planner's destinations) and Stop All (the VFW warning, the cloudspaces
+    // and the acknowledgement).
+    assert!(r
+        .body
+        .contains(r#"id="action-maintenance" data-open="maint-dialog""#));
+    assert!(r.body.contains("Move All Virtual Machines"));
+    assert!(r
+        .body
+        .contains(r#"<span class="badge pref">preferred</span>"#));
+    assert!(
+        r.body.contains("Planned destinations"),
+        "plan preview missing"
+    );
+    assert!(r.body.contains("Stop All Virtual Machines"));
+    let warn = &r.body[r.body.find(r#"id="stop-warning""#).unwrap()..];
+    assert!(warn.contains("<li>cs1</li><li>cs2</li>"), "{warn}");
+    assert!(warn.contains(r#"name="ack_vfw_downtime""#));
+    // Enable is not offered for an ENABLED node, and says why.
+    assert!(r.body.contains(r#"id="action-enable" disabled"#));
+    assert!(!r.body.contains(r#"id="enable-dialog""#));
+
+    // Level1: read-only; the actions are disabled and say what they need.
+    let r = get(app, Some(&bob), "/stacks/node1").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r
+        .body
+        .contains(r#"id="action-maintenance" disabled title="requires Level2 or Level3""#));
+    assert!(r.body.contains("requires Level2 or Level3"));
+    assert!(!r.body.contains(r#"id="maint-dialog""#));
+
+    // Unknown node: 404 naming the known ones.
+    let r = get(app, Some(&bob), "/stacks/node9").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(
+        r.body.contains("unknown node") && r.body.contains("node1, node2, node3"),
+        "{}",
+        r.body
+    );
+
+    // Virtual Machines with filters; the VFWs one click away.
+    let r = get(app, Some(&bob), "/vms").await;
+    assert!(r.body.contains("8 VMs"), "{}", r.body);
+    assert!(r.body.contains(r#"href="/vms?kind=vfw""#));
+    let r = get(app, Some(&bob), "/vms?kind=vfw").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("3 VMs"));
+    for vm in ["cs1-vfw", "cs2-vfw", "cs3-vfw"] {
+        assert!(r.body.contains(&format!(r#"data-vm="{vm}""#)), "{vm}");
+    }
+    assert!(!r.body.contains(r#"data-vm="vm-a""#));
+    let r = get(app, Some(&bob), "/vms?node=node1&kind=user").await;
+    assert!(r.body.contains("3 VMs") && r.body.contains(r#"data-vm="tenant-off""#));
+    let r = get(app, Some(&bob), "/vms?cloudspace=cs3").await;
+    assert!(r.body.contains("3 VMs"), "{}", r.body);
+    let r = get(app, Some(&bob), "/vms?name=VM-&state=running").await;
+    assert!(r.body.contains("4 VMs"), "{}", r.body);
+    let r = get(app, Some(&bob), "/vms?kind=router").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("unknown kind"));
+    let r = get(app, Some(&bob), "/vms?node=node9").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.body.contains("unknown node"));
+
+    // Cloudspaces: where each VFW runs; Move VFW offers only accepted nodes.
+    let r = get(app, Some(&bob), "/cloudspaces").await;
+    for cs in ["cs1", "cs2", "cs3"] {
+        assert!(
+            r.body.contains(&format!(r#"data-cloudspace="{cs}""#)),
+            "{cs}"
+        );
+    }
+    let r = get(app, Some(&alice), "/cloudspaces/cs3").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains(r#"<dd id="vfw-name">cs3-vfw</dd>"#));
+    assert!(r.body.contains(r#"href="/stacks/node2""#));
+    let select = &r.body[r.body.find(r#"id="to-node""#).unwrap()..];
+    let select = &select[..select.find("</select>").unwrap()];
+    assert!(
+        !select.contains(r#"value="node2""#),
+        "current node offered: {select}"
+    );
+    assert!(select.contains(r#"value="node3""#), "{select}");
+    let r = get(app, Some(&bob), "/cloudspaces/cs3").await;
+    assert!(r.body.contains(r#"id="move-vfw-submit" disabled"#));
+    assert!(r.body.contains("requires Level2 or Level3"));
+    assert_eq!(
+        get(app, Some(&bob), "/cloudspaces/nope").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // Jobs: empty yet; unknown job 404.
+    let r = get(app, Some(&bob), "/jobs").await;
+    assert!(r.body.contains("No job yet"));
+    assert_eq!(
+        get(app, Some(&bob), "/jobs/nope").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get(app, Some(&bob), "/api/jobs/nope").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // Assets and the fallback.
+    let r = get(app, None, "/static/portal.js").await;
+    assert!(r.body.contains("EventSource"));
+    let r = get(app, None, "/static/portal.css").await;
+    assert!(r.headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/css"));
+    assert_eq!(get(app, None, "/nope").await.status, StatusCode::NOT_FOUND);
+    drop(e.fleet);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_all_and_enable_with_refusals() {
+    let e = env().await;
+    let (app, c) = (&e.app, &e.coord);
+    let alice = login(app, "alice").await;
+    let bob = login(app, "bob").await;
+    let form_stop = |s: &Sess, ack: bool| {
+        let mut f = vec![("csrf", s.csrf.clone()), ("mode", "stop".to_string())];
+        if ack {
+            f.push(("ack_vfw_downtime", "yes".into()));
+        }
+        f
+    };
+    let post_f = |s: Sess, path: &'static str, f: Vec<(&'static str, String)>| async move {
+        let fields: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        post(app, Some(&s), path, &fields).await
+    };
+
+    // Level1: refused by the API (403), nothing changes.
+    let r = post_f(
+        bob.clone(),
+        "/stacks/node1/maintenance",
+        form_stop(&bob, true),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert!(
+        r.body.contains("Level2 or Level3 is required"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("Nothing was changed"));
+    assert_eq!(status(c, "node1"), NodeStatus::Enabled);
+    assert!(c.list_jobs().await.unwrap().is_empty());
+
+    // Stop All without the acknowledgement: 409 naming the cloudspaces.
+    let r = post_f(
+        alice.clone(),
+        "/stacks/node1/maintenance",
+        form_stop(&alice, false),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert!(
+        r.body.contains("cs1, cs2") && r.body.contains("VFW"),
+        "{}",
+        r.body
+    );
+    assert_eq!(status(c, "node1"), NodeStatus::Enabled);
+    assert!(c.list_jobs().await.unwrap().is_empty());
+
+    // No mode, or an unknown node: 400 and 404.
+    let r = post(
+        app,
+        Some(&alice),
+        "/stacks/node1/maintenance",
+        &[("csrf", &alice.csrf)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("give a mode"), "{}", r.body);
+    let r = post_f(
+        alice.clone(),
+        "/stacks/node9/maintenance",
+        form_stop(&alice, true),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.body.contains("unknown node"), "{}", r.body);
+    let r = post(
+        app,
+        Some(&alice),
+        "/stacks/node1/enable",
+        &[("csrf", &alice.csrf)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(r.body.contains("not in maintenance"), "{}", r.body);
+    assert!(c.list_jobs().await.unwrap().is_empty());
+
+    // Stop All, acknowledged: accepted as a job recorded with alice.
+    let r = post_f(
+        alice.clone(),
+        "/stacks/node1/maintenance",
+        form_stop(&alice, true),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let id = job_id_from(&r.location());
+    let page = get(app, Some(&bob), &format!("/jobs/{id}")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let job = wait_job(app, &alice, &id).await;
+    assert_eq!(job["state"], "SUCCEEDED", "{job}");
+    assert_eq!(job["user"], "alice");
+    assert_eq!(job["kind"], "maintenance.start");
+    assert_eq!(status(c, "node1"), NodeStatus::Maintenance);
+    wait_until("node1's VMs to shut off", 20, || {
+        ["cs1-vfw", "cs2-vfw", "vm-a", "vm-b"]
+            .iter()
+            .all(|vm| vm_state(c, "node1", vm) == VmState::Shutoff)
+    })
+    .await;
+
+    // The job view: end report, journal; its event stream ends at once.
+    let page = get(app, Some(&bob), &format!("/jobs/{id}")).await;
+    assert!(page.body.contains(r#"id="job-end""#) && page.body.contains("SUCCEEDED"));
+    assert!(page.body.contains(r#"id="report-done""#));
+    assert!(page.body.contains("vm-a") && page.body.contains("alice"));
+    let sse = read_sse(app, &bob, &format!("/events/jobs/{id}"), 10, |t| {
+        t.contains("event: end")
+    })
+    .await;
+    assert!(sse.contains("job-report"), "{sse}");
+    let r = get(app, Some(&bob), "/jobs").await;
+    assert!(
+        r.body.contains(&format!(r#"data-job="{id}""#)) && r.body.contains("maintenance.start")
+    );
+
+    // Wrong state now: a second maintenance is refused (a stale form).
+    let r = post_f(
+        alice.clone(),
+        "/stacks/node1/maintenance",
+        form_stop(&alice, true),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(r.body.contains("already in maintenance"), "{}", r.body);
+
+    // Stack Details: MAINTENANCE; Enable says which VMs restart (not the
+    // one its tenant had shut off).
+    let r = get(app, Some(&alice), "/stacks/node1").await;
+    assert!(r.body.contains("MAINTENANCE"));
+    assert!(r
+        .body
+        .contains(r#"id="action-enable" data-open="enable-dialog""#));
+    let restart = &r.body[r.body.find(r#"id="enable-restart""#).unwrap()..];
+    let restart = &restart[..restart.find("</ul>").unwrap()];
+    for vm in ["cs1-vfw", "cs2-vfw", "vm-a", "vm-b"] {
+        assert!(restart.contains(vm), "{vm} not announced: {restart}");
+    }
+    assert!(!restart.contains("tenant-off"));
+    assert!(r.body.contains(r#"id="action-maintenance" disabled"#));
+
+    // Enable: Level1 refused; alice's restarts exactly those VMs.
+    let r = post(
+        app,
+        Some(&bob),
+        "/stacks/node1/enable",
+        &[("csrf", &bob.csrf)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(status(c, "node1"), NodeStatus::Maintenance);
+    let r = post(
+        app,
+        Some(&alice),
+        "/stacks/node1/enable",
+        &[("csrf", &alice.csrf)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let id = job_id_from(&r.location());
+    let job = wait_job(app, &alice, &id).await;
+    assert_eq!(job["state"], "SUCCEEDED", "{job}");
+    assert_eq!(
+        (job["kind"].as_str(), job["user"].as_str()),
+        (Some("node.enable"), Some("alice"))
+    );
+    assert_eq!(status(c, "node1"), NodeStatus::Enabled);
+    wait_until("node1's VMs to run again", 20, || {
+        ["cs1-vfw", "cs2-vfw", "vm-a", "vm-b"]
+            .iter()
+            .all(|vm| vm_state(c, "node1", vm) == VmState::Running)
+    })
+    .await;
+    assert_eq!(vm_state(c, "node1", "tenant-off"), VmState::Shutoff);
+    let r = post(
+        app,
+        Some(&alice),
+        "/stacks/node1/enable",
+        &[("csrf", &alice.csrf)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    drop(e.fleet);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_all_and_move_vfw_end_with_their_reports() {
+    let e = env().await;
+    let (app, c) = (&e.app, &e.coord);
+    let carol = login(app, "carol").await; // Level3
+
+    // Move All on node2: the test driver cannot migrate, so the job ends
+    // FAILED with a report naming each VM not moved; the node stays in
+    // MAINTENANCE and every VM still runs exactly once.
+    let r = post(
+        app,
+        Some(&carol),
+        "/stacks/node2/maintenance",
+        &[("csrf", &carol.csrf), ("mode", "move")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let id = job_id_from(&r.location());
+    // Follow it live: fragments until the end event.
+    let sse = read_sse(app, &carol, &format!("/events/jobs/{id}"), 120, |t| {
+        t.contains("event: end")
+    })
+    .await;
+    assert!(
+        sse.contains("job-progress-body") && sse.contains("cs3-vfw"),
+        "{sse}"
+    );
+    assert!(
+        sse.contains("report-not-done"),
+        "no failure report in the stream: {sse}"
+    );
+    let job = wait_job(app, &carol, &id).await;
+    assert_eq!(job["state"], "FAILED", "{job}");
+    assert_eq!(job["user"], "carol");
+    let not_done: Vec<&str> = job["report"]["not_done"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["vm"].as_str().unwrap())
+        .collect();
+    assert!(
+        not_done.contains(&"vm-c") && not_done.contains(&"cs3-vfw"),
+        "{job}"
+    );
+    assert_eq!(status(c, "node2"), NodeStatus::Maintenance);
+    let page = get(app, Some(&carol), &format!("/jobs/{id}")).await;
+    assert!(page.body.contains(r#"id="report-not-done""#) && page.body.contains("FAILED"));
+    let r = post(
+        app,
+        Some(&carol),
+        "/stacks/node2/enable",
+        &[("csrf", &carol.csrf)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let job = wait_job(app, &carol, &job_id_from(&r.location())).await;
+    assert_eq!(job["state"], "SUCCEEDED", "{job}");
+
+    // Move VFW: to a node the planner accepts, the job is accepted (and
+    // fails on the test driver, saying so); to a bad target, refused.
+    let r = post(
+        app,
+        Some(&carol),
+        "/cloudspaces/cs3/move-vfw",
+        &[("csrf", &carol.csrf), ("to_node", "node9")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    let r = post(
+        app,
+        Some(&carol),
+        "/cloudspaces/cs3/move-vfw",
+        &[("csrf", &carol.csrf), ("to_node", "node2")],
+    )
+    .await;
+    assert!(r.status.is_client_error(), "{}: {}", r.status, r.body);
+    assert!(r.body.contains("node2"), "{}", r.body);
+    let r = post(
+        app,
+        Some(&carol),
+        "/cloudspaces/nope/move-vfw",
+        &[("csrf", &carol.csrf), ("to_node", "node3")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    let r = post(
+        app,
+        Some(&carol),
+        "/cloudspaces/cs3/move-vfw",
+        &[("csrf", &carol.csrf), ("to_node", "node3")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let job = wait_job(app, &carol, &job_id_from(&r.location())).await;
+    assert_eq!(job["kind"], "vm.move");
+    assert_eq!(job["user"], "carol");
+    assert_eq!(
+        job["state"], "FAILED",
+        "the test driver cannot migrate: {job}"
+    );
+    // Still on node2, once.
+    assert_eq!(c.registry.find_vm("cs3-vfw").len(), 1);
+    assert_eq!(c.registry.find_vm("cs3-vfw")[0].0.name, "node2");
+    drop(e.fleet);
+}
+
+#[test]
+fn hash_password_cli_makes_hashes_the_portal_accepts() {
+    use std::io::Write;
+    let mut child = std::process::Command::new(bin("coordinator"))
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"s3cret pass\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).unwrap();
+    let hash = hash.trim();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(portal::verify_password("s3cret pass", hash));
+    assert!(!portal::verify_password("s3cret", hash));
+    // Each hash has its own salt.
+    assert_ne!(hash, portal::hash_password("s3cret pass").unwrap());
+}
+
+// --------------------------------------------- headless Chromium (E2E)
+
+mod browser {
+    use super::*;
+    use fantoccini::{Client, ClientBuilder, Locator};
+
+    const CHROMIUM: &str = "/usr/bin/chromium";
+    const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+    fn screenshots() -> std::path::PathBuf {
+        let d = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// chromedriver on a free port and a WebDriver session of a headless
+    /// Chromium with its own fresh profile. `None` (skip) when Chromium is
+    /// not installed, unless under CI.
+    async fn chrome(dir: &std::path::Path) -> Option<(Proc, Client)> {
+        let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER]
+            .into_iter()
+            .filter(|p| !std::path::Path::new(p).exists())
+            .collect();
+        if !missing.is_empty() {
+            let why = format!(
+                "{} missing: `apt-get install chromium chromium-driver` (deploy/setup.sh does)",
+                missing.join(", ")
+            );
+            assert!(!in_ci(), "under CI the browser tests must run: {why}");
+            eprintln!("SKIPPED browser test: {why}");
+            return None;
+        }
+        let port = free_port();
+        let driver = Proc::spawn(
+            "chromedriver",
+            std::process::Command::new(CHROMEDRIVER).arg(format!("--port={port}")),
+            dir.join("chromedriver.log"),
+        );
+        tokio::task::block_in_place(|| {
+            wait_for(Duration::from_secs(20), "chromedriver to listen", || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            })
+        });
+        let profile = dir.join(format!("chrome-profile-{port}"));
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    "--disable-dev-shm-usage", "--window-size=1280,900",
+                    format!("--user-data-dir={}", profile.display()),
+                ],
+            }),
+        );
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .unwrap_or_else(|e| panic!("WebDriver session: {e}"));
+        Some((driver, client))
+    }
+
+    async fn shot(b: &Client, name: &str) {
+        let png = b.screenshot().await.expect("screenshot");
+        std::fs::write(screenshots().join(name), png).unwrap();
+    }
+
+    async fn text(b: &Client, css: &str) -> String {
+        b.find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the element's text contains `want` (live updates).
+    async fn wait_text(b: &Client, css: &str, want: &str, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let t = match b.find(Locator::Css(css)).await {
+                Ok(el) => el.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            if t.contains(want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{css}: waited {secs} s for {want:?}; text is {t:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn login(b: &Client, base: &str, user: &str) {
+        b.goto(&format!("{base}/")).await.unwrap();
+        // Redirected to the login page.
+        assert!(b.current_url().await.unwrap().path().starts_with("/login"));
+        b.find(Locator::Css("#username"))
+            .await
+            .unwrap()
+            .send_keys(user)
+            .await
+            .unwrap();
+        b.find(Locator::Css("#password"))
+            .await
+            .unwrap()
+            .send_keys(&format!("{user}-pw"))
+            .await
+            .unwrap();
+        b.find(Locator::Css("#login"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        b.wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css("#stacks"))
+            .await
+            .expect("Stacks after login");
+    }
+
+    async fn logout(b: &Client) {
+        b.find(Locator::Css("header .user button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        b.wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css("#username"))
+            .await
+            .unwrap();
+    }
+
+    /// Opens the Actions menu and one of its dialogs.
+    async fn open_action(b: &Client, item: &str) {
+        b.find(Locator::Css("#actions summary"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        b.find(Locator::Css(item))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+
+    /// On a job view: waits for the live view to reach the job's end.
+    async fn wait_job_end(b: &Client, secs: u64) -> String {
+        b.wait()
+            .at_most(Duration::from_secs(secs))
+            .for_element(Locator::Css("#job-end"))
+            .await
+            .expect("job view reaches its end");
+        text(b, "#job-end").await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn browser_end_to_end() {
+        let (mut fleet, base) = tokio::task::block_in_place(Fleet::start_with_portal);
+        let Some((_driver, b)) = chrome(fleet.dir.path()).await else {
+            return;
+        };
+        tokio::task::block_in_place(|| {
+            add_agents(&mut fleet);
+            fleet.wait_registered();
+        });
+        // Close the browser whatever happens, then report the failure.
+        let res =
+            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(flow(&b, &fleet, &base)))
+                .await;
+        let _ = b.close().await;
+        if let Err(panic) = res {
+            eprintln!("coordinator log:\n{}", fleet.coordinator_log());
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    async fn flow(b: &Client, fleet: &Fleet, base: &str) {
+        // --- Level1: read-only, actions disabled, a POST refused.
+        b.goto(&format!("{base}/login")).await.unwrap();
+        shot(b, "login.png").await;
+        login(b, base, "bob").await;
+        b.goto(&format!("{base}/stacks/node1")).await.unwrap();
+        let m = b.find(Locator::Css("#action-maintenance")).await.unwrap();
+        assert!(
+            m.attr("disabled").await.unwrap().is_some(),
+            "bob may not act"
+        );
+        assert!(text(b, "#needs-operator")
+            .await
+            .contains("requires Level2 or Level3"));
+        b.find(Locator::Css("#actions summary"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        shot(b, "stack-details-level1.png").await;
+        // A hand-made POST with bob's own (valid) CSRF token: the API refuses.
+        b.execute(
+            r#"const f = document.createElement('form');
+               f.method = 'post'; f.action = '/stacks/node1/maintenance';
+               for (const [k, v] of [['csrf', document.querySelector('input[name=csrf]').value],
+                                     ['mode', 'stop'], ['ack_vfw_downtime', 'yes']]) {
+                 const i = document.createElement('input'); i.type = 'hidden'; i.name = k; i.value = v; f.appendChild(i);
+               }
+               document.body.appendChild(f); f.submit();"#,
+            vec![],
+        )
+        .await
+        .unwrap();
+        b.wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css("#error"))
+            .await
+            .unwrap();
+        let err = text(b, "#error").await;
+        assert!(
+            err.contains("403") && err.contains("Level2 or Level3"),
+            "{err}"
+        );
+        logout(b).await;
+        assert_eq!(
+            fleet.cli_json("bob", &["node", "show", "node1"])["node"]["status"],
+            "ENABLED"
+        );
+
+        // --- Level2: Stacks, Stack Details, Put in Maintenance with Stop All.
+        login(b, base, "alice").await;
+        wait_text(b, "#stacks-body", "node3", 10).await;
+        wait_text(b, "#live", "live", 10).await;
+        shot(b, "stacks.png").await;
+        b.find(Locator::LinkText("node1"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        b.wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css("#system-vms"))
+            .await
+            .unwrap();
+        assert!(text(b, "#system-vms").await.contains("cs1-vfw"));
+        assert!(text(b, "#user-vms").await.contains("vm-a"));
+        open_action(b, "#action-maintenance").await;
+        let dialog = b.find(Locator::Css("#maint-dialog")).await.unwrap();
+        assert!(dialog.is_displayed().await.unwrap());
+        assert!(text(b, "#maint-dialog")
+            .await
+            .contains("Move All Virtual Machines"));
+        // The warning is shown for Stop All only.
+        assert!(!b
+            .find(Locator::Css("#stop-warning"))
+            .await
+            .unwrap()
+            .is_displayed()
+            .await
+            .unwrap());
+        shot(b, "stack-details-maintenance-dialog.png").await;
+        b.find(Locator::Css("#mode-stop"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        assert!(b
+            .find(Locator::Css("#stop-warning"))
+            .await
+            .unwrap()
+            .is_displayed()
+            .await
+            .unwrap());
+        let warning = text(b, "#stop-warning").await;
+        assert!(
+            warning.contains("cs1") && warning.contains("cs2"),
+            "{warning}"
+        );
+        shot(b, "stack-details-stop-all-warning.png").await;
+        // Without the acknowledgement the browser does not submit.
+        b.find(Locator::Css("#maint-submit"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(b
+            .current_url()
+            .await
+            .unwrap()
+            .path()
+            .starts_with("/stacks/node1"));
+        b.find(Locator::Css("#ack-vfw"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        b.find(Locator::Css("#maint-submit"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        // The job view follows the job to its end.
+        b.wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css("#job-progress"))
+            .await
+            .unwrap();
+        assert!(b.current_url().await.unwrap().path().starts_with("/jobs/"));
+        let end = wait_job_end(b, 60).await;
+        assert!(end.contains("SUCCEEDED"), "{end}");
+        assert!(text(b, "#job-progress").await.contains("100%"));
+        assert!(text(b, "#job-facts").await.contains("alice"));
+        shot(b, "job-view-stop-all.png").await;
+
+        // The node is in MAINTENANCE and its VMs shut off (live updates).
+        b.find(Locator::Css("#job-facts a[href='/stacks/node1']"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_text(b, "#node-badges", "MAINTENANCE", 10).await;
+        wait_text(b, "#system-vms-body", "SHUTOFF", 20).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let t = format!(
+                "{}{}",
+                text(b, "#user-vms-body").await,
+                text(b, "#system-vms-body").await
+            );
+            if !t.contains("RUNNING") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "VMs still running: {t}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        // Enable: the dialog says what restarts; then everything runs again.
+        open_action(b, "#action-enable").await;
+        let restart = text(b, "#enable-restart").await;
+        for vm in ["cs1-vfw", "cs2-vfw", "vm-a", "vm-b"] {
+            assert!(restart.contains(vm), "{vm}: {restart}");
+        }
+        assert!(!restart.contains("tenant-off"));
+        shot(b, "stack-details-enable-dialog.png").await;
+        b.find(Locator::Css("#enable-submit"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let end = wait_job_end(b, 60).await;
+        assert!(end.contains("SUCCEEDED"), "{end}");
+        b.goto(&format!("{base}/stacks/node1")).await.unwrap();
+        wait_text(b, "#node-badges", "ENABLED", 10).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let t = text(b, "#system-vms-body").await;
+            let u = text(b, "#user-vms-body").await;
+            if !t.contains("SHUTOFF") && u.matches("RUNNING").count() == 2 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "VMs not restarted: {t} {u}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        shot(b, "stack-details.png").await;
+
+        // Virtual Machines filtered on the firewalls: one click.
+        b.find(Locator::LinkText("Virtual Machines"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        b.find(Locator::Css("#q-vfw"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_text(b, "#vm-count", "3 VMs", 10).await;
+        let t = text(b, "#vms").await;
+        assert!(
+            t.contains("cs1-vfw") && t.contains("cs3-vfw") && !t.contains("vm-a"),
+            "{t}"
+        );
+        shot(b, "vms-vfw.png").await;
+
+        // Cloudspace with Move VFW.
+        b.find(Locator::LinkText("cs3"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_text(b, "#vfw-node", "node2", 10).await;
+        shot(b, "cloudspace.png").await;
+
+        // Move All on node2: the test driver cannot migrate; the job view
+        // still reaches its end, with the report of what was not moved.
+        b.goto(&format!("{base}/stacks/node2")).await.unwrap();
+        open_action(b, "#action-maintenance").await;
+        b.find(Locator::Css("#maint-submit"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let end = wait_job_end(b, 120).await;
+        assert!(end.contains("FAILED"), "{end}");
+        let report = text(b, "#report-not-done").await;
+        assert!(
+            report.contains("vm-c") && report.contains("cs3-vfw"),
+            "{report}"
+        );
+        shot(b, "job-view-move-all-failed.png").await;
+
+        // Jobs: all three, with their users.
+        b.find(Locator::LinkText("Jobs"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let t = text(b, "#jobs").await;
+        assert_eq!(t.matches("alice").count(), 3, "{t}");
+        shot(b, "jobs.png").await;
+    }
+}
