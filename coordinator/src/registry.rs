@@ -122,6 +122,14 @@ impl Registry {
                     .map(move |d| (n.clone(), d.clone()))
             })
             .collect();
+        // Mid-migration the destination holds a paused incoming copy; the
+        // VM is the one that is not migrating.
+        let settled: Vec<_> = hits
+            .iter()
+            .filter(|(_, d)| d.state != nodemaint_proto::model::VmState::Migrating)
+            .cloned()
+            .collect();
+        let hits = if settled.len() == 1 { settled } else { hits };
         hits.into_iter()
             .map(|(n, d)| (self.with_seen(n), d))
             .collect()

@@ -391,10 +391,23 @@ impl Agent {
             },
             Cmd::Migrate(m) => self.migrate(&cmd, &m).await,
             Cmd::Define(d) => self.define(&d).await,
-            Cmd::RunHook(h) => match self.hooks.as_ref().and_then(|f| f(&h)) {
-                Some(r) => r,
-                None => crate::hook::run(&h).await,
-            },
+            Cmd::RunHook(h) => {
+                // In-process hooks may block (a simulated reboot sleeps).
+                let handled = match self.hooks.clone() {
+                    Some(f) => {
+                        let h = h.clone();
+                        tokio::task::spawn_blocking(move || f(&h))
+                            .await
+                            .ok()
+                            .flatten()
+                    }
+                    None => None,
+                };
+                match handled {
+                    Some(r) => r,
+                    None => crate::hook::run(&h).await,
+                }
+            }
             Cmd::RunChecks(rc) => self.checks(&cmd.op_id, rc.start_failed).await,
         };
         result.command_id = id.clone();

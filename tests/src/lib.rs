@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod lab;
+
 pub use tempfile::TempDir;
 
 /// Path of a workspace binary (`coordinator`, `node-agent`).

@@ -102,6 +102,13 @@ fn vm_state(s: DomainState) -> VmState {
 
 fn describe(dom: &Domain) -> Result<Vm, VirtError> {
     let info = dom.info()?;
+    // The incoming side of a live migration is a paused copy: report it as
+    // MIGRATING, so nobody takes it for a second running instance.
+    let incoming = matches!(
+        dom.state(),
+        Ok((_, virt::enumutil::Enum::Known(virt::domain::DomainStateReason::Paused(r))))
+            if r.is(virt::domain::DomainPausedReason::Migration)
+    );
     let meta = dom
         .metadata(
             sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
@@ -116,7 +123,11 @@ fn describe(dom: &Domain) -> Result<Vm, VirtError> {
         kind: meta.kind,
         cloudspace: meta.cloudspace,
         anti_affinity: meta.anti_affinity,
-        state: vm_state(info.state.known().unwrap_or(DomainState::NoState)),
+        state: if incoming {
+            VmState::Migrating
+        } else {
+            vm_state(info.state.known().unwrap_or(DomainState::NoState))
+        },
         vcpus: info.nr_virt_cpu,
         memory_mib: info.max_mem / 1024,
         persistent: dom.is_persistent().unwrap_or(false),
@@ -221,6 +232,7 @@ impl Hypervisor for LibvirtHypervisor {
         });
         let started = Instant::now();
         let mut last_sample = started;
+        let mut total_seen = 0u64;
         let mut aborted = false;
         while !worker.is_finished() {
             std::thread::sleep(Duration::from_millis(50));
@@ -240,6 +252,7 @@ impl Hypervisor for LibvirtHypervisor {
                 let processed = stats.data_processed.unwrap_or(0);
                 let remaining = stats.data_remaining.unwrap_or(0);
                 if total > 0 {
+                    total_seen = total;
                     progress(MigrateProgress {
                         percent: (processed as f64 * 100.0 / total as f64).min(100.0),
                         bytes_processed: processed,
@@ -255,7 +268,8 @@ impl Hypervisor for LibvirtHypervisor {
             Ok(()) => {
                 progress(MigrateProgress {
                     percent: 100.0,
-                    ..Default::default()
+                    bytes_processed: total_seen,
+                    bytes_remaining: 0,
                 });
                 Ok(())
             }

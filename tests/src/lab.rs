@@ -1,0 +1,281 @@
+//! The lab from tests: `deploy/lab up` with a suite-specific directory,
+//! prefix, subnet and NATS port, torn down (`deploy/lab down`, by pid) when
+//! the guard drops, also when a test panics. Each suite shares one lab.
+//!
+//! Lab suites need root and KVM (or TCG). Outside CI they skip with a
+//! printed reason when they can't run; under `CI=true` they fail instead.
+
+use crate::{in_ci, wait_for};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn lab_script() -> PathBuf {
+    repo().join("deploy/lab")
+}
+
+/// Why the lab cannot run here, if it can't.
+fn missing_requirement() -> Option<String> {
+    let uid = Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Some("lab tests need root".into());
+    }
+    for tool in [
+        "ip",
+        "virsh",
+        "libvirtd",
+        "qemu-system-x86_64",
+        "nats-server",
+        "unshare",
+        "nsenter",
+    ] {
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            return Some(format!("lab tests need {tool} (run deploy/setup.sh)"));
+        }
+    }
+    None
+}
+
+pub struct Lab {
+    pub name: String,
+    pub env: Vec<(String, String)>,
+    pub nats_url: String,
+    pub nodes: usize,
+    up: bool,
+}
+
+impl Lab {
+    /// Brings up a lab of `nodes` nodes, or `None` when lab tests must skip.
+    /// `index` (1..=9) keeps suites' subnets and ports apart.
+    pub fn up(
+        name: &str,
+        index: u8,
+        nodes: usize,
+        vms_per_node: usize,
+        cloudspaces: usize,
+        extra_env: &[(&str, &str)],
+    ) -> Option<Lab> {
+        if let Some(why) = missing_requirement() {
+            if in_ci() {
+                panic!("lab suite {name} cannot run under CI: {why}");
+            }
+            eprintln!("SKIPPED lab suite {name}: {why}");
+            return None;
+        }
+        let subnet = format!("10.79.{index}");
+        let port = 4400 + u16::from(index);
+        let mut env: Vec<(String, String)> = vec![
+            ("LAB_DIR".into(), format!("/run/nodemaint-test-{name}")),
+            ("LAB_PREFIX".into(), format!("nmt{index}")),
+            ("LAB_SUBNET".into(), subnet.clone()),
+            ("LAB_NATS_PORT".into(), port.to_string()),
+            (
+                "LAB_CAPS_CACHE".into(),
+                "/var/cache/nodemaint-lab-caps".into(),
+            ),
+        ];
+        env.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let lab = Lab {
+            name: name.into(),
+            env,
+            nats_url: format!("nats://{subnet}.1:{port}"),
+            nodes,
+            up: true,
+        };
+        // A lab left over by a killed run of this suite: take it down first.
+        let _ = lab.lab(&["down"]);
+        let out = lab.lab(&[
+            "up",
+            "--nodes",
+            &nodes.to_string(),
+            "--vms-per-node",
+            &vms_per_node.to_string(),
+            "--cloudspaces",
+            &cloudspaces.to_string(),
+        ]);
+        if !out.status.success() {
+            panic!(
+                "lab up failed:\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        lab.wait_consistent();
+        Some(lab)
+    }
+
+    /// Runs `deploy/lab ARGS` with this lab's environment.
+    pub fn lab(&self, args: &[&str]) -> Output {
+        Command::new(lab_script())
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run deploy/lab")
+    }
+
+    pub fn lab_ok(&self, args: &[&str]) -> String {
+        let out = self.lab(args);
+        assert!(
+            out.status.success(),
+            "deploy/lab {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn node_names(&self) -> Vec<String> {
+        (1..=self.nodes).map(|i| format!("node{i}")).collect()
+    }
+
+    /// The coordinator CLI as `user` (lab users: operator Level2, admin
+    /// Level3, viewer Level1).
+    pub fn cli(&self, user: &str, args: &[&str]) -> Output {
+        Command::new(crate::bin("coordinator"))
+            .args(args)
+            .env("NATS_URL", &self.nats_url)
+            .env("NODEMAINT_USER", user)
+            .output()
+            .expect("run coordinator")
+    }
+
+    pub fn cli_json(&self, user: &str, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["--output", "json"]);
+        let out = self.cli(user, &all);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    /// libvirt's own view of a node: domain name → state (`running`, `shut off`, …).
+    pub fn domains(&self, node: &str) -> BTreeMap<String, String> {
+        let out = self.lab_ok(&["virsh", node, "list", "--all"]);
+        out.lines()
+            .skip(2)
+            .filter_map(|l| {
+                let mut cols = l.split_whitespace();
+                let _id = cols.next()?;
+                let name = cols.next()?.to_string();
+                let state = cols.collect::<Vec<_>>().join(" ");
+                Some((name, state))
+            })
+            .collect()
+    }
+
+    /// Every VM as libvirt sees it: name → [(node, state)].
+    pub fn placements(&self) -> BTreeMap<String, Vec<(String, String)>> {
+        let mut all: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        for node in self.node_names() {
+            for (vm, state) in self.domains(&node) {
+                all.entry(vm).or_default().push((node.clone(), state));
+            }
+        }
+        all
+    }
+
+    /// Invariants 1 and 2 on libvirt's own state: each expected VM is
+    /// defined on exactly one node (so it runs on at most one).
+    pub fn assert_each_vm_once(&self, expected: &[String]) -> BTreeMap<String, (String, String)> {
+        let all = self.placements();
+        let mut out = BTreeMap::new();
+        for vm in expected {
+            let places = all
+                .get(vm)
+                .unwrap_or_else(|| panic!("VM {vm} lost: {all:?}"));
+            assert_eq!(
+                places.len(),
+                1,
+                "VM {vm} defined on several nodes: {places:?}"
+            );
+            out.insert(vm.clone(), places[0].clone());
+        }
+        assert_eq!(all.len(), expected.len(), "unexpected VMs: {all:?}");
+        out
+    }
+
+    pub fn vm_names(&self) -> Vec<String> {
+        self.placements().into_keys().collect()
+    }
+
+    /// Waits until the coordinator's view of every node matches libvirt's.
+    pub fn wait_consistent(&self) {
+        wait_for(
+            Duration::from_secs(60),
+            "coordinator's inventory to match libvirt",
+            || {
+                let out = self.cli("viewer", &["vm", "list", "--output", "json"]);
+                let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) else {
+                    return false;
+                };
+                let mut seen: BTreeMap<String, (String, String)> = BTreeMap::new();
+                for vm in v.as_array().into_iter().flatten() {
+                    seen.insert(
+                        vm["name"].as_str().unwrap_or_default().into(),
+                        (
+                            vm["node"].as_str().unwrap_or_default().into(),
+                            vm["state"].as_str().unwrap_or_default().to_lowercase(),
+                        ),
+                    );
+                }
+                let truth: BTreeMap<String, (String, String)> = self
+                    .placements()
+                    .into_iter()
+                    .filter_map(|(vm, p)| (p.len() == 1).then(|| (vm, p[0].clone())))
+                    .map(|(vm, (n, s))| (vm, (n, s.replace("shut off", "shutoff"))))
+                    .collect();
+                seen == truth
+            },
+        );
+    }
+
+    pub fn pid_of_coordinator(&self) -> Option<u32> {
+        let dir = &self.env.iter().find(|(k, _)| k == "LAB_DIR").unwrap().1;
+        std::fs::read_to_string(Path::new(dir).join("coordinator.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    pub fn down(&mut self) {
+        if self.up {
+            let out = self.lab(&["down"]);
+            if !out.status.success() {
+                eprintln!("lab down failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            self.up = false;
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// Prints a step name, so a failing suite says how far it got.
+pub fn step(name: &str) {
+    eprintln!("--- step: {name}");
+}

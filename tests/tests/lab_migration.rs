@@ -1,0 +1,160 @@
+//! Lab suite: live migration through the agents on real QEMU/KVM nodes
+//! (`vm move`, `vfw move`), checked against each node's own libvirtd.
+
+use nodemaint_tests::lab::{step, Lab};
+use nodemaint_tests::{stderr, stdout};
+use serde_json::Value;
+
+fn json_lines(out: &std::process::Output) -> Vec<Value> {
+    stdout(out)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn lab_migration_suite() {
+    let Some(lab) = Lab::up("migration", 1, 3, 2, 2, &[]) else {
+        return;
+    };
+    let all = lab.vm_names();
+    assert_eq!(all.len(), 3 * 2 + 2, "{all:?}");
+
+    step("the coordinator shows what each libvirtd holds, VFWs marked");
+    let vfws = lab.cli_json("viewer", &["vfw", "list"]);
+    for v in vfws.as_array().unwrap() {
+        let node = v["node"].as_str().unwrap();
+        let name = v["name"].as_str().unwrap();
+        assert_eq!(
+            lab.domains(node).get(name).map(String::as_str),
+            Some("running"),
+            "{v}"
+        );
+    }
+
+    step("vm move with live progress: the VM runs on the destination only, persistent there");
+    let out = lab.cli(
+        "operator",
+        &[
+            "vm",
+            "move",
+            "node1-vm1",
+            "--to",
+            "node2",
+            "--max-speed",
+            "8",
+            "--output",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&out);
+    let percents: Vec<f64> = lines
+        .iter()
+        .filter(|l| l["kind"] == "progress")
+        .map(|l| l["body"]["percent"].as_f64().unwrap())
+        .collect();
+    assert!(
+        percents.len() >= 3,
+        "throttled to 8 MiB/s, a 64 MiB guest reports progress several times: {percents:?}"
+    );
+    assert!(
+        percents.windows(2).all(|w| w[0] <= w[1]),
+        "progress in order, increasing: {percents:?}"
+    );
+    assert_eq!(*percents.last().unwrap(), 100.0);
+    let result = lines.iter().find(|l| l["kind"] == "result").unwrap();
+    assert_eq!(
+        result["body"]["vm_node"], "node2",
+        "the result says where the VM runs"
+    );
+    assert_eq!(
+        lab.domains("node2").get("node1-vm1").map(String::as_str),
+        Some("running")
+    );
+    assert!(
+        !lab.domains("node1").contains_key("node1-vm1"),
+        "undefined on the source"
+    );
+    let info = lab.lab_ok(&["virsh", "node2", "dominfo", "node1-vm1"]);
+    assert!(
+        info.lines()
+            .any(|l| l.starts_with("Persistent:") && l.ends_with("yes")),
+        "{info}"
+    );
+    lab.assert_each_vm_once(&all);
+    lab.wait_consistent();
+
+    step("a move that times out is aborted and leaves the VM running on its source only");
+    let out = lab.cli(
+        "operator",
+        &[
+            "vm",
+            "move",
+            "node2-vm1",
+            "--to",
+            "node3",
+            "--max-speed",
+            "2",
+            "--timeout",
+            "3",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("TIMEOUT") && stderr(&out).contains("still runs on the source"),
+        "{}",
+        stderr(&out)
+    );
+    let placed = lab.assert_each_vm_once(&all);
+    assert_eq!(
+        placed["node2-vm1"],
+        ("node2".to_string(), "running".to_string())
+    );
+    lab.wait_consistent();
+
+    step("refused moves change nothing");
+    let before = lab.placements();
+    for (args, want) in [
+        (
+            vec!["vm", "move", "node3-vm1", "--to", "nope"],
+            "unknown node",
+        ),
+        (
+            vec!["vm", "move", "node3-vm1", "--to", "node3"],
+            "already runs on node3",
+        ),
+        (vec!["vm", "move", "ghost", "--to", "node1"], "unknown VM"),
+    ] {
+        let out = lab.cli("operator", &args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
+    }
+    let out = lab.cli("viewer", &["vm", "move", "node3-vm1", "--to", "node1"]);
+    assert!(
+        stderr(&out).contains("Level2 or Level3"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(lab.placements(), before);
+
+    step("vfw move puts a cloudspace's firewall on the chosen node");
+    let vfws = lab.cli_json("viewer", &["vfw", "list"]);
+    let cs1 = vfws
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["cloudspace"] == "cs1")
+        .unwrap()
+        .clone();
+    let from = cs1["node"].as_str().unwrap();
+    let to = if from == "node3" { "node1" } else { "node3" };
+    let out = lab.cli("admin", &["vfw", "move", "cs1", "--to", to]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        lab.domains(to).get("cs1-vfw").map(String::as_str),
+        Some("running")
+    );
+    lab.assert_each_vm_once(&all);
+    lab.wait_consistent();
+}
