@@ -190,8 +190,11 @@ impl Coordinator {
         result
     }
 
-    /// After a restart: re-sends the job's unfinished commands with their
-    /// original ids and waits for their results.
+    /// After a restart: settles the job's unfinished commands. The agent's
+    /// results bucket says what happened: a recorded result is taken as is,
+    /// a command still executing is waited for, and a command the agent never
+    /// claimed is re-sent with its original id (under a new message id, as
+    /// JetStream would drop a same-id resend inside its duplicate window).
     pub async fn finish_unfinished_commands(
         &self,
         job: &Job,
@@ -203,13 +206,66 @@ impl Coordinator {
             else {
                 continue;
             };
-            tracing::info!(job = %job.id, cmd = %cmd.id, vm = %rec.vm, "re-sending unfinished command after restart");
             let wait =
                 self.command_wait(cmd.kind.as_ref().expect("journaled commands have a kind"));
-            let r = self.send_and_await(&job.id, &rec.node, &cmd, wait).await;
+            let r = self.settle(&rec.node, &cmd, wait).await;
+            let (id, ok, msg) = (cmd.id.clone(), r.ok, describe(&r));
+            tracing::info!(job = %job.id, cmd = %cmd.id, vm = %rec.vm, ok, "settled a command left unfinished by the restart");
+            self.update_job(&job.id, |j| {
+                if let Some(c) = j.commands.iter_mut().find(|c| c.id == id) {
+                    c.ok = Some(ok);
+                    c.message = Some(msg.clone());
+                }
+            })
+            .await;
             out.push((rec.clone(), r));
         }
         out
+    }
+
+    async fn settle(
+        &self,
+        node: &str,
+        cmd: &pb::AgentCommand,
+        wait: Duration,
+    ) -> pb::CommandResult {
+        let key = format!("{node}.{}", cmd.id);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut resent = false;
+        loop {
+            match self.agent_results.get(&key).await {
+                Ok(Some(v)) if v.first() == Some(&b'R') => {
+                    return pb::CommandResult::decode(&v[1..]).unwrap_or_else(|e| {
+                        failed(Code::Internal, format!("unreadable recorded result: {e}"))
+                    });
+                }
+                Ok(Some(_)) => {} // claimed: the agent is executing it
+                Ok(None) if !resent => {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert("Nats-Msg-Id", format!("{}.resend", cmd.id).as_str());
+                    let sent = self
+                        .js
+                        .publish_with_headers(
+                            self.subjects.agent_cmd(node),
+                            headers,
+                            cmd.encode_to_vec().into(),
+                        )
+                        .await;
+                    resent = sent.is_ok();
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() > deadline {
+                return failed(
+                    Code::Timeout,
+                    format!(
+                        "no result from node {node} within {} s after the restart",
+                        wait.as_secs()
+                    ),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Waits until `node` heartbeats after `since_ms`, so its inventory is
@@ -369,16 +425,9 @@ async fn drain(c: Arc<Coordinator>, job: Job, resumed: bool) {
     let node = job.node.clone().unwrap_or_default();
     let mut report = Report::default();
     if resumed {
-        for (rec, r) in c.finish_unfinished_commands(&job).await {
-            let line = ReportLine {
-                vm: rec.vm.clone(),
-                detail: describe(&r),
-            };
-            if r.ok {
-                report.done.push(line)
-            } else {
-                report.not_done.push(line)
-            }
+        c.finish_unfinished_commands(&job).await;
+        if let Some(j) = c.get_job(&job.id).await {
+            report = journal_report(&j, "migrate");
         }
         c.wait_fresh(&node, nodemaint_proto::now_ms()).await;
     }
@@ -543,16 +592,9 @@ async fn stop_all(c: Arc<Coordinator>, job: Job, resumed: bool) {
     let node = job.node.clone().unwrap_or_default();
     let mut report = Report::default();
     if resumed {
-        for (rec, r) in c.finish_unfinished_commands(&job).await {
-            let line = ReportLine {
-                vm: rec.vm.clone(),
-                detail: describe(&r),
-            };
-            if r.ok {
-                report.done.push(line)
-            } else {
-                report.not_done.push(line)
-            }
+        c.finish_unfinished_commands(&job).await;
+        if let Some(j) = c.get_job(&job.id).await {
+            report = journal_report(&j, "stop");
         }
         c.wait_fresh(&node, nodemaint_proto::now_ms()).await;
     }
@@ -786,6 +828,35 @@ async fn start_stopped(c: Arc<Coordinator>, job: Job, resumed: bool) {
         .await;
 }
 
+/// What a job's journal says it did with `action` commands before a
+/// restart: each VM's last such command decides (a retried move that
+/// succeeded counts as done).
+pub fn journal_report(job: &Job, action: &str) -> Report {
+    let mut last: Vec<(String, bool, String)> = Vec::new();
+    for c in job
+        .commands
+        .iter()
+        .filter(|c| c.action == action && c.ok.is_some())
+    {
+        let detail = match (&c.to, c.ok) {
+            (Some(to), Some(true)) => format!("moved to {to}"),
+            _ => c.message.clone().unwrap_or_default(),
+        };
+        last.retain(|(vm, _, _)| vm != &c.vm);
+        last.push((c.vm.clone(), c.ok == Some(true), detail));
+    }
+    let mut report = Report::default();
+    for (vm, ok, detail) in last {
+        let line = ReportLine { vm, detail };
+        if ok {
+            report.done.push(line)
+        } else {
+            report.not_done.push(line)
+        }
+    }
+    report
+}
+
 /// Names of the node's shut-off VMs, VFWs first.
 pub fn shut_off(rec: &NodeRecord) -> Vec<String> {
     let mut v: Vec<_> = rec
@@ -837,5 +908,69 @@ pub async fn resume_jobs(c: Arc<Coordinator>) {
         )
         .await;
         spawn(c.clone(), job, true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(vm: &str, action: &str, to: Option<&str>, ok: Option<bool>) -> CommandRecord {
+        CommandRecord {
+            id: format!("{vm}-{to:?}"),
+            node: "n1".into(),
+            vm: vm.into(),
+            action: action.into(),
+            to: to.map(str::to_string),
+            payload: String::new(),
+            ok,
+            message: Some("boom".into()),
+        }
+    }
+
+    #[test]
+    fn journal_report_takes_each_vms_last_outcome() {
+        let mut job = Job::new("maintenance.start", "u", Some("n1"), serde_json::json!({}));
+        job.commands = vec![
+            cmd("a", "migrate", Some("n2"), Some(false)),
+            cmd("a", "migrate", Some("n3"), Some(true)),
+            cmd("b", "migrate", Some("n2"), Some(false)),
+            cmd("c", "migrate", Some("n2"), None),
+            cmd("d", "stop", None, Some(true)),
+        ];
+        let r = journal_report(&job, "migrate");
+        assert_eq!(
+            r.done,
+            vec![ReportLine {
+                vm: "a".into(),
+                detail: "moved to n3".into()
+            }]
+        );
+        assert_eq!(
+            r.not_done,
+            vec![ReportLine {
+                vm: "b".into(),
+                detail: "boom".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn shut_off_lists_vfws_first() {
+        let vm = |name: &str, kind, state| nodemaint_proto::model::Vm {
+            name: name.into(),
+            kind,
+            state,
+            ..Default::default()
+        };
+        let rec = NodeRecord {
+            domains: vec![
+                vm("a", VmKind::User, VmState::Shutoff),
+                vm("z-vfw", VmKind::Vfw, VmState::Shutoff),
+                vm("b", VmKind::User, VmState::Running),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(shut_off(&rec), ["z-vfw", "a"]);
     }
 }

@@ -28,6 +28,9 @@ pub struct Coordinator {
     pub subjects: Subjects,
     pub registry: Registry,
     pub jobs: kv::Store,
+    /// Agents' record of executed command ids: the truth about a command
+    /// whose result a restarted coordinator did not see.
+    pub agent_results: kv::Store,
     /// True while this coordinator holds the leader lease: only the leader
     /// changes the fleet (the portal checks it too).
     pub leader: std::sync::atomic::AtomicBool,
@@ -64,6 +67,14 @@ impl Coordinator {
         let jobs = bus::bucket(&js, &subjects.jobs_bucket(), 1, Duration::ZERO)
             .await
             .map_err(|err| e("jobs bucket", err))?;
+        let agent_results = bus::bucket(
+            &js,
+            &subjects.agent_results_bucket(),
+            1,
+            Duration::from_secs(7 * 24 * 3600),
+        )
+        .await
+        .map_err(|err| e("agent results bucket", err))?;
         let registry = Registry::open(nodes)
             .await
             .map_err(|err| e("registry", err))?;
@@ -75,6 +86,7 @@ impl Coordinator {
             subjects,
             registry,
             jobs,
+            agent_results,
             slots: crate::executor::MigrationSlots::new(cfg_limits),
             leader: Default::default(),
             waiters: Default::default(),

@@ -214,6 +214,19 @@ impl Lab {
         out
     }
 
+    /// While migrations run: every VM present, running on at most one node
+    /// (the incoming copy of a live migration is paused until switch-over).
+    pub fn assert_none_lost_or_doubled(&self, expected: &[String]) {
+        let all = self.placements();
+        for vm in expected {
+            let places = all
+                .get(vm)
+                .unwrap_or_else(|| panic!("VM {vm} lost: {all:?}"));
+            let running = places.iter().filter(|(_, s)| s == "running").count();
+            assert!(running <= 1, "VM {vm} runs on two nodes: {places:?}");
+        }
+    }
+
     pub fn vm_names(&self) -> Vec<String> {
         self.placements().into_keys().collect()
     }
