@@ -718,6 +718,22 @@ impl Recorder {
             tokio::spawn(async move {
                 while let Some(m) = sub.next().await {
                     let at = Instant::now();
+                    // Agent commands (a core subscription sees what the
+                    // coordinator publishes into the commands stream) are
+                    // recorded as body-less events of node CMD_SEEN.
+                    if m.subject.contains(".agent.") {
+                        if let Ok(c) = nodemaint_proto::decode::<pb::AgentCommand>(&m.payload) {
+                            let ev = pb::Event {
+                                node: CMD_SEEN.into(),
+                                ts_ms: nodemaint_proto::now_ms(),
+                                op_id: c.op_id,
+                                body: None,
+                            };
+                            r2.seen.lock().unwrap().push(Seen { at, ev });
+                            r2.notify.notify_waiters();
+                        }
+                        continue;
+                    }
                     if let Ok(ev) = nodemaint_proto::decode::<pb::Event>(&m.payload) {
                         r2.seen.lock().unwrap().push(Seen { at, ev });
                         r2.notify.notify_waiters();
@@ -757,6 +773,13 @@ impl Recorder {
             let _ = tokio::time::timeout(Duration::from_millis(5), self.notify.notified()).await;
         }
     }
+}
+
+/// Node name of recorded agent commands (see [`Recorder::start`]).
+const CMD_SEEN: &str = "<command>";
+
+fn is_command(ev: &pb::Event, op: &str) -> bool {
+    ev.op_id == op && ev.node == CMD_SEEN
 }
 
 fn is_result(ev: &pb::Event, op: &str) -> bool {
@@ -1591,6 +1614,10 @@ struct LatencyResult {
     accept: Vec<f64>,
     result: Vec<f64>,
     job_end: Vec<f64>,
+    /// Request -> the agent command seen on the bus (accept + executor).
+    command: Vec<f64>,
+    /// The agent's own command duration (execute only).
+    agent: Vec<f64>,
     refused_retries: usize,
 }
 
@@ -1636,6 +1663,7 @@ async fn latency_at(agents: usize, ops: usize) -> Result<LatencyResult> {
             api.s.events_filter(None, Some(EventKind::Result)),
             api.s
                 .events_filter(Some(COORDINATOR_NODE), Some(EventKind::Job)),
+            api.s.agent_cmd_all(),
         ],
     )
     .await?;
@@ -1645,6 +1673,7 @@ async fn latency_at(agents: usize, ops: usize) -> Result<LatencyResult> {
     let mut last_touched: Vec<Option<usize>> = vec![None; agents];
     let cool = 20.min(agents / 2);
     let (mut floor, mut accept, mut result, mut job_end) = (vec![], vec![], vec![], vec![]);
+    let (mut command, mut agent) = (vec![], vec![]);
     let mut retries = 0;
     let warmup = 10;
     let mut i = 0;
@@ -1699,12 +1728,19 @@ async fn latency_at(agents: usize, ops: usize) -> Result<LatencyResult> {
             .wait(|e| is_terminal_job(e, &op), Duration::from_secs(30))
             .await
             .ok_or_else(|| anyhow!("no job end for {vm} ({op}) within 30 s"))?;
+        let cmd = rec.find(|e| is_command(e, &op));
+        let mut agent_ms = f64::NAN;
         if let Some(Body::Result(r)) = &res.ev.body {
             if !r.ok {
                 bail!("{vm}: command failed: {r:?}");
             }
+            agent_ms = r.duration_ms as f64;
         }
         if counted {
+            if let Some(c) = cmd {
+                command.push(ms(c.at.saturating_duration_since(t0)));
+            }
+            agent.push(agent_ms);
             floor.push(f);
             accept.push(ms(t_acc));
             result.push(ms(res.at.saturating_duration_since(t0)));
@@ -1726,6 +1762,8 @@ async fn latency_at(agents: usize, ops: usize) -> Result<LatencyResult> {
         accept,
         result,
         job_end,
+        command,
+        agent,
         refused_retries: retries,
     })
 }
