@@ -729,7 +729,8 @@ async fn check_node(c: &Arc<Coordinator>, user: &str, r: &pb::CheckNode) -> Resu
 }
 
 async fn start_rolling(c: &Arc<Coordinator>, user: &str, r: &pb::StartRolling) -> Result<Reply> {
-    if r.reboot_command.is_empty() == !r.wait_for_continue {
+    // Exactly one of the two.
+    if r.reboot_command.is_empty() != r.wait_for_continue {
         return refuse(
             Code::InvalidArgument,
             "give either --reboot-command CMD (run by each node's agent, {node} is replaced) or --wait-for-continue",

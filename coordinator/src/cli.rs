@@ -1318,29 +1318,6 @@ async fn job_watch(cli: &Cli, c: &Client, id: &str) -> CliResult {
     follow_job(cli, c, id, 0).await
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn since_parses_units() {
-        assert_eq!(parse_since("10m").unwrap(), Some(Duration::from_secs(600)));
-        assert_eq!(parse_since("2h").unwrap(), Some(Duration::from_secs(7200)));
-        assert_eq!(parse_since("all").unwrap(), None);
-        assert!(parse_since("ten").is_err());
-        assert!(parse_since("5y")
-            .unwrap_err()
-            .to_string()
-            .contains("unknown unit"));
-    }
-
-    #[test]
-    fn cli_definition_is_consistent() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
-    }
-}
-
 async fn wait_rebooted(
     cli: &Cli,
     c: &Client,
@@ -1506,4 +1483,27 @@ async fn rolling_show(cli: &Cli, c: &Client, id: &str) -> CliResult {
         println!("Outcome: {o}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_parses_units() {
+        assert_eq!(parse_since("10m").unwrap(), Some(Duration::from_secs(600)));
+        assert_eq!(parse_since("2h").unwrap(), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_since("all").unwrap(), None);
+        assert!(parse_since("ten").is_err());
+        assert!(parse_since("5y")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown unit"));
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

@@ -568,19 +568,10 @@ async fn drain(c: Arc<Coordinator>, job: Job, resumed: bool) {
             "{node} partly drained: {} moved, {} not moved ({}); the node stays in maintenance",
             report.done.len(),
             report.not_done.len(),
-            report
-                .not_done
-                .iter()
-                .map(|l| l.vm.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            report.not_done_names()
         )
     };
-    let state = if report.not_done.is_empty() {
-        JobState::Succeeded
-    } else {
-        JobState::Failed
-    };
+    let state = report.state();
     c.finish_job_with(&job.id, state, outcome, Some(report))
         .await;
 }
@@ -677,19 +668,10 @@ async fn stop_all(c: Arc<Coordinator>, job: Job, resumed: bool) {
             "{node}: {} stopped, {} still running ({}); the node stays in maintenance",
             report.done.len(),
             report.not_done.len(),
-            report
-                .not_done
-                .iter()
-                .map(|l| l.vm.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            report.not_done_names()
         )
     };
-    let state = if report.not_done.is_empty() {
-        JobState::Succeeded
-    } else {
-        JobState::Failed
-    };
+    let state = report.state();
     c.finish_job_with(&job.id, state, outcome, Some(report))
         .await;
 }
@@ -786,19 +768,10 @@ async fn enable(c: Arc<Coordinator>, job: Job, resumed: bool) {
         format!(
             "{node} enabled, but {} VMs did not start ({}); they stay recorded",
             report.not_done.len(),
-            report
-                .not_done
-                .iter()
-                .map(|l| l.vm.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            report.not_done_names()
         )
     };
-    let state = if report.not_done.is_empty() {
-        JobState::Succeeded
-    } else {
-        JobState::Failed
-    };
+    let state = report.state();
     c.finish_job_with(&job.id, state, outcome, Some(report))
         .await;
 }
@@ -814,11 +787,7 @@ async fn start_stopped(c: Arc<Coordinator>, job: Job, resumed: bool) {
     let names = shut_off(&c.registry.get(&node).unwrap_or_default());
     start_vms(&c, &job, &node, names, &mut report, true).await;
     c.release_node(&node, &job.id).await;
-    let state = if report.not_done.is_empty() {
-        JobState::Succeeded
-    } else {
-        JobState::Failed
-    };
+    let state = report.state();
     let outcome = format!(
         "{node}: {} started, {} failed",
         report.done.len(),

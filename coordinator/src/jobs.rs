@@ -90,6 +90,23 @@ pub struct Report {
     pub not_done: Vec<ReportLine>,
 }
 
+impl Report {
+    /// Succeeded when everything was done.
+    pub fn state(&self) -> JobState {
+        if self.not_done.is_empty() {
+            JobState::Succeeded
+        } else {
+            JobState::Failed
+        }
+    }
+
+    /// The VMs not done, for an outcome line.
+    pub fn not_done_names(&self) -> String {
+        let names: Vec<&str> = self.not_done.iter().map(|l| l.vm.as_str()).collect();
+        names.join(", ")
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReportLine {
     pub vm: String,

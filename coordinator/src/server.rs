@@ -8,7 +8,6 @@
 
 use crate::config::CoordinatorConfig;
 use crate::registry::{self, Registry};
-use anyhow::Context as _;
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 use nodemaint_proto::bus;
@@ -42,13 +41,9 @@ pub struct Coordinator {
 
 /// Connects to NATS within 5 s, naming the URL when it can't.
 pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
-    let opts = async_nats::ConnectOptions::new()
-        .name(name)
-        .connection_timeout(Duration::from_secs(5));
-    tokio::time::timeout(Duration::from_secs(6), opts.connect(url))
+    bus::connect(url, name)
         .await
-        .map_err(|_| anyhow::anyhow!("NATS server at {url} not reachable within 5 s"))?
-        .with_context(|| format!("cannot connect to NATS at {url}"))
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 impl Coordinator {

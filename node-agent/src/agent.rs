@@ -9,7 +9,6 @@
 
 use crate::config::AgentConfig;
 use crate::hypervisor::{HvError, Hypervisor, MigrateTarget, StopOutcome};
-use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, kv};
 use futures::StreamExt;
 use nodemaint_proto::bus;
@@ -56,13 +55,9 @@ struct InventoryState {
 
 /// Connects to NATS within 5 s, naming the URL when it can't.
 pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
-    let opts = async_nats::ConnectOptions::new()
-        .name(name)
-        .connection_timeout(Duration::from_secs(5));
-    tokio::time::timeout(Duration::from_secs(6), opts.connect(url))
+    bus::connect(url, name)
         .await
-        .map_err(|_| anyhow::anyhow!("NATS server at {url} not reachable within 5 s"))?
-        .with_context(|| format!("cannot connect to NATS at {url}"))
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Runs the agent until `shutdown` completes.

@@ -11,6 +11,18 @@ use std::time::Duration;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Connects to NATS within 5 s; the error names the URL.
+pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, BoxError> {
+    let opts = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(5));
+    match tokio::time::timeout(Duration::from_secs(6), opts.connect(url)).await {
+        Err(_) => Err(format!("NATS server at {url} not reachable within 5 s").into()),
+        Ok(Err(e)) => Err(format!("cannot connect to NATS at {url}: {e}").into()),
+        Ok(Ok(c)) => Ok(c),
+    }
+}
+
 /// Creates (or checks) the commands and events streams.
 pub async fn ensure_streams(js: &jetstream::Context, s: &Subjects) -> Result<(), BoxError> {
     js.get_or_create_stream(stream::Config {

@@ -350,3 +350,62 @@ fn start_stopped_starts_shut_off_vms_vfws_first() {
     let out = f.cli("alice", &["vm", "start", "ghost"]);
     assert!(stderr(&out).contains("unknown VM"));
 }
+
+#[test]
+fn vm_move_refusals_name_the_problem_and_change_nothing() {
+    let mut f = Fleet::start();
+    f.add_agent_with(
+        "a",
+        8192,
+        &[
+            Dom::user("big", "cs1").sized(3000),
+            Dom::user("small", "cs1").sized(128),
+        ],
+    );
+    f.add_agent_with("b", 2048, &[Dom::user("b1", "cs2").sized(128)]);
+    f.add_agent_with("c", 8192, &[Dom::user("c1", "cs2").sized(128)]);
+    f.wait_registered();
+    let cases: &[(&[&str], &str)] = &[
+        (&["vm", "move", "big", "--to", "b"], "needs 3000 MiB"),
+        (
+            &["vm", "move", "big", "--to", "nope"],
+            "unknown node \"nope\"",
+        ),
+        (&["vm", "move", "big", "--to", "a"], "already runs on a"),
+        (
+            &["vm", "move", "ghost", "--to", "b"],
+            "unknown VM \"ghost\"",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = f.cli("alice", args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
+    }
+    // A destination in maintenance, and an unreachable one.
+    ok(&f.cli("alice", &["maintenance", "start", "c", "--mode", "stop"]));
+    let out = f.cli("alice", &["vm", "move", "small", "--to", "c"]);
+    assert!(stderr(&out).contains("MAINTENANCE"), "{}", stderr(&out));
+    f.stop_agent("b");
+    wait_for(Duration::from_secs(10), "b unreachable", || {
+        f.cli_json("bob", &["node", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == "b" && n["reachable"] == false)
+    });
+    let out = f.cli("alice", &["vm", "move", "small", "--to", "b"]);
+    assert!(stderr(&out).contains("unreachable"), "{}", stderr(&out));
+    assert_eq!(
+        f.cli_json("bob", &["job", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["kind"] == "vm.move")
+            .count(),
+        0
+    );
+    let all = vms(&f);
+    assert_eq!(vm(&all, "big")["node"], "a");
+    assert_eq!(vm(&all, "small")["node"], "a");
+}

@@ -168,13 +168,36 @@ fn main() {
 }
 
 async fn run(a: &Args) -> Result<Report> {
-    match a.sub.as_str() {
+    let load_before = loadavg();
+    let t0 = Instant::now();
+    let mut r = match a.sub.as_str() {
         "migrate" => bench_migrate(a).await,
         "drain" => bench_drain(a).await,
         "latency" => bench_latency(a).await,
         "rolling" => bench_rolling(a).await,
         other => bail!("unknown benchmark {other:?}\n{USAGE}"),
-    }
+    }?;
+    let load_after = loadavg();
+    let m = machine();
+    r.markdown.push_str(&format!(
+        "\n_{} · {} CPUs ({}), {} GiB · nodemaint binaries: {} · load average (1/5/15 min) before {load_before}, after {load_after} · bench took {:.0} s_\n",
+        m["date_utc"].as_str().unwrap_or(""),
+        m["cpus"],
+        m["cpu"].as_str().unwrap_or(""),
+        m["memory_gib"],
+        m["build"].as_str().unwrap_or(""),
+        secs(t0.elapsed()),
+    ));
+    r.json["loadavg_before"] = load_before.into();
+    r.json["loadavg_after"] = load_after.into();
+    r.json["bench_s"] = secs(t0.elapsed()).into();
+    Ok(r)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn log(msg: impl AsRef<str>) {
@@ -1607,18 +1630,35 @@ impl SimStack {
 
 // ------------------------------------------------------------------ latency (issue 7)
 
+/// One operation, ms from the API request (floor: its own round trip).
+#[derive(Clone, Copy)]
+struct LatSample {
+    floor: f64,
+    accept: f64,
+    /// The agent command seen on the bus (accept + the executor's journaling).
+    command: f64,
+    /// The agent's CommandResult event received: the command→ack latency.
+    result: f64,
+    job_end: f64,
+    /// The agent's own command duration (execute only).
+    agent: f64,
+}
+
 struct LatencyResult {
     agents: usize,
     register_s: f64,
-    floor: Vec<f64>,
-    accept: Vec<f64>,
-    result: Vec<f64>,
-    job_end: Vec<f64>,
-    /// Request -> the agent command seen on the bus (accept + executor).
-    command: Vec<f64>,
-    /// The agent's own command duration (execute only).
-    agent: Vec<f64>,
+    samples: Vec<LatSample>,
     refused_retries: usize,
+}
+
+impl LatencyResult {
+    fn col(&self, f: impl Fn(&LatSample) -> f64) -> Vec<f64> {
+        self.samples
+            .iter()
+            .map(f)
+            .filter(|v| v.is_finite())
+            .collect()
+    }
 }
 
 async fn latency_at(agents: usize, ops: usize) -> Result<LatencyResult> {
@@ -1672,8 +1712,7 @@ async fn latency_at(agents: usize, ops: usize) -> Result<LatencyResult> {
     let mut on = vec![true; agents];
     let mut last_touched: Vec<Option<usize>> = vec![None; agents];
     let cool = 20.min(agents / 2);
-    let (mut floor, mut accept, mut result, mut job_end) = (vec![], vec![], vec![], vec![]);
-    let (mut command, mut agent) = (vec![], vec![]);
+    let mut samples = Vec::new();
     let mut retries = 0;
     let warmup = 10;
     let mut i = 0;
@@ -1737,14 +1776,14 @@ async fn latency_at(agents: usize, ops: usize) -> Result<LatencyResult> {
             agent_ms = r.duration_ms as f64;
         }
         if counted {
-            if let Some(c) = cmd {
-                command.push(ms(c.at.saturating_duration_since(t0)));
-            }
-            agent.push(agent_ms);
-            floor.push(f);
-            accept.push(ms(t_acc));
-            result.push(ms(res.at.saturating_duration_since(t0)));
-            job_end.push(ms(end.at.saturating_duration_since(t0)));
+            samples.push(LatSample {
+                floor: f,
+                accept: ms(t_acc),
+                command: cmd.map_or(f64::NAN, |c| ms(c.at.saturating_duration_since(t0))),
+                result: ms(res.at.saturating_duration_since(t0)),
+                job_end: ms(end.at.saturating_duration_since(t0)),
+                agent: agent_ms,
+            });
         }
         on[n] = !on[n];
         last_touched[n] = Some(i);
@@ -1758,12 +1797,7 @@ async fn latency_at(agents: usize, ops: usize) -> Result<LatencyResult> {
     Ok(LatencyResult {
         agents,
         register_s,
-        floor,
-        accept,
-        result,
-        job_end,
-        command,
-        agent,
+        samples,
         refused_retries: retries,
     })
 }
@@ -1787,22 +1821,19 @@ async fn bench_latency(a: &Args) -> Result<Report> {
          *accept* = API request → `Accepted` reply; *ack* = API request → the agent's `CommandResult` event received by the client (the command→ack latency); \
          *job end* = → the job's terminal event.\n\n"
     );
+    let p = |v: Vec<f64>| format!("{:.1} / {:.1}", median(&v), pct(&v, 99.0));
     let rows: Vec<Vec<String>> = res
         .iter()
         .map(|r| {
-            let f50 = median(&r.floor);
+            let floor = r.col(|s| s.floor);
             vec![
                 r.agents.to_string(),
-                format!("{:.2} / {:.2}", f50, pct(&r.floor, 99.0)),
-                format!("{:.1} / {:.1}", median(&r.accept), pct(&r.accept, 99.0)),
-                format!("{:.1} / {:.1}", median(&r.result), pct(&r.result, 99.0)),
-                format!("{:.1} / {:.1}", median(&r.job_end), pct(&r.job_end, 99.0)),
-                format!("{:.1}×", median(&r.result) / f50),
-                format!(
-                    "{:.0}% / {:.0}%",
-                    100.0 * median(&r.accept) / median(&r.result),
-                    100.0 * (median(&r.result) - median(&r.accept)) / median(&r.result)
-                ),
+                format!("{:.2} / {:.2}", median(&floor), pct(&floor, 99.0)),
+                p(r.col(|s| s.accept)),
+                p(r.col(|s| s.command)),
+                format!("**{}**", p(r.col(|s| s.result))),
+                p(r.col(|s| s.job_end)),
+                format!("{:.1}×", median(&r.col(|s| s.result)) / median(&floor)),
             ]
         })
         .collect();
@@ -1811,25 +1842,57 @@ async fn bench_latency(a: &Args) -> Result<Report> {
             "agents",
             "floor p50 / p99 ms",
             "accept p50 / p99 ms",
+            "command on the bus p50 / p99 ms",
             "ack p50 / p99 ms",
             "job end p50 / p99 ms",
             "ack p50 ÷ floor p50",
-            "share of ack p50: accept / rest",
         ],
         &rows,
     ));
+    md.push_str(
+        "
+Where the ack time goes (per-operation segments, p50 / p99 ms):
+
+",
+    );
+    let seg_rows: Vec<Vec<String>> = res
+        .iter()
+        .map(|r| {
+            vec![
+                r.agents.to_string(),
+                p(r.col(|s| s.accept)),
+                p(r.col(|s| s.command - s.accept)),
+                p(r.col(|s| s.result - s.command)),
+                p(r.col(|s| s.agent)),
+                p(r.col(|s| s.job_end - s.result)),
+            ]
+        })
+        .collect();
+    md.push_str(&table(
+        &[
+            "agents",
+            "request → Accepted (API: stream info, job create, job event)",
+            "Accepted → command published (executor: journal CAS, publish + ack)",
+            "command → result event (agent: claim KV, execute, record KV, inventory, result)",
+            "of which the agent's execute",
+            "result → job end event",
+        ],
+        &seg_rows,
+    ));
     for r in &res {
-        let p99 = pct(&r.result, 99.0);
+        let ack = r.col(|s| s.result);
+        let floor = r.col(|s| s.floor);
+        let p99 = pct(&ack, 99.0);
         md.push_str(&format!(
-            "\n{} agents: registered in {:.1} s; ack p99 {:.1} ms (goal < 50 ms at 1,000: {}); p50 {:.1}× the floor (goal ≤ 2×: {}); mean ack {:.1} ms, max {:.1} ms; {} operations retried after a WRONG_STATE refusal (view lag, not counted).\n",
+            "\n{} agents: registered in {:.1} s; ack p99 {:.1} ms (goal < 50 ms at 1,000: {}); ack p50 {:.1}× the floor p50 (goal ≤ 2×: {}); mean ack {:.1} ms, max {:.1} ms; {} operations retried after a WRONG_STATE refusal (view lag; not counted).\n",
             r.agents,
             r.register_s,
             p99,
             if p99 < 50.0 { "met" } else { "missed" },
-            median(&r.result) / median(&r.floor),
-            if median(&r.result) <= 2.0 * median(&r.floor) { "met" } else { "missed" },
-            mean(&r.result),
-            max(&r.result),
+            median(&ack) / median(&floor),
+            if median(&ack) <= 2.0 * median(&floor) { "met" } else { "missed" },
+            mean(&ack),
+            max(&ack),
             r.refused_retries,
         ));
     }
@@ -1843,11 +1906,13 @@ async fn bench_latency(a: &Args) -> Result<Report> {
             "fleets": res.iter().map(|r| json!({
                 "agents": r.agents,
                 "register_s": r.register_s,
-                "floor_ms": stat(&r.floor),
-                "accept_ms": stat(&r.accept),
-                "ack_ms": stat(&r.result),
-                "job_end_ms": stat(&r.job_end),
-                "ack_p50_over_floor_p50": median(&r.result) / median(&r.floor),
+                "floor_ms": stat(&r.col(|s| s.floor)),
+                "accept_ms": stat(&r.col(|s| s.accept)),
+                "command_ms": stat(&r.col(|s| s.command)),
+                "ack_ms": stat(&r.col(|s| s.result)),
+                "job_end_ms": stat(&r.col(|s| s.job_end)),
+                "agent_execute_ms": stat(&r.col(|s| s.agent)),
+                "ack_p50_over_floor_p50": median(&r.col(|s| s.result)) / median(&r.col(|s| s.floor)),
                 "refused_retries": r.refused_retries,
             })).collect::<Vec<_>>(),
             "goals": {"ack_p99_ms_at_1000": 50, "ack_p50_over_floor": 2},

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The main job, end to end on a local lab (run as root; ~3 minutes):
+# a 3-node KVM lab with tenants' VMs and one virtual firewall (VFW) per
+# cloudspace, then the seed's maintenance procedure with nodemaint:
+#   list nodes and VFWs → move a VM and a VFW live → put node2 in
+#   maintenance with "move all" (node empty, every VFW still running) →
+#   enable → "stop all" with the VFW acknowledgement → enable restarts
+#   exactly those VMs → the event stream.
+# Installs what it needs (deploy/setup.sh), builds, and tears the lab down
+# at the end, also on failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+
+deploy/setup.sh >/dev/null
+cargo build --workspace --bins -q
+
+export LAB_DIR=${LAB_DIR:-/run/nodemaint-demo} LAB_PREFIX=${LAB_PREFIX:-nmdemo}
+export LAB_SUBNET=${LAB_SUBNET:-10.76.0} LAB_NATS_PORT=${LAB_NATS_PORT:-4522}
+trap 'deploy/lab down >/dev/null 2>&1 || true' EXIT
+deploy/lab up --nodes 3 --vms-per-node 2 --cloudspaces 3
+
+export NATS_URL="nats://$LAB_SUBNET.1:$LAB_NATS_PORT" NODEMAINT_USER=operator
+nm() { echo; echo "\$ coordinator $*"; "$REPO/target/debug/coordinator" "$@"; }
+say() { echo; echo "=== $*"; }
+
+for _ in $(seq 1 50); do  # until the agents have reported their domains
+  n=$("$REPO/target/debug/coordinator" node list -o json 2>/dev/null |
+    python3 -c 'import json,sys; print(sum(1 for n in json.load(sys.stdin) if n["vms_total"]))' 2>/dev/null || echo 0)
+  [[ $n == 3 ]] && break
+  sleep 0.2
+done
+
+say "The fleet: stacks, their VMs, and where every cloudspace's firewall runs"
+nm node list
+nm vfw list
+nm node show node2
+
+say "Manual moves: a tenant VM, then a VFW (live, with progress)"
+nm vm move node1-vm1 --to node3 --max-speed 16
+vfw_node=$("$REPO/target/debug/coordinator" vfw list -o json | python3 -c 'import json,sys; print([v["node"] for v in json.load(sys.stdin) if v["cloudspace"]=="cs1"][0])')
+dest=node1; [[ $vfw_node == node1 ]] && dest=node3
+nm vfw move cs1 --to "$dest"
+
+say "Put node2 in maintenance, moving all its VMs away (VFWs first)"
+nm plan drain node2
+nm maintenance start node2 --mode move
+nm node show node2
+nm vfw list
+echo; echo "libvirt on node2 itself (empty):"; deploy/lab virsh node2 list --all
+
+say "A new VM is never scheduled on a node in maintenance"
+nm vm create --name demo-new --memory 64 --cloudspace cs2
+nm vm list --cloudspace cs2
+
+say "Enable node2 again"
+nm node enable node2
+
+say "Stop mode: refused until the VFW downtime is acknowledged"
+target=$("$REPO/target/debug/coordinator" vfw list -o json | python3 -c 'import json,sys; print([v["node"] for v in json.load(sys.stdin)][0])')
+nm maintenance start "$target" --mode stop || echo "(refused, as it should be)"
+nm maintenance start "$target" --mode stop --ack-vfw-downtime
+nm vm list --node "$target"
+
+say "After the reboot: check the node's services, then enable; the stopped VMs restart"
+nm node check "$target"
+nm node enable "$target"
+nm vm list --node "$target"
+
+say "Who did what: jobs and the event stream"
+nm job list
+nm events --since 10m --kind job | tail -15
+say "Done; tearing the lab down"
