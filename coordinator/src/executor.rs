@@ -864,10 +864,10 @@ pub async fn resume_jobs(c: Arc<Coordinator>) {
         Err(e) => return tracing::warn!(error = %e, "cannot list jobs to resume"),
     };
     // Paused jobs get their executor back too; it waits at its checkpoint.
-    for job in jobs
-        .into_iter()
-        .filter(|j| matches!(j.state, JobState::Running | JobState::Paused))
-    {
+    // `rolling.node` jobs belong to their rolling job, which settles them.
+    for job in jobs.into_iter().filter(|j| {
+        matches!(j.state, JobState::Running | JobState::Paused) && j.kind != "rolling.node"
+    }) {
         tracing::info!(job = %job.id, kind = %job.kind, "resuming job after restart");
         c.job_step(
             &job.id,

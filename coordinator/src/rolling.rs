@@ -222,9 +222,54 @@ async fn run_group(c: &Arc<Coordinator>, id: &str, group: &[String]) -> Result<(
     }
 }
 
-/// The rest of one node's pipeline from wherever its journal says it is.
+/// One node's pipeline. Its agent commands (reboot hook, checks) are
+/// journaled in a small per-node job (`rolling.node`), not in the rolling
+/// job, which many nodes update at once; after a restart its unfinished
+/// commands are settled first.
 async fn node_pipeline(c: Arc<Coordinator>, id: String, node: String) -> Result<(), String> {
     let job = c.get_job(&id).await.ok_or("job vanished")?;
+    let node_job = match job.params["children"][node.as_str()]["node"].as_str() {
+        Some(cid) => c.get_job(cid).await.ok_or("node job vanished")?,
+        None => {
+            let j = Job::new(
+                "rolling.node",
+                &job.user,
+                Some(&node),
+                serde_json::json!({ "parent": id }),
+            );
+            c.create_job(&j).await.map_err(|e| e.to_string())?;
+            let cid = j.id.clone();
+            c.update_job(&id, |r| {
+                r.params["children"][node.as_str()]["node"] = cid.clone().into()
+            })
+            .await;
+            j
+        }
+    };
+    if node_job.state.is_terminal() {
+        return Ok(());
+    }
+    if node_job.commands.iter().any(|r| r.ok.is_none()) {
+        c.finish_unfinished_commands(&node_job).await;
+    }
+    let res = node_steps(&c, &id, &job, &node_job, &node).await;
+    let (state, outcome) = match &res {
+        Ok(()) => (JobState::Succeeded, format!("{node} done")),
+        Err(e) => (JobState::Failed, e.clone()),
+    };
+    c.finish_job(&node_job.id, state, outcome).await;
+    res
+}
+
+/// The rest of one node's phases from wherever its journal says it is.
+async fn node_steps(
+    c: &Arc<Coordinator>,
+    id: &str,
+    job: &Job,
+    node_job: &Job,
+    node: &str,
+) -> Result<(), String> {
+    let (c, id, node) = (c.clone(), id.to_string(), node.to_string());
     let p = &job.params;
     let mut phase = p["progress"][node.as_str()]
         .as_str()
@@ -257,7 +302,9 @@ async fn node_pipeline(c: Arc<Coordinator>, id: String, node: String) -> Result<
             .to_string();
         if phase == "drained" {
             set_phase(&c, &id, &node, "rebooting", None).await;
-            reboot_hook(&c, &job, &node, &before).await.map_err(fail)?;
+            reboot_hook(&c, job, node_job, &node, &before)
+                .await
+                .map_err(fail)?;
         }
         let timeout = p["reboot_timeout_s"].as_u64().unwrap_or(900);
         wait_new_boot(&c, &node, &before, Duration::from_secs(timeout))
@@ -270,7 +317,7 @@ async fn node_pipeline(c: Arc<Coordinator>, id: String, node: String) -> Result<
         checkpoint(&c, &id).await.map_err(fail)?;
         let r = c
             .run_command(
-                &job,
+                node_job,
                 &node,
                 "",
                 None,
@@ -365,6 +412,7 @@ async fn node_pipeline(c: Arc<Coordinator>, id: String, node: String) -> Result<
 async fn reboot_hook(
     c: &Arc<Coordinator>,
     job: &Job,
+    node_job: &Job,
     node: &str,
     before: &str,
 ) -> Result<(), String> {
@@ -395,7 +443,7 @@ async fn reboot_hook(
     }
     let hook = {
         let c = c.clone();
-        let job = job.clone();
+        let job = node_job.clone();
         let node = node.to_string();
         tokio::spawn(async move {
             c.run_command(

@@ -138,6 +138,37 @@ fn lab_migration_suite() {
     );
     assert_eq!(lab.placements(), before);
 
+    step("an agent reopens its libvirt connection when libvirtd restarts");
+    let lab_dir = lab
+        .env
+        .iter()
+        .find(|(k, _)| k == "LAB_DIR")
+        .unwrap()
+        .1
+        .clone();
+    let agent_pid = std::fs::read_to_string(format!("{lab_dir}/node3/agent.pid")).unwrap();
+    lab.lab_ok(&["restart-libvirtd", "node3"]);
+    let vm = lab
+        .domains("node3")
+        .into_iter()
+        .find(|(_, s)| s == "running")
+        .unwrap()
+        .0;
+    let out = lab.cli("operator", &["vm", "stop", &vm, "--timeout", "5"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(lab.domains("node3")[&vm], "shut off");
+    let out = lab.cli("operator", &["vm", "start", &vm]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(lab.domains("node3")[&vm], "running");
+    assert_eq!(
+        std::fs::read_to_string(format!("{lab_dir}/node3/agent.pid")).unwrap(),
+        agent_pid,
+        "same agent process"
+    );
+    let log = std::fs::read_to_string(format!("{lab_dir}/node3/agent.log")).unwrap();
+    assert!(log.contains("libvirt connection lost, reopening"), "{log}");
+    lab.wait_consistent();
+
     step("vfw move puts a cloudspace's firewall on the chosen node");
     let vfws = lab.cli_json("viewer", &["vfw", "list"]);
     let cs1 = vfws

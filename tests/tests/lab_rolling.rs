@@ -46,13 +46,22 @@ fn job_of(out: &std::process::Output) -> Value {
         .unwrap_or_else(|| panic!("no job line: {}\n{}", stdout(out), stderr(out)))
 }
 
-fn hooks_per_node(job: &Value) -> BTreeMap<String, usize> {
+/// Reboot hooks sent per node: each node's commands are journaled in its
+/// `rolling.node` child job.
+fn hooks_per_node(lab: &Lab, job: &Value) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
-    for c in job["commands"].as_array().unwrap() {
-        if c["action"] == "hook" {
-            *m.entry(c["node"].as_str().unwrap().to_string())
-                .or_default() += 1;
-        }
+    for (node, children) in job["params"]["children"].as_object().unwrap() {
+        let node_job = lab.cli_json(
+            "viewer",
+            &["job", "show", children["node"].as_str().unwrap()],
+        );
+        let hooks = node_job["commands"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["action"] == "hook")
+            .count();
+        m.insert(node.clone(), hooks);
     }
     m
 }
@@ -97,7 +106,10 @@ fn lab_rolling_suite() {
     }
     assert!(statuses(&lab).values().all(|s| s == "ENABLED"));
     assert_eq!(
-        hooks_per_node(&job).values().copied().collect::<Vec<_>>(),
+        hooks_per_node(&lab, &job)
+            .values()
+            .copied()
+            .collect::<Vec<_>>(),
         [1, 1, 1]
     );
     all_running_once(&lab, &all);
@@ -187,7 +199,10 @@ fn lab_rolling_suite() {
     let job = lab.cli_json("viewer", &["rolling", "show", &id]);
     assert_eq!(job["state"], "SUCCEEDED", "{job}");
     assert_eq!(
-        hooks_per_node(&job).values().copied().collect::<Vec<_>>(),
+        hooks_per_node(&lab, &job)
+            .values()
+            .copied()
+            .collect::<Vec<_>>(),
         [1, 1, 1],
         "no node rebooted twice or skipped"
     );

@@ -180,12 +180,13 @@ async fn run(a: &Args) -> Result<Report> {
     let load_after = loadavg();
     let m = machine();
     r.markdown.push_str(&format!(
-        "\n_{} · {} CPUs ({}), {} GiB · nodemaint binaries: {} · load average (1/5/15 min) before {load_before}, after {load_after} · bench took {:.0} s_\n",
+        "\n_{} · {} CPUs ({}), {} GiB · nodemaint binaries: {} at {} · load average (1/5/15 min) before {load_before}, after {load_after} · bench took {:.0} s_\n",
         m["date_utc"].as_str().unwrap_or(""),
         m["cpus"],
         m["cpu"].as_str().unwrap_or(""),
         m["memory_gib"],
         m["build"].as_str().unwrap_or(""),
+        m["commit"].as_str().unwrap_or(""),
         secs(t0.elapsed()),
     ));
     r.json["loadavg_before"] = load_before.into();
@@ -311,8 +312,26 @@ fn machine() -> Value {
         "cpu": cpu,
         "memory_gib": (mem_kib as f64 / 1048576.0 * 10.0).round() / 10.0,
         "build": "debug (target/debug, unoptimized)",
+        "commit": commit(),
         "date_utc": utc_now(),
     })
+}
+
+/// HEAD of the repository, `+dirty` with uncommitted changes.
+fn commit() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(repo_dir())
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let head = git(&["rev-parse", "--short", "HEAD"]);
+    let dirty = !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    format!("{head}{}", if dirty { "+dirty" } else { "" })
 }
 
 fn utc_now() -> String {
@@ -2067,6 +2086,32 @@ async fn bench_rolling(a: &Args) -> Result<Report> {
     let bound_actual = bound_with(&|n| moved.get(n).cloned().unwrap_or_default());
     let bound_initial = bound_with(&|n| initial.get(n).cloned().unwrap_or_default());
     let ratio = wall / bound_actual;
+    // The same with each node's migrations packed into per_source slots
+    // (longest first): whole migrations, so 5 equal VMs on 2 slots take 3
+    // rounds, not 2.5. Achievable in principle; not the bound.
+    let slotted = |vms: &[String]| {
+        let mut t: Vec<f64> = vms
+            .iter()
+            .map(|v| t_vm(mem_of.get(v).copied().unwrap_or(vm_mem as f64)))
+            .collect();
+        t.sort_by(|a, b| b.total_cmp(a));
+        let mut slots = vec![0.0f64; per_source.max(1)];
+        for x in t {
+            let i = (0..slots.len())
+                .min_by(|a, b| slots[*a].total_cmp(&slots[*b]))
+                .expect("a slot");
+            slots[i] += x;
+        }
+        slots.into_iter().fold(0.0, f64::max)
+    };
+    let bound_slotted: f64 = groups
+        .iter()
+        .map(|g| {
+            g.iter()
+                .map(|n| slotted(moved.get(n).map(Vec::as_slice).unwrap_or(&[])) + reboot)
+                .fold(0.0, f64::max)
+        })
+        .sum();
 
     // Phase timeline from the job events ("node: phase").
     let mut phase_ts: HashMap<(String, String), i64> = HashMap::new();
@@ -2165,12 +2210,17 @@ async fn bench_rolling(a: &Args) -> Result<Report> {
                 "lower bound, with the initial placement".into(),
                 format!("{bound_initial:.2}"),
             ],
+            vec![
+                format!("schedule length with whole migrations in {per_source} slots per node (actual VMs)"),
+                format!("{bound_slotted:.2}"),
+            ],
         ],
     ));
     md.push_str(&format!(
-        "\n**ratio wall ÷ bound: {ratio:.3}** (goal ≤ 1.2: {}); ÷ initial-placement bound {:.3}. After: all nodes ENABLED and reachable: {all_enabled}; {total_after} VMs (expected {}); invariant violations reported by sim-fleet: {invariant_violations}.\n\n",
+        "\n**ratio wall ÷ bound: {ratio:.3}** (goal ≤ 1.2: {}); ÷ initial-placement bound {:.3}; ÷ slotted schedule {:.3}. After: all nodes ENABLED and reachable: {all_enabled}; {total_after} VMs (expected {}); invariant violations reported by sim-fleet: {invariant_violations}.\n\n",
         if ratio <= 1.2 { "met" } else { "missed" },
         wall / bound_initial,
+        wall / bound_slotted,
         nodes * vpn,
     ));
     md.push_str("Per group (s; each phase column = time from the previous phase's last node to this phase's last node; *draining* = group start → drains launched; *rebooted* includes waiting for the new boot id):\n\n");
@@ -2209,6 +2259,7 @@ async fn bench_rolling(a: &Args) -> Result<Report> {
             "wall_s": wall,
             "bound_s": bound_actual,
             "bound_initial_s": bound_initial,
+            "bound_slotted_s": bound_slotted,
             "ratio": ratio,
             "goal": 1.2,
             "phase_sums_s": {"launch": sums[0], "drain": sums[1], "reboot": sums[2], "checks": sums[3], "enable": sums[4], "verify": sums[5], "between_groups": sums[6]},
