@@ -282,6 +282,27 @@ impl Coordinator {
         }
     }
 
+    /// Waits (up to 10 s) until the registry shows each VM settled on its
+    /// node: the agents' inventories caught up with what their commands did.
+    pub async fn wait_placed(&self, placements: &[(String, String)]) {
+        for _ in 0..100 {
+            let settled = placements.iter().all(|(vm, node)| {
+                let hits = self.registry.find_vm(vm);
+                hits.len() == 1
+                    && hits[0].0.name == *node
+                    && hits[0].1.state != nodemaint_proto::model::VmState::Migrating
+            });
+            if settled {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tracing::warn!(
+            ?placements,
+            "inventories did not show the new placements within 10 s"
+        );
+    }
+
     /// Releases the node from the job (status is left as the job made it).
     pub async fn release_node(&self, node: &str, job_id: &str) {
         let _ = self
@@ -408,6 +429,12 @@ async fn single(c: Arc<Coordinator>, job: Job, resumed: bool) {
         };
         return c.finish_job(&job.id, state, msg).await;
     };
+    // Read-your-writes for the operator: the job ends once the registry
+    // shows the VM where the agent says it is (a `vm list` or a next move
+    // right after the command sees the new placement).
+    if r.ok && !r.vm.is_empty() && !r.vm_node.is_empty() {
+        c.wait_placed(&[(r.vm.clone(), r.vm_node.clone())]).await;
+    }
     let outcome = describe(&r);
     c.job_step(&job.id, Some(&r.vm), Some(r.ok), outcome.clone())
         .await;
@@ -557,6 +584,18 @@ async fn drain(c: Arc<Coordinator>, job: Job, resumed: bool) {
             }
         }
     }
+    // Before the job ends (and a rolling plans its next group), the
+    // registry must show the moved VMs on their destinations.
+    let moved: Vec<(String, String)> = report
+        .done
+        .iter()
+        .filter_map(|l| {
+            l.detail
+                .strip_prefix("moved to ")
+                .map(|to| (l.vm.clone(), to.to_string()))
+        })
+        .collect();
+    c.wait_placed(&moved).await;
     c.release_node(&node, &job.id).await;
     let outcome = if report.not_done.is_empty() {
         format!(
@@ -851,7 +890,7 @@ pub async fn await_job(c: &Coordinator, id: &str) -> Option<Job> {
     loop {
         match c.get_job(id).await {
             Some(j) if j.state.is_terminal() => return Some(j),
-            Some(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+            Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             None => return None,
         }
     }

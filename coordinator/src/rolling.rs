@@ -494,7 +494,7 @@ async fn wait_new_boot(
                 timeout.as_secs()
             ));
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
