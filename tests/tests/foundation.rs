@@ -124,11 +124,17 @@ fn start_and_stop_reach_libvirt_and_are_jobs() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines[0]["accepted"], true);
-    let terminal = lines.iter().find(|l| l["body"]["terminal"] == true).expect("a terminal event");
+    let terminal = lines
+        .iter()
+        .find(|l| l["body"]["terminal"] == true)
+        .expect("a terminal event");
     assert_eq!(terminal["body"]["ok"], true);
     // The last line is the job record with its journal.
     let job = &lines.last().unwrap()["job"];
-    assert_eq!((job["kind"].as_str(), job["state"].as_str()), (Some("vm.start"), Some("SUCCEEDED")));
+    assert_eq!(
+        (job["kind"].as_str(), job["state"].as_str()),
+        (Some("vm.start"), Some("SUCCEEDED"))
+    );
     wait_state(&f, "node1-vm1", "RUNNING");
 
     let jobs = f.cli_json("bob", &["job", "list"]);
