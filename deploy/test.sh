@@ -12,18 +12,12 @@ started=$(date +%s)
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --all-targets
-# Lab suites share one lab each and must not overlap: one test binary at a
-# time (cargo's default) and one test thread inside lab binaries.
-cargo test --workspace --exclude nodemaint-tests
-# Integration suites on the test driver (each test has its own nats-server).
-for suite in tests/tests/*.rs; do
-    name=$(basename "$suite" .rs)
-    [[ $name == lab_* ]] && continue
-    cargo test -p nodemaint-tests --test "$name"
-done
-for suite in tests/tests/lab_*.rs; do
-    [[ -e $suite ]] || continue
-    name=$(basename "$suite" .rs)
-    cargo test -p nodemaint-tests --test "$name" -- --test-threads=1
-done
+# Every test but the lab suites (the same package selection as the build,
+# so nothing is rebuilt); test-driver suites start their own nats-server
+# per test and may run in parallel.
+cargo test --workspace -- --skip lab_
+# The lab suites: one lab each, one at a time (cargo runs test binaries in
+# turn; one thread inside each).
+cargo test --workspace -- --test-threads=1 --exact \
+    lab_migration_suite lab_maintenance_suite lab_rolling_suite
 echo "all tests passed in $(( $(date +%s) - started )) s"
