@@ -132,6 +132,10 @@ impl Coordinator {
             Kind::RefreshInventory(_) => "refresh",
         };
         let wait = self.command_wait(&kind);
+        let destination = match &kind {
+            Kind::Migrate(m) => Some(m.dest_node.clone()),
+            _ => None,
+        };
         let cmd = pb::AgentCommand {
             id: uuid::Uuid::new_v4().to_string(),
             op_id: job.id.clone(),
@@ -150,7 +154,25 @@ impl Coordinator {
         };
         self.update_job(&job.id, |j| j.commands.push(rec.clone()))
             .await;
-        self.send_and_await(&job.id, node, &cmd, wait).await
+        let r = self.send_and_await(&job.id, node, &cmd, wait).await;
+        if let (true, Some(dest)) = (r.ok, destination) {
+            self.refresh_inventory(&dest).await;
+        }
+        r
+    }
+
+    /// Asks a node's agent to publish its inventory now (after a migration
+    /// landed there), instead of waiting for its next poll.
+    pub async fn refresh_inventory(&self, node: &str) {
+        let cmd = pb::AgentCommand {
+            id: uuid::Uuid::new_v4().to_string(),
+            op_id: String::new(),
+            requested_by: "coordinator".into(),
+            kind: Some(Kind::RefreshInventory(pb::RefreshInventory {})),
+        };
+        if let Err(e) = self.send_command(node, &cmd).await {
+            tracing::warn!(node, error = %e, "cannot ask for an inventory refresh");
+        }
     }
 
     async fn send_and_await(
