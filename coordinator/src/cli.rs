@@ -1025,15 +1025,7 @@ async fn follow_job(cli: &Cli, c: &Client, job_id: &str, from_seq: u64) -> CliRe
         eprintln!();
     }
     // The job's end report: what was done and what was not.
-    let job = match c
-        .call(Req::ShowJob(pb::ShowJob {
-            job_id: job_id.into(),
-        }))
-        .await
-    {
-        Ok(Reply::Json(doc)) => serde_json::from_str::<crate::jobs::Job>(&doc).ok(),
-        _ => None,
-    };
+    let job = fetch_job(c, job_id).await.ok();
     if json {
         if let Some(job) = &job {
             println!("{}", serde_json::json!({ "job": job }));
@@ -1266,12 +1258,17 @@ async fn job_list(cli: &Cli, c: &Client) -> CliResult {
     Ok(())
 }
 
-async fn job_show(cli: &Cli, c: &Client, id: &str) -> CliResult {
+/// A job record with its journal, as the API returns it.
+async fn fetch_job(c: &Client, id: &str) -> anyhow::Result<crate::jobs::Job> {
     let doc = json_reply(
         c.call(Req::ShowJob(pb::ShowJob { job_id: id.into() }))
             .await?,
     )?;
-    let job: crate::jobs::Job = serde_json::from_str(&doc)?;
+    Ok(serde_json::from_str(&doc)?)
+}
+
+async fn job_show(cli: &Cli, c: &Client, id: &str) -> CliResult {
+    let job = fetch_job(c, id).await?;
     if cli.output == Output::Json {
         return print_json(&job);
     }
@@ -1307,11 +1304,7 @@ async fn job_show(cli: &Cli, c: &Client, id: &str) -> CliResult {
 }
 
 async fn job_watch(cli: &Cli, c: &Client, id: &str) -> CliResult {
-    let doc = json_reply(
-        c.call(Req::ShowJob(pb::ShowJob { job_id: id.into() }))
-            .await?,
-    )?;
-    let job: crate::jobs::Job = serde_json::from_str(&doc)?;
+    let job = fetch_job(c, id).await?;
     if job.state.is_terminal() {
         return job_show(cli, c, id).await;
     }
@@ -1448,11 +1441,7 @@ async fn rolling(cli: &Cli, c: &Client, r: &RollingCmd) -> CliResult {
 }
 
 async fn rolling_show(cli: &Cli, c: &Client, id: &str) -> CliResult {
-    let doc = json_reply(
-        c.call(Req::ShowJob(pb::ShowJob { job_id: id.into() }))
-            .await?,
-    )?;
-    let job: crate::jobs::Job = serde_json::from_str(&doc)?;
+    let job = fetch_job(c, id).await?;
     if cli.output == Output::Json {
         return print_json(&job);
     }

@@ -472,14 +472,7 @@ async fn single(c: Arc<Coordinator>, job: Job, resumed: bool) {
 /// destinations, wave by wave; a failed move is retried once elsewhere.
 async fn drain(c: Arc<Coordinator>, job: Job, resumed: bool) {
     let node = job.node.clone().unwrap_or_default();
-    let mut report = Report::default();
-    if resumed {
-        c.finish_unfinished_commands(&job).await;
-        if let Some(j) = c.get_job(&job.id).await {
-            report = journal_report(&j, "migrate");
-        }
-        c.wait_fresh(&node, nodemaint_proto::now_ms()).await;
-    }
+    let mut report = resume(&c, &job, &node, resumed, Some("migrate")).await;
     let max_parallel = job.params["max_parallel"].as_u64().unwrap_or(0) as u32;
     let limits = crate::fleet::limits(&c.cfg.limits, max_parallel);
     let fleet = crate::fleet::snapshot(&c.registry.all(), nodemaint_proto::now_ms());
@@ -618,23 +611,17 @@ async fn drain(c: Arc<Coordinator>, job: Job, resumed: bool) {
         })
         .collect();
     c.wait_placed(&moved).await;
-    c.release_node(&node, &job.id).await;
-    let outcome = if report.not_done.is_empty() {
-        format!(
-            "{node} drained: {} VMs moved; the node is in maintenance",
-            report.done.len()
-        )
-    } else {
-        format!(
-            "{node} partly drained: {} moved, {} not moved ({}); the node stays in maintenance",
-            report.done.len(),
-            report.not_done.len(),
-            report.not_done_names()
-        )
-    };
-    let state = report.state();
-    c.finish_job_with(&job.id, state, outcome, Some(report))
-        .await;
+    let done = format!(
+        "{node} drained: {} VMs moved; the node is in maintenance",
+        report.done.len()
+    );
+    let partial = format!(
+        "{node} partly drained: {} moved, {} not moved ({}); the node stays in maintenance",
+        report.done.len(),
+        report.not_done.len(),
+        report.not_done_names()
+    );
+    finish_node_job(&c, &job, &node, report, done, partial).await;
 }
 
 /// Stop all: stops every running VM of the node (user VMs first, then the
@@ -642,14 +629,7 @@ async fn drain(c: Arc<Coordinator>, job: Job, resumed: bool) {
 /// `stopped_by` before stopping it, so `enable` restarts exactly these.
 async fn stop_all(c: Arc<Coordinator>, job: Job, resumed: bool) {
     let node = job.node.clone().unwrap_or_default();
-    let mut report = Report::default();
-    if resumed {
-        c.finish_unfinished_commands(&job).await;
-        if let Some(j) = c.get_job(&job.id).await {
-            report = journal_report(&j, "stop");
-        }
-        c.wait_fresh(&node, nodemaint_proto::now_ms()).await;
-    }
+    let mut report = resume(&c, &job, &node, resumed, Some("stop")).await;
     let rec = c.registry.get(&node).unwrap_or_default();
     let mut vms: Vec<_> = rec
         .domains
@@ -718,23 +698,17 @@ async fn stop_all(c: Arc<Coordinator>, job: Job, resumed: bool) {
             report.not_done.push(line)
         }
     }
-    c.release_node(&node, &job.id).await;
-    let outcome = if report.not_done.is_empty() {
-        format!(
-            "{node}: {} VMs stopped and recorded; `node enable {node}` restarts them",
-            report.done.len()
-        )
-    } else {
-        format!(
-            "{node}: {} stopped, {} still running ({}); the node stays in maintenance",
-            report.done.len(),
-            report.not_done.len(),
-            report.not_done_names()
-        )
-    };
-    let state = report.state();
-    c.finish_job_with(&job.id, state, outcome, Some(report))
-        .await;
+    let done = format!(
+        "{node}: {} VMs stopped and recorded; `node enable {node}` restarts them",
+        report.done.len()
+    );
+    let partial = format!(
+        "{node}: {} stopped, {} still running ({}); the node stays in maintenance",
+        report.done.len(),
+        report.not_done.len(),
+        report.not_done_names()
+    );
+    finish_node_job(&c, &job, &node, report, done, partial).await;
 }
 
 /// Starts VMs one after another in the given order, VFWs first; used by
@@ -745,7 +719,6 @@ async fn start_vms(
     node: &str,
     names: Vec<String>,
     report: &mut Report,
-    forget_recorded: bool,
 ) {
     let rec = c.registry.get(node).unwrap_or_default();
     let mut vms: Vec<(bool, String)> = names
@@ -785,7 +758,7 @@ async fn start_vms(
         let detail = outcome.unwrap_or_else(|e| e);
         c.job_step(&job.id, Some(&name), Some(ok), detail.clone())
             .await;
-        if ok && forget_recorded {
+        if ok {
             let _ = c
                 .registry
                 .update::<String>(node, |r| {
@@ -808,54 +781,37 @@ async fn start_vms(
 /// the VMs maintenance stopped, VFWs first.
 async fn enable(c: Arc<Coordinator>, job: Job, resumed: bool) {
     let node = job.node.clone().unwrap_or_default();
-    let mut report = Report::default();
-    if resumed {
-        c.finish_unfinished_commands(&job).await;
-        c.wait_fresh(&node, nodemaint_proto::now_ms()).await;
-    }
+    let mut report = resume(&c, &job, &node, resumed, None).await;
     let recorded: Vec<String> = c
         .registry
         .get(&node)
         .map(|r| r.stopped_by.keys().cloned().collect())
         .unwrap_or_default();
-    start_vms(&c, &job, &node, recorded, &mut report, true).await;
-    c.release_node(&node, &job.id).await;
-    let outcome = if report.not_done.is_empty() {
-        format!(
-            "{node} enabled; {} VMs that maintenance stopped were started",
-            report.done.len()
-        )
-    } else {
-        format!(
-            "{node} enabled, but {} VMs did not start ({}); they stay recorded",
-            report.not_done.len(),
-            report.not_done_names()
-        )
-    };
-    let state = report.state();
-    c.finish_job_with(&job.id, state, outcome, Some(report))
-        .await;
+    start_vms(&c, &job, &node, recorded, &mut report).await;
+    let done = format!(
+        "{node} enabled; {} VMs that maintenance stopped were started",
+        report.done.len()
+    );
+    let partial = format!(
+        "{node} enabled, but {} VMs did not start ({}); they stay recorded",
+        report.not_done.len(),
+        report.not_done_names()
+    );
+    finish_node_job(&c, &job, &node, report, done, partial).await;
 }
 
 /// The seed's `virsh start` loop: every shut-off VM of the node, VFWs first.
 async fn start_stopped(c: Arc<Coordinator>, job: Job, resumed: bool) {
     let node = job.node.clone().unwrap_or_default();
-    let mut report = Report::default();
-    if resumed {
-        c.finish_unfinished_commands(&job).await;
-        c.wait_fresh(&node, nodemaint_proto::now_ms()).await;
-    }
+    let mut report = resume(&c, &job, &node, resumed, None).await;
     let names = shut_off(&c.registry.get(&node).unwrap_or_default());
-    start_vms(&c, &job, &node, names, &mut report, true).await;
-    c.release_node(&node, &job.id).await;
-    let state = report.state();
+    start_vms(&c, &job, &node, names, &mut report).await;
     let outcome = format!(
         "{node}: {} started, {} failed",
         report.done.len(),
         report.not_done.len()
     );
-    c.finish_job_with(&job.id, state, outcome, Some(report))
-        .await;
+    finish_node_job(&c, &job, &node, report, outcome.clone(), outcome).await;
 }
 
 /// What a job's journal says it did with `action` commands before a
@@ -885,6 +841,48 @@ pub fn journal_report(job: &Job, action: &str) -> Report {
         }
     }
     report
+}
+
+/// The start of every node job: after a restart, settle the commands the
+/// journal left unfinished, take over what the journal says was done with
+/// `action` commands (if given), and wait for the node's fresh inventory.
+async fn resume(
+    c: &Coordinator,
+    job: &Job,
+    node: &str,
+    resumed: bool,
+    action: Option<&str>,
+) -> Report {
+    if !resumed {
+        return Report::default();
+    }
+    c.finish_unfinished_commands(job).await;
+    let mut report = Report::default();
+    if let (Some(action), Some(j)) = (action, c.get_job(&job.id).await) {
+        report = journal_report(&j, action);
+    }
+    c.wait_fresh(node, nodemaint_proto::now_ms()).await;
+    report
+}
+
+/// The end of every node job: release the node and finish with the report
+/// (`partial` describes what was not done).
+async fn finish_node_job(
+    c: &Coordinator,
+    job: &Job,
+    node: &str,
+    report: Report,
+    done: String,
+    partial: String,
+) {
+    c.release_node(node, &job.id).await;
+    let outcome = if report.not_done.is_empty() {
+        done
+    } else {
+        partial
+    };
+    c.finish_job_with(&job.id, report.state(), outcome, Some(report))
+        .await;
 }
 
 /// Names of the node's shut-off VMs, VFWs first.
