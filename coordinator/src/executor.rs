@@ -154,7 +154,9 @@ impl Coordinator {
         };
         self.update_job(&job.id, |j| j.commands.push(rec.clone()))
             .await;
+        let timer = crate::metrics::CommandTimer::start(action, &cmd.id);
         let r = self.send_and_await(&job.id, node, &cmd, wait).await;
+        timer.finish(&r);
         if let (true, Some(dest)) = (r.ok, destination) {
             self.refresh_inventory(&dest).await;
         }
@@ -189,7 +191,8 @@ impl Coordinator {
                 loop {
                     match tokio::time::timeout_at(deadline, rx.recv()).await {
                         Ok(Some(pb::Event { body: Some(Body::Result(r)), .. })) => break r,
-                        Ok(Some(_)) => continue, // progress: the CLI follows it from the stream
+                        // progress: the CLI follows it from the stream
+                        Ok(Some(ev)) => crate::metrics::progress(&ev),
                         Ok(None) => break failed(Code::Internal, "result channel closed".into()),
                         Err(_) => {
                             break failed(
@@ -223,13 +226,16 @@ impl Coordinator {
     ) -> Vec<(CommandRecord, pb::CommandResult)> {
         let mut out = Vec::new();
         for rec in job.commands.iter().filter(|r| r.ok.is_none()) {
-            let Some(cmd) =
-                unhex(&rec.payload).and_then(|b| pb::AgentCommand::decode(b.as_slice()).ok())
+            // A journal is external input (the jobs bucket): an unreadable
+            // or kind-less command is skipped, never a panic.
+            let Some((cmd, kind)) = unhex(&rec.payload)
+                .and_then(|b| pb::AgentCommand::decode(b.as_slice()).ok())
+                .and_then(|c| c.kind.clone().map(|k| (c, k)))
             else {
+                tracing::warn!(job = %job.id, cmd = %rec.id, "unreadable journaled command skipped");
                 continue;
             };
-            let wait =
-                self.command_wait(cmd.kind.as_ref().expect("journaled commands have a kind"));
+            let wait = self.command_wait(&kind);
             let r = self.settle(&rec.node, &cmd, wait).await;
             let (id, ok, msg) = (cmd.id.clone(), r.ok, describe(&r));
             tracing::info!(job = %job.id, cmd = %cmd.id, vm = %rec.vm, ok, "settled a command left unfinished by the restart");
@@ -387,19 +393,26 @@ impl Coordinator {
 
 /// Runs a job to its end in the background; resumption uses the same path.
 pub fn spawn(c: Arc<Coordinator>, job: Job, resumed: bool) {
-    tokio::spawn(async move {
-        let kind = job.kind.clone();
-        match kind.as_str() {
-            "maintenance.start" => match job.params["mode"].as_str() {
-                Some("stop") => stop_all(c, job, resumed).await,
-                _ => drain(c, job, resumed).await,
-            },
-            "node.enable" => enable(c, job, resumed).await,
-            "node.start-stopped" => start_stopped(c, job, resumed).await,
-            "rolling" => crate::rolling::run(c, job, resumed).await,
-            _ => single(c, job, resumed).await,
-        }
-    });
+    let span = crate::logs::job_span(&job);
+    let (c2, id) = (c.clone(), job.id.clone());
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            tracing::info!(resumed, "job running");
+            let kind = job.kind.clone();
+            match kind.as_str() {
+                "maintenance.start" => match job.params["mode"].as_str() {
+                    Some("stop") => stop_all(c, job, resumed).await,
+                    _ => drain(c, job, resumed).await,
+                },
+                "node.enable" => enable(c, job, resumed).await,
+                "node.start-stopped" => start_stopped(c, job, resumed).await,
+                "rolling" => crate::rolling::run(c, job, resumed).await,
+                _ => single(c, job, resumed).await,
+            }
+            crate::logs::job_ended(&c2, &id).await;
+        },
+        span,
+    ));
 }
 
 /// Jobs of one command (vm start/stop/move/create, vfw move): the command
@@ -927,7 +940,7 @@ pub async fn resume_jobs(c: Arc<Coordinator>) {
     for job in jobs.into_iter().filter(|j| {
         matches!(j.state, JobState::Running | JobState::Paused) && j.kind != "rolling.node"
     }) {
-        tracing::info!(job = %job.id, kind = %job.kind, "resuming job after restart");
+        crate::logs::job_span(&job).in_scope(|| tracing::info!("resuming job after restart"));
         c.job_step(
             &job.id,
             None,

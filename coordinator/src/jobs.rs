@@ -185,6 +185,8 @@ impl Coordinator {
         ok: Option<bool>,
         message: String,
     ) {
+        // Journal steps are the job's story: log them too (in the job's span).
+        tracing::info!(vm = step_vm.unwrap_or(""), ok = ?ok, "{message}");
         let step = Step {
             ts_ms: nodemaint_proto::now_ms(),
             message: message.clone(),

@@ -7,6 +7,7 @@
 
 #[cfg(feature = "nats")]
 pub mod bus;
+pub mod metrics;
 pub mod model;
 pub mod subjects;
 

@@ -412,6 +412,16 @@ pub fn cli_in(url: &str, dir: &Path, user: &str, args: &[&str]) -> Output {
         .expect("run coordinator CLI")
 }
 
+/// Asserts that a command succeeded, showing its stdout and stderr if not.
+pub fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        stdout(out),
+        stderr(out)
+    );
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
