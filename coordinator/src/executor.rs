@@ -8,7 +8,7 @@
 //! execute one twice) and then re-deriving the remaining work from the
 //! registry (a drain moves whatever is still on the node).
 
-use crate::jobs::{hex, unhex, CommandRecord, Job, JobState, Report, ReportLine};
+use crate::jobs::{hex, CommandRecord, Job, JobState, Report, ReportLine};
 use crate::server::Coordinator;
 use futures::StreamExt;
 use nodemaint_planner as planner;
@@ -228,10 +228,7 @@ impl Coordinator {
         for rec in job.commands.iter().filter(|r| r.ok.is_none()) {
             // A journal is external input (the jobs bucket): an unreadable
             // or kind-less command is skipped, never a panic.
-            let Some((cmd, kind)) = unhex(&rec.payload)
-                .and_then(|b| pb::AgentCommand::decode(b.as_slice()).ok())
-                .and_then(|c| c.kind.clone().map(|k| (c, k)))
-            else {
+            let Some((cmd, kind)) = crate::jobs::journaled_command(&rec.payload) else {
                 tracing::warn!(job = %job.id, cmd = %rec.id, "unreadable journaled command skipped");
                 continue;
             };
@@ -432,9 +429,8 @@ async fn single(c: Arc<Coordinator>, job: Job, resumed: bool) {
         let to = job.params["to"].as_str().map(str::to_string);
         let kind = job.params["command"]
             .as_str()
-            .and_then(unhex)
-            .and_then(|b| pb::AgentCommand::decode(b.as_slice()).ok())
-            .and_then(|c| c.kind);
+            .and_then(crate::jobs::journaled_command)
+            .map(|(_, k)| k);
         match kind {
             Some(Kind::Migrate(m)) => {
                 let from = node.clone();

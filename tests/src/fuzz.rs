@@ -267,10 +267,9 @@ fn job_json(b: &[u8]) -> Result<(), String> {
     let job: Job = serde_json::from_slice(b).map_err(|e| e.to_string())?;
     // What a resuming coordinator reads from a journal.
     for rec in &job.commands {
-        if let Some(bytes) = jobs::unhex(&rec.payload) {
-            let _ = nodemaint_proto::decode::<pb::AgentCommand>(&bytes);
-        }
+        let _ = jobs::journaled_command(&rec.payload);
     }
+    let _ = job.params["command"].as_str().map(jobs::journaled_command);
     let _ = nodemaint_coordinator::executor::journal_report(&job, "migrate");
     let _ = serde_json::from_value::<Vec<Vec<String>>>(job.params["groups"].clone());
     let _ = serde_json::from_value::<planner::DrainPlan>(job.params["plan"].clone());
