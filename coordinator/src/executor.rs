@@ -390,26 +390,20 @@ impl Coordinator {
 
 /// Runs a job to its end in the background; resumption uses the same path.
 pub fn spawn(c: Arc<Coordinator>, job: Job, resumed: bool) {
-    let span = crate::logs::job_span(&job);
-    let (c2, id) = (c.clone(), job.id.clone());
-    tokio::spawn(tracing::Instrument::instrument(
-        async move {
-            tracing::info!(resumed, "job running");
-            let kind = job.kind.clone();
-            match kind.as_str() {
-                "maintenance.start" => match job.params["mode"].as_str() {
-                    Some("stop") => stop_all(c, job, resumed).await,
-                    _ => drain(c, job, resumed).await,
-                },
-                "node.enable" => enable(c, job, resumed).await,
-                "node.start-stopped" => start_stopped(c, job, resumed).await,
-                "rolling" => crate::rolling::run(c, job, resumed).await,
-                _ => single(c, job, resumed).await,
-            }
-            crate::logs::job_ended(&c2, &id).await;
-        },
-        span,
-    ));
+    let traced = crate::logs::TracedJob::new(&c, &job, resumed);
+    tokio::spawn(traced.run(async move {
+        let kind = job.kind.clone();
+        match kind.as_str() {
+            "maintenance.start" => match job.params["mode"].as_str() {
+                Some("stop") => stop_all(c, job, resumed).await,
+                _ => drain(c, job, resumed).await,
+            },
+            "node.enable" => enable(c, job, resumed).await,
+            "node.start-stopped" => start_stopped(c, job, resumed).await,
+            "rolling" => crate::rolling::run(c, job, resumed).await,
+            _ => single(c, job, resumed).await,
+        }
+    }));
 }
 
 /// Jobs of one command (vm start/stop/move/create, vfw move): the command
