@@ -1442,6 +1442,35 @@ const COOKIE_TOKENS: &[&str] = &[
     "\"",
 ];
 
+/// Deeply nested inputs (brackets, tables, length-delimited protobuf
+/// fields): a decoder must refuse them, not recurse until the stack
+/// overflows (which aborts the process instead of panicking).
+pub fn deep_inputs() -> Vec<(&'static str, Vec<u8>)> {
+    let rep = |s: &str, n: usize| s.repeat(n).into_bytes();
+    let mut nested = Vec::new();
+    for tag in [10u64, 3, 11, 2].iter().cycle().take(20_000) {
+        let mut outer = Vec::new();
+        put_varint(&mut outer, (tag << 3) | 2);
+        put_varint(&mut outer, nested.len() as u64);
+        outer.extend(&nested);
+        nested = outer;
+    }
+    vec![
+        ("JSON arrays", rep("[", 200_000)),
+        ("JSON objects", rep("{\"nodes\":", 100_000)),
+        (
+            "TOML arrays",
+            [b"node = ".to_vec(), rep("[", 200_000)].concat(),
+        ),
+        (
+            "TOML inline tables",
+            [b"limits = ".to_vec(), rep("{a=", 100_000)].concat(),
+        ),
+        ("protobuf messages", nested),
+        ("lines", rep("Non-running processes:\n(", 100_000)),
+    ]
+}
+
 /// An input shown in a report: printable text as is (truncated), otherwise hex.
 pub fn show_input(b: &[u8]) -> String {
     const MAX: usize = 300;
