@@ -11,6 +11,8 @@ pub mod jobs;
 pub mod lease;
 pub mod output;
 pub mod portal;
+pub mod preflight;
 pub mod registry;
 pub mod rolling;
 pub mod server;
+pub mod slots;
