@@ -570,9 +570,7 @@ async fn start_maintenance(
             "ok": checks.iter().all(|c| c.ok), "checks": checks, "plan": plan,
         }));
     }
-    if let Some(why) = crate::preflight::refusal(&n.name, &checks) {
-        return refuse(Code::WrongState, why);
-    }
+    refuse_failed(&n.name, &checks)?;
     let mut params = opts.params(&n.name, mode);
     match mode {
         "stop" => params["vfw_cloudspaces_down"] = vfw_cloudspaces(&n).into(),
@@ -588,6 +586,23 @@ async fn start_maintenance(
         job,
     )
     .await
+}
+
+/// Refuses when a pre-flight check failed: NO_CAPACITY when the plan does
+/// not fit, WRONG_STATE otherwise.
+fn refuse_failed(node: &str, checks: &[crate::preflight::Check]) -> Result<()> {
+    let Some(why) = crate::preflight::refusal(node, checks) else {
+        return Ok(());
+    };
+    let capacity = checks.iter().any(|c| c.name == "capacity" && !c.ok);
+    refuse(
+        if capacity {
+            Code::NoCapacity
+        } else {
+            Code::WrongState
+        },
+        why,
+    )
 }
 
 /// The options of a drain (start and retry).
@@ -762,9 +777,7 @@ async fn retry_maintenance(
         ack_vfw_downtime: r.ack_vfw_downtime,
     };
     let (checks, plan) = preflight(c, &n, "move", &opts, true).await?;
-    if let Some(why) = crate::preflight::refusal(&n.name, &checks) {
-        return refuse(Code::WrongState, why);
-    }
+    refuse_failed(&n.name, &checks)?;
     let mut params = opts.params(&n.name, "move");
     params["plan"] = serde_json::to_value(&plan).map_err(internal)?;
     params["retry"] = true.into();

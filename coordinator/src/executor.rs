@@ -470,13 +470,15 @@ impl Coordinator {
                 })) => return r,
                 Ok(Some(_)) => continue,
                 Ok(None) => return failed(Code::Internal, "result channel closed".into()),
-                Err(_) => return failed(
-                    Code::Timeout,
-                    format!(
+                Err(_) => {
+                    return failed(
+                        Code::Timeout,
+                        format!(
                         "no result from node {node} within {} s; the command may still complete",
                         wait.as_secs()
                     ),
-                ),
+                    )
+                }
             }
         }
     }
