@@ -562,6 +562,7 @@ async fn start_maintenance(
         deadline_s: r.deadline_s,
         fallback: fallback_of(r.fallback),
         ack_vfw_downtime: r.ack_vfw_downtime,
+        max_speed_mibs: r.max_speed_mibs,
     };
     let (checks, plan) = preflight(c, &n, mode, &opts, false).await?;
     if r.dry_run {
@@ -608,6 +609,7 @@ fn refuse_failed(node: &str, checks: &[crate::preflight::Check]) -> Result<()> {
 /// The options of a drain (start and retry).
 struct DrainOptions {
     max_parallel: u32,
+    max_speed_mibs: u64,
     deadline_s: u32,
     fallback: crate::executor::Fallback,
     ack_vfw_downtime: bool,
@@ -618,6 +620,7 @@ impl DrainOptions {
         let mut p = serde_json::json!({
             "node": node, "mode": mode, "ack_vfw_downtime": self.ack_vfw_downtime,
             "max_parallel": self.max_parallel, "fallback": self.fallback.as_str(),
+            "max_speed_mibs": self.max_speed_mibs,
         });
         if self.deadline_s > 0 {
             p["deadline_s"] = self.deadline_s.into();
@@ -775,6 +778,7 @@ async fn retry_maintenance(
         deadline_s: r.deadline_s,
         fallback: fallback_of(r.fallback),
         ack_vfw_downtime: r.ack_vfw_downtime,
+        max_speed_mibs: r.max_speed_mibs,
     };
     let (checks, plan) = preflight(c, &n, "move", &opts, true).await?;
     refuse_failed(&n.name, &checks)?;

@@ -211,6 +211,9 @@ pub struct DrainArgs {
     /// with --ack-vfw-downtime.
     #[arg(long, value_enum, default_value_t = FallbackArg::Fail)]
     fallback: FallbackArg,
+    /// Bandwidth cap of each migration, MiB/s (default: unlimited).
+    #[arg(long, value_name = "MIBS", default_value_t = 0)]
+    max_speed: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -652,6 +655,7 @@ pub async fn run(cli: Cli) -> CliResult {
                 deadline_s: drain.deadline.unwrap_or(0),
                 fallback: drain.fallback.wire(),
                 dry_run: *dry_run,
+                max_speed_mibs: drain.max_speed,
             });
             if *dry_run {
                 let doc = json_reply(client.call(req).await?)?;
@@ -666,6 +670,7 @@ pub async fn run(cli: Cli) -> CliResult {
                 deadline_s: drain.deadline.unwrap_or(0),
                 fallback: drain.fallback.wire(),
                 ack_vfw_downtime: drain.ack_vfw_downtime,
+                max_speed_mibs: drain.max_speed,
             });
             run_op(&cli, &client, req, *wait).await
         }

@@ -154,7 +154,9 @@ impl Coordinator {
         self.update_job(&job.id, |j| j.commands.push(rec.clone()))
             .await;
         let r = self.send_and_await(&job.id, node, &cmd, wait).await;
-        if let (true, Some(dest)) = (r.ok, destination) {
+        // The destination's inventory changed either way: the VM arrived,
+        // or the paused incoming copy of a failed migration went away.
+        if let Some(dest) = destination {
             self.refresh_inventory(&dest).await;
         }
         r
@@ -791,7 +793,10 @@ async fn drain(c: Arc<Coordinator>, job: Job, resumed: bool) {
                 .map(|to| (l.vm.clone(), to.split(' ').next().unwrap_or(to).to_string()))
         })
         .collect();
-    c.wait_placed(&moved).await;
+    // Those not moved are (still) on the node.
+    let stayed = report.not_done.iter().map(|l| (l.vm.clone(), node.clone()));
+    let settled: Vec<(String, String)> = moved.into_iter().chain(stayed).collect();
+    c.wait_placed(&settled).await;
     locate_not_done(&c, &mut report);
     let done = format!(
         "{node} drained: {} VMs moved; the node is in maintenance",

@@ -143,6 +143,10 @@ fn describe(dom: &Domain) -> Result<Vm, VirtError> {
     })
 }
 
+/// How long a migration may take to stop after its abort before the agent
+/// answers without waiting for it.
+const ABORT_GRACE: Duration = Duration::from_secs(30);
+
 impl Hypervisor for LibvirtHypervisor {
     fn list(&self) -> Result<Vec<Vm>, HvError> {
         self.with_conn(|c| {
@@ -259,10 +263,15 @@ impl Hypervisor for LibvirtHypervisor {
         // The lowest data-remaining seen and when: progress means a new low.
         let mut lowest = (u64::MAX, started);
         let mut aborted: Option<HvError> = None;
+        // libvirt refuses an abort in some phases (before the data phase,
+        // after the switch-over): repeat it each second until it is taken.
+        let mut abort_taken = false;
+        let mut last_abort = started;
+        let mut abort_since = started;
         while !worker.is_finished() {
             std::thread::sleep(Duration::from_millis(50));
             if aborted.is_none() {
-                let why = if started.elapsed() >= target.timeout {
+                aborted = if started.elapsed() >= target.timeout {
                     Some(HvError::Timeout {
                         vm: vm.to_string(),
                         secs: target.timeout.as_secs(),
@@ -278,15 +287,33 @@ impl Hypervisor for LibvirtHypervisor {
                         reason,
                     })
                 };
-                if let Some(why) = why {
-                    // The safe wrapper has no virDomainAbortJob; this is the one
-                    // raw call of the backend. The pointer is valid while `dom`
-                    // lives. Past the switch-over libvirt refuses and the
-                    // migration completes: the worker's result says which.
-                    let rc = unsafe { sys::virDomainAbortJob(dom.as_ptr()) };
-                    tracing::warn!(vm, rc, reason = %why, "aborting the migration job");
-                    aborted = Some(why);
+                if let Some(why) = &aborted {
+                    tracing::warn!(vm, reason = %why, "aborting the migration job");
+                    last_abort = started; // abort now
+                    abort_since = Instant::now();
                 }
+            }
+            // Bounded even when libvirt cannot stop it (a connect stuck in
+            // SYN retries ignores the cancel): answer, and leave the job to
+            // libvirt; the inventory shows where the VM ends up.
+            if let Some(why) = &aborted {
+                if abort_since.elapsed() >= ABORT_GRACE {
+                    return Err(HvError::Other(format!(
+                        "{why}; but libvirt did not stop the migration within {} s of the abort: \
+                         it still holds the job, and the inventory will show where {vm} runs",
+                        ABORT_GRACE.as_secs()
+                    )));
+                }
+            }
+            if aborted.is_some() && !abort_taken && last_abort.elapsed() >= Duration::from_secs(1) {
+                // The safe wrapper has no virDomainAbortJob; this is the one
+                // raw call of the backend. The pointer is valid while `dom`
+                // lives. Past the switch-over the migration completes anyway:
+                // the worker's result says which.
+                let rc = unsafe { sys::virDomainAbortJob(dom.as_ptr()) };
+                abort_taken = rc == 0;
+                last_abort = Instant::now();
+                tracing::info!(vm, rc, "virDomainAbortJob");
             }
             if last_sample.elapsed() < Duration::from_secs(1) {
                 continue;
