@@ -19,10 +19,13 @@ fn ok(out: &std::process::Output) {
     );
 }
 
+/// One migration as the journal shows it: (start ms, end ms, from, to).
+type Interval = (i64, i64, String, String);
+
 /// Migration intervals (start, end, from, to) from a job's journal: the
 /// step before the command is sent and the one after its result, both
 /// logged while the migration holds its slots.
-fn intervals(job: &Value) -> Vec<(i64, i64, String, String)> {
+fn intervals(job: &Value) -> Vec<Interval> {
     let steps = job["steps"].as_array().unwrap();
     let mut open: BTreeMap<String, (i64, String, String)> = BTreeMap::new();
     let mut out = Vec::new();
@@ -45,11 +48,11 @@ fn intervals(job: &Value) -> Vec<(i64, i64, String, String)> {
 
 /// The most migrations running at once, in total and per source and
 /// destination node.
-fn peak(all: &[(i64, i64, String, String)]) -> (usize, usize, usize) {
+fn peak(all: &[Interval]) -> (usize, usize, usize) {
     let mut peak = (0, 0, 0);
     for (t, _, _, _) in all {
         let live: Vec<_> = all.iter().filter(|(s, e, _, _)| s <= t && t < e).collect();
-        let per = |f: &dyn Fn(&(i64, i64, String, String)) -> &String| {
+        let per = |f: &dyn Fn(&Interval) -> &String| {
             let mut m: BTreeMap<&String, usize> = BTreeMap::new();
             for i in &live {
                 *m.entry(f(i)).or_default() += 1;
