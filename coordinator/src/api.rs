@@ -730,23 +730,14 @@ async fn take_and_launch(
     }
 }
 
-/// `maintenance retry NODE`: a node in maintenance whose drain left VMs
-/// behind drains again, with just those (moved VMs are not on it any more;
-/// VMs maintenance stopped stay stopped).
-async fn retry_maintenance(
-    c: &Arc<Coordinator>,
-    user: &str,
-    r: &pb::RetryMaintenance,
-) -> Result<Reply> {
-    let n = node(c, &r.node)?;
+/// The node, if it is in maintenance and no job holds it; otherwise the
+/// refusal (`why` says what the operation needs).
+fn free_in_maintenance(c: &Coordinator, name: &str, why: &str) -> Result<NodeRecord> {
+    let n = node(c, name)?;
     if n.status != NodeStatus::Maintenance {
         return refuse(
             Code::WrongState,
-            format!(
-                "node {} is {}; retry continues the drain of a node in maintenance",
-                n.name,
-                status_word(n.status)
-            ),
+            format!("node {} is {}; {why}", n.name, status_word(n.status)),
         );
     }
     if let Some(j) = &n.current_job {
@@ -758,6 +749,22 @@ async fn retry_maintenance(
             ),
         );
     }
+    Ok(n)
+}
+
+/// `maintenance retry NODE`: a node in maintenance whose drain left VMs
+/// behind drains again, with just those (moved VMs are not on it any more;
+/// VMs maintenance stopped stay stopped).
+async fn retry_maintenance(
+    c: &Arc<Coordinator>,
+    user: &str,
+    r: &pb::RetryMaintenance,
+) -> Result<Reply> {
+    let n = free_in_maintenance(
+        c,
+        &r.node,
+        "retry continues the drain of a node in maintenance",
+    )?;
     let left = n
         .domains
         .iter()
@@ -822,23 +829,7 @@ async fn abort_job(c: &Arc<Coordinator>, user: &str, r: &pb::AbortJob) -> Result
 }
 
 async fn enable_node(c: &Arc<Coordinator>, user: &str, r: &pb::EnableNode) -> Result<Reply> {
-    let n = node(c, &r.node)?;
-    if n.status != NodeStatus::Maintenance {
-        return refuse(
-            Code::WrongState,
-            format!(
-                "node {} is {}, not in maintenance; nothing to enable",
-                n.name,
-                status_word(n.status)
-            ),
-        );
-    }
-    if let Some(j) = &n.current_job {
-        return refuse(
-            Code::Conflict,
-            format!("node {} is held by job {j}; wait for it to end", n.name),
-        );
-    }
+    let n = free_in_maintenance(c, &r.node, "not in maintenance; nothing to enable")?;
     if !n.stopped_by.is_empty() {
         require_reachable(&n)?;
     }
