@@ -109,6 +109,24 @@ pub async fn enable(
     }
 }
 
+pub async fn abort(
+    State(st): State<Arc<Portal>>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Form(f): Form<super::auth::CsrfForm>,
+) -> Response {
+    if let Err(r) = auth.check_csrf(&f.csrf) {
+        return r;
+    }
+    match st
+        .api(&auth.user, Req::AbortJob(pb::AbortJob { job_id: id }))
+        .await
+    {
+        Ok(r) => accepted(r),
+        Err(e) => e.page(Some(&auth), "Abort refused"),
+    }
+}
+
 #[derive(Deserialize, Default)]
 pub struct MoveVfwForm {
     #[serde(default)]

@@ -125,6 +125,7 @@ pub fn router(c: Arc<Coordinator>) -> Router {
         .route("/cloudspaces/{cs}/move-vfw", post(actions::move_vfw))
         .route("/jobs", get(pages::jobs))
         .route("/jobs/{id}", get(pages::job))
+        .route("/jobs/{id}/abort", post(actions::abort))
         .route("/api/stacks", get(live::stacks_json))
         .route("/api/jobs/{id}", get(live::job_json))
         .route("/events/stacks", get(live::stacks_sse))
