@@ -117,7 +117,7 @@ pub async fn handle(c: &Arc<Coordinator>, req: pb::ApiRequest) -> pb::ApiReply {
     match res {
         Ok(kind) => pb::ApiReply { kind: Some(kind) },
         Err(r) => {
-            tracing::info!(%user, %method, code = ?r.0, message = %r.1, "request refused");
+            tracing::info!(%user, %method, code = ?r.0, reason = %r.1, "request refused");
             r.into()
         }
     }

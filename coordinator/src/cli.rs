@@ -75,6 +75,12 @@ pub enum Command {
         /// Also serve the operator web portal on this address (e.g. 127.0.0.1:8080).
         #[arg(long, value_name = "ADDR", env = "NODEMAINT_HTTP")]
         http: Option<std::net::SocketAddr>,
+        /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9464); off when unset.
+        #[arg(long, value_name = "ADDR", env = "NODEMAINT_METRICS_LISTEN")]
+        metrics_listen: Option<std::net::SocketAddr>,
+        /// Log lines as text or as JSON objects (with the job id and node of job lines).
+        #[arg(long, value_enum, default_value = "text", env = "NODEMAINT_LOG_FORMAT")]
+        log_format: crate::logs::LogFormat,
     },
     /// Print an argon2 hash of the password read from standard input, for
     /// `password_hash` of a user in the coordinator config (portal login).
@@ -484,8 +490,14 @@ fn user(cli: &Cli) -> String {
 }
 
 pub async fn run(cli: Cli) -> CliResult {
-    if let Command::Serve { config, http } = &cli.command {
-        return serve(&cli, config.clone(), *http).await;
+    if let Command::Serve {
+        config,
+        http,
+        metrics_listen,
+        ..
+    } = &cli.command
+    {
+        return serve(&cli, config.clone(), *http, *metrics_listen).await;
     }
     if let Command::HashPassword = &cli.command {
         let mut pw = String::new();
@@ -737,6 +749,7 @@ async fn serve(
     cli: &Cli,
     config: Option<PathBuf>,
     http: Option<std::net::SocketAddr>,
+    metrics_listen: Option<std::net::SocketAddr>,
 ) -> CliResult {
     let mut cfg = match config {
         Some(p) => crate::config::CoordinatorConfig::load(&p)?,
@@ -753,6 +766,9 @@ async fn serve(
         tracing::warn!("no users configured: every fleet change will be refused");
     }
     let coord = crate::server::Coordinator::start(cfg).await?;
+    if let Some(addr) = metrics_listen {
+        crate::metrics::listen(coord.clone(), addr).await?;
+    }
     if let Some(addr) = http {
         // Bound here so that a busy port fails the start instead of a log line.
         let listener = tokio::net::TcpListener::bind(addr)

@@ -8,7 +8,7 @@
 //! execute one twice) and then re-deriving the remaining work from the
 //! registry (a drain moves whatever is still on the node).
 
-use crate::jobs::{hex, unhex, CommandRecord, Job, JobState, Report, ReportLine};
+use crate::jobs::{hex, CommandRecord, Job, JobState, Report, ReportLine};
 use crate::server::Coordinator;
 use crate::slots::Priority;
 use futures::StreamExt;
@@ -119,17 +119,7 @@ impl Coordinator {
         to: Option<&str>,
         kind: Kind,
     ) -> pb::CommandResult {
-        let action = match &kind {
-            Kind::Migrate(_) => "migrate",
-            Kind::Stop(_) => "stop",
-            Kind::Start(_) => "start",
-            Kind::Define(_) => "define",
-            Kind::RunHook(_) => "hook",
-            Kind::RunChecks(_) => "checks",
-            Kind::RefreshInventory(_) => "refresh",
-            Kind::CancelMigration(_) => "cancel",
-            Kind::ProbeLibvirt(_) => "probe",
-        };
+        let action = kind.action();
         let wait = self.command_wait(&kind);
         let destination = match &kind {
             Kind::Migrate(m) => Some(m.dest_node.clone()),
@@ -153,7 +143,9 @@ impl Coordinator {
         };
         self.update_job(&job.id, |j| j.commands.push(rec.clone()))
             .await;
+        let timer = crate::metrics::CommandTimer::start(action, &cmd.id);
         let r = self.send_and_await(&job.id, node, &cmd, wait).await;
+        timer.finish(&r);
         // The destination's inventory changed either way: the VM arrived,
         // or the paused incoming copy of a failed migration went away.
         if let Some(dest) = destination {
@@ -206,13 +198,13 @@ impl Coordinator {
     ) -> Vec<(CommandRecord, pb::CommandResult)> {
         let mut out = Vec::new();
         for rec in job.commands.iter().filter(|r| r.ok.is_none()) {
-            let Some(cmd) =
-                unhex(&rec.payload).and_then(|b| pb::AgentCommand::decode(b.as_slice()).ok())
-            else {
+            // A journal is external input (the jobs bucket): an unreadable
+            // or kind-less command is skipped, never a panic.
+            let Some((cmd, kind)) = crate::jobs::journaled_command(&rec.payload) else {
+                tracing::warn!(job = %job.id, cmd = %rec.id, "unreadable journaled command skipped");
                 continue;
             };
-            let wait =
-                self.command_wait(cmd.kind.as_ref().expect("journaled commands have a kind"));
+            let wait = self.command_wait(&kind);
             let r = self.settle(&rec.node, &cmd, wait).await;
             let (id, ok, msg) = (cmd.id.clone(), r.ok, describe(&r));
             tracing::info!(job = %job.id, cmd = %cmd.id, vm = %rec.vm, ok, "settled a command left unfinished by the restart");
@@ -470,7 +462,8 @@ impl Coordinator {
                     body: Some(Body::Result(r)),
                     ..
                 })) => return r,
-                Ok(Some(_)) => continue,
+                // Progress: the CLI follows it from the stream; metrics count it.
+                Ok(Some(ev)) => crate::metrics::progress(&ev),
                 Ok(None) => return failed(Code::Internal, "result channel closed".into()),
                 Err(_) => {
                     return failed(
@@ -575,21 +568,28 @@ fn arm_stops(c: &Arc<Coordinator>, job: &Job) {
 /// Runs a job to its end in the background; resumption uses the same path.
 pub fn spawn(c: Arc<Coordinator>, job: Job, resumed: bool) {
     arm_stops(&c, &job);
-    tokio::spawn(async move {
-        let (kind, id) = (job.kind.clone(), job.id.clone());
-        match kind.as_str() {
-            "maintenance.start" => match job.params["mode"].as_str() {
-                Some("stop") => stop_all(c.clone(), job, resumed).await,
-                Some("none") => cordon(c.clone(), job).await,
-                _ => drain(c.clone(), job, resumed).await,
-            },
-            "node.enable" => enable(c.clone(), job, resumed).await,
-            "node.start-stopped" => start_stopped(c.clone(), job, resumed).await,
-            "rolling" => crate::rolling::run(c.clone(), job, resumed).await,
-            _ => single(c.clone(), job, resumed).await,
-        }
-        c.stops.forget(&id);
-    });
+    let span = crate::logs::job_span(&job);
+    let (c2, id) = (c.clone(), job.id.clone());
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            tracing::info!(resumed, "job running");
+            let kind = job.kind.clone();
+            match kind.as_str() {
+                "maintenance.start" => match job.params["mode"].as_str() {
+                    Some("stop") => stop_all(c, job, resumed).await,
+                    Some("none") => cordon(c, job).await,
+                    _ => drain(c, job, resumed).await,
+                },
+                "node.enable" => enable(c, job, resumed).await,
+                "node.start-stopped" => start_stopped(c, job, resumed).await,
+                "rolling" => crate::rolling::run(c, job, resumed).await,
+                _ => single(c, job, resumed).await,
+            }
+            c2.stops.forget(&id);
+            crate::logs::job_ended(&c2, &id).await;
+        },
+        span,
+    ));
 }
 
 /// `--mode none`: the API made the node unschedulable; nothing moves.
@@ -619,9 +619,8 @@ async fn single(c: Arc<Coordinator>, job: Job, resumed: bool) {
         let to = job.params["to"].as_str().map(str::to_string);
         let kind = job.params["command"]
             .as_str()
-            .and_then(unhex)
-            .and_then(|b| pb::AgentCommand::decode(b.as_slice()).ok())
-            .and_then(|c| c.kind);
+            .and_then(crate::jobs::journaled_command)
+            .map(|(_, k)| k);
         match kind {
             Some(kind @ Kind::Migrate(_)) => Some(
                 c.migrate_one(&job, &node, kind, Priority::Manual)
@@ -1303,7 +1302,7 @@ pub async fn resume_jobs(c: Arc<Coordinator>) {
     for job in jobs.into_iter().filter(|j| {
         matches!(j.state, JobState::Running | JobState::Paused) && j.kind != "rolling.node"
     }) {
-        tracing::info!(job = %job.id, kind = %job.kind, "resuming job after restart");
+        crate::logs::job_span(&job).in_scope(|| tracing::info!("resuming job after restart"));
         c.job_step(
             &job.id,
             None,

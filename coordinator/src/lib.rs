@@ -9,6 +9,8 @@ pub mod executor;
 pub mod fleet;
 pub mod jobs;
 pub mod lease;
+pub mod logs;
+pub mod metrics;
 pub mod output;
 pub mod portal;
 pub mod preflight;

@@ -149,7 +149,7 @@ pub fn heartbeat_needs_write(rec: Option<&NodeRecord>, hb: &pb::Heartbeat, ts_ms
         || r.heartbeat_interval_ms != hb.interval_ms
         || r.protocol_version != hb.protocol_version
         || (cap.is_some() && cap != Some((r.capacity.vcpus, r.capacity.memory_mib)))
-        || ts_ms - r.last_seen_ms > PERSIST_SEEN_MS
+        || ts_ms.saturating_sub(r.last_seen_ms) > PERSIST_SEEN_MS
 }
 
 /// Applies a heartbeat (pure): liveness, boot id, capacity, address.

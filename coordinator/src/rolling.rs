@@ -222,11 +222,10 @@ async fn run_group(c: &Arc<Coordinator>, id: &str, group: &[String]) -> Result<(
             set_phase(c, id, node, "draining", None).await;
         }
     }
-    let results = futures::future::join_all(
-        group
-            .iter()
-            .map(|n| node_pipeline(c.clone(), id.to_string(), n.clone())),
-    )
+    let results = futures::future::join_all(group.iter().map(|n| {
+        let span = tracing::info_span!("node", node = %n);
+        tracing::Instrument::instrument(node_pipeline(c.clone(), id.to_string(), n.clone()), span)
+    }))
     .await;
     let failures: Vec<String> = results.into_iter().filter_map(Result::err).collect();
     if failures.is_empty() {

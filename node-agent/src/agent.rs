@@ -79,6 +79,10 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     cfg.validate()?;
+    crate::metrics::init_node(&cfg.node);
+    if let Some(addr) = cfg.metrics_listen {
+        crate::metrics::listen(addr).await?;
+    }
     let client = connect(&cfg.nats_url, &format!("node-agent {}", cfg.node)).await?;
     let js = jetstream::new(client.clone());
     let subjects = Subjects::new(&cfg.subject_prefix);
@@ -307,22 +311,28 @@ impl Agent {
                 let _ = msg.ack().await;
                 // Quick commands that must not queue behind the migrations
                 // they act on run at once, outside the command slots.
+                let span = command_span(self.node(), &cmd);
                 if matches!(
                     cmd.kind,
                     Some(Cmd::CancelMigration(_) | Cmd::ProbeLibvirt(_))
                 ) {
-                    tokio::spawn(async move { self.execute(cmd, &key).await });
+                    let run = async move { self.execute(cmd, &key).await };
+                    tokio::spawn(tracing::Instrument::instrument(run, span));
                     return;
                 }
                 let permit = self.slots.clone().acquire_owned().await.expect("semaphore");
-                tokio::spawn(async move {
-                    self.execute(cmd, &key).await;
-                    drop(permit);
-                });
+                tokio::spawn(tracing::Instrument::instrument(
+                    async move {
+                        self.execute(cmd, &key).await;
+                        drop(permit);
+                    },
+                    span,
+                ));
             }
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                 let _ = msg.ack().await;
-                self.answer_repeat(cmd, &key).await;
+                let span = command_span(self.node(), &cmd);
+                tracing::Instrument::instrument(self.answer_repeat(cmd, &key), span).await;
             }
             Err(e) => {
                 // Not acked: JetStream redelivers it (bounded by max_deliver).
@@ -438,12 +448,14 @@ impl Agent {
         };
         result.command_id = id.clone();
         result.duration_ms = started.elapsed().as_millis() as u64;
+        let action = crate::metrics::action(cmd.kind.as_ref());
+        crate::metrics::command_done(self.node(), action, result.ok, started.elapsed());
         self.record(key, &result).await;
         self.in_flight.lock().unwrap().remove(&id);
         if let Err(e) = self.publish_inventory(false).await {
             tracing::warn!(error = %e, "inventory refresh after command failed");
         }
-        tracing::info!(id = %id, ok = result.ok, message = %result.message, error = ?result.error, "command done");
+        tracing::info!(id = %id, ok = result.ok, detail = %result.message, error = ?result.error, "command done");
         self.publish(&cmd.op_id, Body::Result(result)).await;
     }
 
@@ -451,6 +463,7 @@ impl Agent {
     /// `checks` event for dashboards. Ok only when every service is ok.
     async fn checks(&self, op_id: &str, start_failed: bool) -> pb::CommandResult {
         let report = crate::checks::run_checks(&self.cfg.checks, start_failed).await;
+        crate::metrics::checks_done(self.node(), &report);
         self.publish(op_id, Body::Checks(report.clone())).await;
         let failed: Vec<String> = report
             .services
@@ -663,6 +676,7 @@ impl Agent {
         // Progress samples come from a blocking thread; a channel keeps their
         // order while a task publishes them.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let timer = crate::metrics::MigrationTimer::start(self.node());
         let forward = {
             let js = self.js.clone();
             let s = self.subjects.clone();
@@ -671,8 +685,10 @@ impl Agent {
             let id = cmd.id.clone();
             let vm = m.vm.clone();
             tokio::spawn(async move {
+                let mut bytes = 0;
                 while let Some(p) = rx.recv().await {
                     let p: crate::hypervisor::MigrateProgress = p;
+                    bytes = p.bytes_processed;
                     let body = Body::Progress(pb::Progress {
                         command_id: id.clone(),
                         vm: vm.clone(),
@@ -684,6 +700,7 @@ impl Agent {
                     });
                     let _ = bus::publish_event(&js, &s, &node, &op, body).await;
                 }
+                bytes
             })
         };
         let name = m.vm.clone();
@@ -694,7 +711,8 @@ impl Agent {
                 })
             })
             .await;
-        let _ = forward.await;
+        let bytes = forward.await.unwrap_or(0);
+        timer.finish(res.is_ok(), bytes);
         self.migrations.lock().unwrap().remove(&m.vm);
         match res {
             Ok(()) => pb::CommandResult {
@@ -754,4 +772,17 @@ fn interrupted(id: &str, why: &str) -> pb::CommandResult {
             ),
         )
     }
+}
+
+/// The span of one command's handling: `command{job_id, node, cmd_id,
+/// action}`, so every line logged while executing it names the job (the
+/// command's `op_id`) and the node.
+fn command_span(node: &str, cmd: &pb::AgentCommand) -> tracing::Span {
+    tracing::info_span!(
+        "command",
+        job_id = %cmd.op_id,
+        node = %node,
+        cmd_id = %cmd.id,
+        action = crate::metrics::action(cmd.kind.as_ref()),
+    )
 }

@@ -66,6 +66,9 @@ pub struct AgentConfig {
     /// Commands executed at the same time (migrations, stops, …).
     #[serde(default = "default_max_concurrent")]
     pub max_concurrent_commands: usize,
+    /// Serve Prometheus metrics on http://ADDR/metrics; off when unset.
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn default_progress_timeout() -> u32 {

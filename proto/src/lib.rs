@@ -7,6 +7,7 @@
 
 #[cfg(feature = "nats")]
 pub mod bus;
+pub mod metrics;
 pub mod model;
 pub mod subjects;
 
@@ -69,6 +70,24 @@ impl std::fmt::Display for pb::Error {
 }
 
 impl std::error::Error for pb::Error {}
+
+impl pb::agent_command::Kind {
+    /// The command's word in journals, logs and metrics labels.
+    pub fn action(&self) -> &'static str {
+        use pb::agent_command::Kind::*;
+        match self {
+            Migrate(_) => "migrate",
+            Stop(_) => "stop",
+            Start(_) => "start",
+            Define(_) => "define",
+            RunHook(_) => "hook",
+            RunChecks(_) => "checks",
+            RefreshInventory(_) => "refresh",
+            CancelMigration(_) => "cancel",
+            ProbeLibvirt(_) => "probe",
+        }
+    }
+}
 
 impl pb::ApiRequest {
     /// The API method of this request, the last tokens of its subject.

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod fuzz;
 pub mod lab;
 
 pub use tempfile::TempDir;
@@ -438,6 +439,16 @@ pub fn cli_in(url: &str, dir: &Path, user: &str, args: &[&str]) -> Output {
         .current_dir(dir)
         .output()
         .expect("run coordinator CLI")
+}
+
+/// Asserts that a command succeeded, showing its stdout and stderr if not.
+pub fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        stdout(out),
+        stderr(out)
+    );
 }
 
 pub fn stdout(o: &Output) -> String {

@@ -83,26 +83,27 @@ fn unescape(s: &str) -> String {
 }
 
 /// Value of attribute `name` on the first element (either quote style).
+/// Attributes are read in order, each value skipped as a whole, so text
+/// inside one value (a cloudspace named `x anti-affinity="g"`) is never
+/// taken for another attribute.
 fn attr(xml: &str, name: &str) -> Option<String> {
     let start = xml.find('<')?;
-    let end = xml[start..].find('>')? + start;
-    let tag = &xml[start..end];
-    let mut rest = tag;
-    while let Some(pos) = rest.find(name) {
-        let before = rest[..pos].chars().last();
-        let after = &rest[pos + name.len()..];
-        let after_trim = after.trim_start();
-        if before.is_some_and(char::is_whitespace) && after_trim.starts_with('=') {
-            let value = after_trim[1..].trim_start();
-            let quote = value.chars().next()?;
-            if quote == '"' || quote == '\'' {
-                let close = value[1..].find(quote)?;
-                return Some(unescape(&value[1..1 + close]));
-            }
+    let tag = &xml[start + 1..];
+    let mut rest = &tag[tag.find(|c: char| c.is_whitespace() || c == '/' || c == '>')?..];
+    loop {
+        rest = rest.trim_start();
+        if rest.is_empty() || rest.starts_with(['>', '/']) {
+            return None;
         }
-        rest = &rest[pos + name.len()..];
+        let (key, after) = rest.split_once('=')?;
+        let after = after.trim_start();
+        let quote = after.chars().next().filter(|q| *q == '"' || *q == '\'')?;
+        let value_len = after[1..].find(quote)?;
+        if key.trim() == name {
+            return Some(unescape(&after[1..1 + value_len]));
+        }
+        rest = &after[1 + value_len + 1..];
     }
-    None
 }
 
 #[cfg(test)]
@@ -145,5 +146,20 @@ mod tests {
             no_live_migration: true,
         };
         assert_eq!(parse(&element(&m)), m);
+    }
+
+    #[test]
+    fn text_inside_a_value_is_not_another_attribute() {
+        // Found by `bench fuzz`: the old scan matched `anti-affinity=`
+        // inside the cloudspace's value.
+        let m = VmMetadata {
+            kind: VmKind::Vfw,
+            cloudspace: Some("cs anti-affinity=".into()),
+            anti_affinity: Some("grp".into()),
+            no_live_migration: false,
+        };
+        assert_eq!(parse(&element(&m)), m);
+        let xml = r#"<vm cloudspace='x kind="vfw"' kind="user"/>"#;
+        assert_eq!(parse(xml).kind, VmKind::User);
     }
 }
