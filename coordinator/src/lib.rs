@@ -13,6 +13,8 @@ pub mod logs;
 pub mod metrics;
 pub mod output;
 pub mod portal;
+pub mod preflight;
 pub mod registry;
 pub mod rolling;
 pub mod server;
+pub mod slots;

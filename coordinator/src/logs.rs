@@ -50,46 +50,6 @@ pub fn job_span(job: &Job) -> tracing::Span {
     tracing::info_span!("job", job_id = %job.id, kind = %job.kind, node = %node)
 }
 
-/// A job's executor future, run inside the job span and logged when it
-/// starts and ends.
-pub struct TracedJob {
-    c: std::sync::Arc<crate::server::Coordinator>,
-    id: String,
-    resumed: bool,
-    span: tracing::Span,
-}
-
-impl TracedJob {
-    pub fn new(c: &std::sync::Arc<crate::server::Coordinator>, job: &Job, resumed: bool) -> Self {
-        TracedJob {
-            c: c.clone(),
-            id: job.id.clone(),
-            resumed,
-            span: job_span(job),
-        }
-    }
-
-    pub fn run(
-        self,
-        executor: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let TracedJob {
-            c,
-            id,
-            resumed,
-            span,
-        } = self;
-        tracing::Instrument::instrument(
-            async move {
-                tracing::info!(resumed, "job running");
-                executor.await;
-                job_ended(&c, &id).await;
-            },
-            span,
-        )
-    }
-}
-
 /// Logs how a job's executor left it (inside the job span).
 pub async fn job_ended(c: &crate::server::Coordinator, id: &str) {
     match c.get_job(id).await {

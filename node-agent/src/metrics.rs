@@ -66,16 +66,7 @@ pub fn init_node(node: &str, checks: &[crate::checks::CheckConfig]) {
 
 /// The `action` label of a command kind (the coordinator uses the same words).
 pub fn action(kind: Option<&Cmd>) -> &'static str {
-    match kind {
-        Some(Cmd::Migrate(_)) => "migrate",
-        Some(Cmd::Stop(_)) => "stop",
-        Some(Cmd::Start(_)) => "start",
-        Some(Cmd::Define(_)) => "define",
-        Some(Cmd::RunHook(_)) => "hook",
-        Some(Cmd::RunChecks(_)) => "checks",
-        Some(Cmd::RefreshInventory(_)) => "refresh",
-        None => "none",
-    }
+    kind.map(Cmd::action).unwrap_or("none")
 }
 
 fn result_word(ok: bool) -> &'static str {

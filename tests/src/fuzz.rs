@@ -170,6 +170,7 @@ fn agent_command(b: &[u8]) -> Result<(), String> {
                 kind: d.kind().into(),
                 cloudspace: (!d.cloudspace.is_empty()).then(|| d.cloudspace.clone()),
                 anti_affinity: None,
+                no_live_migration: false,
             },
         };
         let xml = template::render(&spec, "test", None);
@@ -302,6 +303,7 @@ fn node_record_json(b: &[u8]) -> Result<(), String> {
         interval_ms: rec.heartbeat_interval_ms,
         capacity: None,
         inventory_generation: rec.inventory_generation,
+        protocol_version: nodemaint_proto::PROTOCOL_VERSION,
     };
     let _ = nodemaint_coordinator::registry::heartbeat_needs_write(Some(&rec), &hb, now);
     let fleet = nodemaint_coordinator::fleet::snapshot(&[rec], now);
@@ -505,17 +507,17 @@ fn arb_string_bytes() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-/// Well-formed protobuf wire: random tags (1..32 covers every field and
+/// Well-formed protobuf wire: random tags (1..40 covers every field and
 /// oneof case of our messages), all wire types, nested messages.
 fn arb_wire() -> impl Strategy<Value = Vec<u8>> {
     let leaf = prop_oneof![
-        (1u32..32, extreme_u64()).prop_map(|(t, v)| Field::Varint(t, v)),
-        (1u32..32, any::<u64>()).prop_map(|(t, v)| Field::Fixed64(t, v)),
-        (1u32..32, any::<u32>()).prop_map(|(t, v)| Field::Fixed32(t, v)),
-        (1u32..32, arb_string_bytes()).prop_map(|(t, b)| Field::Bytes(t, b)),
+        (1u32..40, extreme_u64()).prop_map(|(t, v)| Field::Varint(t, v)),
+        (1u32..40, any::<u64>()).prop_map(|(t, v)| Field::Fixed64(t, v)),
+        (1u32..40, any::<u32>()).prop_map(|(t, v)| Field::Fixed32(t, v)),
+        (1u32..40, arb_string_bytes()).prop_map(|(t, b)| Field::Bytes(t, b)),
     ];
     let field = leaf.prop_recursive(4, 48, 6, |inner| {
-        (1u32..32, vec(inner, 0..6)).prop_map(|(t, fs)| Field::Msg(t, fs))
+        (1u32..40, vec(inner, 0..6)).prop_map(|(t, fs)| Field::Msg(t, fs))
     });
     vec(field, 0..8).prop_map(|fs| encode_fields(&fs))
 }
@@ -615,6 +617,11 @@ fn domain(name: &str, kind: pb::VmKind, state: pb::VmState) -> pb::Domain {
         vcpus: 2,
         memory_mib: 2048,
         persistent: true,
+        not_migratable: if kind == pb::VmKind::Vfw {
+            "passthrough device".into()
+        } else {
+            String::new()
+        },
     }
 }
 
@@ -634,6 +641,7 @@ fn agent_command_seeds() -> Vec<Vec<u8>> {
             dest_migrate_uri: "tcp://10.0.0.2".into(),
             timeout_s: 600,
             max_speed_mibs: 100,
+            progress_timeout_s: 150,
         }),
         Kind::Define(pb::DefineVm {
             xml: "<domain type='kvm'><name>vm1</name></domain>".into(),
@@ -648,6 +656,16 @@ fn agent_command_seeds() -> Vec<Vec<u8>> {
         Kind::RunHook(pb::RunHook {
             command: "reboot".into(),
             timeout_s: 900,
+        }),
+        Kind::CancelMigration(pb::CancelMigration {
+            vm: "vm1".into(),
+            reason: "job aborted".into(),
+        }),
+        Kind::ProbeLibvirt(pb::ProbeLibvirt {
+            uris: vec![
+                "qemu+tcp://10.0.0.2/system".into(),
+                "test:///default".into(),
+            ],
         }),
     ];
     kinds
@@ -706,6 +724,7 @@ fn event_seeds() -> Vec<Vec<u8>> {
             inventory_generation: 7,
             boot_time_ms: 1_700_000_000_000,
             interval_ms: 2000,
+            protocol_version: nodemaint_proto::PROTOCOL_VERSION,
         }),
         Body::Inventory(pb::Inventory {
             generation: 8,
@@ -756,10 +775,10 @@ fn event_seeds() -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Every `ApiRequest` case (tags 10..=29), empty and with a few fields set.
+/// Every `ApiRequest` case (tags 10..=31), empty and with a few fields set.
 fn api_request_seeds() -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    for tag in 10..=29u32 {
+    for tag in 10..=31u32 {
         let inner = vec![
             Field::Bytes(1, b"node1".to_vec()),
             Field::Varint(2, 1),
@@ -771,6 +790,7 @@ fn api_request_seeds() -> Vec<Vec<u8>> {
         ]));
         out.push(encode_fields(&[
             Field::Bytes(1, b"alice".to_vec()),
+            Field::Bytes(2, b"req-0001".to_vec()),
             Field::Msg(tag, inner),
         ]));
     }
@@ -1377,8 +1397,15 @@ fn metadata_seeds() -> Vec<String> {
             kind: nodemaint_proto::model::VmKind::Vfw,
             cloudspace: Some("cs\"1&<".into()),
             anti_affinity: Some("grp".into()),
+            no_live_migration: false,
         }),
         "<nm:vm xmlns:nm='http://x' kind='user' cloudspace='cs2'/>".into(),
+        metadata::element(&metadata::VmMetadata {
+            kind: nodemaint_proto::model::VmKind::User,
+            cloudspace: Some("cs3".into()),
+            anti_affinity: None,
+            no_live_migration: true,
+        }),
     ]
 }
 
@@ -1390,6 +1417,9 @@ const XML_TOKENS: &[&str] = &[
     " kind",
     " cloudspace",
     " anti-affinity",
+    " migratable",
+    "no",
+    "No",
     "=",
     "\"",
     "'",
