@@ -36,6 +36,10 @@ pub struct Decoder {
     /// Ok when the input was accepted, Err with the typed error's message.
     pub run: fn(&[u8]) -> Result<(), String>,
     pub input: fn() -> BoxedStrategy<Vec<u8>>,
+    /// A valid input that must be accepted: keeps the seeds in step with
+    /// the formats (a seed the decoder rejects would make the mutations
+    /// explore little but the error path).
+    pub valid: fn() -> Vec<u8>,
 }
 
 /// Every decoder, in report order.
@@ -43,76 +47,85 @@ pub fn decoders() -> Vec<Decoder> {
     vec![
         Decoder {
             name: "pb AgentCommand",
+            valid: || agent_command_seeds()[0].clone(),
             run: agent_command,
             input: || proto_input(agent_command_seeds()),
         },
         Decoder {
             name: "pb Event",
+            valid: || event_seeds()[0].clone(),
             run: event,
             input: || proto_input(event_seeds()),
         },
         Decoder {
             name: "pb ApiRequest",
+            valid: || api_request_seeds()[0].clone(),
             run: api_request,
             input: || proto_input(api_request_seeds()),
         },
         Decoder {
             name: "pb ApiReply",
+            valid: || api_reply_seeds()[1].clone(),
             run: api_reply,
             input: || proto_input(api_reply_seeds()),
         },
         Decoder {
             name: "pb CommandResult",
+            valid: || command_result_seed().encode_to_vec(),
             run: command_result,
             input: || proto_input(vec![command_result_seed().encode_to_vec()]),
         },
         Decoder {
             name: "job JSON (KV)",
+            valid: || job_seed().into_bytes(),
             run: job_json,
             input: || json_input(vec![job_seed()], JOB_KEYS),
         },
         Decoder {
             name: "node record JSON (KV)",
+            valid: || node_record_seed().into_bytes(),
             run: node_record_json,
             input: || json_input(vec![node_record_seed()], NODE_KEYS),
         },
         Decoder {
             name: "lease JSON (KV)",
+            valid: || LEASE.as_bytes().to_vec(),
             run: lease_json,
-            input: || {
-                json_input(
-                    vec![r#"{"holder":"c1","expires_ms":1700000000000}"#.into()],
-                    &["holder", "expires_ms"],
-                )
-            },
+            input: || json_input(vec![LEASE.into()], &["holder", "expires_ms"]),
         },
         Decoder {
             name: "fleet file JSON",
+            valid: || fleet_seed().into_bytes(),
             run: fleet_json,
             input: || json_input(vec![fleet_seed()], FLEET_KEYS),
         },
         Decoder {
             name: "agent TOML",
+            valid: || AGENT_TOML.as_bytes().to_vec(),
             run: agent_toml,
             input: || toml_input(vec![AGENT_TOML.into()], AGENT_KEYS),
         },
         Decoder {
             name: "coordinator TOML",
+            valid: || COORDINATOR_TOML.as_bytes().to_vec(),
             run: coordinator_toml,
             input: || toml_input(vec![COORDINATOR_TOML.into()], COORDINATOR_KEYS),
         },
         Decoder {
             name: "ovs monitor services",
+            valid: || OVS_OUTPUT.as_bytes().to_vec(),
             run: ovs_services,
             input: || text_input(vec![OVS_OUTPUT.into()], OVS_TOKENS),
         },
         Decoder {
             name: "ays status",
+            valid: || AYS_OUTPUT.as_bytes().to_vec(),
             run: ays_status,
             input: || text_input(vec![AYS_OUTPUT.into()], AYS_TOKENS),
         },
         Decoder {
             name: "systemctl is-active",
+            valid: || b"active\n".to_vec(),
             run: systemd_is_active,
             input: || {
                 text_input(
@@ -123,23 +136,21 @@ pub fn decoders() -> Vec<Decoder> {
         },
         Decoder {
             name: "domain metadata XML",
+            valid: || metadata_seeds()[0].clone().into_bytes(),
             run: domain_metadata,
             input: || text_input(metadata_seeds(), XML_TOKENS),
         },
         Decoder {
             name: "NATS subjects",
+            valid: || subject_seeds()[0].clone().into_bytes(),
             run: subjects,
             input: || text_input(subject_seeds(), SUBJECT_TOKENS),
         },
         Decoder {
             name: "portal Cookie header",
+            valid: || COOKIE.as_bytes().to_vec(),
             run: cookie_header,
-            input: || {
-                text_input(
-                    vec!["nodemaint_session=abc; theme=dark".into()],
-                    COOKIE_TOKENS,
-                )
-            },
+            input: || text_input(vec![COOKIE.into()], COOKIE_TOKENS),
         },
     ]
 }
@@ -1075,6 +1086,9 @@ fn json_input(seeds: Vec<String>, keys: &'static [&'static str]) -> BoxedStrateg
 // ---------------------------------------------------------------------------
 // Seeds and vocabularies.
 
+const LEASE: &str = r#"{"holder":"c1","expires_ms":1700000000000}"#;
+const COOKIE: &str = "nodemaint_session=abc; theme=dark";
+
 const AGENT_TOML: &str = r#"node = "node1"
 nats_url = "nats://127.0.0.1:4222"
 libvirt_uri = "qemu:///system"
@@ -1085,6 +1099,7 @@ boot_id_file = "/proc/sys/kernel/random/boot_id"
 subject_prefix = "nodemaint"
 stop_graceful_timeout_s = 60
 migration_timeout_s = 600
+migration_progress_timeout_s = 150
 max_concurrent_commands = 4
 metrics_listen = "127.0.0.1:9465"
 
@@ -1124,6 +1139,7 @@ const AGENT_KEYS: &[&str] = &[
     "subject_prefix",
     "stop_graceful_timeout_s",
     "migration_timeout_s",
+    "migration_progress_timeout_s",
     "state_dir",
     "guest_template",
     "checks",
@@ -1148,7 +1164,6 @@ const AGENT_KEYS: &[&str] = &[
 const COORDINATOR_TOML: &str = r#"nats_url = "nats://127.0.0.1:4222"
 subject_prefix = "nodemaint"
 stop_graceful_timeout_s = 60
-migration_timeout_s = 600
 
 [users.alice]
 groups = ["Level2"]
@@ -1161,6 +1176,15 @@ groups = []
 per_source = 2
 per_destination = 2
 global = 5
+
+[migration]
+timeout_per_gib_s = 800
+timeout_floor_s = 60
+progress_timeout_s = 150
+
+[preflight]
+max_nodes_in_maintenance = 2
+headroom_percent = 10
 "#;
 
 const COORDINATOR_KEYS: &[&str] = &[
@@ -1175,7 +1199,13 @@ const COORDINATOR_KEYS: &[&str] = &[
     "per_destination",
     "global",
     "stop_graceful_timeout_s",
-    "migration_timeout_s",
+    "migration",
+    "timeout_per_gib_s",
+    "timeout_floor_s",
+    "progress_timeout_s",
+    "preflight",
+    "max_nodes_in_maintenance",
+    "headroom_percent",
     "\"Level2\"",
     "\"Level3\"",
 ];

@@ -93,3 +93,17 @@ fn deep_nesting_is_an_error_not_a_stack_overflow() {
         .join()
         .unwrap();
 }
+
+#[test]
+fn each_decoder_accepts_its_valid_input() {
+    for dec in decoders() {
+        let input = (dec.valid)();
+        if let Err(e) = (dec.run)(&input) {
+            panic!(
+                "{} rejects its valid input ({e}): {}",
+                dec.name,
+                show_input(&input)
+            );
+        }
+    }
+}
