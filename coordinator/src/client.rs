@@ -3,10 +3,38 @@
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
+use nodemaint_proto::bus::Security;
 use nodemaint_proto::pb::{self, api_reply::Kind as Reply, api_request::Kind as Req, event::Body};
 use nodemaint_proto::subjects::{EventKind, Subjects, COORDINATOR_NODE};
 use nodemaint_proto::Message as _;
+use std::path::Path;
 use std::time::Duration;
+
+/// The operator the CLI acts as: the credentials' user when there are
+/// credentials (the server only lets it publish under that name), else the
+/// given name or `$USER`. The name is a subject token.
+pub fn resolve_user(
+    given: Option<&str>,
+    creds_user: Option<&str>,
+    creds_path: Option<&Path>,
+) -> Result<String, String> {
+    let user = match (given, creds_user) {
+        (Some(g), Some(c)) if g != c => {
+            return Err(format!(
+                "--user/NODEMAINT_USER is {g:?} but the NATS credentials {} are {c:?}'s; \
+                 drop --user or use {g:?}'s credentials",
+                creds_path
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ))
+        }
+        (_, Some(c)) => c.to_string(),
+        (Some(g), None) => g.to_string(),
+        (None, None) => std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+    };
+    nodemaint_proto::subjects::validate_token(&user).map_err(|e| format!("operator name: {e}"))?;
+    Ok(user)
+}
 
 /// Errors the CLI reports; each says what failed and where.
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +63,24 @@ pub struct Client {
 }
 
 impl Client {
-    pub async fn connect(url: &str, prefix: &str, user: &str) -> Result<Self, ClientError> {
-        let nats = crate::server::connect(url, "nodemaint-cli")
+    /// Connects as the credentials' user when `sec` has credentials (an
+    /// explicit `user` must then match them), else as `user` or `$USER`.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        user: Option<&str>,
+        sec: &Security,
+    ) -> Result<Self, ClientError> {
+        let creds = sec
+            .credentials()
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let user = resolve_user(
+            user,
+            creds.as_ref().map(|c| c.user.as_str()),
+            sec.creds.as_deref(),
+        )
+        .map_err(ClientError::Connect)?;
+        let nats = crate::server::connect(url, "nodemaint-cli", sec)
             .await
             .map_err(|e| ClientError::Connect(format!("{e:#}")))?;
         Ok(Client {
@@ -44,7 +88,7 @@ impl Client {
             nats,
             subjects: Subjects::new(prefix),
             url: url.to_string(),
-            user: user.to_string(),
+            user,
         })
     }
 
@@ -56,10 +100,10 @@ impl Client {
         };
         let method = req.method().expect("kind set");
         let secs = 10;
+        let subject = self.subjects.api(&self.user, req.is_mutating(), method);
         let resp = tokio::time::timeout(
             Duration::from_secs(secs),
-            self.nats
-                .request(self.subjects.api(method), req.encode_to_vec().into()),
+            self.nats.request(subject, req.encode_to_vec().into()),
         )
         .await
         .map_err(|_| ClientError::Timeout {

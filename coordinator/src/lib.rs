@@ -9,6 +9,7 @@ pub mod executor;
 pub mod fleet;
 pub mod jobs;
 pub mod lease;
+pub mod natsauth;
 pub mod output;
 pub mod portal;
 pub mod registry;

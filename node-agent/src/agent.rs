@@ -54,8 +54,12 @@ struct InventoryState {
 }
 
 /// Connects to NATS within 5 s, naming the URL when it can't.
-pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
-    bus::connect(url, name)
+pub async fn connect(
+    url: &str,
+    name: &str,
+    sec: &bus::Security,
+) -> anyhow::Result<async_nats::Client> {
+    bus::connect(url, name, sec)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
@@ -77,7 +81,12 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     cfg.validate()?;
-    let client = connect(&cfg.nats_url, &format!("node-agent {}", cfg.node)).await?;
+    let client = connect(
+        &cfg.nats_url,
+        &format!("node-agent {}", cfg.node),
+        &cfg.nats_security(),
+    )
+    .await?;
     let js = jetstream::new(client.clone());
     let subjects = Subjects::new(&cfg.subject_prefix);
     bus::ensure_streams(&js, &subjects)
@@ -344,15 +353,13 @@ impl Agent {
     /// say so, so nobody waits forever, and record it.
     async fn report_interrupted(&self) {
         let prefix = format!("{}.", self.node());
-        let Ok(mut keys) = self.results.keys().await else {
-            return;
-        };
-        let mut mine = Vec::new();
-        while let Some(Ok(k)) = keys.next().await {
-            if k.starts_with(&prefix) {
-                mine.push(k);
+        let mine = match self.my_result_keys().await {
+            Ok(keys) => keys,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list this node's recorded commands");
+                return;
             }
-        }
+        };
         for key in mine {
             if let Ok(Some(v)) = self.results.get(&key).await {
                 if v.as_ref() == CLAIMED {
@@ -363,6 +370,54 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Keys of this node's records in the results bucket, read through a
+    /// consumer named for the node and filtered to its keys: both are part
+    /// of the consumer-create API subject, so the server's permissions can
+    /// limit an agent to its own records (`kv.keys()` would need access to
+    /// every node's).
+    async fn my_result_keys(&self) -> Result<Vec<String>, bus::BoxError> {
+        let bucket = self.subjects.agent_results_bucket();
+        let stream = self.js.get_stream(format!("KV_{bucket}")).await?;
+        let name = self.subjects.agent_results_consumer(self.node());
+        let prefix = format!("$KV.{bucket}.");
+        // A leftover consumer of an earlier run has delivered already.
+        let _ = stream.delete_consumer(&name).await;
+        let mut consumer: consumer::PullConsumer = stream
+            .create_consumer(consumer::pull::Config {
+                name: Some(name.clone()),
+                filter_subject: format!("{prefix}{}.>", self.node()),
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                ack_policy: consumer::AckPolicy::None,
+                headers_only: true,
+                inactive_threshold: Duration::from_secs(60),
+                ..Default::default()
+            })
+            .await?;
+        let pending = consumer.info().await?.num_pending as usize;
+        let mut keys = Vec::with_capacity(pending);
+        if pending > 0 {
+            let mut msgs = consumer
+                .fetch()
+                .max_messages(pending)
+                .expires(Duration::from_secs(5))
+                .messages()
+                .await?;
+            while let Some(m) = msgs.next().await {
+                let m = m?;
+                let deleted = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("KV-Operation"))
+                    .is_some();
+                if let (false, Some(k)) = (deleted, m.subject.strip_prefix(prefix.as_str())) {
+                    keys.push(k.to_string());
+                }
+            }
+        }
+        let _ = stream.delete_consumer(&name).await;
+        Ok(keys)
     }
 
     async fn record(&self, key: &str, result: &pb::CommandResult) {
