@@ -47,6 +47,9 @@ pub enum ClientError {
     NoCoordinator { url: String },
     #[error("the coordinator on {url} did not answer within {secs} s")]
     Timeout { url: String, secs: u64 },
+    /// The NATS server's permissions refused the request.
+    #[error("{0}")]
+    Refused(String),
     /// The coordinator refused or failed the request.
     #[error("{0}")]
     Api(pb::Error),
@@ -60,6 +63,8 @@ pub struct Client {
     pub subjects: Subjects,
     pub url: String,
     pub user: String,
+    /// The server's error messages (permission violations).
+    server_errors: tokio::sync::broadcast::Sender<String>,
 }
 
 impl Client {
@@ -80,12 +85,14 @@ impl Client {
             sec.creds.as_deref(),
         )
         .map_err(ClientError::Connect)?;
-        let nats = crate::server::connect(url, "nodemaint-cli", sec)
-            .await
-            .map_err(|e| ClientError::Connect(format!("{e:#}")))?;
+        let (nats, server_errors) =
+            nodemaint_proto::bus::connect_watching(url, "nodemaint-cli", sec)
+                .await
+                .map_err(|e| ClientError::Connect(e.to_string()))?;
         Ok(Client {
             js: jetstream::new(nats.clone()),
             nats,
+            server_errors,
             subjects: Subjects::new(prefix),
             url: url.to_string(),
             user,
@@ -101,14 +108,42 @@ impl Client {
         let method = req.method().expect("kind set");
         let secs = 10;
         let subject = self.subjects.api(&self.user, req.is_mutating(), method);
-        let resp = tokio::time::timeout(
-            Duration::from_secs(secs),
-            self.nats.request(subject, req.encode_to_vec().into()),
-        )
+        let mut refused = self.server_errors.subscribe();
+        let request = self
+            .nats
+            .request(subject.clone(), req.encode_to_vec().into());
+        // A publish the server's permissions refuse never gets an answer:
+        // report the refusal at once instead of a timeout.
+        let violation = async {
+            loop {
+                match refused.recv().await {
+                    Ok(e) if e.contains(&subject) => return e,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            }
+        };
+        let resp = tokio::time::timeout(Duration::from_secs(secs), async {
+            tokio::select! {
+                r = request => Ok(r),
+                e = violation => Err(e),
+            }
+        })
         .await
         .map_err(|_| ClientError::Timeout {
             url: self.url.clone(),
             secs,
+        })?
+        .map_err(|violation| {
+            ClientError::Refused(format!(
+                "the NATS server refused the request ({violation}): user {:?} may not call {method}{}",
+                self.user,
+                if req.is_mutating() {
+                    " (changes need group Level2 or Level3)"
+                } else {
+                    ""
+                }
+            ))
         })?
         .map_err(|e| match e.kind() {
             async_nats::RequestErrorKind::NoResponders => ClientError::NoCoordinator {

@@ -171,13 +171,28 @@ pub async fn connect(
     name: &str,
     sec: &Security,
 ) -> Result<async_nats::Client, BoxError> {
+    Ok(connect_watching(url, name, sec).await?.0)
+}
+
+/// [`connect`], also returning a channel of the server's error messages
+/// (permission violations arrive there, not as errors of the calls).
+pub async fn connect_watching(
+    url: &str,
+    name: &str,
+    sec: &Security,
+) -> Result<(async_nats::Client, tokio::sync::broadcast::Sender<String>), BoxError> {
+    let (errors, _) = tokio::sync::broadcast::channel(16);
+    let tx = errors.clone();
     let mut opts = async_nats::ConnectOptions::new()
         .name(name)
         .connection_timeout(Duration::from_secs(5))
-        .event_callback(|ev| async move {
-            // Permission violations arrive here, not as call errors.
-            if let async_nats::Event::ServerError(e) = ev {
-                tracing::warn!(error = %e, "NATS server error");
+        .event_callback(move |ev| {
+            let tx = tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = ev {
+                    tracing::warn!(error = %e, "NATS server error");
+                    let _ = tx.send(e.to_string());
+                }
             }
         });
     let creds = sec.credentials()?;
@@ -201,7 +216,16 @@ pub async fn connect(
         Err(_) => Err(format!("NATS server at {url} not reachable within 5 s").into()),
         Ok(Err(e)) => {
             use async_nats::ConnectErrorKind as K;
+            // rustls' certificate errors come as I/O errors.
+            let tls = e.kind() == K::Tls || e.to_string().contains("certificate");
             let hint = match e.kind() {
+                _ if tls && sec.ca.is_none() => {
+                    ": the server's certificate is not trusted; set NATS_CA to the CA that signed it"
+                }
+                _ if tls => {
+                    ": TLS failed: the server's certificate is not signed by this CA \
+                     (or not for this host name)"
+                }
                 K::AuthorizationViolation => {
                     if creds.is_some() {
                         ": the server refused these credentials (wrong or unknown user/secret)"
@@ -209,15 +233,11 @@ pub async fn connect(
                         ": the server requires credentials (set NATS_CREDS to a credentials file)"
                     }
                 }
-                K::Tls if sec.ca.is_none() => {
-                    ": the server uses TLS; set NATS_CA to the CA that signed its certificate"
-                }
-                K::Tls => ": TLS failed (is the server's certificate signed by this CA, and for this host name?)",
                 _ => "",
             };
             Err(format!("cannot connect to NATS at {url}{who}: {e}{hint}").into())
         }
-        Ok(Ok(c)) => Ok(c),
+        Ok(Ok(c)) => Ok((c, errors)),
     }
 }
 
