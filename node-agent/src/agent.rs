@@ -53,17 +53,6 @@ struct InventoryState {
     domains: Option<Vec<Vm>>,
 }
 
-/// Connects to NATS within 5 s, naming the URL when it can't.
-pub async fn connect(
-    url: &str,
-    name: &str,
-    sec: &bus::Security,
-) -> anyhow::Result<async_nats::Client> {
-    bus::connect(url, name, sec)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
-}
-
 /// Runs the agent until `shutdown` completes.
 pub async fn run(
     cfg: AgentConfig,
@@ -81,17 +70,32 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     cfg.validate()?;
-    let client = connect(
+    let (client, server_errors) = bus::connect_watching(
         &cfg.nats_url,
         &format!("node-agent {}", cfg.node),
         &cfg.nats_security(),
     )
-    .await?;
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut refused = server_errors.subscribe();
+    // A refused JetStream request only times out: name the refusal.
+    let mut setup_error = |what: &str, e: bus::BoxError| {
+        let mut msg = format!("cannot {what}: {e}");
+        while let Ok(v) = refused.try_recv() {
+            msg.push_str(&format!(
+                "; the NATS server refused it ({v}): with per-agent permissions the \
+                 coordinator creates the streams and buckets, so start it first, and check \
+                 that this node's credentials are node {:?}'s",
+                cfg.node
+            ));
+        }
+        anyhow::anyhow!(msg)
+    };
     let js = jetstream::new(client.clone());
     let subjects = Subjects::new(&cfg.subject_prefix);
     bus::ensure_streams(&js, &subjects)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot set up JetStream streams: {e}"))?;
+        .map_err(|e| setup_error("set up JetStream streams", e))?;
     let results = bus::bucket(
         &js,
         &subjects.agent_results_bucket(),
@@ -99,7 +103,7 @@ pub async fn run_with(
         Duration::from_secs(7 * 24 * 3600),
     )
     .await
-    .map_err(|e| anyhow::anyhow!("cannot open results bucket: {e}"))?;
+    .map_err(|e| setup_error("open the results bucket", e))?;
     let hv2 = hv.clone();
     let capacity = tokio::task::spawn_blocking(move || hv2.host_capacity()).await??;
     let agent = Arc::new(Agent {
