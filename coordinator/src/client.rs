@@ -65,6 +65,8 @@ pub struct Client {
     pub user: String,
     /// The server's error messages (permission violations).
     server_errors: tokio::sync::broadcast::Sender<String>,
+    /// Idempotency key sent with mutating requests (`--request-id`).
+    pub request_id: Option<String>,
 }
 
 impl Client {
@@ -96,15 +98,20 @@ impl Client {
             subjects: Subjects::new(prefix),
             url: url.to_string(),
             user,
+            request_id: None,
         })
     }
 
     /// One API request; an error reply becomes `ClientError::Api`.
     pub async fn call(&self, kind: Req) -> Result<Reply, ClientError> {
-        let req = pb::ApiRequest {
+        let mut req = pb::ApiRequest {
             user: self.user.clone(),
             kind: Some(kind),
+            ..Default::default()
         };
+        if req.is_mutating() {
+            req.request_id = self.request_id.clone().unwrap_or_default();
+        }
         let method = req.method().expect("kind set");
         let secs = 10;
         let subject = self.subjects.api(&self.user, req.is_mutating(), method);

@@ -12,6 +12,8 @@ pub mod lease;
 pub mod natsauth;
 pub mod output;
 pub mod portal;
+pub mod preflight;
 pub mod registry;
 pub mod rolling;
 pub mod server;
+pub mod slots;

@@ -33,8 +33,12 @@ pub struct Coordinator {
     /// True while this coordinator holds the leader lease: only the leader
     /// changes the fleet (the portal checks it too).
     pub leader: std::sync::atomic::AtomicBool,
+    /// API request ids (idempotency) → job ids.
+    pub requests: kv::Store,
     /// Migration concurrency shared by all jobs.
-    pub slots: crate::executor::MigrationSlots,
+    pub slots: crate::slots::MigrationSlots,
+    /// Abort and deadline requests of running jobs.
+    pub stops: crate::executor::Stops,
     /// Command id → channel of that command's progress and result events.
     waiters: Mutex<HashMap<String, mpsc::UnboundedSender<pb::Event>>>,
 }
@@ -66,6 +70,15 @@ impl Coordinator {
         let jobs = bus::bucket(&js, &subjects.jobs_bucket(), 1, Duration::ZERO)
             .await
             .map_err(|err| e("jobs bucket", err))?;
+        // Request ids are only worth remembering as long as a client retries.
+        let requests = bus::bucket(
+            &js,
+            &subjects.requests_bucket(),
+            1,
+            Duration::from_secs(24 * 3600),
+        )
+        .await
+        .map_err(|err| e("requests bucket", err))?;
         let agent_results = bus::bucket(
             &js,
             &subjects.agent_results_bucket(),
@@ -86,7 +99,9 @@ impl Coordinator {
             registry,
             jobs,
             agent_results,
-            slots: crate::executor::MigrationSlots::new(cfg_limits),
+            requests,
+            slots: crate::slots::MigrationSlots::new(cfg_limits),
+            stops: Default::default(),
             leader: Default::default(),
             waiters: Default::default(),
         });

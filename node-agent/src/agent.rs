@@ -8,7 +8,7 @@
 //! or resent id finds the claim and is answered with the recorded result.
 
 use crate::config::AgentConfig;
-use crate::hypervisor::{HvError, Hypervisor, MigrateTarget, StopOutcome};
+use crate::hypervisor::{Cancel, HvError, Hypervisor, MigrateTarget, StopOutcome};
 use async_nats::jetstream::{self, consumer, kv};
 use futures::StreamExt;
 use nodemaint_proto::bus;
@@ -43,6 +43,8 @@ pub struct Agent {
     inventory: tokio::sync::Mutex<InventoryState>,
     generation: std::sync::atomic::AtomicU64,
     in_flight: Mutex<HashSet<String>>,
+    /// Cancellation handles of the migrations running now, by VM.
+    migrations: Mutex<std::collections::HashMap<String, Cancel>>,
     slots: Arc<Semaphore>,
     capacity: nodemaint_proto::model::Capacity,
     boot_time_ms: i64,
@@ -118,6 +120,7 @@ pub async fn run_with(
         // Starting from the clock keeps generations increasing across restarts.
         generation: std::sync::atomic::AtomicU64::new(nodemaint_proto::now_ms() as u64),
         in_flight: Default::default(),
+        migrations: Default::default(),
         capacity,
         boot_time_ms: boot_time_ms(),
     });
@@ -150,7 +153,8 @@ fn hv_error(node: &str, e: &HvError) -> pb::Error {
     let code = match e {
         HvError::NotFound(_) => Code::NotFound,
         HvError::WrongState(_) => Code::WrongState,
-        HvError::Timeout { .. } => Code::Timeout,
+        HvError::Timeout { .. } | HvError::NoProgress { .. } => Code::Timeout,
+        HvError::Cancelled { .. } => Code::Aborted,
         HvError::Connection { .. } => Code::Unavailable,
         HvError::Libvirt { .. } | HvError::Other(_) => Code::Hypervisor,
     };
@@ -202,6 +206,7 @@ impl Agent {
             inventory_generation: self.generation.load(std::sync::atomic::Ordering::SeqCst),
             boot_time_ms: self.boot_time_ms as u64,
             interval_ms: self.cfg.heartbeat_interval_ms as u32,
+            protocol_version: nodemaint_proto::PROTOCOL_VERSION,
         };
         self.publish("", Body::Heartbeat(hb)).await;
     }
@@ -313,6 +318,15 @@ impl Agent {
             Ok(_) => {
                 self.in_flight.lock().unwrap().insert(cmd.id.clone());
                 let _ = msg.ack().await;
+                // Quick commands that must not queue behind the migrations
+                // they act on run at once, outside the command slots.
+                if matches!(
+                    cmd.kind,
+                    Some(Cmd::CancelMigration(_) | Cmd::ProbeLibvirt(_))
+                ) {
+                    tokio::spawn(async move { self.execute(cmd, &key).await });
+                    return;
+                }
                 let permit = self.slots.clone().acquire_owned().await.expect("semaphore");
                 tokio::spawn(async move {
                     self.execute(cmd, &key).await;
@@ -463,6 +477,23 @@ impl Agent {
                 }
             }
             Cmd::RunChecks(rc) => self.checks(&cmd.op_id, rc.start_failed).await,
+            Cmd::CancelMigration(c) => {
+                let handle = self.migrations.lock().unwrap().get(&c.vm).cloned();
+                match handle {
+                    Some(h) => {
+                        h.request(&c.reason);
+                        ok_result(&format!("cancel of the migration of {} requested", c.vm))
+                    }
+                    None => with_vm(
+                        &c.vm,
+                        err_result(
+                            Code::NotFound,
+                            format!("no migration of {} is running on {}", c.vm, self.node()),
+                        ),
+                    ),
+                }
+            }
+            Cmd::ProbeLibvirt(p) => self.probe(&p.uris).await,
         };
         result.command_id = id.clone();
         result.duration_ms = started.elapsed().as_millis() as u64;
@@ -499,6 +530,49 @@ impl Agent {
             )
         };
         r.checks = Some(report);
+        r
+    }
+
+    /// Whether this node's libvirt reaches each URI (pre-flight of a drain);
+    /// one service line per URI in the result's check report.
+    async fn probe(&self, uris: &[String]) -> pb::CommandResult {
+        let mut services = Vec::new();
+        for uri in uris {
+            let u = uri.clone();
+            let res = tokio::time::timeout(
+                Duration::from_secs(8),
+                self.blocking(move |hv| hv.probe(&u)),
+            )
+            .await
+            .unwrap_or_else(|_| Err(HvError::Other("no answer within 8 s".into())));
+            services.push(pb::ServiceStatus {
+                check: "libvirt".into(),
+                service: uri.clone(),
+                ok: res.is_ok(),
+                state: if res.is_ok() {
+                    "reachable"
+                } else {
+                    "unreachable"
+                }
+                .into(),
+                detail: res.err().map(|e| e.to_string()).unwrap_or_default(),
+                start_attempted: false,
+            });
+        }
+        let all_ok = services.iter().all(|s| s.ok);
+        let mut r = if all_ok {
+            ok_result(&format!(
+                "{} reaches {} libvirt URIs",
+                self.node(),
+                uris.len()
+            ))
+        } else {
+            err_result(
+                Code::Unavailable,
+                format!("{} cannot reach every destination's libvirt", self.node()),
+            )
+        };
+        r.checks = Some(pb::CheckReport { services, all_ok });
         r
     }
 
@@ -573,6 +647,7 @@ impl Agent {
                     kind: d.kind().into(),
                     cloudspace: (!d.cloudspace.is_empty()).then(|| d.cloudspace.clone()),
                     anti_affinity: None,
+                    no_live_migration: false,
                 },
             };
             let ty = crate::hypervisor::template::domain_type(&self.cfg.libvirt_uri);
@@ -633,7 +708,17 @@ impl Agent {
                 self.cfg.migration_timeout_s
             } as u64),
             max_speed_mibs: m.max_speed_mibs,
+            progress_timeout: Duration::from_secs(if m.progress_timeout_s > 0 {
+                m.progress_timeout_s
+            } else {
+                self.cfg.migration_progress_timeout_s
+            } as u64),
+            cancel: Cancel::default(),
         };
+        self.migrations
+            .lock()
+            .unwrap()
+            .insert(m.vm.clone(), target.cancel.clone());
         // Progress samples come from a blocking thread; a channel keeps their
         // order while a task publishes them.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -669,6 +754,7 @@ impl Agent {
             })
             .await;
         let _ = forward.await;
+        self.migrations.lock().unwrap().remove(&m.vm);
         match res {
             Ok(()) => pb::CommandResult {
                 vm: m.vm.clone(),

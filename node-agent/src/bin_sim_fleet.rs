@@ -191,6 +191,7 @@ fn sim_vm(name: &str, kind: VmKind, cs: &str, memory_mib: u64) -> Vm {
         vcpus: 1,
         memory_mib,
         persistent: true,
+        not_migratable: None,
     }
 }
 

@@ -55,6 +55,10 @@ pub struct AgentConfig {
     /// Migration timeout when a command gives none.
     #[serde(default = "default_migration_timeout")]
     pub migration_timeout_s: u32,
+    /// Abort a migration whose remaining data made no new low for this long,
+    /// when a command gives none.
+    #[serde(default = "default_progress_timeout")]
+    pub migration_progress_timeout_s: u32,
     /// Local working directory (logs of hooks); optional.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
@@ -70,6 +74,9 @@ pub struct AgentConfig {
     pub max_concurrent_commands: usize,
 }
 
+fn default_progress_timeout() -> u32 {
+    150
+}
 fn default_nats_url() -> String {
     "nats://127.0.0.1:4222".into()
 }

@@ -18,6 +18,10 @@ pub mod pb {
 
 pub use prost::Message;
 
+/// The version of this wire contract that agents announce in heartbeats;
+/// bumped on any change an older peer would misread.
+pub const PROTOCOL_VERSION: u32 = 1;
+
 /// Decodes a protobuf body, naming the type in the error so a log line says
 /// what was expected.
 pub fn decode<M: prost::Message + Default>(body: &[u8]) -> Result<M, DecodeError> {
@@ -91,6 +95,8 @@ impl pb::ApiRequest {
             CheckNode(_) => "node.check",
             StartRolling(_) => "rolling.start",
             ControlRolling(_) => "rolling.control",
+            AbortJob(_) => "job.abort",
+            RetryMaintenance(_) => "maintenance.retry",
         })
     }
 
@@ -99,6 +105,7 @@ impl pb::ApiRequest {
         // A dry run only reads.
         match &self.kind {
             Some(pb::api_request::Kind::StartStopped(r)) => return !r.dry_run,
+            Some(pb::api_request::Kind::StartMaintenance(r)) => return !r.dry_run,
             // Checking only reads; starting failed services changes the node.
             Some(pb::api_request::Kind::CheckNode(r)) => return r.start_failed,
             _ => {}
@@ -117,6 +124,8 @@ impl pb::ApiRequest {
                     | "node.check"
                     | "rolling.start"
                     | "rolling.control"
+                    | "job.abort"
+                    | "maintenance.retry"
             )
         )
     }
@@ -161,12 +170,20 @@ mod tests {
         let req = |kind| pb::ApiRequest {
             user: "u".into(),
             kind: Some(kind),
+            ..Default::default()
         };
         use pb::api_request::Kind;
         assert!(!req(Kind::ListNodes(pb::ListNodes {})).is_mutating());
         assert!(!req(Kind::PlanDrain(pb::PlanDrain::default())).is_mutating());
         assert!(req(Kind::EnableNode(pb::EnableNode::default())).is_mutating());
         assert!(req(Kind::MoveVm(pb::MoveVm::default())).is_mutating());
+        assert!(req(Kind::AbortJob(pb::AbortJob::default())).is_mutating());
+        assert!(req(Kind::StartMaintenance(pb::StartMaintenance::default())).is_mutating());
+        let dry = pb::StartMaintenance {
+            dry_run: true,
+            ..Default::default()
+        };
+        assert!(!req(Kind::StartMaintenance(dry)).is_mutating());
         assert_eq!(pb::ApiRequest::default().method(), None);
     }
 }

@@ -252,6 +252,7 @@ fn the_coordinator_acts_as_the_authenticated_caller_not_the_claimed_one() {
             let req = pb::ApiRequest {
                 user: claimed.to_string(),
                 kind: Some(kind),
+                ..Default::default()
             };
             async move {
                 let msg = tokio::time::timeout(

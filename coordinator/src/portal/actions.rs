@@ -81,6 +81,7 @@ pub async fn maintenance(
                 mode: mode as i32,
                 ack_vfw_downtime: ack,
                 max_parallel,
+                ..Default::default()
             }),
         )
         .await

@@ -78,6 +78,7 @@ impl Portal {
     /// One API call on behalf of `user`, through the same handler as the CLI.
     pub async fn api(&self, user: &str, kind: Req) -> Result<Reply, ApiError> {
         let req = pb::ApiRequest {
+            request_id: String::new(),
             user: user.to_string(),
             kind: Some(kind),
         };

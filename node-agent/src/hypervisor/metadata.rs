@@ -4,9 +4,14 @@
 //! ```xml
 //! <metadata>
 //!   <nodemaint:vm xmlns:nodemaint="https://nodemaint.dev/xmlns/vm/1"
-//!                 kind="vfw" cloudspace="cs1" anti-affinity="db"/>
+//!                 kind="vfw" cloudspace="cs1" anti-affinity="db"
+//!                 migratable="no"/>
 //! </metadata>
 //! ```
+//!
+//! `migratable="no"` marks a VM that must not be live-migrated (a licence
+//! bound to the host, a device the planner can't see); a drain then needs
+//! `--fallback stop|cold`. Absent means migratable.
 
 use nodemaint_proto::model::VmKind;
 
@@ -18,6 +23,8 @@ pub struct VmMetadata {
     pub kind: VmKind,
     pub cloudspace: Option<String>,
     pub anti_affinity: Option<String>,
+    /// `migratable="no"`.
+    pub no_live_migration: bool,
 }
 
 /// Parses the element libvirt returns for our namespace. Unknown or missing
@@ -32,6 +39,12 @@ pub fn parse(xml: &str) -> VmMetadata {
         kind,
         cloudspace: attr(xml, "cloudspace").filter(|s| !s.is_empty()),
         anti_affinity: attr(xml, "anti-affinity").filter(|s| !s.is_empty()),
+        no_live_migration: matches!(
+            attr(xml, "migratable")
+                .map(|v| v.to_ascii_lowercase())
+                .as_deref(),
+            Some("no" | "false" | "0")
+        ),
     }
 }
 
@@ -47,6 +60,9 @@ pub fn element(meta: &VmMetadata) -> String {
     }
     if let Some(aa) = &meta.anti_affinity {
         s.push_str(&format!(" anti-affinity=\"{}\"", escape(aa)));
+    }
+    if meta.no_live_migration {
+        s.push_str(" migratable=\"no\"");
     }
     s.push_str("/>");
     s
@@ -116,6 +132,8 @@ mod tests {
         assert_eq!(parse(""), VmMetadata::default());
         assert_eq!(parse("not xml at all"), VmMetadata::default());
         assert_eq!(parse("<vm kindness=\"vfw\"/>").kind, VmKind::User);
+        assert!(!parse("<vm migratable='yes'/>").no_live_migration);
+        assert!(parse("<vm migratable='No'/>").no_live_migration);
     }
 
     #[test]
@@ -124,6 +142,7 @@ mod tests {
             kind: VmKind::Vfw,
             cloudspace: Some("cs \"9\"".into()),
             anti_affinity: Some("g".into()),
+            no_live_migration: true,
         };
         assert_eq!(parse(&element(&m)), m);
     }

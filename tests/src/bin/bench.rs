@@ -636,6 +636,7 @@ impl Api {
         let req = pb::ApiRequest {
             user: self.user.clone(),
             kind: Some(kind),
+            ..Default::default()
         };
         let method = req.method().expect("kind set");
         let msg = tokio::time::timeout(
