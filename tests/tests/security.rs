@@ -288,6 +288,13 @@ fn the_coordinator_acts_as_the_authenticated_caller_not_the_claimed_one() {
             panic!("{reply:?}")
         };
         assert_eq!(job_user(&f, &acc.op_id), "alice");
+        let log = f.coordinator_log();
+        assert!(
+            log.lines().any(|l| l.contains("claims another user")
+                && l.contains("carol")
+                && l.contains("alice")),
+            "the forged claim is not logged: {log}"
+        );
 
         // bob (Level1) claiming to be carol: the server refuses the change
         // subject, under his name or carol's.
@@ -486,6 +493,44 @@ fn an_operator_cannot_make_the_server_deliver_events_as_commands() {
         assert_eq!(
             stored, 0,
             "events were delivered into the commands stream (consumer: {created:?})"
+        );
+    });
+}
+
+#[test]
+fn password_credentials_work_and_a_wrong_password_is_refused() {
+    // Users with passwords (instead of nkeys), as a hand-written server
+    // config would have them.
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start_with_config(
+        dir.path(),
+        "authorization { users = [ { user: \"alice\", password: \"s3cret-pw\" } ] }",
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        p
+    };
+    let good = write("good.creds", "user = \"alice\"\npassword = \"s3cret-pw\"\n");
+    let bad = write("bad.creds", "user = \"alice\"\npassword = \"guess\"\n");
+    rt.block_on(async {
+        let sec = |creds| Security {
+            creds: Some(creds),
+            ca: None,
+        };
+        let c = bus::connect(&nats.url, "t", &sec(good.clone()))
+            .await
+            .unwrap();
+        c.flush().await.unwrap();
+        let e = bus::connect(&nats.url, "t", &sec(bad.clone()))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("as alice") && e.contains("refused these credentials"),
+            "{e}"
         );
     });
 }
