@@ -408,7 +408,7 @@ fn subjects(b: &[u8]) -> Result<(), String> {
     let s = utf8(b)?;
     let subj = nodemaint_proto::subjects::Subjects::new("nodemaint");
     let ev = subj.parse_event(s);
-    let api = subj.api_method(s);
+    let api = subj.parse_api(s);
     let _ = nodemaint_proto::subjects::EventKind::parse(s);
     match (ev, api) {
         (None, None) => Err("neither an event nor an API subject".into()),
