@@ -1337,10 +1337,19 @@ async fn events(cli: &Cli, c: &Client, a: &EventsArgs) -> CliResult {
             .info()
             .map(|i| (i.stream_sequence, i.pending))
             .unwrap_or((0, 1));
-        match nodemaint_proto::decode::<pb::Event>(&msg.payload) {
-            Ok(ev) if cli.output == Output::Json => println!("{}", output::event_json(seq, &ev)),
-            Ok(ev) => println!("{}", output::event_line(&ev)),
-            Err(e) => eprintln!("(seq {seq}: {e})"),
+        let line = match nodemaint_proto::decode::<pb::Event>(&msg.payload) {
+            Ok(ev) if cli.output == Output::Json => Some(output::event_json(seq, &ev).to_string()),
+            Ok(ev) => Some(output::event_line(&ev)),
+            Err(e) => {
+                eprintln!("(seq {seq}: {e})");
+                None
+            }
+        };
+        // A reader that went away (`| head`) ends the stream quietly.
+        if let Some(line) = line {
+            if writeln!(std::io::stdout(), "{line}").is_err() {
+                return Ok(());
+            }
         }
         if pending == 0 && !a.follow {
             caught_up = true;
