@@ -6,6 +6,9 @@
 #   maintenance with "move all" (node empty, every VFW still running) →
 #   enable → "stop all" with the VFW acknowledgement → enable restarts
 #   exactly those VMs → the event stream.
+# The bus is secured (`lab up --secure`): TLS with a lab CA, and every agent,
+# the coordinator and each operator on its own nkey with subject permissions;
+# the demo acts as `operator` (Level2) and shows a `viewer` being refused.
 # Installs what it needs (deploy/setup.sh), builds, and tears the lab down
 # at the end, also on failure.
 set -euo pipefail
@@ -18,9 +21,11 @@ cargo build --workspace --bins -q
 export LAB_DIR=${LAB_DIR:-/run/nodemaint-demo} LAB_PREFIX=${LAB_PREFIX:-nmdemo}
 export LAB_SUBNET=${LAB_SUBNET:-10.76.0} LAB_NATS_PORT=${LAB_NATS_PORT:-4522}
 trap 'deploy/lab down >/dev/null 2>&1 || true' EXIT
-deploy/lab up --nodes 3 --vms-per-node 2 --cloudspaces 3
+deploy/lab up --nodes 3 --vms-per-node 2 --cloudspaces 3 --secure
 
-export NATS_URL="nats://$LAB_SUBNET.1:$LAB_NATS_PORT" NODEMAINT_USER=operator
+CREDS=$LAB_DIR/secure/auth/creds
+export NATS_URL="nats://$LAB_SUBNET.1:$LAB_NATS_PORT" NATS_CA=$LAB_DIR/secure/tls/ca.pem
+export NATS_CREDS=$CREDS/operator.creds
 nm() { echo; echo "\$ coordinator $*"; "$REPO/target/debug/coordinator" "$@"; }
 say() { echo; echo "=== $*"; }
 
@@ -66,6 +71,12 @@ say "After the reboot: check the node's services, then enable; the stopped VMs r
 nm node check "$target"
 nm node enable "$target"
 nm vm list --node "$target"
+
+say "Security: a read-only operator (viewer, Level1) may look but not change"
+NATS_CREDS=$CREDS/viewer.creds nm node list
+NATS_CREDS=$CREDS/viewer.creds nm node enable node2 2>&1 || echo "(refused by the NATS server, as it should be)"
+echo; echo "No credentials, no entry:"
+(unset NATS_CREDS; nm node list 2>&1) || true
 
 say "Who did what: jobs and the event stream"
 nm job list

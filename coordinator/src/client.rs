@@ -3,10 +3,38 @@
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
+use nodemaint_proto::bus::Security;
 use nodemaint_proto::pb::{self, api_reply::Kind as Reply, api_request::Kind as Req, event::Body};
 use nodemaint_proto::subjects::{EventKind, Subjects, COORDINATOR_NODE};
 use nodemaint_proto::Message as _;
+use std::path::Path;
 use std::time::Duration;
+
+/// The operator the CLI acts as: the credentials' user when there are
+/// credentials (the server only lets it publish under that name), else the
+/// given name or `$USER`. The name is a subject token.
+pub fn resolve_user(
+    given: Option<&str>,
+    creds_user: Option<&str>,
+    creds_path: Option<&Path>,
+) -> Result<String, String> {
+    let user = match (given, creds_user) {
+        (Some(g), Some(c)) if g != c => {
+            return Err(format!(
+                "--user/NODEMAINT_USER is {g:?} but the NATS credentials {} are {c:?}'s; \
+                 drop --user or use {g:?}'s credentials",
+                creds_path
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ))
+        }
+        (_, Some(c)) => c.to_string(),
+        (Some(g), None) => g.to_string(),
+        (None, None) => std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+    };
+    nodemaint_proto::subjects::validate_token(&user).map_err(|e| format!("operator name: {e}"))?;
+    Ok(user)
+}
 
 /// Errors the CLI reports; each says what failed and where.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +47,9 @@ pub enum ClientError {
     NoCoordinator { url: String },
     #[error("the coordinator on {url} did not answer within {secs} s")]
     Timeout { url: String, secs: u64 },
+    /// The NATS server's permissions refused the request.
+    #[error("{0}")]
+    Refused(String),
     /// The coordinator refused or failed the request.
     #[error("{0}")]
     Api(pb::Error),
@@ -32,21 +63,41 @@ pub struct Client {
     pub subjects: Subjects,
     pub url: String,
     pub user: String,
+    /// The server's error messages (permission violations).
+    server_errors: tokio::sync::broadcast::Sender<String>,
     /// Idempotency key sent with mutating requests (`--request-id`).
     pub request_id: Option<String>,
 }
 
 impl Client {
-    pub async fn connect(url: &str, prefix: &str, user: &str) -> Result<Self, ClientError> {
-        let nats = crate::server::connect(url, "nodemaint-cli")
-            .await
-            .map_err(|e| ClientError::Connect(format!("{e:#}")))?;
+    /// Connects as the credentials' user when `sec` has credentials (an
+    /// explicit `user` must then match them), else as `user` or `$USER`.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        user: Option<&str>,
+        sec: &Security,
+    ) -> Result<Self, ClientError> {
+        let creds = sec
+            .credentials()
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let user = resolve_user(
+            user,
+            creds.as_ref().map(|c| c.user.as_str()),
+            sec.creds.as_deref(),
+        )
+        .map_err(ClientError::Connect)?;
+        let (nats, server_errors) =
+            nodemaint_proto::bus::connect_watching(url, "nodemaint-cli", sec)
+                .await
+                .map_err(|e| ClientError::Connect(e.to_string()))?;
         Ok(Client {
             js: jetstream::new(nats.clone()),
             nats,
+            server_errors,
             subjects: Subjects::new(prefix),
             url: url.to_string(),
-            user: user.to_string(),
+            user,
             request_id: None,
         })
     }
@@ -63,15 +114,43 @@ impl Client {
         }
         let method = req.method().expect("kind set");
         let secs = 10;
-        let resp = tokio::time::timeout(
-            Duration::from_secs(secs),
-            self.nats
-                .request(self.subjects.api(method), req.encode_to_vec().into()),
-        )
+        let subject = self.subjects.api(&self.user, req.is_mutating(), method);
+        let mut refused = self.server_errors.subscribe();
+        let request = self
+            .nats
+            .request(subject.clone(), req.encode_to_vec().into());
+        // A publish the server's permissions refuse never gets an answer:
+        // report the refusal at once instead of a timeout.
+        let violation = async {
+            loop {
+                match refused.recv().await {
+                    Ok(e) if e.contains(&subject) => return e,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            }
+        };
+        let resp = tokio::time::timeout(Duration::from_secs(secs), async {
+            tokio::select! {
+                r = request => Ok(r),
+                e = violation => Err(e),
+            }
+        })
         .await
         .map_err(|_| ClientError::Timeout {
             url: self.url.clone(),
             secs,
+        })?
+        .map_err(|violation| {
+            ClientError::Refused(format!(
+                "the NATS server refused the request ({violation}): user {:?} may not call {method}{}",
+                self.user,
+                if req.is_mutating() {
+                    " (changes need group Level2 or Level3)"
+                } else {
+                    ""
+                }
+            ))
         })?
         .map_err(|e| match e.kind() {
             async_nats::RequestErrorKind::NoResponders => ClientError::NoCoordinator {

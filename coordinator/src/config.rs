@@ -33,6 +33,12 @@ pub struct CoordinatorConfig {
     pub nats_url: String,
     #[serde(default = "default_prefix")]
     pub subject_prefix: String,
+    /// NATS credentials file (mode 0600; `NATS_CREDS` wins).
+    #[serde(default)]
+    pub nats_creds: Option<PathBuf>,
+    /// CA of the NATS servers' TLS certificates (`NATS_CA` wins).
+    #[serde(default)]
+    pub nats_ca: Option<PathBuf>,
     #[serde(default)]
     pub users: BTreeMap<String, User>,
     #[serde(default)]
@@ -164,6 +170,14 @@ pub enum ConfigError {
 }
 
 impl CoordinatorConfig {
+    /// NATS credentials and CA: the environment's, else the config's.
+    pub fn nats_security(&self) -> nodemaint_proto::bus::Security {
+        nodemaint_proto::bus::Security::from_env().or(nodemaint_proto::bus::Security {
+            creds: self.nats_creds.clone(),
+            ca: self.nats_ca.clone(),
+        })
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),

@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod lease;
 pub mod logs;
 pub mod metrics;
+pub mod natsauth;
 pub mod output;
 pub mod portal;
 pub mod preflight;

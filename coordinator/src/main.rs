@@ -5,10 +5,15 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = nodemaint_coordinator::cli::Cli::parse();
-    // The daemon logs its work; the CLI only warnings, so its output stays clean.
+    // The daemon logs its work; the CLI only warnings, so its output stays
+    // clean (NATS connection and permission errors reach the user in the
+    // CLI's own error message, not as log lines).
     let (default, format) = match cli.command {
         nodemaint_coordinator::cli::Command::Serve { log_format, .. } => ("info", log_format),
-        _ => ("warn", Default::default()),
+        _ => (
+            "warn,async_nats=off,nodemaint_proto::bus=off",
+            Default::default(),
+        ),
     };
     nodemaint_coordinator::logs::init(format, default);
     match nodemaint_coordinator::cli::run(cli).await {

@@ -44,8 +44,12 @@ pub struct Coordinator {
 }
 
 /// Connects to NATS within 5 s, naming the URL when it can't.
-pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
-    bus::connect(url, name)
+pub async fn connect(
+    url: &str,
+    name: &str,
+    sec: &bus::Security,
+) -> anyhow::Result<async_nats::Client> {
+    bus::connect(url, name, sec)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
@@ -53,7 +57,7 @@ pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client
 impl Coordinator {
     /// Connects, creates streams and buckets, and starts the event loops.
     pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<Arc<Self>> {
-        let client = connect(&cfg.nats_url, "nodemaint-coordinator").await?;
+        let client = connect(&cfg.nats_url, "nodemaint-coordinator", &cfg.nats_security()).await?;
         let js = jetstream::new(client.clone());
         let subjects = Subjects::new(&cfg.subject_prefix);
         let e = |what: &str, err: bus::BoxError| anyhow::anyhow!("cannot set up {what}: {err}");
@@ -150,20 +154,15 @@ impl Coordinator {
                 tracing::warn!(subject = %msg.subject, error = %e, "malformed API request");
                 pb::ApiReply::error(pb::error::Code::Malformed, e.to_string())
             }
-            Ok(req) => {
-                let method = self.subjects.api_method(&msg.subject).unwrap_or("");
-                if req.method() != Some(method) {
-                    pb::ApiReply::error(
-                        pb::error::Code::Malformed,
-                        format!(
-                            "request body {} does not match subject method {method:?}",
-                            req.method().unwrap_or("(empty)")
-                        ),
-                    )
-                } else {
-                    crate::api::handle(&self, req).await
+            Ok(req) => match self.caller(&msg.subject, &req) {
+                Ok(user) => crate::api::handle(&self, &user, req).await,
+                Err(e) => {
+                    tracing::warn!(subject = %msg.subject, error = %e.message, "API request refused");
+                    pb::ApiReply {
+                        kind: Some(pb::api_reply::Kind::Error(e)),
+                    }
                 }
-            }
+            },
         };
         if let Err(e) = self
             .client
@@ -172,6 +171,51 @@ impl Coordinator {
         {
             tracing::warn!(error = %e, "cannot send API reply");
         }
+    }
+
+    /// Who sent an API request: the user token of its subject, which the
+    /// NATS server's permissions bind to the authenticated connection (the
+    /// body's `user` field is only a claim and is ignored). The subject's
+    /// read/change token must match the method, so a user whose permissions
+    /// only allow `read` cannot smuggle a change through it.
+    fn caller(&self, subject: &str, req: &pb::ApiRequest) -> Result<String, pb::Error> {
+        use pb::error::Code;
+        let Some(api) = self.subjects.parse_api(subject) else {
+            return Err(pb::Error::new(
+                Code::Malformed,
+                format!("{subject:?} is not an API subject (<prefix>.v1.api.<user>.<read|change>.<method>)"),
+            ));
+        };
+        if req.method() != Some(api.method) {
+            return Err(pb::Error::new(
+                Code::Malformed,
+                format!(
+                    "request body {} does not match subject method {:?}",
+                    req.method().unwrap_or("(empty)"),
+                    api.method
+                ),
+            ));
+        }
+        if req.is_mutating() != api.change {
+            return Err(pb::Error::new(
+                Code::PermissionDenied,
+                format!(
+                    "{} {} the fleet: send it under {}",
+                    api.method,
+                    if req.is_mutating() {
+                        "changes"
+                    } else {
+                        "does not change"
+                    },
+                    self.subjects.api_user(api.user, req.is_mutating())
+                ),
+            ));
+        }
+        if !req.user.is_empty() && req.user != api.user {
+            tracing::warn!(claimed = %req.user, authenticated = %api.user, method = api.method,
+                "API request claims another user; acting as the authenticated one");
+        }
+        Ok(api.user.to_string())
     }
 
     async fn spawn_event_loops(self: Arc<Self>) -> anyhow::Result<()> {

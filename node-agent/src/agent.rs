@@ -55,13 +55,6 @@ struct InventoryState {
     domains: Option<Vec<Vm>>,
 }
 
-/// Connects to NATS within 5 s, naming the URL when it can't.
-pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
-    bus::connect(url, name)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
-}
-
 /// Runs the agent until `shutdown` completes.
 pub async fn run(
     cfg: AgentConfig,
@@ -83,12 +76,32 @@ pub async fn run_with(
     if let Some(addr) = cfg.metrics_listen {
         crate::metrics::listen(addr).await?;
     }
-    let client = connect(&cfg.nats_url, &format!("node-agent {}", cfg.node)).await?;
+    let (client, server_errors) = bus::connect_watching(
+        &cfg.nats_url,
+        &format!("node-agent {}", cfg.node),
+        &cfg.nats_security(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut refused = server_errors.subscribe();
+    // A refused JetStream request only times out: name the refusal.
+    let mut setup_error = |what: &str, e: bus::BoxError| {
+        let mut msg = format!("cannot {what}: {e}");
+        while let Ok(v) = refused.try_recv() {
+            msg.push_str(&format!(
+                "; the NATS server refused it ({v}): with per-agent permissions the \
+                 coordinator creates the streams and buckets, so start it first, and check \
+                 that this node's credentials are node {:?}'s",
+                cfg.node
+            ));
+        }
+        anyhow::anyhow!(msg)
+    };
     let js = jetstream::new(client.clone());
     let subjects = Subjects::new(&cfg.subject_prefix);
     bus::ensure_streams(&js, &subjects)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot set up JetStream streams: {e}"))?;
+        .map_err(|e| setup_error("set up JetStream streams", e))?;
     let results = bus::bucket(
         &js,
         &subjects.agent_results_bucket(),
@@ -96,7 +109,7 @@ pub async fn run_with(
         Duration::from_secs(7 * 24 * 3600),
     )
     .await
-    .map_err(|e| anyhow::anyhow!("cannot open results bucket: {e}"))?;
+    .map_err(|e| setup_error("open the results bucket", e))?;
     let hv2 = hv.clone();
     let capacity = tokio::task::spawn_blocking(move || hv2.host_capacity()).await??;
     let agent = Arc::new(Agent {
@@ -368,15 +381,13 @@ impl Agent {
     /// say so, so nobody waits forever, and record it.
     async fn report_interrupted(&self) {
         let prefix = format!("{}.", self.node());
-        let Ok(mut keys) = self.results.keys().await else {
-            return;
-        };
-        let mut mine = Vec::new();
-        while let Some(Ok(k)) = keys.next().await {
-            if k.starts_with(&prefix) {
-                mine.push(k);
+        let mine = match self.my_result_keys().await {
+            Ok(keys) => keys,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list this node's recorded commands");
+                return;
             }
-        }
+        };
         for key in mine {
             if let Ok(Some(v)) = self.results.get(&key).await {
                 if v.as_ref() == CLAIMED {
@@ -387,6 +398,54 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Keys of this node's records in the results bucket, read through a
+    /// consumer named for the node and filtered to its keys: both are part
+    /// of the consumer-create API subject, so the server's permissions can
+    /// limit an agent to its own records (`kv.keys()` would need access to
+    /// every node's).
+    async fn my_result_keys(&self) -> Result<Vec<String>, bus::BoxError> {
+        let bucket = self.subjects.agent_results_bucket();
+        let stream = self.js.get_stream(format!("KV_{bucket}")).await?;
+        let name = self.subjects.agent_results_consumer(self.node());
+        let prefix = format!("$KV.{bucket}.");
+        // A leftover consumer of an earlier run has delivered already.
+        let _ = stream.delete_consumer(&name).await;
+        let mut consumer: consumer::PullConsumer = stream
+            .create_consumer(consumer::pull::Config {
+                name: Some(name.clone()),
+                filter_subject: format!("{prefix}{}.>", self.node()),
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                ack_policy: consumer::AckPolicy::None,
+                headers_only: true,
+                inactive_threshold: Duration::from_secs(60),
+                ..Default::default()
+            })
+            .await?;
+        let pending = consumer.info().await?.num_pending as usize;
+        let mut keys = Vec::with_capacity(pending);
+        if pending > 0 {
+            let mut msgs = consumer
+                .fetch()
+                .max_messages(pending)
+                .expires(Duration::from_secs(5))
+                .messages()
+                .await?;
+            while let Some(m) = msgs.next().await {
+                let m = m?;
+                let deleted = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("KV-Operation"))
+                    .is_some();
+                if let (false, Some(k)) = (deleted, m.subject.strip_prefix(prefix.as_str())) {
+                    keys.push(k.to_string());
+                }
+            }
+        }
+        let _ = stream.delete_consumer(&name).await;
+        Ok(keys)
     }
 
     async fn record(&self, key: &str, result: &pb::CommandResult) {

@@ -26,6 +26,12 @@ use std::time::Duration;
 struct Args {
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
+    /// NATS credentials file (mode 0600) every simulated agent connects with.
+    #[arg(long, env = "NATS_CREDS")]
+    creds: Option<std::path::PathBuf>,
+    /// CA certificate of the NATS servers (turns TLS on).
+    #[arg(long, env = "NATS_CA")]
+    ca: Option<std::path::PathBuf>,
     #[arg(long, default_value_t = 10)]
     nodes: usize,
     #[arg(long, default_value_t = 5)]
@@ -107,6 +113,8 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(&boot, uuid::Uuid::new_v4().to_string())?;
         let mut cfg = AgentConfig::for_node(node);
         cfg.nats_url = a.nats_url.clone();
+        cfg.nats_creds = a.creds.clone();
+        cfg.nats_ca = a.ca.clone();
         cfg.libvirt_uri = format!("{SCHEME}{node}");
         cfg.address = Some(node.clone());
         cfg.migration_libvirt_uri = Some(format!("{SCHEME}{node}"));

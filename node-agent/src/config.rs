@@ -24,6 +24,12 @@ pub struct AgentConfig {
     pub node: String,
     #[serde(default = "default_nats_url")]
     pub nats_url: String,
+    /// NATS credentials file of this node (mode 0600; `--creds`/`NATS_CREDS` win).
+    #[serde(default)]
+    pub nats_creds: Option<PathBuf>,
+    /// CA of the NATS servers' TLS certificates (`--ca`/`NATS_CA` win).
+    #[serde(default)]
+    pub nats_ca: Option<PathBuf>,
     #[serde(default = "default_libvirt_uri")]
     pub libvirt_uri: String,
     /// Address other nodes use for migration to this node. Without it the
@@ -152,6 +158,13 @@ impl AgentConfig {
             ));
         }
         Ok(())
+    }
+
+    pub fn nats_security(&self) -> nodemaint_proto::bus::Security {
+        nodemaint_proto::bus::Security {
+            creds: self.nats_creds.clone(),
+            ca: self.nats_ca.clone(),
+        }
     }
 
     pub fn migration_uri(&self) -> String {

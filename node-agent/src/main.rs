@@ -27,6 +27,12 @@ struct Args {
     /// NATS server URL.
     #[arg(long, env = "NATS_URL")]
     nats_url: Option<String>,
+    /// NATS credentials file of this node (mode 0600).
+    #[arg(long, env = "NATS_CREDS")]
+    creds: Option<PathBuf>,
+    /// CA certificate of the NATS servers (turns TLS on).
+    #[arg(long, env = "NATS_CA")]
+    ca: Option<PathBuf>,
     /// libvirt URI of this node's hypervisor (qemu:///system, test:///default, …).
     #[arg(long, env = "NODEMAINT_LIBVIRT_URI")]
     libvirt_uri: Option<String>,
@@ -84,6 +90,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(v) = args.nats_url {
         cfg.nats_url = v;
+    }
+    if let Some(v) = args.creds {
+        cfg.nats_creds = Some(v);
+    }
+    if let Some(v) = args.ca {
+        cfg.nats_ca = Some(v);
     }
     if let Some(v) = args.libvirt_uri {
         cfg.libvirt_uri = v;

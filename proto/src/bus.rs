@@ -7,19 +7,237 @@ use crate::subjects::{EventKind, Subjects};
 use async_nats::jetstream::{self, kv, stream};
 use prost::Message;
 use serde::{de::DeserializeOwned, Serialize};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Connects to NATS within 5 s; the error names the URL.
-pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, BoxError> {
-    let opts = async_nats::ConnectOptions::new()
+/// How a process authenticates to NATS: a credentials file (its principal's
+/// name and secret) and the CA that signed the servers' TLS certificates.
+/// Both optional: without them the connection is anonymous and plain.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Security {
+    pub creds: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+}
+
+impl Security {
+    /// `NATS_CREDS` and `NATS_CA` (empty means unset).
+    pub fn from_env() -> Self {
+        let var = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        Security {
+            creds: var("NATS_CREDS"),
+            ca: var("NATS_CA"),
+        }
+    }
+
+    /// Each setting of `self`, else `fallback`'s (environment over config).
+    pub fn or(self, fallback: Security) -> Security {
+        Security {
+            creds: self.creds.or(fallback.creds),
+            ca: self.ca.or(fallback.ca),
+        }
+    }
+
+    /// The principal's credentials, when a file is configured.
+    pub fn credentials(&self) -> Result<Option<Credentials>, BoxError> {
+        self.creds
+            .as_deref()
+            .map(Credentials::load)
+            .transpose()
+            .map_err(Into::into)
+    }
+}
+
+/// A principal's NATS credentials: its name (the subject token its
+/// permissions are written for) and a password or an nkey seed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub secret: Secret,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum Secret {
+    Password(String),
+    NkeySeed(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.secret {
+            Secret::Password(_) => "password",
+            Secret::NkeySeed(_) => "nkey",
+        };
+        write!(f, "Credentials({}, {kind})", self.user)
+    }
+}
+
+/// Why a credentials file is not usable; every message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("cannot read NATS credentials file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "NATS credentials file {path} is readable by group or others (mode {mode:04o}); \
+         fix with `chmod 600 {path}`"
+    )]
+    Exposed { path: PathBuf, mode: u32 },
+    #[error("invalid NATS credentials file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Credentials {
+    /// Reads a credentials file, refusing one that others may read.
+    pub fn load(path: &Path) -> Result<Self, CredentialsError> {
+        let read = |source| CredentialsError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(read)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                return Err(CredentialsError::Exposed {
+                    path: path.to_path_buf(),
+                    mode,
+                });
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = meta;
+        let text = std::fs::read_to_string(path).map_err(read)?;
+        Credentials::parse(&text).map_err(|message| CredentialsError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses `key = "value"` lines (`#` comments): `user` and exactly one
+    /// of `password` or `nkey_seed`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (mut user, mut password, mut seed) = (None, None, None);
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (k, v) = line
+                .split_once('=')
+                .ok_or_else(|| format!("line {}: expected key = \"value\"", i + 1))?;
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v)
+                .to_string();
+            let slot = match k.trim() {
+                "user" => &mut user,
+                "password" => &mut password,
+                "nkey_seed" => &mut seed,
+                other => return Err(format!("line {}: unknown key {other:?}", i + 1)),
+            };
+            if slot.replace(v).is_some() {
+                return Err(format!("line {}: {} given twice", i + 1, k.trim()));
+            }
+        }
+        let user = user.ok_or("missing user")?;
+        crate::subjects::validate_token(&user).map_err(|e| format!("user: {e}"))?;
+        let secret = match (password, seed) {
+            (Some(p), None) if !p.is_empty() => Secret::Password(p),
+            (None, Some(s)) if s.starts_with("SU") => Secret::NkeySeed(s),
+            (None, Some(_)) => return Err("nkey_seed must be a user seed (SU…)".into()),
+            _ => return Err("give exactly one of password or nkey_seed".into()),
+        };
+        Ok(Credentials { user, secret })
+    }
+}
+
+/// Connects to NATS within 5 s with `sec`'s credentials and CA; the error
+/// names the URL, the credentials file and the likely fix. With
+/// credentials, reply inboxes live under the principal's own prefix
+/// (`_INBOX.<user>`), the only one its permissions let it subscribe to.
+pub async fn connect(
+    url: &str,
+    name: &str,
+    sec: &Security,
+) -> Result<async_nats::Client, BoxError> {
+    Ok(connect_watching(url, name, sec).await?.0)
+}
+
+/// [`connect`], also returning a channel of the server's error messages
+/// (permission violations arrive there, not as errors of the calls).
+pub async fn connect_watching(
+    url: &str,
+    name: &str,
+    sec: &Security,
+) -> Result<(async_nats::Client, tokio::sync::broadcast::Sender<String>), BoxError> {
+    let (errors, _) = tokio::sync::broadcast::channel(16);
+    let tx = errors.clone();
+    let mut opts = async_nats::ConnectOptions::new()
         .name(name)
-        .connection_timeout(Duration::from_secs(5));
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(move |ev| {
+            let tx = tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = ev {
+                    tracing::warn!(error = %e, "NATS server error");
+                    let _ = tx.send(e.to_string());
+                }
+            }
+        });
+    let creds = sec.credentials()?;
+    if let Some(c) = &creds {
+        opts = match &c.secret {
+            Secret::Password(p) => opts.user_and_password(c.user.clone(), p.clone()),
+            Secret::NkeySeed(s) => opts.nkey(s.clone()),
+        }
+        .custom_inbox_prefix(crate::subjects::inbox_prefix(&c.user));
+    }
+    if let Some(ca) = &sec.ca {
+        std::fs::File::open(ca)
+            .map_err(|e| format!("cannot read NATS CA file {}: {e}", ca.display()))?;
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    let who = match (&creds, &sec.creds) {
+        (Some(c), Some(path)) => format!(" as {} ({})", c.user, path.display()),
+        _ => String::new(),
+    };
     match tokio::time::timeout(Duration::from_secs(6), opts.connect(url)).await {
         Err(_) => Err(format!("NATS server at {url} not reachable within 5 s").into()),
-        Ok(Err(e)) => Err(format!("cannot connect to NATS at {url}: {e}").into()),
-        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => {
+            use async_nats::ConnectErrorKind as K;
+            // rustls' certificate errors come as I/O errors.
+            let tls = e.kind() == K::Tls || e.to_string().contains("certificate");
+            let hint = match e.kind() {
+                _ if tls && sec.ca.is_none() => {
+                    ": the server's certificate is not trusted; set NATS_CA to the CA that signed it"
+                }
+                _ if tls => {
+                    ": TLS failed: the server's certificate is not signed by this CA \
+                     (or not for this host name)"
+                }
+                K::AuthorizationViolation => {
+                    if creds.is_some() {
+                        ": the server refused these credentials (wrong or unknown user/secret)"
+                    } else {
+                        ": the server requires credentials (set NATS_CREDS to a credentials file)"
+                    }
+                }
+                _ => "",
+            };
+            Err(format!("cannot connect to NATS at {url}{who}: {e}{hint}").into())
+        }
+        Ok(Ok(c)) => Ok((c, errors)),
     }
 }
 
@@ -214,4 +432,57 @@ pub async fn all_json<T: DeserializeOwned>(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_parse_password_and_nkey() {
+        let c = Credentials::parse("# x\nuser = \"node1\"\npassword = \"s3cret\"\n").unwrap();
+        assert_eq!(c.user, "node1");
+        assert!(c.secret == Secret::Password("s3cret".into()));
+        let c = Credentials::parse("user = op\nnkey_seed = SUAB\n").unwrap();
+        assert!(c.secret == Secret::NkeySeed("SUAB".into()));
+        assert!(!format!("{c:?}").contains("SUAB"), "Debug leaks the seed");
+    }
+
+    #[test]
+    fn bad_credentials_are_named() {
+        for (text, want) in [
+            ("password = x", "missing user"),
+            ("user = a.b\npassword = x", "invalid name"),
+            ("user = a", "exactly one"),
+            ("user = a\npassword = x\nnkey_seed = SUx", "exactly one"),
+            ("user = a\nnkey_seed = SOx", "user seed"),
+            ("user = a\nuser = b", "twice"),
+            ("user = a\ntoken = x", "unknown key"),
+            ("garbage", "line 1"),
+        ] {
+            let e = Credentials::parse(text).unwrap_err();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn exposed_credentials_file_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("nm-creds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("op.creds");
+        std::fs::write(&path, "user = op\npassword = x\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Credentials::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains(&path.display().to_string())
+                && e.contains("chmod 600")
+                && e.contains("0644"),
+            "{e}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(Credentials::load(&path).unwrap().user, "op");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

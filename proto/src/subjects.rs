@@ -3,8 +3,14 @@
 //! ```text
 //! <prefix>.v1.agent.<node>.cmd           commands to one agent (work-queue stream)
 //! <prefix>.v1.events.<node>.<kind>       heartbeats, inventory, progress, results, jobs
-//! <prefix>.v1.api.<method>               the coordinator's request/reply API
+//! <prefix>.v1.api.<user>.<read|change>.<method>
+//!                                        the coordinator's request/reply API
+//! _INBOX.<principal>.>                   replies to one principal
 //! ```
+//! The API subject names its caller and whether the request changes the
+//! fleet, so the NATS server's per-user permissions can bind both to the
+//! authenticated connection (see `deploy/nats/gen-auth`); the coordinator
+//! takes the caller from the subject, never from the message body.
 //! The prefix (default `nodemaint`) lets several installations share one
 //! NATS server; stream and bucket names derive from it.
 
@@ -52,6 +58,25 @@ impl EventKind {
     pub fn parse(s: &str) -> Option<EventKind> {
         Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
+}
+
+const ACCESS_READ: &str = "read";
+const ACCESS_CHANGE: &str = "change";
+
+/// The parts of an API request subject.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ApiSubject<'a> {
+    /// The caller, as authenticated by the NATS server's permissions.
+    pub user: &'a str,
+    /// Published under `change` (only Level2/Level3 users may).
+    pub change: bool,
+    pub method: &'a str,
+}
+
+/// Prefix of a principal's reply inboxes: each principal may subscribe only
+/// under its own, so nobody reads another's replies.
+pub fn inbox_prefix(principal: &str) -> String {
+    format!("_INBOX.{principal}")
 }
 
 /// A name that is not usable as one subject token.
@@ -130,17 +155,41 @@ impl Subjects {
         Some((node.to_string(), EventKind::parse(kind)?))
     }
 
-    pub fn api(&self, method: &str) -> String {
-        format!("{}.api.{method}", self.base())
+    /// Subject of one API request by `user`; `change` for the methods that
+    /// change the fleet (`ApiRequest::is_mutating`).
+    pub fn api(&self, user: &str, change: bool, method: &str) -> String {
+        format!("{}.{method}", self.api_user(user, change))
+    }
+
+    /// `<prefix>.v1.api.<user>.<read|change>`: what a user's server
+    /// permissions allow it to publish under (with `.>`).
+    pub fn api_user(&self, user: &str, change: bool) -> String {
+        let access = if change { ACCESS_CHANGE } else { ACCESS_READ };
+        format!("{}.api.{user}.{access}", self.base())
     }
 
     pub fn api_all(&self) -> String {
         format!("{}.api.>", self.base())
     }
 
-    pub fn api_method<'a>(&self, subject: &'a str) -> Option<&'a str> {
-        let base = self.base();
-        subject.strip_prefix(&base)?.strip_prefix(".api.")
+    /// Splits an API subject into caller, access and method.
+    pub fn parse_api<'a>(&self, subject: &'a str) -> Option<ApiSubject<'a>> {
+        let rest = subject
+            .strip_prefix(self.base().as_str())?
+            .strip_prefix(".api.")?;
+        let (user, rest) = rest.split_once('.')?;
+        let (access, method) = rest.split_once('.')?;
+        let change = match access {
+            ACCESS_READ => false,
+            ACCESS_CHANGE => true,
+            _ => return None,
+        };
+        validate_token(user).ok()?;
+        Some(ApiSubject {
+            user,
+            change,
+            method,
+        })
     }
 
     fn upper(&self) -> String {
@@ -178,6 +227,11 @@ impl Subjects {
         format!("{}_leader", self.lower())
     }
 
+    /// Consumer an agent reads its own keys of the results bucket with.
+    pub fn agent_results_consumer(&self, node: &str) -> String {
+        format!("results-{node}")
+    }
+
     /// Idempotency keys of API requests → the job the first one created.
     pub fn requests_bucket(&self) -> String {
         format!("{}_requests", self.lower())
@@ -206,9 +260,26 @@ mod tests {
             s.events_filter(Some("n"), Some(EventKind::Job)),
             "acme.v1.events.n.job"
         );
-        assert_eq!(s.api("node.list"), "acme.v1.api.node.list");
-        assert_eq!(s.api_method("acme.v1.api.vm.move"), Some("vm.move"));
-        assert_eq!(s.api_method("other.v1.api.vm.move"), None);
+        assert_eq!(
+            s.api("bob", false, "node.list"),
+            "acme.v1.api.bob.read.node.list"
+        );
+        assert_eq!(
+            s.parse_api("acme.v1.api.al-1.change.vm.move"),
+            Some(ApiSubject {
+                user: "al-1",
+                change: true,
+                method: "vm.move"
+            })
+        );
+        for bad in [
+            "other.v1.api.al.change.vm.move",
+            "acme.v1.api.al.write.vm.move",
+            "acme.v1.api.vm.move",
+            "acme.v1.api.al.read",
+        ] {
+            assert_eq!(s.parse_api(bad), None, "{bad}");
+        }
         assert_eq!(s.commands_stream(), "ACME_COMMANDS");
         assert_eq!(s.nodes_bucket(), "acme_nodes");
     }

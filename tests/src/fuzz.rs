@@ -147,6 +147,17 @@ pub fn decoders() -> Vec<Decoder> {
             input: || text_input(subject_seeds(), SUBJECT_TOKENS),
         },
         Decoder {
+            name: "NATS credentials file",
+            valid: || CREDS.as_bytes().to_vec(),
+            run: credentials_file,
+            input: || {
+                text_input(
+                    vec![CREDS.into(), "user = op\nnkey_seed = SUAB3XAMPLE\n".into()],
+                    CREDS_TOKENS,
+                )
+            },
+        },
+        Decoder {
             name: "portal Cookie header",
             valid: || COOKIE.as_bytes().to_vec(),
             run: cookie_header,
@@ -419,12 +430,16 @@ fn subjects(b: &[u8]) -> Result<(), String> {
     let s = utf8(b)?;
     let subj = nodemaint_proto::subjects::Subjects::new("nodemaint");
     let ev = subj.parse_event(s);
-    let api = subj.api_method(s);
+    let api = subj.parse_api(s);
     let _ = nodemaint_proto::subjects::EventKind::parse(s);
     match (ev, api) {
         (None, None) => Err("neither an event nor an API subject".into()),
         _ => Ok(()),
     }
+}
+
+fn credentials_file(b: &[u8]) -> Result<(), String> {
+    nodemaint_proto::bus::Credentials::parse(utf8(b)?).map(|_| ())
 }
 
 fn cookie_header(b: &[u8]) -> Result<(), String> {
@@ -1088,6 +1103,19 @@ fn json_input(seeds: Vec<String>, keys: &'static [&'static str]) -> BoxedStrateg
 
 const LEASE: &str = r#"{"holder":"c1","expires_ms":1700000000000}"#;
 const COOKIE: &str = "nodemaint_session=abc; theme=dark";
+const CREDS: &str = "# node1's agent\nuser = \"node1\"\npassword = \"s3cret\"\n";
+
+const CREDS_TOKENS: &[&str] = &[
+    "user",
+    "password",
+    "nkey_seed",
+    " = ",
+    "=",
+    "\"",
+    "#",
+    "node1",
+    "SUAB",
+];
 
 const AGENT_TOML: &str = r#"node = "node1"
 nats_url = "nats://127.0.0.1:4222"
@@ -1467,7 +1495,8 @@ fn subject_seeds() -> Vec<String> {
     vec![
         "nodemaint.v1.events.node1.heartbeat".into(),
         "nodemaint.v1.events.node1.result".into(),
-        "nodemaint.v1.api.maintenance.start".into(),
+        "nodemaint.v1.api.alice.change.maintenance.start".into(),
+        "nodemaint.v1.api.bob.read.node.list".into(),
     ]
 }
 
@@ -1490,6 +1519,9 @@ const SUBJECT_TOKENS: &[&str] = &[
     "error",
     "node1",
     "node.list",
+    "alice",
+    "read",
+    "change",
 ];
 
 const COOKIE_TOKENS: &[&str] = &[

@@ -147,13 +147,43 @@ impl Lab {
 
     /// The coordinator CLI as `user` (lab users: operator Level2, admin
     /// Level3, viewer Level1).
+    /// In a secured lab (`LAB_SECURE=1`) with `user`'s own credentials.
     pub fn cli(&self, user: &str, args: &[&str]) -> Output {
         Command::new(crate::bin("coordinator"))
             .args(args)
             .env("NATS_URL", &self.nats_url)
             .env("NODEMAINT_USER", user)
+            .env_remove("NATS_CREDS")
+            .env_remove("NATS_CA")
+            .envs(self.security_env(user))
             .output()
             .expect("run coordinator")
+    }
+
+    /// The lab's directory of generated NATS security, when secured.
+    pub fn secure_dir(&self) -> Option<PathBuf> {
+        let var = |k: &str| {
+            self.env
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+        };
+        (var("LAB_SECURE").as_deref() == Some("1"))
+            .then(|| PathBuf::from(var("LAB_DIR").unwrap()).join("secure"))
+    }
+
+    /// `NATS_CREDS` and `NATS_CA` of `principal` in a secured lab.
+    pub fn security_env(&self, principal: &str) -> Vec<(&'static str, PathBuf)> {
+        match self.secure_dir() {
+            Some(d) => vec![
+                (
+                    "NATS_CREDS",
+                    d.join(format!("auth/creds/{principal}.creds")),
+                ),
+                ("NATS_CA", d.join("tls/ca.pem")),
+            ],
+            None => Vec::new(),
+        }
     }
 
     pub fn cli_json(&self, user: &str, args: &[&str]) -> Value {

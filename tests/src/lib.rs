@@ -132,6 +132,102 @@ impl Nats {
     }
 }
 
+impl Nats {
+    /// A nats-server on a free port with JetStream and `extra` appended to
+    /// its config file (e.g. `include auth.conf`); the default path
+    /// ([`Nats::start`]) takes no config file.
+    pub fn start_with_config(dir: &Path, extra: &str) -> Nats {
+        let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
+        let port = free_port();
+        let store = dir.join("jetstream");
+        std::fs::create_dir_all(&store).unwrap();
+        let conf = dir.join(format!("nats-{port}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{}\" }}\n{extra}\n",
+                store.display()
+            ),
+        )
+        .unwrap();
+        let proc = Proc::spawn(
+            "nats-server",
+            Command::new(&bin).arg("-c").arg(&conf),
+            dir.join(format!("nats-{port}.log")),
+        );
+        wait_for(Duration::from_secs(10), "nats-server to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Nats {
+            proc,
+            port,
+            url: format!("nats://127.0.0.1:{port}"),
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+/// NATS security for a test: a lab CA and server certificate
+/// (`deploy/nats/gen-tls`), and nkeys with subject permissions
+/// (`deploy/nats/gen-auth`) for the coordinator, the agents and the users
+/// of a coordinator config.
+pub struct Secure {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub creds_dir: PathBuf,
+    /// Lines for a server config written into `dir` (as
+    /// [`Nats::start_with_config`] does): the auth and TLS includes.
+    pub server_conf: String,
+}
+
+impl Secure {
+    pub fn generate(dir: &Path, coordinator_config: &Path, agents: &[&str]) -> Secure {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let tls = dir.join("tls");
+        let auth = dir.join("auth");
+        let run = |cmd: &mut Command| {
+            let out = cmd.output().expect("run generator");
+            assert!(
+                out.status.success(),
+                "{cmd:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(Command::new(repo.join("deploy/nats/gen-tls"))
+            .arg(&tls)
+            .arg("127.0.0.1"));
+        run(Command::new(repo.join("deploy/nats/gen-auth"))
+            .arg("--config")
+            .arg(coordinator_config)
+            .arg("--agents")
+            .arg(agents.join(","))
+            .arg("--out")
+            .arg(&auth)
+            .env("NODEMAINT_BIN_DIR", bin("nats-auth").parent().unwrap()));
+        Secure {
+            dir: dir.to_path_buf(),
+            ca: tls.join("ca.pem"),
+            creds_dir: auth.join("creds"),
+            // nats-server resolves includes relative to the including
+            // file: the server config must be written into `dir`.
+            server_conf: "include \"auth/auth.conf\"\ninclude \"tls/tls.conf\"\n".into(),
+        }
+    }
+
+    /// The credentials file of a principal (user, node or `coordinator`).
+    pub fn creds(&self, principal: &str) -> PathBuf {
+        self.creds_dir.join(format!("{principal}.creds"))
+    }
+
+    /// `NATS_CREDS` and `NATS_CA` for a process acting as `principal`.
+    pub fn env(&self, principal: &str) -> [(&'static str, PathBuf); 2] {
+        [
+            ("NATS_CREDS", self.creds(principal)),
+            ("NATS_CA", self.ca.clone()),
+        ]
+    }
+}
+
 /// Polls `f` every 50 ms until it is true; panics naming `what` on timeout.
 pub fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -243,6 +339,8 @@ pub struct Fleet {
     pub config: PathBuf,
     /// Extra agent TOML per node (e.g. `[[checks]]`), appended to its config.
     pub agent_extra: std::collections::HashMap<String, String>,
+    /// Credentials and TLS of a secured fleet ([`Fleet::start_secure`]).
+    pub secure: Option<Secure>,
 }
 
 /// Users every test fleet knows: alice (Level2), carol (Level3), bob (Level1).
@@ -275,9 +373,41 @@ impl Fleet {
             agents: Vec::new(),
             config,
             agent_extra: Default::default(),
+            secure: None,
         };
         f.start_coordinator();
         f
+    }
+
+    /// Like [`Fleet::start`] on a secured nats-server: TLS with a test CA,
+    /// every principal (coordinator, the agents named here, alice, carol,
+    /// bob) with its own nkey and subject permissions. The CLI and agents
+    /// use their own credentials.
+    pub fn start_secure(agents: &[&str]) -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("coordinator.toml");
+        std::fs::write(&config, USERS_TOML).unwrap();
+        let secure = Secure::generate(dir.path(), &config, agents);
+        let nats = Nats::start_with_config(dir.path(), &secure.server_conf);
+        let mut f = Fleet {
+            dir,
+            nats,
+            coordinator: None,
+            agents: Vec::new(),
+            config,
+            agent_extra: Default::default(),
+            secure: Some(secure),
+        };
+        f.start_coordinator();
+        f
+    }
+
+    /// Environment of a process acting as `principal` (empty when not secured).
+    fn security_env(&self, principal: &str) -> Vec<(&'static str, PathBuf)> {
+        self.secure
+            .as_ref()
+            .map(|s| s.env(principal).to_vec())
+            .unwrap_or_default()
     }
 
     pub fn start_coordinator(&mut self) {
@@ -288,17 +418,14 @@ impl Fleet {
                 .args(["serve", "--config"])
                 .arg(&self.config)
                 .env("NATS_URL", &self.nats.url)
+                .envs(self.security_env("coordinator"))
                 .env("RUST_LOG", "info"),
             log,
         );
         self.coordinator = Some(p);
-        let url = self.nats.url.clone();
-        let dir = self.dir.path().to_path_buf();
         // Ready when the API answers.
         wait_for(Duration::from_secs(20), "coordinator to answer", || {
-            cli_in(&url, &dir, "alice", &["node", "list"])
-                .status
-                .success()
+            self.cli("alice", &["node", "list"]).status.success()
         });
     }
 
@@ -331,13 +458,21 @@ impl Fleet {
             .display()
             .to_string();
         let boot = self.dir.path().join(format!("{node}.boot_id"));
+        let security = match &self.secure {
+            Some(s) => format!(
+                "nats_creds = \"{}\"\nnats_ca = \"{}\"\n",
+                s.creds(node).display(),
+                s.ca.display()
+            ),
+            None => String::new(),
+        };
         std::fs::write(
             &path,
             format!(
                 "node = \"{node}\"\nnats_url = \"{}\"\nlibvirt_uri = \"test://{xml}\"\n\
                  migration_libvirt_uri = \"test://{xml}\"\n\
                  address = \"127.0.0.1\"\nheartbeat_interval_ms = 300\ninventory_poll_ms = 200\n\
-                 boot_id_file = \"{}\"\n{}\n",
+                 boot_id_file = \"{}\"\n{security}{}\n",
                 self.nats.url,
                 boot.display(),
                 self.agent_extra.get(node).map(String::as_str).unwrap_or("")
@@ -386,9 +521,14 @@ impl Fleet {
         std::fs::read_to_string(self.dir.path().join("coordinator.log")).unwrap_or_default()
     }
 
-    /// Runs the CLI as `user` against this fleet.
+    /// Runs the CLI as `user` against this fleet (with `user`'s
+    /// credentials when secured).
     pub fn cli(&self, user: &str, args: &[&str]) -> Output {
-        cli_in(&self.nats.url, self.dir.path(), user, args)
+        cli_command(&self.nats.url, self.dir.path(), user)
+            .envs(self.security_env(user))
+            .args(args)
+            .output()
+            .expect("run coordinator CLI")
     }
 
     /// Runs the CLI with `--output json` and parses stdout; panics with the
@@ -430,13 +570,22 @@ impl Fleet {
     }
 }
 
-pub fn cli_in(url: &str, dir: &Path, user: &str, args: &[&str]) -> Output {
-    Command::new(bin("coordinator"))
-        .args(args)
-        .env("NATS_URL", url)
+/// The CLI as `user`, without credentials (the caller's environment's
+/// NATS settings removed).
+fn cli_command(url: &str, dir: &Path, user: &str) -> Command {
+    let mut c = Command::new(bin("coordinator"));
+    c.env("NATS_URL", url)
         .env("NODEMAINT_USER", user)
         .env_remove("NODEMAINT_PREFIX")
-        .current_dir(dir)
+        .env_remove("NATS_CREDS")
+        .env_remove("NATS_CA")
+        .current_dir(dir);
+    c
+}
+
+pub fn cli_in(url: &str, dir: &Path, user: &str, args: &[&str]) -> Output {
+    cli_command(url, dir, user)
+        .args(args)
         .output()
         .expect("run coordinator CLI")
 }
@@ -492,6 +641,7 @@ impl Fleet {
             agents: Vec::new(),
             config,
             agent_extra: Default::default(),
+            secure: None,
         }
     }
 

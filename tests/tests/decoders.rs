@@ -73,6 +73,7 @@ decoder_tests! {
     systemd_is_active => "systemctl is-active",
     domain_metadata => "domain metadata XML",
     nats_subjects => "NATS subjects",
+    credentials_file => "NATS credentials file",
     portal_cookie => "portal Cookie header",
 }
 

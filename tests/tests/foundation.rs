@@ -322,7 +322,7 @@ async fn malformed_messages_are_reported_acked_and_survived() {
 
     // Garbage on the API: a typed error reply.
     let reply = client
-        .request(s.api("node.list"), vec![0xff, 0xff].into())
+        .request(s.api("alice", false, "node.list"), vec![0xff, 0xff].into())
         .await
         .unwrap();
     let reply: pb::ApiReply = nodemaint_proto::decode(&reply.payload).unwrap();

@@ -91,7 +91,7 @@ impl Portal {
                     .into(),
             });
         }
-        let reply = crate::api::handle(&self.c, req).await;
+        let reply = crate::api::handle(&self.c, user, req).await;
         match reply.kind {
             Some(Reply::Error(e)) => Err(ApiError {
                 code: e.code(),

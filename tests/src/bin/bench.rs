@@ -652,8 +652,10 @@ impl Api {
         let method = req.method().expect("kind set");
         let msg = tokio::time::timeout(
             Duration::from_secs(20),
-            self.nats
-                .request(self.s.api(method), req.encode_to_vec().into()),
+            self.nats.request(
+                self.s.api(&self.user, req.is_mutating(), method),
+                req.encode_to_vec().into(),
+            ),
         )
         .await
         .map_err(|_| anyhow!("{method}: no reply within 20 s"))?
