@@ -72,7 +72,7 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     cfg.validate()?;
-    crate::metrics::init_node(&cfg.node);
+    crate::metrics::init_node(&cfg.node, &cfg.checks);
     if let Some(addr) = cfg.metrics_listen {
         crate::metrics::listen(addr).await?;
     }

@@ -51,12 +51,17 @@ pub fn registry() -> &'static Registry {
     })
 }
 
-/// Zeroes the node's counters and gauges, so they read 0 before the first
-/// command instead of being absent.
-pub fn init_node(node: &str) {
+/// Zeroes the node's counters and gauges (those of each configured check
+/// too), so they read 0 before the first command instead of being absent
+/// (`increase(...)` then sees the first failure).
+pub fn init_node(node: &str, checks: &[crate::checks::CheckConfig]) {
     let r = registry();
     r.add(&MIGRATIONS_IN_FLIGHT, &[("node", node)], 0.0);
     r.add(&MIGRATED_BYTES, &[("node", node)], 0.0);
+    for c in checks {
+        r.add(&CHECK_RUNS, &[("node", node), ("check", &c.name)], 0.0);
+        r.add(&CHECK_FAILURES, &[("node", node), ("check", &c.name)], 0.0);
+    }
 }
 
 /// The `action` label of a command kind (the coordinator uses the same words).
@@ -188,7 +193,7 @@ mod tests {
 
     #[test]
     fn a_migration_is_in_flight_until_it_finishes() {
-        init_node("m-node");
+        init_node("m-node", &[]);
         let r = registry();
         let t = MigrationTimer::start("m-node");
         assert_eq!(

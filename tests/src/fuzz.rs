@@ -36,6 +36,10 @@ pub struct Decoder {
     /// Ok when the input was accepted, Err with the typed error's message.
     pub run: fn(&[u8]) -> Result<(), String>,
     pub input: fn() -> BoxedStrategy<Vec<u8>>,
+    /// A valid input that must be accepted: keeps the seeds in step with
+    /// the formats (a seed the decoder rejects would make the mutations
+    /// explore little but the error path).
+    pub valid: fn() -> Vec<u8>,
 }
 
 /// Every decoder, in report order.
@@ -43,76 +47,85 @@ pub fn decoders() -> Vec<Decoder> {
     vec![
         Decoder {
             name: "pb AgentCommand",
+            valid: || agent_command_seeds()[0].clone(),
             run: agent_command,
             input: || proto_input(agent_command_seeds()),
         },
         Decoder {
             name: "pb Event",
+            valid: || event_seeds()[0].clone(),
             run: event,
             input: || proto_input(event_seeds()),
         },
         Decoder {
             name: "pb ApiRequest",
+            valid: || api_request_seeds()[0].clone(),
             run: api_request,
             input: || proto_input(api_request_seeds()),
         },
         Decoder {
             name: "pb ApiReply",
+            valid: || api_reply_seeds()[1].clone(),
             run: api_reply,
             input: || proto_input(api_reply_seeds()),
         },
         Decoder {
             name: "pb CommandResult",
+            valid: || command_result_seed().encode_to_vec(),
             run: command_result,
             input: || proto_input(vec![command_result_seed().encode_to_vec()]),
         },
         Decoder {
             name: "job JSON (KV)",
+            valid: || job_seed().into_bytes(),
             run: job_json,
             input: || json_input(vec![job_seed()], JOB_KEYS),
         },
         Decoder {
             name: "node record JSON (KV)",
+            valid: || node_record_seed().into_bytes(),
             run: node_record_json,
             input: || json_input(vec![node_record_seed()], NODE_KEYS),
         },
         Decoder {
             name: "lease JSON (KV)",
+            valid: || LEASE.as_bytes().to_vec(),
             run: lease_json,
-            input: || {
-                json_input(
-                    vec![r#"{"holder":"c1","expires_ms":1700000000000}"#.into()],
-                    &["holder", "expires_ms"],
-                )
-            },
+            input: || json_input(vec![LEASE.into()], &["holder", "expires_ms"]),
         },
         Decoder {
             name: "fleet file JSON",
+            valid: || fleet_seed().into_bytes(),
             run: fleet_json,
             input: || json_input(vec![fleet_seed()], FLEET_KEYS),
         },
         Decoder {
             name: "agent TOML",
+            valid: || AGENT_TOML.as_bytes().to_vec(),
             run: agent_toml,
             input: || toml_input(vec![AGENT_TOML.into()], AGENT_KEYS),
         },
         Decoder {
             name: "coordinator TOML",
+            valid: || COORDINATOR_TOML.as_bytes().to_vec(),
             run: coordinator_toml,
             input: || toml_input(vec![COORDINATOR_TOML.into()], COORDINATOR_KEYS),
         },
         Decoder {
             name: "ovs monitor services",
+            valid: || OVS_OUTPUT.as_bytes().to_vec(),
             run: ovs_services,
             input: || text_input(vec![OVS_OUTPUT.into()], OVS_TOKENS),
         },
         Decoder {
             name: "ays status",
+            valid: || AYS_OUTPUT.as_bytes().to_vec(),
             run: ays_status,
             input: || text_input(vec![AYS_OUTPUT.into()], AYS_TOKENS),
         },
         Decoder {
             name: "systemctl is-active",
+            valid: || b"active\n".to_vec(),
             run: systemd_is_active,
             input: || {
                 text_input(
@@ -123,23 +136,32 @@ pub fn decoders() -> Vec<Decoder> {
         },
         Decoder {
             name: "domain metadata XML",
+            valid: || metadata_seeds()[0].clone().into_bytes(),
             run: domain_metadata,
             input: || text_input(metadata_seeds(), XML_TOKENS),
         },
         Decoder {
             name: "NATS subjects",
+            valid: || subject_seeds()[0].clone().into_bytes(),
             run: subjects,
             input: || text_input(subject_seeds(), SUBJECT_TOKENS),
         },
         Decoder {
-            name: "portal Cookie header",
-            run: cookie_header,
+            name: "NATS credentials file",
+            valid: || CREDS.as_bytes().to_vec(),
+            run: credentials_file,
             input: || {
                 text_input(
-                    vec!["nodemaint_session=abc; theme=dark".into()],
-                    COOKIE_TOKENS,
+                    vec![CREDS.into(), "user = op\nnkey_seed = SUAB3XAMPLE\n".into()],
+                    CREDS_TOKENS,
                 )
             },
+        },
+        Decoder {
+            name: "portal Cookie header",
+            valid: || COOKIE.as_bytes().to_vec(),
+            run: cookie_header,
+            input: || text_input(vec![COOKIE.into()], COOKIE_TOKENS),
         },
     ]
 }
@@ -416,6 +438,10 @@ fn subjects(b: &[u8]) -> Result<(), String> {
     }
 }
 
+fn credentials_file(b: &[u8]) -> Result<(), String> {
+    nodemaint_proto::bus::Credentials::parse(utf8(b)?).map(|_| ())
+}
+
 fn cookie_header(b: &[u8]) -> Result<(), String> {
     let v = axum::http::HeaderValue::from_bytes(b).map_err(|e| e.to_string())?;
     let mut h = axum::http::HeaderMap::new();
@@ -507,17 +533,17 @@ fn arb_string_bytes() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-/// Well-formed protobuf wire: random tags (1..32 covers every field and
+/// Well-formed protobuf wire: random tags (1..40 covers every field and
 /// oneof case of our messages), all wire types, nested messages.
 fn arb_wire() -> impl Strategy<Value = Vec<u8>> {
     let leaf = prop_oneof![
-        (1u32..32, extreme_u64()).prop_map(|(t, v)| Field::Varint(t, v)),
-        (1u32..32, any::<u64>()).prop_map(|(t, v)| Field::Fixed64(t, v)),
-        (1u32..32, any::<u32>()).prop_map(|(t, v)| Field::Fixed32(t, v)),
-        (1u32..32, arb_string_bytes()).prop_map(|(t, b)| Field::Bytes(t, b)),
+        (1u32..40, extreme_u64()).prop_map(|(t, v)| Field::Varint(t, v)),
+        (1u32..40, any::<u64>()).prop_map(|(t, v)| Field::Fixed64(t, v)),
+        (1u32..40, any::<u32>()).prop_map(|(t, v)| Field::Fixed32(t, v)),
+        (1u32..40, arb_string_bytes()).prop_map(|(t, b)| Field::Bytes(t, b)),
     ];
     let field = leaf.prop_recursive(4, 48, 6, |inner| {
-        (1u32..32, vec(inner, 0..6)).prop_map(|(t, fs)| Field::Msg(t, fs))
+        (1u32..40, vec(inner, 0..6)).prop_map(|(t, fs)| Field::Msg(t, fs))
     });
     vec(field, 0..8).prop_map(|fs| encode_fields(&fs))
 }
@@ -617,7 +643,11 @@ fn domain(name: &str, kind: pb::VmKind, state: pb::VmState) -> pb::Domain {
         vcpus: 2,
         memory_mib: 2048,
         persistent: true,
-        not_migratable: String::new(),
+        not_migratable: if kind == pb::VmKind::Vfw {
+            "passthrough device".into()
+        } else {
+            String::new()
+        },
     }
 }
 
@@ -652,6 +682,16 @@ fn agent_command_seeds() -> Vec<Vec<u8>> {
         Kind::RunHook(pb::RunHook {
             command: "reboot".into(),
             timeout_s: 900,
+        }),
+        Kind::CancelMigration(pb::CancelMigration {
+            vm: "vm1".into(),
+            reason: "job aborted".into(),
+        }),
+        Kind::ProbeLibvirt(pb::ProbeLibvirt {
+            uris: vec![
+                "qemu+tcp://10.0.0.2/system".into(),
+                "test:///default".into(),
+            ],
         }),
     ];
     kinds
@@ -761,10 +801,10 @@ fn event_seeds() -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Every `ApiRequest` case (tags 10..=29), empty and with a few fields set.
+/// Every `ApiRequest` case (tags 10..=31), empty and with a few fields set.
 fn api_request_seeds() -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    for tag in 10..=29u32 {
+    for tag in 10..=31u32 {
         let inner = vec![
             Field::Bytes(1, b"node1".to_vec()),
             Field::Varint(2, 1),
@@ -776,6 +816,7 @@ fn api_request_seeds() -> Vec<Vec<u8>> {
         ]));
         out.push(encode_fields(&[
             Field::Bytes(1, b"alice".to_vec()),
+            Field::Bytes(2, b"req-0001".to_vec()),
             Field::Msg(tag, inner),
         ]));
     }
@@ -1060,6 +1101,22 @@ fn json_input(seeds: Vec<String>, keys: &'static [&'static str]) -> BoxedStrateg
 // ---------------------------------------------------------------------------
 // Seeds and vocabularies.
 
+const LEASE: &str = r#"{"holder":"c1","expires_ms":1700000000000}"#;
+const COOKIE: &str = "nodemaint_session=abc; theme=dark";
+const CREDS: &str = "# node1's agent\nuser = \"node1\"\npassword = \"s3cret\"\n";
+
+const CREDS_TOKENS: &[&str] = &[
+    "user",
+    "password",
+    "nkey_seed",
+    " = ",
+    "=",
+    "\"",
+    "#",
+    "node1",
+    "SUAB",
+];
+
 const AGENT_TOML: &str = r#"node = "node1"
 nats_url = "nats://127.0.0.1:4222"
 libvirt_uri = "qemu:///system"
@@ -1070,6 +1127,7 @@ boot_id_file = "/proc/sys/kernel/random/boot_id"
 subject_prefix = "nodemaint"
 stop_graceful_timeout_s = 60
 migration_timeout_s = 600
+migration_progress_timeout_s = 150
 max_concurrent_commands = 4
 metrics_listen = "127.0.0.1:9465"
 
@@ -1109,6 +1167,7 @@ const AGENT_KEYS: &[&str] = &[
     "subject_prefix",
     "stop_graceful_timeout_s",
     "migration_timeout_s",
+    "migration_progress_timeout_s",
     "state_dir",
     "guest_template",
     "checks",
@@ -1133,7 +1192,6 @@ const AGENT_KEYS: &[&str] = &[
 const COORDINATOR_TOML: &str = r#"nats_url = "nats://127.0.0.1:4222"
 subject_prefix = "nodemaint"
 stop_graceful_timeout_s = 60
-migration_timeout_s = 600
 
 [users.alice]
 groups = ["Level2"]
@@ -1146,6 +1204,15 @@ groups = []
 per_source = 2
 per_destination = 2
 global = 5
+
+[migration]
+timeout_per_gib_s = 800
+timeout_floor_s = 60
+progress_timeout_s = 150
+
+[preflight]
+max_nodes_in_maintenance = 2
+headroom_percent = 10
 "#;
 
 const COORDINATOR_KEYS: &[&str] = &[
@@ -1160,7 +1227,13 @@ const COORDINATOR_KEYS: &[&str] = &[
     "per_destination",
     "global",
     "stop_graceful_timeout_s",
-    "migration_timeout_s",
+    "migration",
+    "timeout_per_gib_s",
+    "timeout_floor_s",
+    "progress_timeout_s",
+    "preflight",
+    "max_nodes_in_maintenance",
+    "headroom_percent",
     "\"Level2\"",
     "\"Level3\"",
 ];
@@ -1385,6 +1458,12 @@ fn metadata_seeds() -> Vec<String> {
             no_live_migration: false,
         }),
         "<nm:vm xmlns:nm='http://x' kind='user' cloudspace='cs2'/>".into(),
+        metadata::element(&metadata::VmMetadata {
+            kind: nodemaint_proto::model::VmKind::User,
+            cloudspace: Some("cs3".into()),
+            anti_affinity: None,
+            no_live_migration: true,
+        }),
     ]
 }
 
@@ -1396,6 +1475,9 @@ const XML_TOKENS: &[&str] = &[
     " kind",
     " cloudspace",
     " anti-affinity",
+    " migratable",
+    "no",
+    "No",
     "=",
     "\"",
     "'",
@@ -1413,7 +1495,8 @@ fn subject_seeds() -> Vec<String> {
     vec![
         "nodemaint.v1.events.node1.heartbeat".into(),
         "nodemaint.v1.events.node1.result".into(),
-        "nodemaint.v1.api.maintenance.start".into(),
+        "nodemaint.v1.api.alice.change.maintenance.start".into(),
+        "nodemaint.v1.api.bob.read.node.list".into(),
     ]
 }
 
@@ -1436,6 +1519,9 @@ const SUBJECT_TOKENS: &[&str] = &[
     "error",
     "node1",
     "node.list",
+    "alice",
+    "read",
+    "change",
 ];
 
 const COOKIE_TOKENS: &[&str] = &[
@@ -1447,6 +1533,35 @@ const COOKIE_TOKENS: &[&str] = &[
     "theme=dark",
     "\"",
 ];
+
+/// Deeply nested inputs (brackets, tables, length-delimited protobuf
+/// fields): a decoder must refuse them, not recurse until the stack
+/// overflows (which aborts the process instead of panicking).
+pub fn deep_inputs() -> Vec<(&'static str, Vec<u8>)> {
+    let rep = |s: &str, n: usize| s.repeat(n).into_bytes();
+    let mut nested = Vec::new();
+    for tag in [10u64, 3, 11, 2].iter().cycle().take(20_000) {
+        let mut outer = Vec::new();
+        put_varint(&mut outer, (tag << 3) | 2);
+        put_varint(&mut outer, nested.len() as u64);
+        outer.extend(&nested);
+        nested = outer;
+    }
+    vec![
+        ("JSON arrays", rep("[", 200_000)),
+        ("JSON objects", rep("{\"nodes\":", 100_000)),
+        (
+            "TOML arrays",
+            [b"node = ".to_vec(), rep("[", 200_000)].concat(),
+        ),
+        (
+            "TOML inline tables",
+            [b"limits = ".to_vec(), rep("{a=", 100_000)].concat(),
+        ),
+        ("protobuf messages", nested),
+        ("lines", rep("Non-running processes:\n(", 100_000)),
+    ]
+}
 
 /// An input shown in a report: printable text as is (truncated), otherwise hex.
 pub fn show_input(b: &[u8]) -> String {

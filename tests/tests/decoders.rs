@@ -3,7 +3,7 @@
 //! with a message. 1,000 cases each here (about 3 s); `bench fuzz` runs
 //! 100,000+ per decoder.
 
-use nodemaint_tests::fuzz::{decoders, show_input};
+use nodemaint_tests::fuzz::{decoders, deep_inputs, show_input};
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -73,5 +73,38 @@ decoder_tests! {
     systemd_is_active => "systemctl is-active",
     domain_metadata => "domain metadata XML",
     nats_subjects => "NATS subjects",
+    credentials_file => "NATS credentials file",
     portal_cookie => "portal Cookie header",
+}
+
+#[test]
+fn deep_nesting_is_an_error_not_a_stack_overflow() {
+    // The 2 MiB stack of a tokio worker thread.
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(|| {
+            for dec in decoders() {
+                for (what, input) in deep_inputs() {
+                    let res = std::panic::catch_unwind(|| (dec.run)(&input));
+                    assert!(res.is_ok(), "{}: panicked on deep {what}", dec.name);
+                }
+            }
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+#[test]
+fn each_decoder_accepts_its_valid_input() {
+    for dec in decoders() {
+        let input = (dec.valid)();
+        if let Err(e) = (dec.run)(&input) {
+            panic!(
+                "{} rejects its valid input ({e}): {}",
+                dec.name,
+                show_input(&input)
+            );
+        }
+    }
 }

@@ -191,6 +191,14 @@ fn metrics_move_with_jobs_and_json_logs_name_job_and_node() {
         value(&n1, "nodemaint_agent_migrations_in_flight{node=\"node1\"}"),
         0.0
     );
+    // Configured checks are listed at 0 before they first run.
+    assert_eq!(
+        value(
+            &n1,
+            "nodemaint_agent_check_failures_total{node=\"node1\",check=\"bad\"}"
+        ),
+        0.0
+    );
 
     // A stop job: one command, ok, counted by both sides.
     let out = f.cli("alice", &["vm", "stop", "vm-a", "--output", "json"]);
