@@ -1,7 +1,8 @@
 //! Coordinator configuration (TOML), e.g. `deploy/coordinator.toml`:
 //!
 //! ```toml
-//! nats_url = "nats://127.0.0.1:4222"
+//! nats_url = "nats://127.0.0.1:4222"   # or a list: "nats://a:4222,nats://b:4222"
+//! nats_replicas = 1                     # 3 on a 3-node JetStream cluster
 //! [users.alice]
 //! groups = ["Level2"]
 //! [users.bob]
@@ -36,6 +37,10 @@ pub struct CoordinatorConfig {
     /// Default migration timeout.
     #[serde(default = "default_migration_timeout")]
     pub migration_timeout_s: u32,
+    /// Copies of each stream and KV bucket the coordinator creates: 1 on a
+    /// single server, 3 on a 3-node JetStream cluster.
+    #[serde(default = "one")]
+    pub nats_replicas: usize,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -69,6 +74,9 @@ impl Default for Limits {
     }
 }
 
+fn one() -> usize {
+    1
+}
 fn two() -> usize {
     2
 }

@@ -7,3 +7,4 @@ pub mod checks;
 pub mod config;
 pub mod hook;
 pub mod hypervisor;
+pub mod recovery;

@@ -11,20 +11,71 @@ use std::time::Duration;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Connects to NATS within 5 s; the error names the URL.
-pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, BoxError> {
+/// Splits a server list (`nats://a:4222,nats://b:4222`; a single URL is a
+/// list of one) into URLs; the error names the entry that is not a URL.
+pub fn server_list(urls: &str) -> Result<Vec<String>, BoxError> {
+    let list: Vec<String> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect();
+    if list.is_empty() {
+        return Err("no NATS server URL given".into());
+    }
+    for u in &list {
+        u.parse::<async_nats::ServerAddr>()
+            .map_err(|e| format!("bad NATS server URL {u:?}: {e}"))?;
+    }
+    Ok(list)
+}
+
+/// Connects to one of the servers in `urls` (comma-separated) within 5 s;
+/// the error names the URLs. Afterwards the client reconnects on its own,
+/// forever, to any server of the list or of the cluster (servers gossip
+/// their peers): a lost server is a pause, never the end of a daemon.
+pub async fn connect(urls: &str, name: &str) -> Result<async_nats::Client, BoxError> {
+    let servers = server_list(urls)?;
+    let who = name.to_string();
     let opts = async_nats::ConnectOptions::new()
         .name(name)
-        .connection_timeout(Duration::from_secs(5));
-    match tokio::time::timeout(Duration::from_secs(6), opts.connect(url)).await {
-        Err(_) => Err(format!("NATS server at {url} not reachable within 5 s").into()),
-        Ok(Err(e)) => Err(format!("cannot connect to NATS at {url}: {e}").into()),
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(None)
+        // Quick first retries: a restarted server is back within a second or two.
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((attempts as u64 * 250).min(2_000))
+        })
+        .event_callback(move |event| {
+            let who = who.clone();
+            async move {
+                match event {
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!(client = %who, "NATS connection lost; reconnecting")
+                    }
+                    async_nats::Event::Connected => {
+                        tracing::info!(client = %who, "NATS connection (re)established")
+                    }
+                    other => tracing::info!(client = %who, event = %other, "NATS event"),
+                }
+            }
+        });
+    let per_server = Duration::from_secs(6);
+    let total = per_server * servers.len().min(5) as u32;
+    match tokio::time::timeout(total, opts.connect(servers.as_slice())).await {
+        Err(_) => Err(format!("NATS server at {urls} not reachable within 5 s").into()),
+        Ok(Err(e)) => Err(format!("cannot connect to NATS at {urls}: {e}").into()),
         Ok(Ok(c)) => Ok(c),
     }
 }
 
 /// Creates (or checks) the commands and events streams.
-pub async fn ensure_streams(js: &jetstream::Context, s: &Subjects) -> Result<(), BoxError> {
+/// `replicas` is 1 on a single server, 3 on a 3-node cluster (a stream
+/// that exists already keeps its replica count).
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    s: &Subjects,
+    replicas: usize,
+) -> Result<(), BoxError> {
     js.get_or_create_stream(stream::Config {
         name: s.commands_stream(),
         subjects: vec![s.agent_cmd_all()],
@@ -34,6 +85,7 @@ pub async fn ensure_streams(js: &jetstream::Context, s: &Subjects) -> Result<(),
         // server; the agents' result bucket covers everything beyond it.
         duplicate_window: Duration::from_secs(120),
         max_age: Duration::from_secs(7 * 24 * 3600),
+        num_replicas: replicas.max(1),
         ..Default::default()
     })
     .await?;
@@ -45,18 +97,20 @@ pub async fn ensure_streams(js: &jetstream::Context, s: &Subjects) -> Result<(),
         max_bytes: 1 << 30,
         // Heartbeats would otherwise crowd out everything else.
         max_messages_per_subject: 10_000,
+        num_replicas: replicas.max(1),
         ..Default::default()
     })
     .await?;
     Ok(())
 }
 
-/// Opens a KV bucket, creating it when missing.
+/// Opens a KV bucket, creating it with `replicas` copies when missing.
 pub async fn bucket(
     js: &jetstream::Context,
     name: &str,
     history: i64,
     max_age: Duration,
+    replicas: usize,
 ) -> Result<kv::Store, BoxError> {
     match js.get_key_value(name).await {
         Ok(store) => Ok(store),
@@ -65,6 +119,7 @@ pub async fn bucket(
                 bucket: name.to_string(),
                 history,
                 max_age,
+                num_replicas: replicas.max(1),
                 ..Default::default()
             })
             .await?),
@@ -214,4 +269,26 @@ pub async fn all_json<T: DeserializeOwned>(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_list;
+
+    #[test]
+    fn server_lists_split_on_commas_and_name_bad_entries() {
+        assert_eq!(
+            server_list("nats://a:4222, nats://b:4223,").unwrap(),
+            ["nats://a:4222", "nats://b:4223"]
+        );
+        assert_eq!(server_list("nats://a:4222").unwrap(), ["nats://a:4222"]);
+        assert!(server_list(" , ")
+            .unwrap_err()
+            .to_string()
+            .contains("no NATS"));
+        let e = server_list("nats://a:4222,nats://b:x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nats://b:x"), "{e}");
+    }
 }

@@ -280,4 +280,36 @@ impl Hypervisor for LibvirtHypervisor {
             Err(e) => Err(map_err(e)),
         }
     }
+
+    fn job_running(&self, vm: &str) -> Result<bool, HvError> {
+        let dom = match self.domain(vm) {
+            Ok(d) => d,
+            Err(HvError::NotFound(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        match dom.job_stats(0) {
+            Ok(stats) => Ok(matches!(
+                stats.r#type as u32,
+                sys::VIR_DOMAIN_JOB_BOUNDED | sys::VIR_DOMAIN_JOB_UNBOUNDED
+            )),
+            Err(e) if e.code().is(ErrorNumber::NoDomain) => Ok(false),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    fn remote_state(&self, uri: &str, vm: &str) -> Result<Option<VmState>, HvError> {
+        let conn = Connect::open(Some(uri)).map_err(|e| HvError::Connection {
+            uri: uri.to_string(),
+            message: e.message().to_string(),
+        })?;
+        match conn.lookup_domain_by_name(vm) {
+            Ok(dom) => match describe(&dom) {
+                Ok(v) => Ok(Some(v.state)),
+                Err(e) if e.code().is(ErrorNumber::NoDomain) => Ok(None),
+                Err(e) => Err(map_err(e)),
+            },
+            Err(e) if e.code().is(ErrorNumber::NoDomain) => Ok(None),
+            Err(e) => Err(map_err(e)),
+        }
+    }
 }
