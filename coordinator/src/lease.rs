@@ -88,18 +88,16 @@ impl Elector {
         };
         let bytes: bytes::Bytes = serde_json::to_vec(&lease).expect("lease serializes").into();
         let written = match decide(current, &self.me, now) {
-            Decision::Create => self.kv.create(KEY, bytes).await.map_err(|e| {
-                (
-                    e.kind() == kv::CreateErrorKind::AlreadyExists,
-                    e.to_string(),
-                )
-            }),
-            Decision::Update(rev) => self.kv.update(KEY, bytes, rev).await.map_err(|e| {
-                (
-                    e.kind() == kv::UpdateErrorKind::WrongLastRevision,
-                    e.to_string(),
-                )
-            }),
+            Decision::Create => self
+                .kv
+                .create(KEY, bytes)
+                .await
+                .map_err(|e| (nodemaint_proto::bus::create_conflict(&e), e.to_string())),
+            Decision::Update(rev) => self
+                .kv
+                .update(KEY, bytes, rev)
+                .await
+                .map_err(|e| (nodemaint_proto::bus::update_conflict(&e), e.to_string())),
             Decision::Wait(_) => return Hold::Taken,
         };
         match written {

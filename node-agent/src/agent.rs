@@ -313,7 +313,7 @@ impl Agent {
                     drop(permit);
                 });
             }
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            Err(e) if bus::create_conflict(&e) => {
                 let _ = msg.ack().await;
                 self.answer_repeat(cmd, &key).await;
             }

@@ -164,6 +164,24 @@ pub async fn publish_event(
     Ok(())
 }
 
+/// nats-server in cluster mode answers a compare-and-set conflict with error
+/// code 10164 ("wrong last sequence"), which async-nats 0.51 classifies as
+/// `Other`, not as a conflict; on a single server it is code 10071, which it
+/// does classify. Both mean: another writer won.
+fn says_conflict(e: &impl std::fmt::Display) -> bool {
+    e.to_string().contains("wrong last sequence")
+}
+
+/// A KV `create` failed because the key exists (another writer won).
+pub fn create_conflict(e: &kv::CreateError) -> bool {
+    e.kind() == kv::CreateErrorKind::AlreadyExists || says_conflict(e)
+}
+
+/// A KV `update` failed because the revision moved on (another writer won).
+pub fn update_conflict(e: &kv::UpdateError) -> bool {
+    e.kind() == kv::UpdateErrorKind::WrongLastRevision || says_conflict(e)
+}
+
 /// Outcome of a read-modify-write: the new value and its revision.
 pub struct Updated<T> {
     pub value: T,
@@ -182,9 +200,15 @@ pub enum CasError<E> {
     Contention(String),
 }
 
+/// How long a read-modify-write keeps retrying while the KV store does not
+/// answer (a server restarting, a cluster electing a stream leader): a
+/// journal entry must survive a NATS blip, not be dropped with a warning.
+const STORE_PATIENCE: Duration = Duration::from_secs(30);
+
 /// Read-modify-write of a JSON record with compare-and-set: `f` sees the
 /// current value (or `None`) and returns the new one or refuses; on a
 /// concurrent write (wrong last revision) it is re-read and `f` runs again.
+/// Transport errors are retried for up to 30 s.
 pub async fn cas_update<T, E>(
     store: &kv::Store,
     key: &str,
@@ -193,12 +217,37 @@ pub async fn cas_update<T, E>(
 where
     T: Serialize + DeserializeOwned,
 {
-    for _ in 0..64 {
-        let entry = store
-            .entry(key)
-            .await
-            .map_err(|e| CasError::Store(e.into()))?;
+    let deadline = tokio::time::Instant::now() + STORE_PATIENCE;
+    let mut conflicts = 0;
+    let mut unconfirmed: Option<bytes::Bytes> = None;
+    // Waits before the next attempt after a transport error, or gives up.
+    let unavailable = |e: BoxError| async move {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CasError::Store(e));
+        }
+        tracing::warn!(key, error = %e, "KV store unavailable; retrying");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(())
+    };
+    while conflicts < 64 {
+        let entry = match store.entry(key).await {
+            Ok(e) => e,
+            Err(e) => {
+                unavailable(e.into()).await?;
+                continue;
+            }
+        };
         let (current, revision) = match entry {
+            // Our write timed out but did land: done.
+            Some(e) if unconfirmed.as_ref() == Some(&e.value) => {
+                let value = serde_json::from_slice(&e.value).map_err(|err| {
+                    CasError::Store(format!("record {key} is corrupt: {err}").into())
+                })?;
+                return Ok(Updated {
+                    value,
+                    revision: e.revision,
+                });
+            }
             Some(e) if e.operation == kv::Operation::Put => {
                 let v = serde_json::from_slice(&e.value).map_err(|err| {
                     CasError::Store(format!("record {key} is corrupt: {err}").into())
@@ -210,19 +259,20 @@ where
         };
         let new = f(current).map_err(CasError::Rejected)?;
         let bytes = bytes::Bytes::from(serde_json::to_vec(&new).expect("serializable record"));
-        let written = match revision {
-            Some(rev) => store.update(key, bytes, rev).await.map_err(|e| {
-                if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
+        unconfirmed = None;
+        let written: Result<u64, Option<BoxError>> = match revision {
+            Some(rev) => store.update(key, bytes.clone(), rev).await.map_err(|e| {
+                if update_conflict(&e) {
                     None
                 } else {
-                    Some(CasError::Store(e.into()))
+                    Some(e.into())
                 }
             }),
-            None => store.create(key, bytes).await.map_err(|e| {
-                if e.kind() == kv::CreateErrorKind::AlreadyExists {
+            None => store.create(key, bytes.clone()).await.map_err(|e| {
+                if create_conflict(&e) {
                     None
                 } else {
-                    Some(CasError::Store(e.into()))
+                    Some(e.into())
                 }
             }),
         };
@@ -233,8 +283,13 @@ where
                     revision,
                 })
             }
-            Err(None) => continue, // somebody else wrote first: re-read
-            Err(Some(e)) => return Err(e),
+            // Somebody else wrote first: re-read.
+            Err(None) => conflicts += 1,
+            // Maybe written, maybe not: the re-read tells.
+            Err(Some(e)) => {
+                unconfirmed = Some(bytes);
+                unavailable(e).await?
+            }
         }
     }
     Err(CasError::Contention(key.to_string()))

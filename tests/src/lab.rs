@@ -118,6 +118,14 @@ impl Lab {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        // The lab's client URL(s): one server, or every member of a cluster.
+        let status: Value = serde_json::from_slice(&lab.lab(&["status", "--json"]).stdout)
+            .expect("lab status --json");
+        let mut lab = lab;
+        lab.nats_url = status["nats_url"]
+            .as_str()
+            .expect("nats_url in lab status")
+            .to_string();
         lab.wait_consistent();
         Some(lab)
     }

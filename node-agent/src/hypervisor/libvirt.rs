@@ -247,7 +247,10 @@ impl Hypervisor for LibvirtHypervisor {
                 continue;
             }
             last_sample = Instant::now();
-            if let Ok(stats) = dom.job_stats(0) {
+            // job_info, not job_stats: virt 0.5's job_stats hands a NULL parameter
+            // array to Vec::from_raw_parts when no job runs (the migration just
+            // ended), which aborts the process.
+            if let Ok(stats) = dom.job_info() {
                 let total = stats.data_total.unwrap_or(0);
                 let processed = stats.data_processed.unwrap_or(0);
                 let remaining = stats.data_remaining.unwrap_or(0);
@@ -287,7 +290,7 @@ impl Hypervisor for LibvirtHypervisor {
             Err(HvError::NotFound(_)) => return Ok(false),
             Err(e) => return Err(e),
         };
-        match dom.job_stats(0) {
+        match dom.job_info() {
             Ok(stats) => Ok(matches!(
                 stats.r#type as u32,
                 sys::VIR_DOMAIN_JOB_BOUNDED | sys::VIR_DOMAIN_JOB_UNBOUNDED
