@@ -467,6 +467,7 @@ impl Agent {
         // Doubtful answers (destination unreachable, both or neither) get
         // a short grace before they are reported.
         let mut doubt_since: Option<Instant> = None;
+        let mut last_verdict = None;
         loop {
             let name = m.vm.clone();
             let local = self
@@ -497,7 +498,11 @@ impl Agent {
                 .await
                 .map_err(|e| e.to_string());
             let verdict = migration(local, remote);
-            tracing::info!(vm = %m.vm, ?local, ?verdict, "settling a migration cut off by an agent restart");
+            let seen = format!("{local:?} {verdict:?}");
+            if last_verdict.as_ref() != Some(&seen) {
+                tracing::info!(vm = %m.vm, ?local, ?verdict, "settling a migration cut off by an agent restart");
+                last_verdict = Some(seen);
+            }
             match verdict {
                 Migration::OnDestination => {
                     return pb::CommandResult {

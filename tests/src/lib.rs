@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 pub mod faults;
 pub mod lab;
+pub mod soak;
 
 pub use tempfile::TempDir;
 
