@@ -55,27 +55,46 @@ impl Client {
             kind: Some(kind),
         };
         let method = req.method().expect("kind set");
-        let secs = 10;
-        let resp = tokio::time::timeout(
-            Duration::from_secs(secs),
-            self.nats
-                .request(self.subjects.api(method), req.encode_to_vec().into()),
-        )
-        .await
-        .map_err(|_| ClientError::Timeout {
-            url: self.url.clone(),
-            secs,
-        })?
-        .map_err(|e| match e.kind() {
-            async_nats::RequestErrorKind::NoResponders => ClientError::NoCoordinator {
-                url: self.url.clone(),
-            },
-            async_nats::RequestErrorKind::TimedOut => ClientError::Timeout {
+        // Generous: while a cluster elects new stream leaders after losing a
+        // server, an accept can take ~10 s.
+        let secs = 30;
+        let payload: bytes::Bytes = req.encode_to_vec().into();
+        // "No responders" means nobody got the request, so it is safe to ask
+        // again: for a few seconds, a coordinator may be reconnecting to
+        // another NATS server (the API's interest is not yet propagated).
+        let patience = tokio::time::Instant::now() + Duration::from_secs(5);
+        let resp = loop {
+            let r = tokio::time::timeout(
+                Duration::from_secs(secs),
+                self.nats
+                    .request(self.subjects.api(method), payload.clone()),
+            )
+            .await;
+            match r {
+                Ok(Err(e))
+                    if e.kind() == async_nats::RequestErrorKind::NoResponders
+                        && tokio::time::Instant::now() < patience =>
+                {
+                    tokio::time::sleep(Duration::from_millis(250)).await
+                }
+                other => break other,
+            }
+        };
+        let resp = resp
+            .map_err(|_| ClientError::Timeout {
                 url: self.url.clone(),
                 secs,
-            },
-            _ => ClientError::Other(format!("request {method} failed: {e}")),
-        })?;
+            })?
+            .map_err(|e| match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => ClientError::NoCoordinator {
+                    url: self.url.clone(),
+                },
+                async_nats::RequestErrorKind::TimedOut => ClientError::Timeout {
+                    url: self.url.clone(),
+                    secs,
+                },
+                _ => ClientError::Other(format!("request {method} failed: {e}")),
+            })?;
         let reply = nodemaint_proto::decode::<pb::ApiReply>(&resp.payload)
             .map_err(|e| ClientError::Other(format!("bad reply from coordinator: {e}")))?;
         match reply.kind {

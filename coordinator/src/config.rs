@@ -3,6 +3,7 @@
 //! ```toml
 //! nats_url = "nats://127.0.0.1:4222"   # or a list: "nats://a:4222,nats://b:4222"
 //! nats_replicas = 1                     # 3 on a 3-node JetStream cluster
+//! lease_ttl_s = 6                       # 15 on a cluster (outlasts a stream leader election)
 //! [users.alice]
 //! groups = ["Level2"]
 //! [users.bob]
@@ -41,6 +42,12 @@ pub struct CoordinatorConfig {
     /// single server, 3 on a 3-node JetStream cluster.
     #[serde(default = "one")]
     pub nats_replicas: usize,
+    /// Leader lease TTL: a standby takes over this long after the leader
+    /// died. On a JetStream cluster it must outlast a stream leader election
+    /// (up to ~10 s after a server dies, during which no replica can renew
+    /// the lease): 15 there; 6 on a single server.
+    #[serde(default = "six")]
+    pub lease_ttl_s: u64,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -74,6 +81,9 @@ impl Default for Limits {
     }
 }
 
+fn six() -> u64 {
+    6
+}
 fn one() -> usize {
     1
 }

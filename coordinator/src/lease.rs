@@ -123,7 +123,8 @@ impl Elector {
                 tracing::info!("another coordinator holds the lease; standing by");
                 logged = true;
             }
-            tokio::time::sleep(self.ttl / 3).await;
+            // Look often: a long TTL (cluster) must not lengthen takeovers more.
+            tokio::time::sleep((self.ttl / 3).min(Duration::from_secs(2))).await;
         }
     }
 

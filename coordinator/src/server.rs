@@ -54,22 +54,35 @@ impl Coordinator {
         let subjects = Subjects::new(&cfg.subject_prefix);
         let e = |what: &str, err: bus::BoxError| anyhow::anyhow!("cannot set up {what}: {err}");
         let replicas = cfg.nats_replicas;
-        bus::ensure_streams(&js, &subjects, replicas)
-            .await
-            .map_err(|err| e("streams", err))?;
-        let nodes = bus::bucket(&js, &subjects.nodes_bucket(), 5, Duration::ZERO, replicas)
-            .await
-            .map_err(|err| e("nodes bucket", err))?;
-        let jobs = bus::bucket(&js, &subjects.jobs_bucket(), 1, Duration::ZERO, replicas)
-            .await
-            .map_err(|err| e("jobs bucket", err))?;
-        let agent_results = bus::bucket(
-            &js,
-            &subjects.agent_results_bucket(),
-            1,
-            Duration::from_secs(7 * 24 * 3600),
-            replicas,
-        )
+        // A cluster that just lost a member answers JetStream requests
+        // again once it elected new leaders: retry the set-up meanwhile.
+        let patience = Duration::from_secs(60);
+        bus::retrying("streams", patience, || {
+            bus::ensure_streams(&js, &subjects, replicas)
+        })
+        .await
+        .map_err(|err| e("streams", err))?;
+        let (nodes_bucket, jobs_bucket) = (subjects.nodes_bucket(), subjects.jobs_bucket());
+        let nodes = bus::retrying("nodes bucket", patience, || {
+            bus::bucket(&js, &nodes_bucket, 5, Duration::ZERO, replicas)
+        })
+        .await
+        .map_err(|err| e("nodes bucket", err))?;
+        let jobs = bus::retrying("jobs bucket", patience, || {
+            bus::bucket(&js, &jobs_bucket, 1, Duration::ZERO, replicas)
+        })
+        .await
+        .map_err(|err| e("jobs bucket", err))?;
+        let results_bucket = subjects.agent_results_bucket();
+        let agent_results = bus::retrying("agent results bucket", patience, || {
+            bus::bucket(
+                &js,
+                &results_bucket,
+                1,
+                Duration::from_secs(7 * 24 * 3600),
+                replicas,
+            )
+        })
         .await
         .map_err(|err| e("agent results bucket", err))?;
         let registry = Registry::open(nodes)
@@ -95,16 +108,20 @@ impl Coordinator {
     /// Waits for the leader lease, then resumes left-over jobs and answers
     /// the API until `shutdown` completes or the lease is lost.
     pub async fn serve(self: Arc<Self>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let leader = bus::bucket(
-            &self.js,
-            &self.subjects.leader_bucket(),
-            1,
-            Duration::ZERO,
-            self.cfg.nats_replicas,
-        )
+        let leader_bucket = self.subjects.leader_bucket();
+        let leader = bus::retrying("leader bucket", Duration::from_secs(60), || {
+            bus::bucket(
+                &self.js,
+                &leader_bucket,
+                1,
+                Duration::ZERO,
+                self.cfg.nats_replicas,
+            )
+        })
         .await
         .map_err(|e| anyhow::anyhow!("cannot open leader bucket: {e}"))?;
-        let elector = crate::lease::Elector::new(leader, Duration::from_secs(6));
+        let elector =
+            crate::lease::Elector::new(leader, Duration::from_secs(self.cfg.lease_ttl_s.max(2)));
         tokio::pin!(shutdown);
         let held_until = tokio::select! {
             until = elector.acquire() => until,

@@ -81,16 +81,22 @@ pub async fn run_with(
     let client = connect(&cfg.nats_url, &format!("node-agent {}", cfg.node)).await?;
     let js = jetstream::new(client.clone());
     let subjects = Subjects::new(&cfg.subject_prefix);
-    bus::ensure_streams(&js, &subjects, cfg.nats_replicas)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot set up JetStream streams: {e}"))?;
-    let results = bus::bucket(
-        &js,
-        &subjects.agent_results_bucket(),
-        1,
-        Duration::from_secs(7 * 24 * 3600),
-        cfg.nats_replicas,
-    )
+    let patience = Duration::from_secs(60);
+    bus::retrying("streams", patience, || {
+        bus::ensure_streams(&js, &subjects, cfg.nats_replicas)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot set up JetStream streams: {e}"))?;
+    let results_bucket = subjects.agent_results_bucket();
+    let results = bus::retrying("results bucket", patience, || {
+        bus::bucket(
+            &js,
+            &results_bucket,
+            1,
+            Duration::from_secs(7 * 24 * 3600),
+            cfg.nats_replicas,
+        )
+    })
     .await
     .map_err(|e| anyhow::anyhow!("cannot open results bucket: {e}"))?;
     let hv2 = hv.clone();

@@ -69,6 +69,27 @@ pub async fn connect(urls: &str, name: &str) -> Result<async_nats::Client, BoxEr
 }
 
 /// Creates (or checks) the commands and events streams.
+/// Runs `op` until it succeeds or `patience` has passed (then its last
+/// error): JetStream set-up right after a server died or restarted fails
+/// until the cluster elected new leaders.
+pub async fn retrying<T, F, Fut>(what: &str, patience: Duration, mut op: F) -> Result<T, BoxError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BoxError>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(e) => {
+                tracing::warn!(what, error = %e, "JetStream not ready; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
 /// `replicas` is 1 on a single server, 3 on a 3-node cluster (a stream
 /// that exists already keeps its replica count).
 pub async fn ensure_streams(

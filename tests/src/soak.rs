@@ -228,7 +228,10 @@ fn one_cycle(
         rep.drains_succeeded += 1;
     } else {
         rep.drains_failed += 1;
-        eprintln!("soak: drain of {node} ended {}: {}", job["state"], job["outcome"]);
+        eprintln!(
+            "soak: drain of {node} ended {}: {}",
+            job["state"], job["outcome"]
+        );
     }
     let enabled = wait_until(Duration::from_secs(30), || {
         faults::enable(lab, node).is_ok()
