@@ -417,6 +417,16 @@ impl Agent {
         self.publish(&cmd.op_id, Body::Result(r)).await;
     }
 
+    /// A successful result: `vm` is on this node in `state`.
+    fn vm_here(&self, vm: &str, state: pb::VmState, message: String) -> pb::CommandResult {
+        pb::CommandResult {
+            vm: vm.into(),
+            vm_node: self.node().into(),
+            vm_state: state as i32,
+            ..ok_result(&message)
+        }
+    }
+
     async fn local_state(&self, vm: &str) -> Result<Option<VmState>, HvError> {
         let name = vm.to_string();
         let list = self.blocking(|hv| hv.list()).await?;
@@ -427,20 +437,19 @@ impl Agent {
         let what = if start { "start" } else { "stop" };
         match self.local_state(vm).await {
             Ok(state) => match crate::recovery::reached(start, state) {
-                Some(true) => pb::CommandResult {
-                    vm: vm.into(),
-                    vm_node: self.node().into(),
-                    vm_state: if start {
+                Some(true) => self.vm_here(
+                    vm,
+                    if start {
                         pb::VmState::Running
                     } else {
                         pb::VmState::Shutoff
-                    } as i32,
-                    ..ok_result(&format!(
+                    },
+                    format!(
                         "{vm} is {} on {} (the {what} was cut off by an agent restart, but took effect)",
                         if start { "running" } else { "shut off" },
                         self.node()
-                    ))
-                },
+                    ),
+                ),
                 Some(false) => with_vm(
                     vm,
                     err_result(
@@ -668,12 +677,11 @@ impl Agent {
     async fn start(&self, vm: &str) -> pb::CommandResult {
         let name = vm.to_string();
         match self.blocking(move |hv| hv.start(&name)).await {
-            Ok(()) => pb::CommandResult {
-                vm: vm.into(),
-                vm_node: self.node().into(),
-                vm_state: pb::VmState::Running as i32,
-                ..ok_result(&format!("{vm} started on {}", self.node()))
-            },
+            Ok(()) => self.vm_here(
+                vm,
+                pb::VmState::Running,
+                format!("{vm} started on {}", self.node()),
+            ),
             Err(e) => with_vm(vm, failed(hv_error(self.node(), &e))),
         }
     }

@@ -9,8 +9,7 @@
 //! says exactly where libvirt has each VM.
 
 use nodemaint_tests::faults::{self, wait_until};
-use nodemaint_tests::lab::{repo, step, Lab};
-use nodemaint_tests::{stderr, stdout};
+use nodemaint_tests::lab::{repo, resumed, step, Lab};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -145,33 +144,13 @@ fn cluster_faults() {
     let job = drained(&lab, &all, &id, "node3", &held3);
     let after = lab.lab_ok(&["coordinator", "leader"]).trim().to_string();
     assert_ne!(before, after, "the standby leads now");
-    assert!(
-        job["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["message"].as_str().unwrap().contains("resuming")),
-        "{job}"
-    );
+    assert!(resumed(&job), "{job}");
     lab.lab_ok(&["coordinator", "start"]);
     must(faults::enable(&lab, "node3"));
 
     step("kill -9 the leader coordinator mid-rolling; the standby finishes it");
     let reboot = format!("{} reboot {{node}}", repo().join("deploy/lab").display());
-    let out = lab.cli(
-        "operator",
-        &[
-            "rolling",
-            "start",
-            "node4",
-            "--reboot-command",
-            &reboot,
-            "--yes",
-            "--detach",
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let id = stdout(&out).trim().to_string();
+    let id = lab.start_rolling(&["node4"], &reboot);
     assert!(
         wait_until(Duration::from_secs(60), || {
             faults::job(&lab, &id).is_some_and(|j| {
@@ -191,18 +170,11 @@ fn cluster_faults() {
         placed.values().all(|p| p[0].1 == "running"),
         "every VM runs after the rolling: {placed:?}"
     );
-    let node_job = faults::job(
-        &lab,
-        job["params"]["children"]["node4"]["node"].as_str().unwrap(),
-    )
-    .expect("node4's rolling.node job");
-    let hooks = node_job["commands"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["action"] == "hook")
-        .count();
-    assert_eq!(hooks, 1, "node4 rebooted exactly once: {node_job}");
+    assert_eq!(
+        lab.hooks_per_node(&job).get("node4"),
+        Some(&1),
+        "node4 rebooted exactly once"
+    );
     lab.lab_ok(&["coordinator", "start"]);
 
     step("kill one NATS server of the cluster during a drain: nothing stalls, nothing is lost");
