@@ -115,8 +115,9 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
         let node = nodes[rep.cycles % nodes.len()].clone();
         let fault = FAULTS[rng.below(FAULTS.len())];
         let cycle = rep.cycles + 1;
+        let mut injected = fault;
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            one_cycle(&lab, &all, &node, fault, &mut rep)
+            one_cycle(&lab, &all, &node, fault, &mut injected, &mut rep)
         }));
         let err = match outcome {
             Ok(Ok(())) => None,
@@ -150,7 +151,7 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
             }
             Err(e) => rep.violations.push(format!("cycle {cycle}: {e}")),
         }
-        *rep.faults.entry(fault.to_string()).or_default() += 1;
+        *rep.faults.entry(injected.to_string()).or_default() += 1;
         rep.cycles += 1;
         eprintln!(
             "soak: cycle {} done ({fault} on {node}), {:.1} min, {} violations",
@@ -173,7 +174,8 @@ fn one_cycle(
     lab: &Lab,
     all: &[String],
     node: &str,
-    fault: &str,
+    fault: &'static str,
+    injected: &mut &'static str,
     rep: &mut Report,
 ) -> Result<(), String> {
     let held: Vec<String> = faults::domains(lab, node)?.into_keys().collect();
@@ -207,7 +209,7 @@ fn one_cycle(
             ok(lab, &["net", "cut", node])?;
         }
         // Nothing in flight to hit (the drain was quick): no fault.
-        _ => {}
+        _ => *injected = "none",
     }
     // While the fault lasts: none lost, none running twice.
     let until = Instant::now() + Duration::from_secs(3);

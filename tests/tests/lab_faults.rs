@@ -108,7 +108,7 @@ fn cluster_faults() {
     settled(&lab, &all);
 
     step("kill -9 the source agent during a live migration; its restart settles the migration");
-    let (id, held1, (vm, dest)) = drain_until_migrating(&lab, "node1", 8);
+    let (id, held1, (vm, dest)) = drain_until_migrating(&lab, "node1", 16);
     lab.lab_ok(&["agent", "kill", "node1"]);
     watch(&lab, &all, 2);
     lab.lab_ok(&["agent", "start", "node1"]);
@@ -125,7 +125,7 @@ fn cluster_faults() {
     must(faults::enable(&lab, "node1"));
 
     step("kill -9 the destination agent during a migration");
-    let (id, held2, (vm, dest)) = drain_until_migrating(&lab, "node2", 8);
+    let (id, held2, (vm, dest)) = drain_until_migrating(&lab, "node2", 16);
     lab.lab_ok(&["agent", "kill", &dest]);
     watch(&lab, &all, 3);
     lab.lab_ok(&["agent", "start", &dest]);
