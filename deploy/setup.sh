@@ -5,7 +5,7 @@ set -euo pipefail
 
 NATS_VERSION=2.15.1
 APT_PACKAGES=(pkg-config libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu
-              qemu-system-x86 iproute2 procps util-linux chromium chromium-driver)
+              qemu-system-x86 iproute2 iptables procps util-linux chromium chromium-driver)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -49,6 +49,36 @@ pub async fn handle(c: &Arc<Coordinator>, req: pb::ApiRequest) -> pb::ApiReply {
             return pb::ApiReply::error(Code::PermissionDenied, msg);
         }
     }
+    let request_key = (!req.request_id.is_empty() && req.is_mutating()).then(|| {
+        format!(
+            "{}.{}",
+            crate::jobs::hex(user.as_bytes()),
+            crate::jobs::hex(req.request_id.as_bytes())
+        )
+    });
+    if let Some(key) = &request_key {
+        if req.request_id.len() > 128 {
+            return pb::ApiReply::error(
+                Code::InvalidArgument,
+                "request id: at most 128 characters",
+            );
+        }
+        if let Ok(Some(id)) = c.requests.get(key).await {
+            let id = String::from_utf8_lossy(&id).to_string();
+            let state = c.get_job(&id).await.map(|j| j.state);
+            tracing::info!(%user, %method, job = %id, "repeated request answered with its job");
+            return pb::ApiReply {
+                kind: Some(Reply::Accepted(pb::Accepted {
+                    op_id: id.clone(),
+                    events_from_seq: 0,
+                    message: format!(
+                        "request {} was already accepted as job {id} ({state:?}); not repeated",
+                        req.request_id
+                    ),
+                })),
+            };
+        }
+    }
     let res = match req.kind.expect("method() checked the kind") {
         Req::ListNodes(_) => Ok(list_nodes(c)),
         Req::ShowNode(r) => show_node(c, &r.node),
@@ -64,7 +94,9 @@ pub async fn handle(c: &Arc<Coordinator>, req: pb::ApiRequest) -> pb::ApiReply {
         Req::CreateVm(r) => create_vm(c, &user, &r).await,
         Req::CheckNode(r) => check_node(c, &user, &r).await,
         Req::StartRolling(r) => start_rolling(c, &user, &r).await,
-        Req::ControlRolling(r) => control_rolling(c, &r).await,
+        Req::ControlRolling(r) => control_rolling(c, &user, &r).await,
+        Req::AbortJob(r) => abort_job(c, &user, &r).await,
+        Req::RetryMaintenance(r) => retry_maintenance(c, &user, &r).await,
         Req::ExportFleet(_) => json(&fleet(c)),
         Req::PlanDrain(r) => plan_drain(c, &r),
         Req::PlanRolling(r) => plan_rolling(c, &r),
@@ -77,10 +109,15 @@ pub async fn handle(c: &Arc<Coordinator>, req: pb::ApiRequest) -> pb::ApiReply {
             None => refuse(Code::NotFound, format!("unknown job {:?}", r.job_id)),
         },
     };
+    if let (Some(key), Ok(Reply::Accepted(a))) = (&request_key, &res) {
+        if let Err(e) = c.requests.create(key, a.op_id.clone().into()).await {
+            tracing::warn!(error = %e, "cannot record the request id");
+        }
+    }
     match res {
         Ok(kind) => pb::ApiReply { kind: Some(kind) },
         Err(r) => {
-            tracing::info!(%user, %method, code = ?r.0, message = %r.1, "request refused");
+            tracing::info!(%user, %method, code = ?r.0, reason = %r.1, "request refused");
             r.into()
         }
     }
@@ -370,11 +407,13 @@ async fn move_vm(c: &Arc<Coordinator>, user: &str, r: &pb::MoveVm) -> Result<Rep
             ),
         );
     }
-    let (libvirt_uri, migrate_uri) = migration_target(&dest)?;
-    let timeout = if r.timeout_s > 0 {
-        r.timeout_s
-    } else {
-        c.cfg.migration_timeout_s
+    migration_target(&dest)?;
+    let kind = c
+        .migrate_kind(&vm.name, &dest, r.timeout_s, r.max_speed_mibs)
+        .map_err(|e| Refusal(Code::Unavailable, e))?;
+    let timeout = match &kind {
+        pb::agent_command::Kind::Migrate(m) => m.timeout_s,
+        _ => 0,
     };
     let job = Job::new(
         "vm.move",
@@ -382,14 +421,6 @@ async fn move_vm(c: &Arc<Coordinator>, user: &str, r: &pb::MoveVm) -> Result<Rep
         Some(&src.name),
         serde_json::json!({ "vm": vm.name, "from": src.name, "to": dest.name, "timeout_s": timeout }),
     );
-    let kind = pb::agent_command::Kind::Migrate(pb::MigrateVm {
-        vm: vm.name.clone(),
-        dest_node: dest.name.clone(),
-        dest_libvirt_uri: libvirt_uri,
-        dest_migrate_uri: migrate_uri,
-        timeout_s: timeout,
-        max_speed_mibs: r.max_speed_mibs,
-    });
     single_command_job(c, job, &src.name, &vm.name, kind).await
 }
 
@@ -496,8 +527,9 @@ async fn start_maintenance(
             return refuse(
                 Code::WrongState,
                 format!(
-                    "node {} is already in maintenance; `node enable {}` ends it",
-                    n.name, n.name
+                    "node {} is already in maintenance; `node enable {}` ends it, \
+                     `maintenance retry {}` continues a drain that left VMs behind",
+                    n.name, n.name, n.name
                 ),
             )
         }
@@ -519,74 +551,285 @@ async fn start_maintenance(
             )
         }
     }
-    require_reachable(&n)?;
-    let mode = Mode::try_from(r.mode).unwrap_or(Mode::Unspecified);
-    let mut params = serde_json::json!({
-        "node": n.name, "ack_vfw_downtime": r.ack_vfw_downtime, "max_parallel": r.max_parallel,
-    });
+    let mode = match Mode::try_from(r.mode).unwrap_or(Mode::Unspecified) {
+        Mode::Unspecified => return refuse(Code::InvalidArgument, "give a mode: move (live-migrate every VM away, preferred), stop (stop every VM, VFWs included) or none (only mark it unschedulable)"),
+        Mode::Move => "move",
+        Mode::Stop => "stop",
+        Mode::None => "none",
+    };
+    let opts = DrainOptions {
+        max_parallel: r.max_parallel,
+        deadline_s: r.deadline_s,
+        fallback: fallback_of(r.fallback),
+        ack_vfw_downtime: r.ack_vfw_downtime,
+        max_speed_mibs: r.max_speed_mibs,
+    };
+    let (checks, plan) = preflight(c, &n, mode, &opts, false).await?;
+    if r.dry_run {
+        return json(&serde_json::json!({
+            "node": n.name, "mode": mode, "dry_run": true,
+            "ok": checks.iter().all(|c| c.ok), "checks": checks, "plan": plan,
+        }));
+    }
+    refuse_failed(&n.name, &checks)?;
+    let mut params = opts.params(&n.name, mode);
     match mode {
-        Mode::Unspecified => return refuse(Code::InvalidArgument, "give a mode: move (live-migrate every VM away, preferred) or stop (stop every VM, VFWs included)"),
-        Mode::Stop => {
-            let cs = vfw_cloudspaces(&n);
-            if !cs.is_empty() && !r.ack_vfw_downtime {
-                return refuse(
-                    Code::WrongState,
-                    format!(
-                        "node {} runs the virtual firewall (VFW) of cloudspace(s) {}: stopping it takes their network down \
-                         until `node enable {}` restarts it. Repeat with --ack-vfw-downtime to accept, or use --mode move",
-                        n.name,
-                        cs.join(", "),
-                        n.name
-                    ),
-                );
-            }
-            params["mode"] = "stop".into();
-            params["vfw_cloudspaces_down"] = cs.into();
-        }
-        Mode::Move => {
-            let limits = crate::fleet::limits(&c.cfg.limits, r.max_parallel);
-            let mut f = fleet(c);
-            // Plan as if the node were already in maintenance.
-            for node in &mut f.nodes {
-                if node.name == n.name {
-                    node.status = planner::NodeStatus::Maintenance;
-                }
-            }
-            let plan = planner::plan_drain(&f, &n.name, &limits).map_err(plan_error)?;
-            params["mode"] = "move".into();
-            params["plan"] = serde_json::to_value(&plan).map_err(internal)?;
-        }
+        "stop" => params["vfw_cloudspaces_down"] = vfw_cloudspaces(&n).into(),
+        "move" => params["plan"] = serde_json::to_value(&plan).map_err(internal)?,
+        _ => {}
     }
     let job = Job::new("maintenance.start", user, Some(&n.name), params);
-    take_node(
+    take_and_launch(
         c,
         &n.name,
         NodeStatus::Enabled,
         NodeStatus::Maintenance,
-        &job.id,
+        job,
     )
-    .await?;
-    launch(c, job).await
+    .await
 }
 
-async fn enable_node(c: &Arc<Coordinator>, user: &str, r: &pb::EnableNode) -> Result<Reply> {
-    let n = node(c, &r.node)?;
+/// Refuses when a pre-flight check failed: NO_CAPACITY when the plan does
+/// not fit, WRONG_STATE otherwise.
+fn refuse_failed(node: &str, checks: &[crate::preflight::Check]) -> Result<()> {
+    let Some(why) = crate::preflight::refusal(node, checks) else {
+        return Ok(());
+    };
+    let capacity = checks.iter().any(|c| c.name == "capacity" && !c.ok);
+    refuse(
+        if capacity {
+            Code::NoCapacity
+        } else {
+            Code::WrongState
+        },
+        why,
+    )
+}
+
+/// The options of a drain (start and retry).
+struct DrainOptions {
+    max_parallel: u32,
+    max_speed_mibs: u64,
+    deadline_s: u32,
+    fallback: crate::executor::Fallback,
+    ack_vfw_downtime: bool,
+}
+
+impl DrainOptions {
+    fn params(&self, node: &str, mode: &str) -> serde_json::Value {
+        let mut p = serde_json::json!({
+            "node": node, "mode": mode, "ack_vfw_downtime": self.ack_vfw_downtime,
+            "max_parallel": self.max_parallel, "fallback": self.fallback.as_str(),
+            "max_speed_mibs": self.max_speed_mibs,
+        });
+        if self.deadline_s > 0 {
+            p["deadline_s"] = self.deadline_s.into();
+            p["deadline_ms"] = (now() + i64::from(self.deadline_s) * 1000).into();
+        }
+        p
+    }
+}
+
+fn fallback_of(f: i32) -> crate::executor::Fallback {
+    use crate::executor::Fallback;
+    match pb::Fallback::try_from(f).unwrap_or(pb::Fallback::Fail) {
+        pb::Fallback::Fail => Fallback::Fail,
+        pb::Fallback::Stop => Fallback::Stop,
+        pb::Fallback::Cold => Fallback::Cold,
+    }
+}
+
+/// Runs the pre-flight checks of a drain of `n` (plan with headroom,
+/// agents, protocol, destination libvirt, limits, conflicting jobs).
+async fn preflight(
+    c: &Arc<Coordinator>,
+    n: &NodeRecord,
+    mode: &str,
+    opts: &DrainOptions,
+    retry: bool,
+) -> Result<(Vec<crate::preflight::Check>, Option<planner::DrainPlan>)> {
+    let plan = if mode == "move" {
+        let limits = crate::fleet::limits(&c.cfg.limits, opts.max_parallel);
+        let mut f = crate::preflight::with_headroom(&fleet(c), c.cfg.preflight.headroom_percent);
+        // Plan as if the node were already in maintenance.
+        for node in &mut f.nodes {
+            if node.name == n.name {
+                node.status = planner::NodeStatus::Maintenance;
+            }
+        }
+        // A retry leaves what maintenance stopped where it is.
+        f.vms
+            .retain(|v| !(v.node == n.name && n.stopped_by.contains_key(&v.name)));
+        Some(planner::plan_drain(&f, &n.name, &limits))
+    } else {
+        None
+    };
+    if let Some(Err(e @ planner::PlanError::UnknownNode(_))) = &plan {
+        return Err(plan_error(e.clone()));
+    }
+    let probes = match &plan {
+        Some(Ok(p)) if !p.moves.is_empty() && n.reachable_at(now()) => {
+            Some(c.probe_destinations(&n.name, p).await)
+        }
+        _ => None,
+    };
+    let running: Vec<Job> = c
+        .list_jobs()
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .filter(|j| !j.state.is_terminal())
+        .collect();
+    let nodes = c.registry.all();
+    let cs = vfw_cloudspaces(n);
+    let checks = crate::preflight::evaluate(&crate::preflight::Input {
+        node: n,
+        nodes: &nodes,
+        now_ms: now(),
+        mode,
+        plan: plan.as_ref(),
+        headroom_percent: c.cfg.preflight.headroom_percent,
+        fallback: opts.fallback,
+        ack_vfw_downtime: opts.ack_vfw_downtime,
+        vfw_cloudspaces: &cs,
+        max_nodes_in_maintenance: c.cfg.preflight.max_nodes_in_maintenance,
+        running_jobs: &running,
+        probes: probes.as_deref(),
+        retry,
+    });
+    Ok((checks, plan.and_then(|p| p.ok())))
+}
+
+/// Takes the node for the job and launches it; if the launch fails the
+/// node is given back in the status it had (a refusal leaves no trace).
+async fn take_and_launch(
+    c: &Arc<Coordinator>,
+    name: &str,
+    from: NodeStatus,
+    to: NodeStatus,
+    job: Job,
+) -> Result<Reply> {
+    let id = job.id.clone();
+    take_node(c, name, from, to, &id).await?;
+    match launch(c, job).await {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            let _ = c
+                .registry
+                .update::<String>(name, |r| {
+                    let mut r = r.ok_or_else(|| "node vanished".to_string())?;
+                    if r.current_job.as_deref() == Some(id.as_str()) {
+                        r.current_job = None;
+                        r.status = from;
+                    }
+                    Ok(r)
+                })
+                .await;
+            Err(e)
+        }
+    }
+}
+
+/// The node, if it is in maintenance and no job holds it; otherwise the
+/// refusal (`why` says what the operation needs).
+fn free_in_maintenance(c: &Coordinator, name: &str, why: &str) -> Result<NodeRecord> {
+    let n = node(c, name)?;
     if n.status != NodeStatus::Maintenance {
         return refuse(
             Code::WrongState,
-            format!(
-                "node {} is {}, not in maintenance; nothing to enable",
-                n.name,
-                status_word(n.status)
-            ),
+            format!("node {} is {}; {why}", n.name, status_word(n.status)),
         );
     }
     if let Some(j) = &n.current_job {
         return refuse(
             Code::Conflict,
-            format!("node {} is held by job {j}; wait for it to end", n.name),
+            format!(
+                "node {} is held by job {j}; wait for it or `job abort {j}`",
+                n.name
+            ),
         );
     }
+    Ok(n)
+}
+
+/// `maintenance retry NODE`: a node in maintenance whose drain left VMs
+/// behind drains again, with just those (moved VMs are not on it any more;
+/// VMs maintenance stopped stay stopped).
+async fn retry_maintenance(
+    c: &Arc<Coordinator>,
+    user: &str,
+    r: &pb::RetryMaintenance,
+) -> Result<Reply> {
+    let n = free_in_maintenance(
+        c,
+        &r.node,
+        "retry continues the drain of a node in maintenance",
+    )?;
+    let left = n
+        .domains
+        .iter()
+        .filter(|d| !n.stopped_by.contains_key(&d.name))
+        .count();
+    if left == 0 {
+        return refuse(
+            Code::WrongState,
+            format!(
+                "node {} has nothing left to drain ({} VMs stopped by maintenance stay recorded)",
+                n.name,
+                n.stopped_by.len()
+            ),
+        );
+    }
+    let opts = DrainOptions {
+        max_parallel: r.max_parallel,
+        deadline_s: r.deadline_s,
+        fallback: fallback_of(r.fallback),
+        ack_vfw_downtime: r.ack_vfw_downtime,
+        max_speed_mibs: r.max_speed_mibs,
+    };
+    let (checks, plan) = preflight(c, &n, "move", &opts, true).await?;
+    refuse_failed(&n.name, &checks)?;
+    let mut params = opts.params(&n.name, "move");
+    params["plan"] = serde_json::to_value(&plan).map_err(internal)?;
+    params["retry"] = true.into();
+    let job = Job::new("maintenance.start", user, Some(&n.name), params);
+    take_and_launch(
+        c,
+        &n.name,
+        NodeStatus::Maintenance,
+        NodeStatus::Maintenance,
+        job,
+    )
+    .await
+}
+
+/// `job abort ID`: a drain, stop-all, enable or move stops starting new
+/// work and cancels its migrations in flight; a rolling maintenance stops
+/// at its next step and stops its current drains.
+async fn abort_job(c: &Arc<Coordinator>, user: &str, r: &pb::AbortJob) -> Result<Reply> {
+    let job = c
+        .stop_job(&r.job_id, &format!("aborted by {user}"))
+        .await
+        .map_err(|e| {
+            let code = if e.starts_with("unknown job") {
+                Code::NotFound
+            } else {
+                Code::WrongState
+            };
+            Refusal(code, e)
+        })?;
+    Ok(Reply::Accepted(pb::Accepted {
+        op_id: job.id.clone(),
+        events_from_seq: 0,
+        message: format!(
+            "abort of {} {} requested: nothing new starts, migrations in flight are cancelled",
+            job.kind, job.id
+        ),
+    }))
+}
+
+async fn enable_node(c: &Arc<Coordinator>, user: &str, r: &pb::EnableNode) -> Result<Reply> {
+    let n = free_in_maintenance(c, &r.node, "not in maintenance; nothing to enable")?;
     if !n.stopped_by.is_empty() {
         require_reachable(&n)?;
     }
@@ -597,15 +840,14 @@ async fn enable_node(c: &Arc<Coordinator>, user: &str, r: &pb::EnableNode) -> Re
         Some(&n.name),
         serde_json::json!({ "node": n.name, "restart": restart }),
     );
-    take_node(
+    take_and_launch(
         c,
         &n.name,
         NodeStatus::Maintenance,
         NodeStatus::Enabled,
-        &job.id,
+        job,
     )
-    .await?;
-    launch(c, job).await
+    .await
 }
 
 async fn start_stopped(c: &Arc<Coordinator>, user: &str, r: &pb::StartStopped) -> Result<Reply> {
@@ -639,15 +881,7 @@ async fn start_stopped(c: &Arc<Coordinator>, user: &str, r: &pb::StartStopped) -
         Some(&n.name),
         serde_json::json!({ "node": n.name, "start": names }),
     );
-    take_node(
-        c,
-        &n.name,
-        NodeStatus::Enabled,
-        NodeStatus::Enabled,
-        &job.id,
-    )
-    .await?;
-    launch(c, job).await
+    take_and_launch(c, &n.name, NodeStatus::Enabled, NodeStatus::Enabled, job).await
 }
 
 async fn create_vm(c: &Arc<Coordinator>, user: &str, r: &pb::CreateVm) -> Result<Reply> {
@@ -788,10 +1022,19 @@ async fn start_rolling(c: &Arc<Coordinator>, user: &str, r: &pb::StartRolling) -
             "progress": progress, "continued": {}, "boot_before": {}, "children": {},
         }),
     );
+    let mut job = job;
+    if r.deadline_s > 0 {
+        job.params["deadline_s"] = r.deadline_s.into();
+        job.params["deadline_ms"] = (now() + i64::from(r.deadline_s) * 1000).into();
+    }
     launch(c, job).await
 }
 
-async fn control_rolling(c: &Arc<Coordinator>, r: &pb::ControlRolling) -> Result<Reply> {
+async fn control_rolling(
+    c: &Arc<Coordinator>,
+    user: &str,
+    r: &pb::ControlRolling,
+) -> Result<Reply> {
     use crate::jobs::JobState;
     use pb::control_rolling::Action;
     let action = Action::try_from(r.action).unwrap_or(Action::Unspecified);
@@ -809,7 +1052,10 @@ async fn control_rolling(c: &Arc<Coordinator>, r: &pb::ControlRolling) -> Result
             Action::Pause => return Err(wrong("pause")),
             Action::Resume if state == JobState::Paused => j.state = JobState::Running,
             Action::Resume => return Err(wrong("resume")),
-            Action::Abort if !state.is_terminal() => j.state = JobState::Aborted,
+            Action::Abort if !state.is_terminal() => {
+                j.state = JobState::Aborted;
+                j.params["stop_reason"] = format!("aborted by {user}").into();
+            }
             Action::Abort => return Err(wrong("abort")),
             Action::Continue => {
                 if j.params["progress"][node_name.as_str()].as_str() != Some("rebooting") || !j.params["wait_for_continue"].as_bool().unwrap_or(false) {
@@ -831,6 +1077,19 @@ async fn control_rolling(c: &Arc<Coordinator>, r: &pb::ControlRolling) -> Result
         Err(nodemaint_proto::bus::CasError::Rejected(r)) => return Err(r),
         Err(e) => return Err(internal(e)),
     };
+    if action == Action::Abort {
+        // Its drains in flight stop too (nothing new, migrations cancelled).
+        let reason = format!("aborted by {user}");
+        c.stops.request(&job.id, &reason);
+        for child in job.params["children"]
+            .as_object()
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter_map(|c| c["drain"].as_str())
+        {
+            let _ = c.stop_job(child, &reason).await;
+        }
+    }
     let word = format!("{action:?}").to_lowercase();
     c.job_step(&job.id, None, None, format!("{word} requested"))
         .await;

@@ -43,6 +43,10 @@ pub struct Cli {
     /// Operator name sent with requests; fleet changes need group Level2 or Level3.
     #[arg(long, global = true, env = "NODEMAINT_USER")]
     pub user: Option<String>,
+    /// Idempotency key of a changing request: a repeat with the same id
+    /// (a script retrying after a timeout) gets the first request's job.
+    #[arg(long, global = true, env = "NODEMAINT_REQUEST_ID", value_name = "ID")]
+    pub request_id: Option<String>,
     /// Subject prefix of this installation.
     #[arg(
         long,
@@ -71,6 +75,12 @@ pub enum Command {
         /// Also serve the operator web portal on this address (e.g. 127.0.0.1:8080).
         #[arg(long, value_name = "ADDR", env = "NODEMAINT_HTTP")]
         http: Option<std::net::SocketAddr>,
+        /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9464); off when unset.
+        #[arg(long, value_name = "ADDR", env = "NODEMAINT_METRICS_LISTEN")]
+        metrics_listen: Option<std::net::SocketAddr>,
+        /// Log lines as text or as JSON objects (with the job id and node of job lines).
+        #[arg(long, value_enum, default_value = "text", env = "NODEMAINT_LOG_FORMAT")]
+        log_format: crate::logs::LogFormat,
     },
     /// Print an argon2 hash of the password read from standard input, for
     /// `password_hash` of a user in the coordinator config (portal login).
@@ -135,6 +145,10 @@ pub enum RollingCmd {
         /// Seconds to wait for a node to come back with a new boot id.
         #[arg(long, default_value_t = 900)]
         reboot_timeout: u32,
+        /// Fail the whole rolling after this long (e.g. 4h); its drains in
+        /// flight stop as with an abort.
+        #[arg(long, value_name = "DURATION", value_parser = parse_deadline)]
+        deadline: Option<u32>,
         /// Don't ask for confirmation.
         #[arg(long, short)]
         yes: bool,
@@ -159,32 +173,99 @@ pub enum ModeArg {
     Move,
     /// Stop every VM, VFWs included; `node enable` restarts exactly these.
     Stop,
+    /// Cordon: only mark NODE unschedulable; nothing is moved or stopped.
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FallbackArg {
+    /// The drain fails for that VM, with a report (default).
+    Fail,
+    /// Stop it and record it; `node enable` restarts it on this node.
+    Stop,
+    /// Stop it, move its definition to the planned node, start it there.
+    Cold,
+}
+
+impl FallbackArg {
+    fn wire(self) -> i32 {
+        let f = match self {
+            FallbackArg::Fail => pb::Fallback::Fail,
+            FallbackArg::Stop => pb::Fallback::Stop,
+            FallbackArg::Cold => pb::Fallback::Cold,
+        };
+        f as i32
+    }
+}
+
+/// How a drain goes (maintenance start and retry).
+#[derive(Args, Debug, Clone)]
+pub struct DrainArgs {
+    /// Accept that the cloudspaces whose VFW runs on NODE lose their
+    /// firewall (stop mode; a VFW taking the stop or cold fallback).
+    #[arg(long)]
+    ack_vfw_downtime: bool,
+    /// Concurrent outbound migrations from NODE (default: the configured per-node limit).
+    #[arg(long, default_value_t = 0)]
+    max_parallel: u32,
+    /// Give up after this long (e.g. 30m): nothing new starts, migrations
+    /// in flight are cancelled, the report says where every VM is.
+    #[arg(long, value_name = "DURATION", value_parser = parse_deadline)]
+    deadline: Option<u32>,
+    /// What to do with a VM that cannot live-migrate (its migration failed
+    /// twice, or it is marked not migratable). VFWs take stop or cold only
+    /// with --ack-vfw-downtime.
+    #[arg(long, value_enum, default_value_t = FallbackArg::Fail)]
+    fallback: FallbackArg,
+    /// Bandwidth cap of each migration, MiB/s (default: unlimited).
+    #[arg(long, value_name = "MIBS", default_value_t = 0)]
+    max_speed: u64,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum MaintenanceCmd {
     /// Mark NODE unschedulable (MAINTENANCE) at once, then empty it.
     ///
-    /// --mode move: plans destinations for every VM (VFWs first) and refuses
-    /// before moving anything if they don't fit, naming each VM; then migrates
-    /// in waves within the migration limits; a failed move is retried once on
-    /// another node. --mode stop: stops every VM; refused while VFWs run on
-    /// the node unless --ack-vfw-downtime is given.
+    /// Pre-flight first (every time; --dry-run shows it and stops there):
+    /// the plan fits with the configured headroom, the agents involved answer
+    /// and speak this protocol version, NODE's libvirt reaches every
+    /// destination's, the nodes-in-maintenance limit holds, and no other job
+    /// touches these VMs. A failed check refuses the start and changes nothing.
+    ///
+    /// --mode move: migrates in waves (VFWs first) within the fleet-wide
+    /// migration slots; a failed move is retried once on another node, then
+    /// --fallback applies. --mode stop: stops every VM; refused while VFWs run
+    /// on the node unless --ack-vfw-downtime is given. --mode none: cordon.
     ///
     /// Examples:
-    ///   coordinator maintenance start node2 --mode move
+    ///   coordinator maintenance start node2 --mode move --dry-run
+    ///   coordinator maintenance start node2 --mode move --deadline 30m --fallback stop
     ///   coordinator maintenance start node2 --mode stop --ack-vfw-downtime
+    ///   coordinator maintenance start node2 --mode none
+    ///   coordinator job abort JOB_ID
     #[command(verbatim_doc_comment)]
     Start {
         node: String,
         #[arg(long, value_enum)]
         mode: ModeArg,
-        /// Accept that the cloudspaces whose VFW runs on NODE lose their firewall until enable.
+        /// Only run the pre-flight checks and show the plan (exit 1 if a check fails).
         #[arg(long)]
-        ack_vfw_downtime: bool,
-        /// Concurrent outbound migrations from NODE (default: the configured per-node limit).
-        #[arg(long, default_value_t = 0)]
-        max_parallel: u32,
+        dry_run: bool,
+        #[command(flatten)]
+        drain: DrainArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Continue the drain of NODE (in maintenance) with just the VMs it left
+    /// behind; moved VMs are not touched, VMs maintenance stopped stay stopped.
+    ///
+    /// Example:
+    ///   coordinator maintenance retry node2 --fallback cold
+    #[command(verbatim_doc_comment)]
+    Retry {
+        node: String,
+        #[command(flatten)]
+        drain: DrainArgs,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -388,6 +469,14 @@ pub enum JobCmd {
     Show { id: String },
     /// Follow a running job until it ends.
     Watch { id: String },
+    /// Stop a running job cleanly: nothing new starts, migrations in flight
+    /// are cancelled (or finish if past the point of no return), the report
+    /// says where every VM is. A node in maintenance stays in maintenance.
+    Abort {
+        id: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
 }
 
 /// A failure with its exit code: 1 for refusals and failures.
@@ -401,8 +490,14 @@ fn user(cli: &Cli) -> String {
 }
 
 pub async fn run(cli: Cli) -> CliResult {
-    if let Command::Serve { config, http } = &cli.command {
-        return serve(&cli, config.clone(), *http).await;
+    if let Command::Serve {
+        config,
+        http,
+        metrics_listen,
+        ..
+    } = &cli.command
+    {
+        return serve(&cli, config.clone(), *http, *metrics_listen).await;
     }
     if let Command::HashPassword = &cli.command {
         let mut pw = String::new();
@@ -418,7 +513,8 @@ pub async fn run(cli: Cli) -> CliResult {
             return print_plan(&cli, p, &out);
         }
     }
-    let client = Client::connect(&cli.nats_url, &cli.prefix, &user(&cli)).await?;
+    let mut client = Client::connect(&cli.nats_url, &cli.prefix, &user(&cli)).await?;
+    client.request_id.clone_from(&cli.request_id);
     match &cli.command {
         Command::Serve { .. } | Command::HashPassword => unreachable!(),
         Command::Node(NodeCmd::List) => node_list(&cli, &client).await,
@@ -554,8 +650,8 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Maintenance(MaintenanceCmd::Start {
             node,
             mode,
-            ack_vfw_downtime,
-            max_parallel,
+            dry_run,
+            drain,
             wait,
         }) => {
             use pb::start_maintenance::Mode;
@@ -564,11 +660,50 @@ pub async fn run(cli: Cli) -> CliResult {
                 mode: match mode {
                     ModeArg::Move => Mode::Move,
                     ModeArg::Stop => Mode::Stop,
+                    ModeArg::None => Mode::None,
                 } as i32,
-                ack_vfw_downtime: *ack_vfw_downtime,
-                max_parallel: *max_parallel,
+                ack_vfw_downtime: drain.ack_vfw_downtime,
+                max_parallel: drain.max_parallel,
+                deadline_s: drain.deadline.unwrap_or(0),
+                fallback: drain.fallback.wire(),
+                dry_run: *dry_run,
+                max_speed_mibs: drain.max_speed,
+            });
+            if *dry_run {
+                let doc = json_reply(client.call(req).await?)?;
+                return print_preflight(&cli, &doc);
+            }
+            run_op(&cli, &client, req, *wait).await
+        }
+        Command::Maintenance(MaintenanceCmd::Retry { node, drain, wait }) => {
+            let req = Req::RetryMaintenance(pb::RetryMaintenance {
+                node: node.clone(),
+                max_parallel: drain.max_parallel,
+                deadline_s: drain.deadline.unwrap_or(0),
+                fallback: drain.fallback.wire(),
+                ack_vfw_downtime: drain.ack_vfw_downtime,
+                max_speed_mibs: drain.max_speed,
             });
             run_op(&cli, &client, req, *wait).await
+        }
+        Command::Job(JobCmd::Abort { id, wait }) => {
+            let req = Req::AbortJob(pb::AbortJob { job_id: id.clone() });
+            let Reply::Accepted(acc) = client.call(req).await? else {
+                anyhow::bail!("unexpected reply");
+            };
+            if cli.output == Output::Table {
+                eprintln!("{}", acc.message);
+            }
+            if wait.detach {
+                if cli.output == Output::Json {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "accepted": true, "job_id": acc.op_id, "message": acc.message })
+                    );
+                }
+                return Ok(());
+            }
+            job_watch(&cli, &client, id).await
         }
         Command::Events(a) => events(&cli, &client, a).await,
         Command::Plan(p) => {
@@ -614,6 +749,7 @@ async fn serve(
     cli: &Cli,
     config: Option<PathBuf>,
     http: Option<std::net::SocketAddr>,
+    metrics_listen: Option<std::net::SocketAddr>,
 ) -> CliResult {
     let mut cfg = match config {
         Some(p) => crate::config::CoordinatorConfig::load(&p)?,
@@ -630,6 +766,9 @@ async fn serve(
         tracing::warn!("no users configured: every fleet change will be refused");
     }
     let coord = crate::server::Coordinator::start(cfg).await?;
+    if let Some(addr) = metrics_listen {
+        crate::metrics::listen(coord.clone(), addr).await?;
+    }
     if let Some(addr) = http {
         // Bound here so that a busy port fails the start instead of a log line.
         let listener = tokio::net::TcpListener::bind(addr)
@@ -1056,18 +1195,91 @@ fn parse_since(s: &str) -> anyhow::Result<Option<Duration>> {
     if s == "all" {
         return Ok(None);
     }
+    parse_duration(s)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("--since {s:?}: {e}, or `all`"))
+}
+
+/// `90`, `90s`, `10m`, `2h`, `1d`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| {
-        anyhow::anyhow!("--since {s:?}: use a number with s, m, h or d (e.g. 10m), or `all`")
-    })?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| "use a number with s, m, h or d (e.g. 10m)".to_string())?;
     let secs = match unit {
         "s" | "" => n,
         "m" => n * 60,
         "h" => n * 3600,
         "d" => n * 86_400,
-        _ => anyhow::bail!("--since {s:?}: unknown unit {unit:?} (use s, m, h or d)"),
+        _ => return Err(format!("unknown unit {unit:?} (use s, m, h or d)")),
     };
-    Ok(Some(Duration::from_secs(secs)))
+    Ok(Duration::from_secs(secs))
+}
+
+/// `--deadline`: a positive duration, in whole seconds.
+fn parse_deadline(s: &str) -> Result<u32, String> {
+    let d = parse_duration(s)?;
+    match u32::try_from(d.as_secs()) {
+        Ok(0) => Err("the deadline must be positive".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err("deadline too long".into()),
+    }
+}
+
+/// The `--dry-run` report: each check, then the plan; exit 1 on a failed check.
+fn print_preflight(cli: &Cli, doc: &str) -> CliResult {
+    let v: serde_json::Value = serde_json::from_str(doc)?;
+    let ok = v["ok"].as_bool().unwrap_or(false);
+    if cli.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "pre-flight of maintenance {} --mode {}:",
+            v["node"].as_str().unwrap_or("?"),
+            v["mode"].as_str().unwrap_or("?")
+        );
+        for c in v["checks"].as_array().into_iter().flatten() {
+            println!(
+                "  {} {:<20} {}",
+                if c["ok"].as_bool() == Some(true) {
+                    "ok  "
+                } else {
+                    "FAIL"
+                },
+                c["name"].as_str().unwrap_or(""),
+                c["detail"].as_str().unwrap_or("")
+            );
+        }
+        if let Some(moves) = v["plan"]["moves"].as_array() {
+            println!("plan: {} moves", moves.len());
+            for m in moves {
+                println!(
+                    "  wave {} {:<24} {} -> {}{}",
+                    m["wave"],
+                    m["vm"].as_str().unwrap_or(""),
+                    m["from"].as_str().unwrap_or(""),
+                    m["to"].as_str().unwrap_or(""),
+                    m["not_migratable"]
+                        .as_str()
+                        .map(|w| format!("  (cannot live-migrate: {w})"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        println!(
+            "{}",
+            if ok {
+                "would start: every check passed (nothing was changed)"
+            } else {
+                "would be refused (nothing was changed)"
+            }
+        );
+    }
+    if ok {
+        Ok(())
+    } else {
+        anyhow::bail!("pre-flight failed")
+    }
 }
 
 async fn events(cli: &Cli, c: &Client, a: &EventsArgs) -> CliResult {
@@ -1380,6 +1592,7 @@ async fn rolling(cli: &Cli, c: &Client, r: &RollingCmd) -> CliResult {
             wait_for_continue,
             checks_must_pass,
             reboot_timeout,
+            deadline,
             yes,
             wait,
         } => {
@@ -1417,6 +1630,7 @@ async fn rolling(cli: &Cli, c: &Client, r: &RollingCmd) -> CliResult {
                 wait_for_continue: *wait_for_continue,
                 checks_must_pass: *checks_must_pass,
                 reboot_timeout_s: *reboot_timeout,
+                deadline_s: deadline.unwrap_or(0),
             });
             return run_op(cli, c, req, *wait).await;
         }

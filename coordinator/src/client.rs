@@ -32,6 +32,8 @@ pub struct Client {
     pub subjects: Subjects,
     pub url: String,
     pub user: String,
+    /// Idempotency key sent with mutating requests (`--request-id`).
+    pub request_id: Option<String>,
 }
 
 impl Client {
@@ -45,15 +47,20 @@ impl Client {
             subjects: Subjects::new(prefix),
             url: url.to_string(),
             user: user.to_string(),
+            request_id: None,
         })
     }
 
     /// One API request; an error reply becomes `ClientError::Api`.
     pub async fn call(&self, kind: Req) -> Result<Reply, ClientError> {
-        let req = pb::ApiRequest {
+        let mut req = pb::ApiRequest {
             user: self.user.clone(),
             kind: Some(kind),
+            ..Default::default()
         };
+        if req.is_mutating() {
+            req.request_id = self.request_id.clone().unwrap_or_default();
+        }
         let method = req.method().expect("kind set");
         // Generous: while a cluster elects new stream leaders after losing a
         // server, an accept can take ~10 s.

@@ -12,6 +12,13 @@
 //! per_source = 2       # outbound migrations per node
 //! per_destination = 2  # inbound migrations per node
 //! global = 5           # migrations in the whole fleet
+//! [migration]
+//! timeout_per_gib_s = 800  # completion timeout per GiB of VM memory
+//! timeout_floor_s = 60     # never less than this
+//! progress_timeout_s = 150 # abort when no progress for this long
+//! [preflight]
+//! max_nodes_in_maintenance = 2  # 0 = no limit
+//! headroom_percent = 10         # capacity to keep free after a drain
 //! ```
 
 use serde::Deserialize;
@@ -35,9 +42,10 @@ pub struct CoordinatorConfig {
     /// Default graceful stop timeout of stop commands.
     #[serde(default = "default_stop_timeout")]
     pub stop_graceful_timeout_s: u32,
-    /// Default migration timeout.
-    #[serde(default = "default_migration_timeout")]
-    pub migration_timeout_s: u32,
+    #[serde(default)]
+    pub migration: MigrationTimeouts,
+    #[serde(default)]
+    pub preflight: Preflight,
     /// Copies of each stream and KV bucket the coordinator creates: 1 on a
     /// single server, 3 on a 3-node JetStream cluster.
     #[serde(default = "one")]
@@ -48,6 +56,65 @@ pub struct CoordinatorConfig {
     /// the lease): 15 there; 6 on a single server.
     #[serde(default = "six")]
     pub lease_ttl_s: u64,
+}
+
+/// Migration timeouts: completion scaled by memory (Nova's and KubeVirt's
+/// completion timeout per GiB) and a progress timeout (KubeVirt's 150 s).
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationTimeouts {
+    #[serde(default = "default_per_gib")]
+    pub timeout_per_gib_s: u32,
+    #[serde(default = "default_floor")]
+    pub timeout_floor_s: u32,
+    #[serde(default = "default_progress")]
+    pub progress_timeout_s: u32,
+}
+
+impl Default for MigrationTimeouts {
+    fn default() -> Self {
+        MigrationTimeouts {
+            timeout_per_gib_s: default_per_gib(),
+            timeout_floor_s: default_floor(),
+            progress_timeout_s: default_progress(),
+        }
+    }
+}
+
+impl MigrationTimeouts {
+    /// The completion timeout of a VM of `memory_mib`.
+    pub fn completion_s(&self, memory_mib: u64) -> u32 {
+        let scaled = (memory_mib * u64::from(self.timeout_per_gib_s)).div_ceil(1024);
+        (scaled.min(u64::from(u32::MAX)) as u32).max(self.timeout_floor_s.max(1))
+    }
+}
+
+/// Checks every maintenance start must pass (and `--dry-run` shows).
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preflight {
+    /// Nodes allowed in maintenance at once, this one included (0 = no limit).
+    #[serde(default)]
+    pub max_nodes_in_maintenance: usize,
+    /// Percent of every destination's memory to keep free after the plan.
+    #[serde(default)]
+    pub headroom_percent: u32,
+}
+
+fn one() -> usize {
+    1
+}
+fn six() -> u64 {
+    6
+}
+fn default_per_gib() -> u32 {
+    800
+}
+fn default_floor() -> u32 {
+    60
+}
+fn default_progress() -> u32 {
+    150
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -81,12 +148,6 @@ impl Default for Limits {
     }
 }
 
-fn six() -> u64 {
-    6
-}
-fn one() -> usize {
-    1
-}
 fn two() -> usize {
     2
 }
@@ -101,9 +162,6 @@ fn default_prefix() -> String {
 }
 fn default_stop_timeout() -> u32 {
     60
-}
-fn default_migration_timeout() -> u32 {
-    600
 }
 
 impl Default for CoordinatorConfig {
@@ -129,7 +187,12 @@ impl CoordinatorConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses a config file's text; `path` only names it in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })
@@ -194,5 +257,18 @@ mod tests {
         let c = CoordinatorConfig::default();
         assert_eq!(c.limits.global, 5);
         assert!(c.users.is_empty());
+        assert_eq!(c.preflight.max_nodes_in_maintenance, 0);
+    }
+
+    #[test]
+    fn migration_timeout_scales_with_memory_above_a_floor() {
+        let t = MigrationTimeouts {
+            timeout_per_gib_s: 800,
+            timeout_floor_s: 60,
+            progress_timeout_s: 150,
+        };
+        assert_eq!(t.completion_s(64), 60); // 50 s scaled: the floor wins
+        assert_eq!(t.completion_s(4096), 3200);
+        assert_eq!(t.completion_s(1536), 1200);
     }
 }

@@ -8,8 +8,9 @@
 //! execute one twice) and then re-deriving the remaining work from the
 //! registry (a drain moves whatever is still on the node).
 
-use crate::jobs::{hex, unhex, CommandRecord, Job, JobState, Report, ReportLine};
+use crate::jobs::{hex, CommandRecord, Job, JobState, Report, ReportLine};
 use crate::server::Coordinator;
+use crate::slots::Priority;
 use futures::StreamExt;
 use nodemaint_planner as planner;
 use nodemaint_proto::model::{NodeRecord, VmKind, VmState};
@@ -18,64 +19,60 @@ use nodemaint_proto::Message as _;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 
-/// Outbound and inbound migration slots of one node.
-type NodeSlots = (Arc<Semaphore>, Arc<Semaphore>);
+/// Stop requests of running jobs (an operator's abort, an expired
+/// deadline). Executors watch their job's entry: nothing new starts once it
+/// is set, and in-flight migrations are cancelled. The reason is also
+/// journaled in the job (`params.stop_reason`), so a resumed job honours it.
+#[derive(Default)]
+pub struct Stops(Mutex<HashMap<String, watch::Sender<Option<String>>>>);
 
-/// Migration concurrency shared by every job: a fleet-wide limit and
-/// per-node outbound and inbound limits.
-pub struct MigrationSlots {
-    global: Arc<Semaphore>,
-    per_node: Mutex<HashMap<String, NodeSlots>>,
-    limits: crate::config::Limits,
+impl Stops {
+    pub fn watch(&self, job: &str) -> watch::Receiver<Option<String>> {
+        let mut m = self.0.lock().unwrap();
+        m.entry(job.to_string())
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe()
+    }
+
+    /// Sets the reason (the first one wins).
+    pub fn request(&self, job: &str, reason: &str) {
+        let mut m = self.0.lock().unwrap();
+        let tx = m
+            .entry(job.to_string())
+            .or_insert_with(|| watch::channel(None).0);
+        tx.send_if_modified(|r| {
+            if r.is_some() {
+                return false;
+            }
+            *r = Some(reason.to_string());
+            true
+        });
+    }
+
+    pub fn reason(&self, job: &str) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .get(job)
+            .and_then(|tx| tx.borrow().clone())
+    }
+
+    fn forget(&self, job: &str) {
+        self.0.lock().unwrap().remove(job);
+    }
 }
 
-pub struct SlotGuard(#[allow(dead_code)] Vec<OwnedSemaphorePermit>);
-
-impl MigrationSlots {
-    pub fn new(limits: crate::config::Limits) -> Self {
-        MigrationSlots {
-            global: Arc::new(Semaphore::new(limits.global.max(1))),
-            per_node: Default::default(),
-            limits,
+/// Resolves with the stop reason once one is set (never, otherwise).
+pub async fn stopped(rx: &mut watch::Receiver<Option<String>>) -> String {
+    loop {
+        if let Some(r) = rx.borrow_and_update().clone() {
+            return r;
         }
-    }
-
-    fn node(&self, node: &str) -> NodeSlots {
-        let mut m = self.per_node.lock().unwrap();
-        m.entry(node.to_string())
-            .or_insert_with(|| {
-                (
-                    Arc::new(Semaphore::new(self.limits.per_source.max(1))),
-                    Arc::new(Semaphore::new(self.limits.per_destination.max(1))),
-                )
-            })
-            .clone()
-    }
-
-    /// Waits for a fleet slot, an outbound slot on `from` and an inbound
-    /// slot on `to`, always in that order (no lock-order deadlock).
-    pub async fn acquire(&self, from: &str, to: &str) -> SlotGuard {
-        let g = self
-            .global
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("open semaphore");
-        let out = self
-            .node(from)
-            .0
-            .acquire_owned()
-            .await
-            .expect("open semaphore");
-        let inb = self
-            .node(to)
-            .1
-            .acquire_owned()
-            .await
-            .expect("open semaphore");
-        SlotGuard(vec![g, out, inb])
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -122,15 +119,7 @@ impl Coordinator {
         to: Option<&str>,
         kind: Kind,
     ) -> pb::CommandResult {
-        let action = match &kind {
-            Kind::Migrate(_) => "migrate",
-            Kind::Stop(_) => "stop",
-            Kind::Start(_) => "start",
-            Kind::Define(_) => "define",
-            Kind::RunHook(_) => "hook",
-            Kind::RunChecks(_) => "checks",
-            Kind::RefreshInventory(_) => "refresh",
-        };
+        let action = kind.action();
         let wait = self.command_wait(&kind);
         let destination = match &kind {
             Kind::Migrate(m) => Some(m.dest_node.clone()),
@@ -154,8 +143,12 @@ impl Coordinator {
         };
         self.update_job(&job.id, |j| j.commands.push(rec.clone()))
             .await;
+        let timer = crate::metrics::CommandTimer::start(action, &cmd.id);
         let r = self.send_and_await(&job.id, node, &cmd, wait).await;
-        if let (true, Some(dest)) = (r.ok, destination) {
+        timer.finish(&r);
+        // The destination's inventory changed either way: the VM arrived,
+        // or the paused incoming copy of a failed migration went away.
+        if let Some(dest) = destination {
             self.refresh_inventory(&dest).await;
         }
         r
@@ -182,34 +175,7 @@ impl Coordinator {
         cmd: &pb::AgentCommand,
         wait: Duration,
     ) -> pb::CommandResult {
-        let result = match self.send_command(node, cmd).await {
-            Err(e) => failed(Code::Unavailable, format!("{e:#}")),
-            Ok(mut rx) => {
-                let deadline = tokio::time::Instant::now() + wait;
-                loop {
-                    // Every 2 s without an event, the agent's results bucket is
-                    // asked too: a result event published while this coordinator
-                    // was reconnecting to NATS is lost, the recorded result is not.
-                    let tick = (tokio::time::Instant::now() + Duration::from_secs(2)).min(deadline);
-                    match tokio::time::timeout_at(tick, rx.recv()).await {
-                        Ok(Some(pb::Event { body: Some(Body::Result(r)), .. })) => break r,
-                        Ok(Some(_)) => continue, // progress: the CLI follows it from the stream
-                        Ok(None) => break failed(Code::Internal, "result channel closed".into()),
-                        Err(_) if tokio::time::Instant::now() < deadline => {
-                            if let Ok(Some(r)) = self.recorded_result(node, &cmd.id).await {
-                                break r;
-                            }
-                        }
-                        Err(_) => {
-                            break failed(
-                                Code::Timeout,
-                                format!("no result from node {node} within {} s; the command may still complete", wait.as_secs()),
-                            )
-                        }
-                    }
-                }
-            }
-        };
+        let result = self.send_and_wait(node, cmd, wait).await;
         let (id, ok, msg) = (cmd.id.clone(), result.ok, describe(&result));
         self.update_job(job_id, |j| {
             if let Some(r) = j.commands.iter_mut().find(|r| r.id == id) {
@@ -232,13 +198,13 @@ impl Coordinator {
     ) -> Vec<(CommandRecord, pb::CommandResult)> {
         let mut out = Vec::new();
         for rec in job.commands.iter().filter(|r| r.ok.is_none()) {
-            let Some(cmd) =
-                unhex(&rec.payload).and_then(|b| pb::AgentCommand::decode(b.as_slice()).ok())
-            else {
+            // A journal is external input (the jobs bucket): an unreadable
+            // or kind-less command is skipped, never a panic.
+            let Some((cmd, kind)) = crate::jobs::journaled_command(&rec.payload) else {
+                tracing::warn!(job = %job.id, cmd = %rec.id, "unreadable journaled command skipped");
                 continue;
             };
-            let wait =
-                self.command_wait(cmd.kind.as_ref().expect("journaled commands have a kind"));
+            let wait = self.command_wait(&kind);
             let r = self.settle(&rec.node, &cmd, wait).await;
             let (id, ok, msg) = (cmd.id.clone(), r.ok, describe(&r));
             tracing::info!(job = %job.id, cmd = %cmd.id, vm = %rec.vm, ok, "settled a command left unfinished by the restart");
@@ -345,10 +311,26 @@ impl Coordinator {
             .await;
     }
 
-    fn migrate_kind(&self, vm: &str, dest: &NodeRecord, timeout_s: u32) -> Result<Kind, String> {
+    /// The migrate command for `vm` to `dest`: completion timeout scaled
+    /// by the VM's memory unless `timeout_s` overrides it, and the
+    /// configured progress timeout.
+    pub fn migrate_kind(
+        &self,
+        vm: &str,
+        dest: &NodeRecord,
+        timeout_s: u32,
+        max_speed_mibs: u64,
+    ) -> Result<Kind, String> {
         if dest.libvirt_uri.is_empty() || dest.address.is_empty() {
             return Err(format!("node {} has no migration address", dest.name));
         }
+        let memory = self
+            .registry
+            .find_vm(vm)
+            .first()
+            .map(|(_, v)| v.memory_mib)
+            .unwrap_or(0);
+        let t = &self.cfg.migration;
         Ok(Kind::Migrate(pb::MigrateVm {
             vm: vm.to_string(),
             dest_node: dest.name.clone(),
@@ -357,55 +339,273 @@ impl Coordinator {
             timeout_s: if timeout_s > 0 {
                 timeout_s
             } else {
-                self.cfg.migration_timeout_s
+                t.completion_s(memory)
             },
-            max_speed_mibs: 0,
+            max_speed_mibs,
+            progress_timeout_s: t.progress_timeout_s,
         }))
     }
 
-    /// Migrates one VM within the shared migration limits.
+    /// Migrates one VM within the fleet-wide slots, unless the job is
+    /// stopped first (`Err` with the reason: not started). A stop while it
+    /// runs cancels it on the source; the result then says whether it was
+    /// cancelled (still on the source) or had passed the point of no return.
     pub async fn migrate_one(
         &self,
         job: &Job,
-        vm: &str,
         from: &str,
-        to: &str,
-        timeout_s: u32,
-    ) -> pb::CommandResult {
-        let Some(dest) = self.registry.get(to) else {
-            return failed(Code::NotFound, format!("unknown node {to}"));
+        kind: Kind,
+        priority: Priority,
+    ) -> Result<pb::CommandResult, String> {
+        let Kind::Migrate(m) = &kind else {
+            return Ok(failed(Code::Internal, "not a migration".into()));
         };
-        let kind = match self.migrate_kind(vm, &dest, timeout_s) {
-            Ok(k) => k,
-            Err(e) => return failed(Code::Unavailable, e),
+        let (vm, to) = (m.vm.clone(), m.dest_node.clone());
+        let mut stop = self.stops.watch(&job.id);
+        let _slots = tokio::select! {
+            biased;
+            reason = stopped(&mut stop) => return Err(reason),
+            g = self.slots.acquire(from, &to, priority) => g,
         };
-        let _slots = self.slots.acquire(from, to).await;
         self.job_step(
             &job.id,
-            Some(vm),
+            Some(&vm),
             None,
             format!("moving {vm} from {from} to {to}"),
         )
         .await;
-        self.run_command(job, from, vm, Some(to), kind).await
+        let run = self.run_command(job, from, &vm, Some(&to), kind);
+        tokio::pin!(run);
+        let r = tokio::select! {
+            r = &mut run => r,
+            reason = stopped(&mut stop) => {
+                self.cancel_migration(job, from, &vm, &reason).await;
+                run.await
+            }
+        };
+        // Logged before the slots are released: the journal's intervals
+        // between "moving" and "ended" lie within the slot holding.
+        self.job_step(
+            &job.id,
+            Some(&vm),
+            Some(r.ok),
+            format!(
+                "migration of {vm} from {from} to {to} ended: {}",
+                if r.ok { "ok" } else { "failed" }
+            ),
+        )
+        .await;
+        Ok(r)
     }
+
+    /// Pre-flight: asks the source's agent whether its libvirt reaches each
+    /// destination's (10 s at most); one entry per destination.
+    pub async fn probe_destinations(
+        &self,
+        source: &str,
+        plan: &planner::DrainPlan,
+    ) -> Vec<(String, Result<(), String>)> {
+        let mut dests: Vec<NodeRecord> = Vec::new();
+        for m in &plan.moves {
+            if dests.iter().all(|d| d.name != m.to) {
+                if let Some(d) = self.registry.get(&m.to) {
+                    dests.push(d);
+                }
+            }
+        }
+        let cmd = pb::AgentCommand {
+            id: uuid::Uuid::new_v4().to_string(),
+            op_id: String::new(),
+            requested_by: "coordinator".into(),
+            kind: Some(Kind::ProbeLibvirt(pb::ProbeLibvirt {
+                uris: dests.iter().map(|d| d.libvirt_uri.clone()).collect(),
+            })),
+        };
+        let r = self
+            .send_and_wait(source, &cmd, Duration::from_secs(10))
+            .await;
+        dests
+            .iter()
+            .map(|d| {
+                let status = r
+                    .checks
+                    .as_ref()
+                    .and_then(|c| c.services.iter().find(|s| s.service == d.libvirt_uri));
+                let res = match status {
+                    Some(s) if s.ok => Ok(()),
+                    Some(s) => Err(format!("{} ({})", d.libvirt_uri, s.detail)),
+                    None => Err(format!("no answer from {source}: {}", describe(&r))),
+                };
+                (d.name.clone(), res)
+            })
+            .collect()
+    }
+
+    /// Sends an unjournaled command and waits for its result.
+    async fn send_and_wait(
+        &self,
+        node: &str,
+        cmd: &pb::AgentCommand,
+        wait: Duration,
+    ) -> pb::CommandResult {
+        let mut rx = match self.send_command(node, cmd).await {
+            Ok(rx) => rx,
+            Err(e) => return failed(Code::Unavailable, format!("{e:#}")),
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Every 2 s without an event, the agent's results bucket is asked
+            // too: a result event published while this coordinator was
+            // reconnecting to NATS is lost, the recorded result is not.
+            let tick = (tokio::time::Instant::now() + Duration::from_secs(2)).min(deadline);
+            match tokio::time::timeout_at(tick, rx.recv()).await {
+                Ok(Some(pb::Event {
+                    body: Some(Body::Result(r)),
+                    ..
+                })) => return r,
+                // Progress: the CLI follows it from the stream; metrics count it.
+                Ok(Some(ev)) => crate::metrics::progress(&ev),
+                Ok(None) => return failed(Code::Internal, "result channel closed".into()),
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    if let Ok(Some(r)) = self.recorded_result(node, &cmd.id).await {
+                        return r;
+                    }
+                }
+                Err(_) => {
+                    return failed(
+                        Code::Timeout,
+                        format!(
+                        "no result from node {node} within {} s; the command may still complete",
+                        wait.as_secs()
+                    ),
+                    )
+                }
+            }
+        }
+    }
+
+    /// Asks the source agent to cancel a running migration (executed at
+    /// once, beside it); the migration's own result tells how it ended.
+    async fn cancel_migration(&self, job: &Job, node: &str, vm: &str, reason: &str) {
+        self.job_step(
+            &job.id,
+            Some(vm),
+            None,
+            format!("cancelling the migration of {vm} ({reason})"),
+        )
+        .await;
+        let cmd = pb::AgentCommand {
+            id: uuid::Uuid::new_v4().to_string(),
+            op_id: job.id.clone(),
+            requested_by: job.user.clone(),
+            kind: Some(Kind::CancelMigration(pb::CancelMigration {
+                vm: vm.to_string(),
+                reason: reason.to_string(),
+            })),
+        };
+        if let Err(e) = self.send_command(node, &cmd).await {
+            tracing::warn!(node, vm, error = %e, "cannot send the cancel");
+        }
+    }
+
+    /// Journals the reason a job must stop, then signals its executor;
+    /// a rolling maintenance is marked aborted and its current drains are
+    /// stopped too. Refused for a finished job.
+    pub async fn stop_job(&self, id: &str, reason: &str) -> Result<Job, String> {
+        let res = nodemaint_proto::bus::cas_update::<Job, String>(&self.jobs, id, |j| {
+            let mut j = j.ok_or_else(|| format!("unknown job {id:?}"))?;
+            if j.state.is_terminal() {
+                return Err(format!("job {id} already ended ({:?})", j.state));
+            }
+            if j.params.get("stop_reason").is_none() {
+                j.params["stop_reason"] = reason.into();
+            }
+            if j.kind == "rolling" {
+                j.state = JobState::Aborted;
+            }
+            j.updated_ms = nodemaint_proto::now_ms();
+            Ok(j)
+        })
+        .await;
+        let job = match res {
+            Ok(u) => u.value,
+            Err(nodemaint_proto::bus::CasError::Rejected(e)) => return Err(e),
+            Err(e) => return Err(e.to_string()),
+        };
+        self.stops.request(id, reason);
+        self.job_step(id, None, None, format!("stop requested: {reason}"))
+            .await;
+        if let Some(children) = job.params.get("children").and_then(|c| c.as_object()) {
+            for child in children.values().filter_map(|c| c["drain"].as_str()) {
+                if self
+                    .get_job(child)
+                    .await
+                    .is_some_and(|j| !j.state.is_terminal())
+                {
+                    let _ = Box::pin(self.stop_job(child, reason)).await;
+                }
+            }
+        }
+        Ok(job)
+    }
+}
+
+/// Arms a job's stop signal: a journaled stop reason (a job resumed after
+/// an abort) fires at once, a deadline when it expires.
+fn arm_stops(c: &Arc<Coordinator>, job: &Job) {
+    if let Some(reason) = job.params["stop_reason"].as_str() {
+        c.stops.request(&job.id, reason);
+    }
+    let Some(deadline_ms) = job.params["deadline_ms"].as_i64() else {
+        return;
+    };
+    let (c, id) = (c.clone(), job.id.clone());
+    let secs = job.params["deadline_s"].as_u64().unwrap_or(0);
+    tokio::spawn(async move {
+        let wait = (deadline_ms - nodemaint_proto::now_ms()).max(0) as u64;
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let reason = format!("deadline of {secs} s expired");
+        if c.stop_job(&id, &reason).await.is_ok() {
+            tracing::warn!(job = %id, "{reason}");
+        }
+    });
 }
 
 /// Runs a job to its end in the background; resumption uses the same path.
 pub fn spawn(c: Arc<Coordinator>, job: Job, resumed: bool) {
-    tokio::spawn(async move {
-        let kind = job.kind.clone();
-        match kind.as_str() {
-            "maintenance.start" => match job.params["mode"].as_str() {
-                Some("stop") => stop_all(c, job, resumed).await,
-                _ => drain(c, job, resumed).await,
-            },
-            "node.enable" => enable(c, job, resumed).await,
-            "node.start-stopped" => start_stopped(c, job, resumed).await,
-            "rolling" => crate::rolling::run(c, job, resumed).await,
-            _ => single(c, job, resumed).await,
-        }
-    });
+    arm_stops(&c, &job);
+    let span = crate::logs::job_span(&job);
+    let (c2, id) = (c.clone(), job.id.clone());
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            tracing::info!(resumed, "job running");
+            let kind = job.kind.clone();
+            match kind.as_str() {
+                "maintenance.start" => match job.params["mode"].as_str() {
+                    Some("stop") => stop_all(c, job, resumed).await,
+                    Some("none") => cordon(c, job).await,
+                    _ => drain(c, job, resumed).await,
+                },
+                "node.enable" => enable(c, job, resumed).await,
+                "node.start-stopped" => start_stopped(c, job, resumed).await,
+                "rolling" => crate::rolling::run(c, job, resumed).await,
+                _ => single(c, job, resumed).await,
+            }
+            c2.stops.forget(&id);
+            crate::logs::job_ended(&c2, &id).await;
+        },
+        span,
+    ));
+}
+
+/// `--mode none`: the API made the node unschedulable; nothing moves.
+async fn cordon(c: Arc<Coordinator>, job: Job) {
+    let node = job.node.clone().unwrap_or_default();
+    let n = c.registry.get(&node).map(|r| r.vms_running()).unwrap_or(0);
+    let msg = format!(
+        "{node} cordoned: no new VM lands on it; its {n} running VMs were not moved or stopped"
+    );
+    finish_node_job(&c, &job, &node, Report::default(), msg.clone(), msg).await;
 }
 
 /// Jobs of one command (vm start/stop/move/create, vfw move): the command
@@ -425,19 +625,16 @@ async fn single(c: Arc<Coordinator>, job: Job, resumed: bool) {
         let to = job.params["to"].as_str().map(str::to_string);
         let kind = job.params["command"]
             .as_str()
-            .and_then(unhex)
-            .and_then(|b| pb::AgentCommand::decode(b.as_slice()).ok())
-            .and_then(|c| c.kind);
+            .and_then(crate::jobs::journaled_command)
+            .map(|(_, k)| k);
         match kind {
-            Some(Kind::Migrate(m)) => {
-                let from = node.clone();
-                let to = m.dest_node.clone();
-                let _slots = c.slots.acquire(&from, &to).await;
-                Some(
-                    c.run_command(&job, &node, &vm, Some(&to), Kind::Migrate(m))
-                        .await,
-                )
-            }
+            Some(kind @ Kind::Migrate(_)) => Some(
+                c.migrate_one(&job, &node, kind, Priority::Manual)
+                    .await
+                    .unwrap_or_else(|reason| {
+                        failed(Code::Aborted, format!("{vm} not moved: {reason}"))
+                    }),
+            ),
             Some(kind) => Some(c.run_command(&job, &node, &vm, to.as_deref(), kind).await),
             None => Some(failed(Code::Internal, "job without a command".into())),
         }
@@ -466,16 +663,44 @@ async fn single(c: Arc<Coordinator>, job: Job, resumed: bool) {
     let outcome = describe(&r);
     c.job_step(&job.id, Some(&r.vm), Some(r.ok), outcome.clone())
         .await;
-    let state = if r.ok {
-        JobState::Succeeded
-    } else {
-        JobState::Failed
+    let state = match (r.ok, c.stops.reason(&job.id)) {
+        (true, _) => JobState::Succeeded,
+        (false, Some(_)) => JobState::Aborted,
+        (false, None) => JobState::Failed,
     };
     c.finish_job(&job.id, state, outcome).await;
 }
 
+/// What a move-mode drain does with a VM that cannot live-migrate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    Fail,
+    Stop,
+    Cold,
+}
+
+impl Fallback {
+    pub fn parse(s: Option<&str>) -> Fallback {
+        match s {
+            Some("stop") => Fallback::Stop,
+            Some("cold") => Fallback::Cold,
+            _ => Fallback::Fail,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fallback::Fail => "fail",
+            Fallback::Stop => "stop",
+            Fallback::Cold => "cold",
+        }
+    }
+}
+
 /// Move all: live-migrate every VM of the node (VFWs first) to planner
-/// destinations, wave by wave; a failed move is retried once elsewhere.
+/// destinations, wave by wave; a failed move is retried once elsewhere,
+/// then the fallback applies. An abort or an expired deadline starts
+/// nothing new and cancels the migrations in flight.
 async fn drain(c: Arc<Coordinator>, job: Job, resumed: bool) {
     let node = job.node.clone().unwrap_or_default();
     let mut report = resume(&c, &job, &node, resumed, Some("migrate")).await;
@@ -504,104 +729,61 @@ async fn drain(c: Arc<Coordinator>, job: Job, resumed: bool) {
                 .await;
         }
     };
+    // VMs maintenance already stopped and recorded stay where they are
+    // (a retry after a stop fallback does not move them).
+    let recorded = c
+        .registry
+        .get(&node)
+        .map(|r| r.stopped_by)
+        .unwrap_or_default();
+    let moves: Vec<planner::Move> = plan
+        .moves
+        .iter()
+        .filter(|m| !recorded.contains_key(&m.vm))
+        .cloned()
+        .collect();
+    let fallback = Fallback::parse(job.params["fallback"].as_str());
+    let ack_vfw = job.params["ack_vfw_downtime"].as_bool().unwrap_or(false);
     c.job_step(
         &job.id,
         None,
         None,
         format!(
-            "plan: {} VMs to move in {} waves (VFWs first)",
-            plan.moves.len(),
-            plan.waves()
+            "plan: {} VMs to move in {} waves (VFWs first), fallback {}",
+            moves.len(),
+            plan.waves(),
+            fallback.as_str()
         ),
     )
     .await;
     for wave in 0..plan.waves() {
-        let moves: Vec<_> = plan
-            .moves
-            .iter()
-            .filter(|m| m.wave == wave)
-            .cloned()
-            .collect();
-        let results: Vec<(planner::Move, Result<String, String>)> = futures::stream::iter(moves)
+        let this_wave: Vec<_> = moves.iter().filter(|m| m.wave == wave).cloned().collect();
+        let results: Vec<(String, Result<String, String>)> = futures::stream::iter(this_wave)
             .map(|m| {
-                let c = c.clone();
-                let job = job.clone();
+                let (c, job) = (c.clone(), job.clone());
                 async move {
-                    let r = c.migrate_one(&job, &m.vm, &m.from, &m.to, 0).await;
-                    if r.ok {
-                        c.job_step(
-                            &job.id,
-                            Some(&m.vm),
-                            Some(true),
-                            format!("moved {} to {}", m.vm, m.to),
-                        )
-                        .await;
-                        return (m.clone(), Ok(m.to.clone()));
-                    }
-                    let first = describe(&r);
-                    // Retry once on another feasible node.
-                    let fleet =
-                        crate::fleet::snapshot(&c.registry.all(), nodemaint_proto::now_ms());
-                    let alt = planner::feasible_destinations(
-                        &fleet,
-                        &m.vm,
-                        &[m.from.as_str(), m.to.as_str()],
-                    );
-                    let Some(alt) = alt.first().cloned() else {
-                        let msg = format!(
-                            "{} failed to move to {}: {first}; no other node can take it",
-                            m.vm, m.to
-                        );
-                        c.job_step(&job.id, Some(&m.vm), Some(false), msg.clone())
-                            .await;
-                        return (m.clone(), Err(msg));
+                    let r = drain_vm(&c, &job, &m, fallback, ack_vfw).await;
+                    let (ok, detail) = match &r {
+                        Ok(d) => (true, d.clone()),
+                        Err(d) => (false, d.clone()),
                     };
                     c.job_step(
                         &job.id,
                         Some(&m.vm),
-                        Some(false),
-                        format!(
-                            "{} failed to move to {}: {first}; retrying on {alt}",
-                            m.vm, m.to
-                        ),
+                        Some(ok),
+                        format!("{}: {detail}", m.vm),
                     )
                     .await;
-                    let r2 = c.migrate_one(&job, &m.vm, &m.from, &alt, 0).await;
-                    if r2.ok {
-                        c.job_step(
-                            &job.id,
-                            Some(&m.vm),
-                            Some(true),
-                            format!("moved {} to {alt} (retry)", m.vm),
-                        )
-                        .await;
-                        (m.clone(), Ok(alt))
-                    } else {
-                        let msg = format!(
-                            "{} failed to move to {} ({first}) and to {alt} ({})",
-                            m.vm,
-                            m.to,
-                            describe(&r2)
-                        );
-                        c.job_step(&job.id, Some(&m.vm), Some(false), msg.clone())
-                            .await;
-                        (m.clone(), Err(msg))
-                    }
+                    (m.vm.clone(), r)
                 }
             })
-            .buffer_unordered(plan.moves.len().max(1))
+            .buffer_unordered(moves.len().max(1))
             .collect()
             .await;
-        for (m, r) in results {
+        for (vm, r) in results {
             match r {
-                Ok(to) => report.done.push(ReportLine {
-                    vm: m.vm.clone(),
-                    detail: format!("moved to {to}"),
-                }),
-                Err(e) => report.not_done.push(ReportLine {
-                    vm: m.vm.clone(),
-                    detail: e,
-                }),
+                Ok(detail) => report.done.push(ReportLine { vm, detail }),
+                Err(detail) => report.not_done.push(ReportLine { vm, detail }),
             }
         }
     }
@@ -613,21 +795,229 @@ async fn drain(c: Arc<Coordinator>, job: Job, resumed: bool) {
         .filter_map(|l| {
             l.detail
                 .strip_prefix("moved to ")
-                .map(|to| (l.vm.clone(), to.to_string()))
+                .map(|to| (l.vm.clone(), to.split(' ').next().unwrap_or(to).to_string()))
         })
         .collect();
-    c.wait_placed(&moved).await;
+    // Those not moved are (still) on the node.
+    let stayed = report.not_done.iter().map(|l| (l.vm.clone(), node.clone()));
+    let settled: Vec<(String, String)> = moved.into_iter().chain(stayed).collect();
+    c.wait_placed(&settled).await;
+    locate_not_done(&c, &mut report);
     let done = format!(
         "{node} drained: {} VMs moved; the node is in maintenance",
         report.done.len()
     );
     let partial = format!(
-        "{node} partly drained: {} moved, {} not moved ({}); the node stays in maintenance",
+        "{node} partly drained: {} done, {} not ({}); the node stays in maintenance; \
+         `maintenance retry {node}` continues with what is left",
         report.done.len(),
         report.not_done.len(),
         report.not_done_names()
     );
     finish_node_job(&c, &job, &node, report, done, partial).await;
+}
+
+/// Appends where each VM that was not done is now (per the inventories),
+/// so the report says exactly where every VM is.
+fn locate_not_done(c: &Coordinator, report: &mut Report) {
+    for line in &mut report.not_done {
+        let at = c
+            .registry
+            .find_vm(&line.vm)
+            .iter()
+            .map(|(n, v)| format!("{} ({:?})", n.name, v.state).to_lowercase())
+            .collect::<Vec<_>>();
+        if !at.is_empty() {
+            line.detail = format!("{} [now on {}]", line.detail, at.join(", "));
+        }
+    }
+}
+
+/// One VM of a drain: live-migrate it (once more elsewhere after a
+/// failure), then apply the fallback. `Ok` says where it went, `Err` what
+/// happened instead.
+async fn drain_vm(
+    c: &Arc<Coordinator>,
+    job: &Job,
+    m: &planner::Move,
+    fallback: Fallback,
+    ack_vfw: bool,
+) -> Result<String, String> {
+    let mut failures: Vec<String> = Vec::new();
+    if let Some(why) = &m.not_migratable {
+        failures.push(format!("it cannot live-migrate ({why})"));
+    } else {
+        let mut to = m.to.clone();
+        for attempt in 0..2 {
+            let Some(dest) = c.registry.get(&to) else {
+                failures.push(format!("unknown node {to}"));
+                break;
+            };
+            let kind = c
+                .migrate_kind(&m.vm, &dest, 0, 0)
+                .map_err(|e| e.to_string())?;
+            match c
+                .migrate_one(job, &m.from, kind, Priority::Maintenance)
+                .await
+            {
+                Err(reason) => return Err(format!("not started ({reason})")),
+                Ok(r) if r.ok => return Ok(format!("moved to {to}")),
+                Ok(r) => failures.push(format!("to {to}: {}", describe(&r))),
+            }
+            if let Some(reason) = c.stops.reason(&job.id) {
+                return Err(format!("{} ({reason})", failures.join("; ")));
+            }
+            if attempt == 1 {
+                break;
+            }
+            let fleet = crate::fleet::snapshot(&c.registry.all(), nodemaint_proto::now_ms());
+            match planner::feasible_destinations(&fleet, &m.vm, &[m.from.as_str(), to.as_str()])
+                .first()
+            {
+                Some(alt) => {
+                    c.job_step(
+                        &job.id,
+                        Some(&m.vm),
+                        Some(false),
+                        format!("{} failed to move to {to}; retrying on {alt}", m.vm),
+                    )
+                    .await;
+                    to = alt.clone();
+                }
+                None => {
+                    failures.push("no other node can take it".into());
+                    break;
+                }
+            }
+        }
+    }
+    let failed = failures.join("; ");
+    if let Some(reason) = c.stops.reason(&job.id) {
+        return Err(format!("{failed}; no fallback ({reason})"));
+    }
+    let vfw = m.kind == planner::VmKind::Vfw;
+    match fallback {
+        Fallback::Fail => Err(format!(
+            "not moved: {failed}; `--fallback stop` or `--fallback cold` would handle it"
+        )),
+        _ if vfw && !ack_vfw => Err(format!(
+            "not moved: {failed}; it is a VFW, and the {} fallback takes its cloudspace's network down: \
+             not done without --ack-vfw-downtime",
+            fallback.as_str()
+        )),
+        Fallback::Stop => {
+            let r = stop_recorded(c, job, &m.from, &m.vm).await;
+            if r.ok {
+                Ok(format!(
+                    "stopped and recorded on {} (fallback: {failed}); `node enable {}` restarts it",
+                    m.from, m.from
+                ))
+            } else {
+                Err(format!("{failed}; the stop fallback failed too: {}", describe(&r)))
+            }
+        }
+        Fallback::Cold => cold_move(c, job, m, &failed).await,
+    }
+}
+
+/// Stops a VM, recording it in the node's `stopped_by` first (so `enable`
+/// restarts it even if the coordinator dies in between); a stop that fails
+/// is unrecorded again.
+async fn stop_recorded(c: &Coordinator, job: &Job, node: &str, vm: &str) -> pb::CommandResult {
+    record_stopped(c, node, vm, Some(&job.id)).await;
+    c.job_step(&job.id, Some(vm), None, format!("stopping {vm}"))
+        .await;
+    let r = c
+        .run_command(
+            job,
+            node,
+            vm,
+            None,
+            Kind::Stop(pb::StopVm {
+                vm: vm.to_string(),
+                graceful_timeout_s: c.cfg.stop_graceful_timeout_s,
+            }),
+        )
+        .await;
+    if !r.ok {
+        record_stopped(c, node, vm, None).await;
+    }
+    r
+}
+
+/// Sets (`Some(job)`) or clears a VM's `stopped_by` entry on a node.
+async fn record_stopped(c: &Coordinator, node: &str, vm: &str, job: Option<&str>) {
+    let _ = c
+        .registry
+        .update::<String>(node, |r| {
+            let mut r = r.ok_or_else(|| "node vanished".to_string())?;
+            match job {
+                Some(j) => r.stopped_by.insert(vm.to_string(), j.to_string()),
+                None => r.stopped_by.remove(vm),
+            };
+            Ok(r)
+        })
+        .await;
+}
+
+/// The cold fallback: stop on the source (recorded), move the definition
+/// offline to the planned destination, start it there. Every step that
+/// fails leaves the VM stopped and recorded where it is.
+async fn cold_move(
+    c: &Arc<Coordinator>,
+    job: &Job,
+    m: &planner::Move,
+    why: &str,
+) -> Result<String, String> {
+    let r = stop_recorded(c, job, &m.from, &m.vm).await;
+    if !r.ok {
+        return Err(format!(
+            "{why}; cold move: the stop failed: {}",
+            describe(&r)
+        ));
+    }
+    let moved = match c.registry.get(&m.to) {
+        Some(dest) => match c.migrate_kind(&m.vm, &dest, 0, 0) {
+            Ok(kind) => c
+                .migrate_one(job, &m.from, kind, Priority::Maintenance)
+                .await
+                .unwrap_or_else(|reason| failed(Code::Aborted, reason)),
+            Err(e) => failed(Code::Unavailable, e),
+        },
+        None => failed(Code::NotFound, format!("unknown node {}", m.to)),
+    };
+    if !moved.ok {
+        return Err(format!(
+            "{why}; cold move to {} failed ({}): stopped and recorded on {}",
+            m.to,
+            describe(&moved),
+            m.from
+        ));
+    }
+    record_stopped(c, &m.from, &m.vm, None).await;
+    let started = c
+        .run_command(
+            job,
+            &m.to,
+            &m.vm,
+            None,
+            Kind::Start(pb::StartVm { vm: m.vm.clone() }),
+        )
+        .await;
+    if started.ok {
+        Ok(format!(
+            "moved to {} (cold: stopped, moved, started; {why})",
+            m.to
+        ))
+    } else {
+        record_stopped(c, &m.to, &m.vm, Some(&job.id)).await;
+        Err(format!(
+            "cold-moved to {} but it did not start there ({}): stopped and recorded on {}",
+            m.to,
+            describe(&started),
+            m.to
+        ))
+    }
 }
 
 /// Stop all: stops every running VM of the node (user VMs first, then the
@@ -644,64 +1034,34 @@ async fn stop_all(c: Arc<Coordinator>, job: Job, resumed: bool) {
         .cloned()
         .collect();
     vms.sort_by_key(|d| (d.kind == VmKind::Vfw, d.name.clone()));
-    let graceful = c.cfg.stop_graceful_timeout_s;
-    let results: Vec<(String, pb::CommandResult)> = futures::stream::iter(vms)
+    let results: Vec<(String, Result<String, String>)> = futures::stream::iter(vms)
         .map(|vm| {
-            let c = c.clone();
-            let job = job.clone();
-            let node = node.clone();
+            let (c, job, node) = (c.clone(), job.clone(), node.clone());
             async move {
                 let name = vm.name.clone();
-                let _ = c
-                    .registry
-                    .update::<String>(&node, |r| {
-                        let mut r = r.ok_or_else(|| "node vanished".to_string())?;
-                        r.stopped_by.insert(name.clone(), job.id.clone());
-                        Ok(r)
-                    })
-                    .await;
-                c.job_step(&job.id, Some(&name), None, format!("stopping {name}"))
-                    .await;
-                let r = c
-                    .run_command(
-                        &job,
-                        &node,
-                        &name,
-                        None,
-                        Kind::Stop(pb::StopVm {
-                            vm: name.clone(),
-                            graceful_timeout_s: graceful,
-                        }),
-                    )
-                    .await;
-                if !r.ok {
-                    // Not stopped: not ours to restart later.
-                    let _ = c
-                        .registry
-                        .update::<String>(&node, |r| {
-                            let mut r = r.ok_or_else(|| "node vanished".to_string())?;
-                            r.stopped_by.remove(&name);
-                            Ok(r)
-                        })
-                        .await;
+                if let Some(reason) = c.stops.reason(&job.id) {
+                    return (name, Err(format!("not stopped ({reason}); still running")));
                 }
+                let r = stop_recorded(&c, &job, &node, &name).await;
                 c.job_step(&job.id, Some(&name), Some(r.ok), describe(&r))
                     .await;
-                (name, r)
+                (
+                    name,
+                    if r.ok {
+                        Ok(describe(&r))
+                    } else {
+                        Err(describe(&r))
+                    },
+                )
             }
         })
         .buffer_unordered(4)
         .collect()
         .await;
     for (vm, r) in results {
-        let line = ReportLine {
-            vm,
-            detail: describe(&r),
-        };
-        if r.ok {
-            report.done.push(line)
-        } else {
-            report.not_done.push(line)
+        match r {
+            Ok(detail) => report.done.push(ReportLine { vm, detail }),
+            Err(detail) => report.not_done.push(ReportLine { vm, detail }),
         }
     }
     let done = format!(
@@ -739,6 +1099,13 @@ async fn start_vms(
         .collect();
     vms.sort();
     for (_, name) in vms {
+        if let Some(reason) = c.stops.reason(&job.id) {
+            report.not_done.push(ReportLine {
+                vm: name,
+                detail: format!("not started ({reason}); still shut off on {node}"),
+            });
+            continue;
+        }
         let current = rec.domains.iter().find(|d| d.name == name);
         let outcome = match current.map(|d| d.state) {
             None => Err(format!("{name} is no longer defined on {node}")),
@@ -872,7 +1239,8 @@ async fn resume(
 }
 
 /// The end of every node job: release the node and finish with the report
-/// (`partial` describes what was not done).
+/// (`partial` describes what was not done). A stopped job ends ABORTED (an
+/// operator's abort) or FAILED (an expired deadline), saying why.
 async fn finish_node_job(
     c: &Coordinator,
     job: &Job,
@@ -882,12 +1250,19 @@ async fn finish_node_job(
     partial: String,
 ) {
     c.release_node(node, &job.id).await;
-    let outcome = if report.not_done.is_empty() {
-        done
-    } else {
-        partial
+    let (state, outcome) = match c.stops.reason(&job.id) {
+        Some(reason) => (
+            if reason.starts_with("deadline") {
+                JobState::Failed
+            } else {
+                JobState::Aborted
+            },
+            format!("stopped: {reason}. {partial}"),
+        ),
+        None if report.not_done.is_empty() => (report.state(), done),
+        None => (report.state(), partial),
     };
-    c.finish_job_with(&job.id, report.state(), outcome, Some(report))
+    c.finish_job_with(&job.id, state, outcome, Some(report))
         .await;
 }
 
@@ -933,7 +1308,7 @@ pub async fn resume_jobs(c: Arc<Coordinator>) {
     for job in jobs.into_iter().filter(|j| {
         matches!(j.state, JobState::Running | JobState::Paused) && j.kind != "rolling.node"
     }) {
-        tracing::info!(job = %job.id, kind = %job.kind, "resuming job after restart");
+        crate::logs::job_span(&job).in_scope(|| tracing::info!("resuming job after restart"));
         c.job_step(
             &job.id,
             None,

@@ -25,6 +25,7 @@ pub fn snapshot(nodes: &[NodeRecord], now_ms: i64) -> planner::Fleet {
             };
             vm.cloudspace = d.cloudspace.clone();
             vm.anti_affinity = d.anti_affinity.clone();
+            vm.not_migratable = d.not_migratable.clone();
             vm.state = match d.state {
                 VmState::Running | VmState::Migrating => planner::VmState::Running,
                 VmState::Shutoff | VmState::Crashed => planner::VmState::Shutoff,

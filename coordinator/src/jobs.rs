@@ -124,6 +124,15 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// Decodes a journaled command (hex of an `AgentCommand`); `None` when it
+/// is unreadable or has no kind. A journal comes from the jobs bucket, so
+/// this is external input: never trust it enough to panic.
+pub fn journaled_command(payload: &str) -> Option<(pb::AgentCommand, pb::agent_command::Kind)> {
+    let cmd = nodemaint_proto::decode::<pb::AgentCommand>(&unhex(payload)?).ok()?;
+    let kind = cmd.kind.clone()?;
+    Some((cmd, kind))
+}
+
 impl Job {
     pub fn new(kind: &str, user: &str, node: Option<&str>, params: serde_json::Value) -> Job {
         let now = nodemaint_proto::now_ms();
@@ -195,6 +204,8 @@ impl Coordinator {
         ok: Option<bool>,
         message: String,
     ) {
+        // Journal steps are the job's story: log them too (in the job's span).
+        tracing::info!(vm = step_vm.unwrap_or(""), ok = ?ok, "{message}");
         let step = Step {
             ts_ms: nodemaint_proto::now_ms(),
             message: message.clone(),
@@ -292,6 +303,7 @@ impl Coordinator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nodemaint_proto::Message as _;
 
     #[test]
     fn hex_roundtrips() {
@@ -299,6 +311,14 @@ mod tests {
         assert_eq!(hex(&b), "0001abff");
         assert_eq!(unhex(&hex(&b)), Some(b));
         assert_eq!(unhex("zz"), None);
+        // A journaled command without a kind is unreadable, not a panic.
+        let kindless = pb::AgentCommand {
+            id: "c1".into(),
+            ..Default::default()
+        };
+        assert!(journaled_command(&hex(&kindless.encode_to_vec())).is_none());
+        assert!(journaled_command("").is_none());
+        assert!(journaled_command("0").is_none());
     }
 
     #[test]

@@ -6,17 +6,11 @@ use clap::Parser;
 async fn main() -> std::process::ExitCode {
     let cli = nodemaint_coordinator::cli::Cli::parse();
     // The daemon logs its work; the CLI only warnings, so its output stays clean.
-    let default = match cli.command {
-        nodemaint_coordinator::cli::Command::Serve { .. } => "info",
-        _ => "warn",
+    let (default, format) = match cli.command {
+        nodemaint_coordinator::cli::Command::Serve { log_format, .. } => ("info", log_format),
+        _ => ("warn", Default::default()),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    nodemaint_coordinator::logs::init(format, default);
     match nodemaint_coordinator::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

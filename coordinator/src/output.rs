@@ -197,8 +197,10 @@ pub fn event_line(ev: &pb::Event) -> String {
     )
 }
 
+/// The first 8 characters of an id (ids come from the wire: not
+/// necessarily ASCII, so cut at a character boundary).
 pub fn short(id: &str) -> &str {
-    &id[..id.len().min(8)]
+    id.char_indices().nth(8).map_or(id, |(i, _)| &id[..i])
 }
 
 /// `[#####-----]  52%` progress bar.
@@ -234,6 +236,10 @@ mod tests {
     #[test]
     fn bar_and_ago() {
         assert_eq!(bar(50.0), "[##########----------]  50%");
+        assert_eq!(short("0123456789"), "01234567");
+        // Found by `bench fuzz`: a multi-byte character across byte 8.
+        assert_eq!(short("abcdefgé-rest"), "abcdefgé");
+        assert_eq!(short("日本"), "日本");
         assert_eq!(ago(0, 5), "never");
         assert_eq!(ago(1_000, 61_000), "60s ago");
         assert_eq!(ago(1_000, 601_000), "10m ago");

@@ -147,8 +147,9 @@ pub fn heartbeat_needs_write(rec: Option<&NodeRecord>, hb: &pb::Heartbeat, ts_ms
         || r.libvirt_uri != hb.libvirt_uri
         || r.boot_time_ms != hb.boot_time_ms as i64
         || r.heartbeat_interval_ms != hb.interval_ms
+        || r.protocol_version != hb.protocol_version
         || (cap.is_some() && cap != Some((r.capacity.vcpus, r.capacity.memory_mib)))
-        || ts_ms - r.last_seen_ms > PERSIST_SEEN_MS
+        || ts_ms.saturating_sub(r.last_seen_ms) > PERSIST_SEEN_MS
 }
 
 /// Applies a heartbeat (pure): liveness, boot id, capacity, address.
@@ -169,6 +170,7 @@ pub fn apply_heartbeat(
     rec.libvirt_uri = hb.libvirt_uri.clone();
     rec.boot_time_ms = hb.boot_time_ms as i64;
     rec.heartbeat_interval_ms = hb.interval_ms;
+    rec.protocol_version = hb.protocol_version;
     if let Some(c) = hb.capacity {
         rec.capacity = Capacity {
             vcpus: c.vcpus,

@@ -94,7 +94,12 @@ async fn set_phase(
 async fn checkpoint(c: &Coordinator, id: &str) -> Result<(), String> {
     let mut announced = false;
     loop {
-        match c.get_job(id).await.map(|j| j.state) {
+        let job = c.get_job(id).await;
+        if let Some(JobState::Aborted) = job.as_ref().map(|j| j.state) {
+            let reason = job.as_ref().and_then(|j| j.params["stop_reason"].as_str());
+            return Err(reason.unwrap_or("aborted by an operator").to_string());
+        }
+        match job.map(|j| j.state) {
             Some(JobState::Running) => return Ok(()),
             Some(JobState::Paused) => {
                 if !announced {
@@ -103,7 +108,6 @@ async fn checkpoint(c: &Coordinator, id: &str) -> Result<(), String> {
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Some(JobState::Aborted) => return Err("aborted by an operator".into()),
             other => return Err(format!("job is {other:?}")),
         }
     }
@@ -139,6 +143,12 @@ pub async fn run(c: Arc<Coordinator>, job: Job, resumed: bool) {
                 JobState::Aborted
             } else {
                 JobState::Failed
+            };
+            // An expired deadline is a failure, not an operator's abort.
+            let state = if e.contains("deadline") {
+                JobState::Failed
+            } else {
+                state
             };
             let msg = format!(
                 "rolling maintenance stopped in group {} ({}): {e}",
@@ -188,7 +198,11 @@ async fn run_group(c: &Arc<Coordinator>, id: &str, group: &[String]) -> Result<(
                 "maintenance.start",
                 &job.user,
                 Some(node),
-                serde_json::json!({ "node": node, "mode": "move", "plan": plan, "parent": id }),
+                serde_json::json!({
+                    "node": node, "mode": "move", "plan": plan, "parent": id,
+                    // The rolling's deadline bounds its drains too.
+                    "deadline_ms": job.params["deadline_ms"], "deadline_s": job.params["deadline_s"],
+                }),
             );
             crate::api::take_node(
                 c,
@@ -208,11 +222,10 @@ async fn run_group(c: &Arc<Coordinator>, id: &str, group: &[String]) -> Result<(
             set_phase(c, id, node, "draining", None).await;
         }
     }
-    let results = futures::future::join_all(
-        group
-            .iter()
-            .map(|n| node_pipeline(c.clone(), id.to_string(), n.clone())),
-    )
+    let results = futures::future::join_all(group.iter().map(|n| {
+        let span = tracing::info_span!("node", node = %n);
+        tracing::Instrument::instrument(node_pipeline(c.clone(), id.to_string(), n.clone()), span)
+    }))
     .await;
     let failures: Vec<String> = results.into_iter().filter_map(Result::err).collect();
     if failures.is_empty() {

@@ -33,8 +33,12 @@ pub struct Coordinator {
     /// True while this coordinator holds the leader lease: only the leader
     /// changes the fleet (the portal checks it too).
     pub leader: std::sync::atomic::AtomicBool,
+    /// API request ids (idempotency) → job ids.
+    pub requests: kv::Store,
     /// Migration concurrency shared by all jobs.
-    pub slots: crate::executor::MigrationSlots,
+    pub slots: crate::slots::MigrationSlots,
+    /// Abort and deadline requests of running jobs.
+    pub stops: crate::executor::Stops,
     /// Command id → channel of that command's progress and result events.
     waiters: Mutex<HashMap<String, mpsc::UnboundedSender<pb::Event>>>,
 }
@@ -73,6 +77,19 @@ impl Coordinator {
         })
         .await
         .map_err(|err| e("jobs bucket", err))?;
+        // Request ids are only worth remembering as long as a client retries.
+        let requests_bucket = subjects.requests_bucket();
+        let requests = bus::retrying("requests bucket", patience, || {
+            bus::bucket(
+                &js,
+                &requests_bucket,
+                1,
+                Duration::from_secs(24 * 3600),
+                replicas,
+            )
+        })
+        .await
+        .map_err(|err| e("requests bucket", err))?;
         let results_bucket = subjects.agent_results_bucket();
         let agent_results = bus::retrying("agent results bucket", patience, || {
             bus::bucket(
@@ -97,7 +114,9 @@ impl Coordinator {
             registry,
             jobs,
             agent_results,
-            slots: crate::executor::MigrationSlots::new(cfg_limits),
+            requests,
+            slots: crate::slots::MigrationSlots::new(cfg_limits),
+            stops: Default::default(),
             leader: Default::default(),
             waiters: Default::default(),
         });

@@ -8,7 +8,7 @@
 //! or resent id finds the claim and is answered with the recorded result.
 
 use crate::config::AgentConfig;
-use crate::hypervisor::{HvError, Hypervisor, MigrateTarget, StopOutcome};
+use crate::hypervisor::{Cancel, HvError, Hypervisor, MigrateTarget, StopOutcome};
 use async_nats::jetstream::{self, consumer, kv};
 use futures::StreamExt;
 use nodemaint_proto::bus;
@@ -44,6 +44,8 @@ pub struct Agent {
     inventory: tokio::sync::Mutex<InventoryState>,
     generation: std::sync::atomic::AtomicU64,
     in_flight: Mutex<HashSet<String>>,
+    /// Cancellation handles of the migrations running now, by VM.
+    migrations: Mutex<std::collections::HashMap<String, Cancel>>,
     slots: Arc<Semaphore>,
     capacity: nodemaint_proto::model::Capacity,
     boot_time_ms: i64,
@@ -78,6 +80,10 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     cfg.validate()?;
+    crate::metrics::init_node(&cfg.node);
+    if let Some(addr) = cfg.metrics_listen {
+        crate::metrics::listen(addr).await?;
+    }
     let client = connect(&cfg.nats_url, &format!("node-agent {}", cfg.node)).await?;
     let js = jetstream::new(client.clone());
     let subjects = Subjects::new(&cfg.subject_prefix);
@@ -113,6 +119,7 @@ pub async fn run_with(
         // Starting from the clock keeps generations increasing across restarts.
         generation: std::sync::atomic::AtomicU64::new(nodemaint_proto::now_ms() as u64),
         in_flight: Default::default(),
+        migrations: Default::default(),
         capacity,
         boot_time_ms: boot_time_ms(),
     });
@@ -145,7 +152,8 @@ fn hv_error(node: &str, e: &HvError) -> pb::Error {
     let code = match e {
         HvError::NotFound(_) => Code::NotFound,
         HvError::WrongState(_) => Code::WrongState,
-        HvError::Timeout { .. } => Code::Timeout,
+        HvError::Timeout { .. } | HvError::NoProgress { .. } => Code::Timeout,
+        HvError::Cancelled { .. } => Code::Aborted,
         HvError::Connection { .. } => Code::Unavailable,
         HvError::Libvirt { .. } | HvError::Other(_) => Code::Hypervisor,
     };
@@ -197,6 +205,7 @@ impl Agent {
             inventory_generation: self.generation.load(std::sync::atomic::Ordering::SeqCst),
             boot_time_ms: self.boot_time_ms as u64,
             interval_ms: self.cfg.heartbeat_interval_ms as u32,
+            protocol_version: nodemaint_proto::PROTOCOL_VERSION,
         };
         self.publish("", Body::Heartbeat(hb)).await;
     }
@@ -313,15 +322,30 @@ impl Agent {
             Ok(_) => {
                 self.in_flight.lock().unwrap().insert(cmd.id.clone());
                 let _ = msg.ack().await;
+                // Quick commands that must not queue behind the migrations
+                // they act on run at once, outside the command slots.
+                let span = command_span(self.node(), &cmd);
+                if matches!(
+                    cmd.kind,
+                    Some(Cmd::CancelMigration(_) | Cmd::ProbeLibvirt(_))
+                ) {
+                    let run = async move { self.execute(cmd, &key).await };
+                    tokio::spawn(tracing::Instrument::instrument(run, span));
+                    return;
+                }
                 let permit = self.slots.clone().acquire_owned().await.expect("semaphore");
-                tokio::spawn(async move {
-                    self.execute(cmd, &key).await;
-                    drop(permit);
-                });
+                tokio::spawn(tracing::Instrument::instrument(
+                    async move {
+                        self.execute(cmd, &key).await;
+                        drop(permit);
+                    },
+                    span,
+                ));
             }
             Err(e) if bus::create_conflict(&e) => {
                 let _ = msg.ack().await;
-                self.answer_repeat(cmd, &key).await;
+                let span = command_span(self.node(), &cmd);
+                tracing::Instrument::instrument(self.answer_repeat(cmd, &key), span).await;
             }
             Err(e) => {
                 // NATS is unavailable (a server restarting, a cluster
@@ -635,15 +659,34 @@ impl Agent {
                 }
             }
             Cmd::RunChecks(rc) => self.checks(&cmd.op_id, rc.start_failed).await,
+            Cmd::CancelMigration(c) => {
+                let handle = self.migrations.lock().unwrap().get(&c.vm).cloned();
+                match handle {
+                    Some(h) => {
+                        h.request(&c.reason);
+                        ok_result(&format!("cancel of the migration of {} requested", c.vm))
+                    }
+                    None => with_vm(
+                        &c.vm,
+                        err_result(
+                            Code::NotFound,
+                            format!("no migration of {} is running on {}", c.vm, self.node()),
+                        ),
+                    ),
+                }
+            }
+            Cmd::ProbeLibvirt(p) => self.probe(&p.uris).await,
         };
         result.command_id = id.clone();
         result.duration_ms = started.elapsed().as_millis() as u64;
+        let action = crate::metrics::action(cmd.kind.as_ref());
+        crate::metrics::command_done(self.node(), action, result.ok, started.elapsed());
         self.record(key, &result).await;
         self.in_flight.lock().unwrap().remove(&id);
         if let Err(e) = self.publish_inventory(false).await {
             tracing::warn!(error = %e, "inventory refresh after command failed");
         }
-        tracing::info!(id = %id, ok = result.ok, message = %result.message, error = ?result.error, "command done");
+        tracing::info!(id = %id, ok = result.ok, detail = %result.message, error = ?result.error, "command done");
         self.publish(&cmd.op_id, Body::Result(result)).await;
     }
 
@@ -651,6 +694,7 @@ impl Agent {
     /// `checks` event for dashboards. Ok only when every service is ok.
     async fn checks(&self, op_id: &str, start_failed: bool) -> pb::CommandResult {
         let report = crate::checks::run_checks(&self.cfg.checks, start_failed).await;
+        crate::metrics::checks_done(self.node(), &report);
         self.publish(op_id, Body::Checks(report.clone())).await;
         let failed: Vec<String> = report
             .services
@@ -671,6 +715,49 @@ impl Agent {
             )
         };
         r.checks = Some(report);
+        r
+    }
+
+    /// Whether this node's libvirt reaches each URI (pre-flight of a drain);
+    /// one service line per URI in the result's check report.
+    async fn probe(&self, uris: &[String]) -> pb::CommandResult {
+        let mut services = Vec::new();
+        for uri in uris {
+            let u = uri.clone();
+            let res = tokio::time::timeout(
+                Duration::from_secs(8),
+                self.blocking(move |hv| hv.probe(&u)),
+            )
+            .await
+            .unwrap_or_else(|_| Err(HvError::Other("no answer within 8 s".into())));
+            services.push(pb::ServiceStatus {
+                check: "libvirt".into(),
+                service: uri.clone(),
+                ok: res.is_ok(),
+                state: if res.is_ok() {
+                    "reachable"
+                } else {
+                    "unreachable"
+                }
+                .into(),
+                detail: res.err().map(|e| e.to_string()).unwrap_or_default(),
+                start_attempted: false,
+            });
+        }
+        let all_ok = services.iter().all(|s| s.ok);
+        let mut r = if all_ok {
+            ok_result(&format!(
+                "{} reaches {} libvirt URIs",
+                self.node(),
+                uris.len()
+            ))
+        } else {
+            err_result(
+                Code::Unavailable,
+                format!("{} cannot reach every destination's libvirt", self.node()),
+            )
+        };
+        r.checks = Some(pb::CheckReport { services, all_ok });
         r
     }
 
@@ -744,6 +831,7 @@ impl Agent {
                     kind: d.kind().into(),
                     cloudspace: (!d.cloudspace.is_empty()).then(|| d.cloudspace.clone()),
                     anti_affinity: None,
+                    no_live_migration: false,
                 },
             };
             let ty = crate::hypervisor::template::domain_type(&self.cfg.libvirt_uri);
@@ -804,10 +892,21 @@ impl Agent {
                 self.cfg.migration_timeout_s
             } as u64),
             max_speed_mibs: m.max_speed_mibs,
+            progress_timeout: Duration::from_secs(if m.progress_timeout_s > 0 {
+                m.progress_timeout_s
+            } else {
+                self.cfg.migration_progress_timeout_s
+            } as u64),
+            cancel: Cancel::default(),
         };
+        self.migrations
+            .lock()
+            .unwrap()
+            .insert(m.vm.clone(), target.cancel.clone());
         // Progress samples come from a blocking thread; a channel keeps their
         // order while a task publishes them.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let timer = crate::metrics::MigrationTimer::start(self.node());
         let forward = {
             let js = self.js.clone();
             let s = self.subjects.clone();
@@ -816,8 +915,10 @@ impl Agent {
             let id = cmd.id.clone();
             let vm = m.vm.clone();
             tokio::spawn(async move {
+                let mut bytes = 0;
                 while let Some(p) = rx.recv().await {
                     let p: crate::hypervisor::MigrateProgress = p;
+                    bytes = p.bytes_processed;
                     let body = Body::Progress(pb::Progress {
                         command_id: id.clone(),
                         vm: vm.clone(),
@@ -829,6 +930,7 @@ impl Agent {
                     });
                     let _ = bus::publish_event(&js, &s, &node, &op, body).await;
                 }
+                bytes
             })
         };
         let name = m.vm.clone();
@@ -839,7 +941,9 @@ impl Agent {
                 })
             })
             .await;
-        let _ = forward.await;
+        let bytes = forward.await.unwrap_or(0);
+        timer.finish(res.is_ok(), bytes);
+        self.migrations.lock().unwrap().remove(&m.vm);
         match res {
             Ok(()) => pb::CommandResult {
                 vm: m.vm.clone(),
@@ -898,4 +1002,17 @@ fn interrupted(id: &str, why: &str) -> pb::CommandResult {
             ),
         )
     }
+}
+
+/// The span of one command's handling: `command{job_id, node, cmd_id,
+/// action}`, so every line logged while executing it names the job (the
+/// command's `op_id`) and the node.
+fn command_span(node: &str, cmd: &pb::AgentCommand) -> tracing::Span {
+    tracing::info_span!(
+        "command",
+        job_id = %cmd.op_id,
+        node = %node,
+        cmd_id = %cmd.id,
+        action = crate::metrics::action(cmd.kind.as_ref()),
+    )
 }

@@ -64,6 +64,10 @@ struct Args {
     /// Where boot-id files live.
     #[arg(long, default_value = "/tmp/nodemaint-sim")]
     state_dir: PathBuf,
+    /// Serve every simulated agent's Prometheus metrics (label `node`) on
+    /// http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[tokio::main]
@@ -76,6 +80,9 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let a = Args::parse();
     std::fs::create_dir_all(&a.state_dir)?;
+    if let Some(addr) = a.metrics_listen {
+        nodemaint_agent::metrics::listen(addr).await?;
+    }
     let world = SimWorld::new(a.bandwidth_mibs, a.time_scale);
     let names: Vec<String> = (1..=a.nodes)
         .map(|i| format!("{}{i:04}", a.prefix))
@@ -183,6 +190,7 @@ fn sim_vm(name: &str, kind: VmKind, cs: &str, memory_mib: u64) -> Vm {
         vcpus: 1,
         memory_mib,
         persistent: true,
+        not_migratable: None,
     }
 }
 

@@ -841,27 +841,39 @@ async fn run_systemd(check: &CheckConfig, unit: &str, timeout: Duration) -> Vec<
             signal,
             stdout,
             stderr,
-        } => {
-            let printed = stdout.lines().map(str::trim).find(|l| !l.is_empty());
-            match printed {
-                Some(state) => (
-                    state == "active",
-                    state.to_string(),
-                    output_tail("", &stderr),
-                ),
-                None => (
-                    false,
-                    "unknown".to_string(),
-                    format!(
-                        "{what:?} printed no state ({}): {}",
-                        Exec::exit_desc(code, signal),
-                        output_tail("", &stderr)
-                    ),
-                ),
-            }
-        }
+        } => parse_systemd_is_active(&what, code, signal, &stdout, &stderr),
     };
     vec![status(&check.name, unit, ok, &state, detail)]
+}
+
+/// Judges what `systemctl is-active UNIT` (`what`) printed: returns (ok,
+/// state, detail). The state is its first non-blank stdout line, ok iff it
+/// is `active`; without one the state is `unknown` and the detail says how
+/// the command ended.
+pub fn parse_systemd_is_active(
+    what: &str,
+    code: Option<i32>,
+    signal: Option<i32>,
+    stdout: &str,
+    stderr: &str,
+) -> (bool, String, String) {
+    let printed = stdout.lines().map(str::trim).find(|l| !l.is_empty());
+    match printed {
+        Some(state) => (
+            state == "active",
+            state.to_string(),
+            output_tail("", stderr),
+        ),
+        None => (
+            false,
+            "unknown".to_string(),
+            format!(
+                "{what:?} printed no state ({}): {}",
+                Exec::exit_desc(code, signal),
+                output_tail("", stderr)
+            ),
+        ),
+    }
 }
 
 async fn run_tcp(

@@ -50,6 +50,10 @@ pub struct AgentConfig {
     /// Migration timeout when a command gives none.
     #[serde(default = "default_migration_timeout")]
     pub migration_timeout_s: u32,
+    /// Abort a migration whose remaining data made no new low for this long,
+    /// when a command gives none.
+    #[serde(default = "default_progress_timeout")]
+    pub migration_progress_timeout_s: u32,
     /// Local working directory (logs of hooks); optional.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
@@ -63,16 +67,21 @@ pub struct AgentConfig {
     /// Commands executed at the same time (migrations, stops, …).
     #[serde(default = "default_max_concurrent")]
     pub max_concurrent_commands: usize,
+    /// Serve Prometheus metrics on http://ADDR/metrics; off when unset.
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Copies of the streams and the results bucket when the agent creates
     /// them first: 1 on a single server, 3 on a 3-node JetStream cluster.
     #[serde(default = "default_replicas")]
     pub nats_replicas: usize,
 }
 
+fn default_progress_timeout() -> u32 {
+    150
+}
 fn default_replicas() -> usize {
     1
 }
-
 fn default_nats_url() -> String {
     "nats://127.0.0.1:4222".into()
 }

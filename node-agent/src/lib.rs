@@ -7,4 +7,5 @@ pub mod checks;
 pub mod config;
 pub mod hook;
 pub mod hypervisor;
+pub mod metrics;
 pub mod recovery;

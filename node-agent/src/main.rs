@@ -39,17 +39,32 @@ struct Args {
     /// File holding the boot id (default: the kernel's).
     #[arg(long, env = "NODEMAINT_BOOT_ID_FILE")]
     boot_id_file: Option<PathBuf>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (config: metrics_listen).
+    #[arg(long, value_name = "ADDR", env = "NODEMAINT_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Log lines as text or as JSON objects (command lines carry job_id and node).
+    #[arg(long, value_name = "text|json", default_value = "text", env = "NODEMAINT_LOG_FORMAT",
+          value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Args::parse()).await {
+    let args = Args::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_format == "json" {
+        fmt.json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init();
+    } else {
+        fmt.init();
+    }
+    match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("node-agent: error: {e:#}");
@@ -81,6 +96,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(v) = args.boot_id_file {
         cfg.boot_id_file = v;
+    }
+    if let Some(v) = args.metrics_listen {
+        cfg.metrics_listen = Some(v);
     }
     cfg.validate()?;
     let uri = cfg.libvirt_uri.clone();

@@ -7,6 +7,7 @@
 
 #[cfg(feature = "nats")]
 pub mod bus;
+pub mod metrics;
 pub mod model;
 pub mod subjects;
 
@@ -17,6 +18,10 @@ pub mod pb {
 }
 
 pub use prost::Message;
+
+/// The version of this wire contract that agents announce in heartbeats;
+/// bumped on any change an older peer would misread.
+pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Decodes a protobuf body, naming the type in the error so a log line says
 /// what was expected.
@@ -66,6 +71,24 @@ impl std::fmt::Display for pb::Error {
 
 impl std::error::Error for pb::Error {}
 
+impl pb::agent_command::Kind {
+    /// The command's word in journals, logs and metrics labels.
+    pub fn action(&self) -> &'static str {
+        use pb::agent_command::Kind::*;
+        match self {
+            Migrate(_) => "migrate",
+            Stop(_) => "stop",
+            Start(_) => "start",
+            Define(_) => "define",
+            RunHook(_) => "hook",
+            RunChecks(_) => "checks",
+            RefreshInventory(_) => "refresh",
+            CancelMigration(_) => "cancel",
+            ProbeLibvirt(_) => "probe",
+        }
+    }
+}
+
 impl pb::ApiRequest {
     /// The API method of this request, the last tokens of its subject.
     pub fn method(&self) -> Option<&'static str> {
@@ -91,6 +114,8 @@ impl pb::ApiRequest {
             CheckNode(_) => "node.check",
             StartRolling(_) => "rolling.start",
             ControlRolling(_) => "rolling.control",
+            AbortJob(_) => "job.abort",
+            RetryMaintenance(_) => "maintenance.retry",
         })
     }
 
@@ -99,6 +124,7 @@ impl pb::ApiRequest {
         // A dry run only reads.
         match &self.kind {
             Some(pb::api_request::Kind::StartStopped(r)) => return !r.dry_run,
+            Some(pb::api_request::Kind::StartMaintenance(r)) => return !r.dry_run,
             // Checking only reads; starting failed services changes the node.
             Some(pb::api_request::Kind::CheckNode(r)) => return r.start_failed,
             _ => {}
@@ -117,6 +143,8 @@ impl pb::ApiRequest {
                     | "node.check"
                     | "rolling.start"
                     | "rolling.control"
+                    | "job.abort"
+                    | "maintenance.retry"
             )
         )
     }
@@ -161,12 +189,20 @@ mod tests {
         let req = |kind| pb::ApiRequest {
             user: "u".into(),
             kind: Some(kind),
+            ..Default::default()
         };
         use pb::api_request::Kind;
         assert!(!req(Kind::ListNodes(pb::ListNodes {})).is_mutating());
         assert!(!req(Kind::PlanDrain(pb::PlanDrain::default())).is_mutating());
         assert!(req(Kind::EnableNode(pb::EnableNode::default())).is_mutating());
         assert!(req(Kind::MoveVm(pb::MoveVm::default())).is_mutating());
+        assert!(req(Kind::AbortJob(pb::AbortJob::default())).is_mutating());
+        assert!(req(Kind::StartMaintenance(pb::StartMaintenance::default())).is_mutating());
+        let dry = pb::StartMaintenance {
+            dry_run: true,
+            ..Default::default()
+        };
+        assert!(!req(Kind::StartMaintenance(dry)).is_mutating());
         assert_eq!(pb::ApiRequest::default().method(), None);
     }
 }

@@ -51,6 +51,9 @@ pub struct Vm {
     pub memory_mib: u64,
     #[serde(default)]
     pub persistent: bool,
+    /// Why it cannot live-migrate, if it can't.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_migratable: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +75,9 @@ pub struct NodeRecord {
     pub boot_time_ms: i64,
     pub last_seen_ms: i64,
     pub heartbeat_interval_ms: u32,
+    /// The wire-contract version the agent speaks (0: older than the field).
+    #[serde(default)]
+    pub protocol_version: u32,
     pub inventory_generation: u64,
     pub domains: Vec<Vm>,
     /// The job holding this node (maintenance, enable), if any.
@@ -268,6 +274,7 @@ impl From<&pb::Domain> for Vm {
             vcpus: d.vcpus,
             memory_mib: d.memory_mib,
             persistent: d.persistent,
+            not_migratable: opt(&d.not_migratable),
         }
     }
 }
@@ -284,6 +291,7 @@ impl From<&Vm> for pb::Domain {
             vcpus: v.vcpus,
             memory_mib: v.memory_mib,
             persistent: v.persistent,
+            not_migratable: v.not_migratable.clone().unwrap_or_default(),
         }
     }
 }
@@ -304,6 +312,7 @@ mod tests {
             vcpus: 1,
             memory_mib: 64,
             persistent: true,
+            not_migratable: Some("has a host device".into()),
         };
         assert_eq!(Vm::from(&pb::Domain::from(&vm)), vm);
     }

@@ -178,6 +178,11 @@ impl Subjects {
         format!("{}_leader", self.lower())
     }
 
+    /// Idempotency keys of API requests → the job the first one created.
+    pub fn requests_bucket(&self) -> String {
+        format!("{}_requests", self.lower())
+    }
+
     /// Agents' record of executed command ids (at-most-once across restarts).
     pub fn agent_results_bucket(&self) -> String {
         format!("{}_agent_results", self.lower())

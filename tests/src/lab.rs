@@ -305,6 +305,46 @@ impl Lab {
         m
     }
 
+    /// A node's status as the coordinator shows it (`ENABLED`, `MAINTENANCE`, …).
+    pub fn status(&self, node: &str) -> String {
+        self.cli_json("viewer", &["node", "show", node])["node"]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Runs a job-starting command with `--detach`; returns the job id.
+    pub fn detach(&self, user: &str, args: &[&str]) -> String {
+        let mut all = args.to_vec();
+        all.push("--detach");
+        self.cli_json(user, &all)["job_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{args:?}: no job id"))
+            .to_string()
+    }
+
+    pub fn job(&self, id: &str) -> Value {
+        self.cli_json("viewer", &["job", "show", id])
+    }
+
+    /// Waits (up to `secs`) for a job to end and returns it.
+    pub fn wait_job(&self, id: &str, secs: u64) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let last = self.job(id);
+            if matches!(
+                last["state"].as_str(),
+                Some("SUCCEEDED" | "FAILED" | "ABORTED")
+            ) {
+                return last;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!("job {id} did not end within {secs} s: {last:#}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     pub fn pid_of_coordinator(&self) -> Option<u32> {
         let dir = &self.env.iter().find(|(k, _)| k == "LAB_DIR").unwrap().1;
         std::fs::read_to_string(Path::new(dir).join("coordinator.pid"))

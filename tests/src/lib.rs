@@ -12,6 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod faults;
+pub mod fuzz;
 pub mod lab;
 pub mod soak;
 
@@ -154,9 +155,17 @@ pub struct Dom {
     pub memory_mib: u64,
     pub vcpus: u32,
     pub running: bool,
+    /// `migratable="no"` in its metadata.
+    pub pinned: bool,
 }
 
 impl Dom {
+    /// Marked not live-migratable (`migratable="no"`).
+    pub fn pinned(mut self) -> Dom {
+        self.pinned = true;
+        self
+    }
+
     pub fn sized(mut self, memory_mib: u64) -> Dom {
         self.memory_mib = memory_mib;
         self
@@ -170,6 +179,7 @@ impl Dom {
             memory_mib: 256,
             vcpus: 1,
             running: true,
+            pinned: false,
         }
     }
 
@@ -181,6 +191,7 @@ impl Dom {
             memory_mib: 64,
             vcpus: 1,
             running: true,
+            pinned: false,
         }
     }
 
@@ -203,6 +214,11 @@ pub fn node_xml(path: &Path, memory_mib: u64, cpus: u32, doms: &[Dom]) {
             .as_ref()
             .map(|c| format!(" cloudspace=\"{c}\""))
             .unwrap_or_default();
+        let cs = if d.pinned {
+            format!("{cs} migratable=\"no\"")
+        } else {
+            cs
+        };
         s.push_str(&format!(
             "  <domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>\n\
              \x20   <name>{}</name>\n    <memory unit='MiB'>{}</memory>\n    <vcpu>{}</vcpu>\n\
@@ -244,10 +260,16 @@ groups = ["Level1"]
 impl Fleet {
     /// Starts nats-server and the coordinator; add agents with `add_agent`.
     pub fn start() -> Fleet {
+        Fleet::start_with_config("")
+    }
+
+    /// Like [`Fleet::start`], with `extra` TOML appended to the
+    /// coordinator's config (after the users).
+    pub fn start_with_config(extra: &str) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let nats = Nats::start(dir.path());
         let config = dir.path().join("coordinator.toml");
-        std::fs::write(&config, USERS_TOML).unwrap();
+        std::fs::write(&config, format!("{USERS_TOML}\n{extra}")).unwrap();
         let mut f = Fleet {
             dir,
             nats,
@@ -302,16 +324,23 @@ impl Fleet {
 
     pub fn agent_config(&self, node: &str) -> PathBuf {
         let path = self.dir.path().join(format!("{node}.toml"));
-        let xml = self.dir.path().join(format!("{node}.xml"));
+        // The "migration URI" other agents probe in pre-flight: the test
+        // driver opens it in-process (it cannot migrate, though).
+        let xml = self
+            .dir
+            .path()
+            .join(format!("{node}.xml"))
+            .display()
+            .to_string();
         let boot = self.dir.path().join(format!("{node}.boot_id"));
         std::fs::write(
             &path,
             format!(
-                "node = \"{node}\"\nnats_url = \"{}\"\nlibvirt_uri = \"test://{}\"\n\
+                "node = \"{node}\"\nnats_url = \"{}\"\nlibvirt_uri = \"test://{xml}\"\n\
+                 migration_libvirt_uri = \"test://{xml}\"\n\
                  address = \"127.0.0.1\"\nheartbeat_interval_ms = 300\ninventory_poll_ms = 200\n\
                  boot_id_file = \"{}\"\n{}\n",
                 self.nats.url,
-                xml.display(),
                 boot.display(),
                 self.agent_extra.get(node).map(String::as_str).unwrap_or("")
             ),
@@ -412,6 +441,16 @@ pub fn cli_in(url: &str, dir: &Path, user: &str, args: &[&str]) -> Output {
         .current_dir(dir)
         .output()
         .expect("run coordinator CLI")
+}
+
+/// Asserts that a command succeeded, showing its stdout and stderr if not.
+pub fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        stdout(out),
+        stderr(out)
+    );
 }
 
 pub fn stdout(o: &Output) -> String {

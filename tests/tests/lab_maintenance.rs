@@ -2,18 +2,9 @@
 //! architecture's invariants checked against each libvirtd after every step.
 
 use nodemaint_tests::lab::{resumed, step, Lab};
-use nodemaint_tests::{stderr, stdout, wait_for};
+use nodemaint_tests::{ok, stderr, stdout, wait_for};
 use serde_json::Value;
 use std::time::Duration;
-
-fn ok(out: &std::process::Output) {
-    assert!(
-        out.status.success(),
-        "stdout: {}\nstderr: {}",
-        stdout(out),
-        stderr(out)
-    );
-}
 
 fn status(lab: &Lab, node: &str) -> String {
     lab.cli_json("viewer", &["node", "show", node])["node"]["status"]

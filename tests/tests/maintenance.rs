@@ -61,15 +61,6 @@ fn assert_each_vm_once(f: &Fleet, expected: usize) {
     assert_eq!(names.len(), expected, "a VM was lost: {names:?}");
 }
 
-fn ok(out: &std::process::Output) {
-    assert!(
-        out.status.success(),
-        "stdout: {}\nstderr: {}",
-        stdout(out),
-        stderr(out)
-    );
-}
-
 #[test]
 fn stop_mode_needs_acknowledgement_then_stops_records_and_enable_restarts_exactly_those() {
     let f = fleet();

@@ -890,6 +890,71 @@ async fn move_all_and_move_vfw_end_with_their_reports() {
     drop(e.fleet);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_job_can_be_aborted_by_operators_only() {
+    let e = env().await;
+    let (app, c) = (&e.app, &e.coord);
+    // A job the executor is not running (so it stays RUNNING while the
+    // page and the action are checked); the abort goes through the API.
+    let job = nodemaint_coordinator::jobs::Job::new(
+        "maintenance.start",
+        "carol",
+        Some("node3"),
+        serde_json::json!({ "node": "node3", "mode": "move" }),
+    );
+    c.create_job(&job).await.unwrap();
+    let bob = login(app, "bob").await; // Level1
+    let page = get(app, Some(&bob), &format!("/jobs/{}", job.id)).await;
+    assert!(!page.body.contains(r#"id="abort-submit""#), "{}", page.body);
+    let r = post(
+        app,
+        Some(&bob),
+        &format!("/jobs/{}/abort", job.id),
+        &[("csrf", &bob.csrf)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+
+    let carol = login(app, "carol").await; // Level3
+    let page = get(app, Some(&carol), &format!("/jobs/{}", job.id)).await;
+    assert!(page.body.contains(r#"id="abort-submit""#), "{}", page.body);
+    let r = post(
+        app,
+        Some(&carol),
+        &format!("/jobs/{}/abort", job.id),
+        &[("csrf", &carol.csrf)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let j = c.get_job(&job.id).await.unwrap();
+    assert_eq!(j.params["stop_reason"], "aborted by carol");
+    assert!(
+        j.steps
+            .iter()
+            .any(|s| s.message == "stop requested: aborted by carol"),
+        "{:?}",
+        j.steps
+    );
+    assert_eq!(c.stops.reason(&job.id).as_deref(), Some("aborted by carol"));
+    // A finished job: refused, saying so.
+    c.finish_job(
+        &job.id,
+        nodemaint_coordinator::jobs::JobState::Aborted,
+        "x".into(),
+    )
+    .await;
+    let r = post(
+        app,
+        Some(&carol),
+        &format!("/jobs/{}/abort", job.id),
+        &[("csrf", &carol.csrf)],
+    )
+    .await;
+    assert!(r.status.is_client_error(), "{}", r.status);
+    assert!(r.body.contains("already ended"), "{}", r.body);
+    drop(e.fleet);
+}
+
 #[test]
 fn hash_password_cli_makes_hashes_the_portal_accepts() {
     use std::io::Write;

@@ -169,3 +169,76 @@ fn rolling_maintenance_of_200_simulated_nodes() {
     eprintln!("200-node rolling maintenance took {elapsed:?}");
     check_after(&f, &sim, &job, 200, 200 * 3 + 100);
 }
+
+#[test]
+fn a_rolling_deadline_fails_the_rolling_loudly_and_loses_nothing() {
+    let f = Fleet::start();
+    let sim = sim_fleet(&f, 4, 2, 300);
+    wait_nodes(&f, 4);
+    // The first node drains, then waits for a continue that never comes.
+    let t = Instant::now();
+    let out = f.cli(
+        "alice",
+        &[
+            "rolling",
+            "start",
+            "--all",
+            "--wait-for-continue",
+            "--deadline",
+            "4s",
+            "--yes",
+            "--output",
+            "json",
+        ],
+    );
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "bounded: {:?}",
+        t.elapsed()
+    );
+    let job = stdout(&out)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["job"].is_object())
+        .expect("job line")["job"]
+        .clone();
+    assert_eq!(job["state"], "FAILED", "{job}");
+    assert!(
+        job["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("deadline of 4 s expired"),
+        "{job}"
+    );
+    assert!(
+        job["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["message"] == "stop requested: deadline of 4 s expired"),
+        "the expiry is in the journal: {job}"
+    );
+    // The drained node stays in maintenance; every VM still runs once.
+    let waiting: Vec<&str> = job["params"]["progress"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, p)| *p != "pending")
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(waiting.len(), 1, "{job}");
+    let list = f.cli_json("bob", &["node", "show", waiting[0]]);
+    assert_eq!(list["node"]["status"], "MAINTENANCE");
+    let vms = f.cli_json("bob", &["vm", "list"]);
+    let mut names: Vec<&str> = vms
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 4 * 2 + 2);
+    assert!(!sim.log_text().contains("INVARIANT VIOLATION"));
+}

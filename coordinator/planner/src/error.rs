@@ -21,6 +21,11 @@ pub enum PlanError {
     Infeasible {
         unplaced: Vec<Unplaced>,
     },
+    /// A running VM that cannot live-migrate was asked to.
+    NotMigratable {
+        vm: String,
+        reason: String,
+    },
     /// `place_new` was given a name that already exists in the fleet.
     DuplicateVm(String),
     /// The snapshot is inconsistent (duplicate node, VM on an unknown node,
@@ -47,6 +52,9 @@ impl fmt::Display for PlanError {
                     write!(f, "\n  {}: {}", u.vm, u.reason)?;
                 }
                 Ok(())
+            }
+            PlanError::NotMigratable { vm, reason } => {
+                write!(f, "VM {vm:?} cannot live-migrate: {reason}")
             }
             PlanError::DuplicateVm(v) => write!(f, "a VM named {v:?} already exists"),
             PlanError::InvalidFleet(m) => write!(f, "invalid fleet: {m}"),

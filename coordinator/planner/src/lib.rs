@@ -112,8 +112,17 @@ pub fn plan_drain(fleet: &Fleet, node: &str, limits: &Limits) -> Result<DrainPla
                     to: idx.name(to).to_string(),
                     wave: 0,
                     kind: if r.vfw { VmKind::Vfw } else { VmKind::User },
+                    not_migratable: None,
                 })
                 .collect();
+            // Mark what cannot live-migrate; the executor's fallback decides.
+            for m in &mut moves {
+                if let Some(v) = fleet.vms.iter().find(|v| v.name == m.vm) {
+                    if v.state == VmState::Running {
+                        m.not_migratable.clone_from(&v.not_migratable);
+                    }
+                }
+            }
             waves::assign_waves(&mut moves, limits);
             Ok(DrainPlan {
                 node: node.to_string(),
@@ -195,6 +204,12 @@ pub fn validate_move(fleet: &Fleet, vm: &str, dest: &str) -> Result<Move, PlanEr
     let d = idx.node(dest)? as usize;
     let s = idx.vm_node[vi] as usize;
     let v = &fleet.vms[vi];
+    if let (Some(why), VmState::Running) = (&v.not_migratable, v.state) {
+        return Err(PlanError::NotMigratable {
+            vm: vm.to_string(),
+            reason: why.clone(),
+        });
+    }
     let node = &fleet.nodes[d];
     let not_eligible = |reason: String| PlanError::NodeNotEligible {
         node: dest.to_string(),
@@ -263,6 +278,7 @@ pub fn validate_move(fleet: &Fleet, vm: &str, dest: &str) -> Result<Move, PlanEr
         to: dest.to_string(),
         wave: 0,
         kind: v.kind,
+        not_migratable: None,
     })
 }
 
@@ -297,6 +313,7 @@ pub fn plan_vfw_move(
             to: idx.name(n).to_string(),
             wave: 0,
             kind: VmKind::Vfw,
+            not_migratable: None,
         }),
         None => Err(PlanError::Infeasible {
             unplaced: vec![Unplaced {

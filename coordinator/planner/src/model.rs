@@ -119,6 +119,9 @@ pub struct Vm {
     pub anti_affinity: Option<String>,
     #[serde(default)]
     pub state: VmState,
+    /// Why it cannot live-migrate (host device, metadata flag), if it can't.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_migratable: Option<String>,
 }
 
 impl Vm {
@@ -133,6 +136,7 @@ impl Vm {
             cloudspace: None,
             anti_affinity: None,
             state: VmState::Running,
+            not_migratable: None,
         }
     }
 }
@@ -196,6 +200,10 @@ pub struct Move {
     pub to: String,
     pub wave: u32,
     pub kind: VmKind,
+    /// Set when the VM runs and cannot live-migrate: the drain must apply
+    /// its fallback (stop, cold move) to it, or fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_migratable: Option<String>,
 }
 
 /// Where every VM of `node` goes. Moves are sorted by wave; VFWs come first

@@ -79,6 +79,7 @@ mod tests {
             to: to.into(),
             wave: 0,
             kind,
+            not_migratable: None,
         }
     }
 

@@ -81,6 +81,7 @@ pub async fn maintenance(
                 mode: mode as i32,
                 ack_vfw_downtime: ack,
                 max_parallel,
+                ..Default::default()
             }),
         )
         .await
@@ -105,6 +106,24 @@ pub async fn enable(
     {
         Ok(r) => accepted(r),
         Err(e) => e.page(Some(&auth), "Enable refused"),
+    }
+}
+
+pub async fn abort(
+    State(st): State<Arc<Portal>>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Form(f): Form<super::auth::CsrfForm>,
+) -> Response {
+    if let Err(r) = auth.check_csrf(&f.csrf) {
+        return r;
+    }
+    match st
+        .api(&auth.user, Req::AbortJob(pb::AbortJob { job_id: id }))
+        .await
+    {
+        Ok(r) => accepted(r),
+        Err(e) => e.page(Some(&auth), "Abort refused"),
     }
 }
 

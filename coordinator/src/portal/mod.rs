@@ -78,6 +78,7 @@ impl Portal {
     /// One API call on behalf of `user`, through the same handler as the CLI.
     pub async fn api(&self, user: &str, kind: Req) -> Result<Reply, ApiError> {
         let req = pb::ApiRequest {
+            request_id: String::new(),
             user: user.to_string(),
             kind: Some(kind),
         };
@@ -124,6 +125,7 @@ pub fn router(c: Arc<Coordinator>) -> Router {
         .route("/cloudspaces/{cs}/move-vfw", post(actions::move_vfw))
         .route("/jobs", get(pages::jobs))
         .route("/jobs/{id}", get(pages::job))
+        .route("/jobs/{id}/abort", post(actions::abort))
         .route("/api/stacks", get(live::stacks_json))
         .route("/api/jobs/{id}", get(live::job_json))
         .route("/events/stacks", get(live::stacks_sse))

@@ -1098,6 +1098,7 @@ pub async fn job(State(st): State<Arc<Portal>>, auth: Auth, Path(id): Path<Strin
         r#"<div id="live-root"{live}>
 <nav class="crumbs"><a href="/jobs">Jobs</a> › <code>{id}</code></nav>
 <div class="titlebar"><h1>Job {kind} <span id="job-badge">{badge}</span></h1><span class="live" id="live">{live_word}</span></div>
+{abort}
 <dl class="facts" id="job-facts">{facts}</dl>
 <h2>Progress</h2>
 <table class="grid" id="job-progress"><thead><tr><th>VM</th><th>Action</th><th>To / on</th><th>Progress</th><th>Result</th></tr></thead>
@@ -1115,6 +1116,7 @@ pub async fn job(State(st): State<Arc<Portal>>, auth: Auth, Path(id): Path<Strin
         } else {
             "live"
         },
+        abort = abort_form(&auth, &j),
         facts = job_facts(&j),
         progress = job_progress_rows(&j, &LiveProgress::new()),
         report = job_report(&j),
@@ -1128,6 +1130,26 @@ pub async fn job(State(st): State<Arc<Portal>>, auth: Auth, Path(id): Path<Strin
             &format!("Job {}", crate::output::short(&j.id)),
             &body,
         ),
+    )
+}
+
+/// The Abort button of a running job (operators only): nothing new starts,
+/// migrations in flight are cancelled, the report says where every VM is.
+fn abort_form(auth: &Auth, j: &crate::jobs::Job) -> String {
+    if j.state.is_terminal() {
+        return String::new();
+    }
+    if !auth.can_act() {
+        return format!(r#"<p class="note">Abort: {NEEDS_OPERATOR}.</p>"#);
+    }
+    format!(
+        r#"<form method="post" action="/jobs/{id}/abort" id="abort-form">
+{csrf}
+<button type="submit" id="abort-submit">Abort</button>
+<small>Nothing new starts; migrations in flight are cancelled (their VMs keep running on the source); a node in maintenance stays in maintenance.</small>
+</form>"#,
+        id = url(&j.id),
+        csrf = csrf_field(auth),
     )
 }
 

@@ -131,8 +131,21 @@ fn describe(dom: &Domain) -> Result<Vm, VirtError> {
         vcpus: info.nr_virt_cpu,
         memory_mib: info.max_mem / 1024,
         persistent: dom.is_persistent().unwrap_or(false),
+        not_migratable: if meta.no_live_migration {
+            Some("marked migratable=\"no\" in its nodemaint metadata".into())
+        } else {
+            // A passed-through host device cannot follow the VM.
+            dom.xml_desc(0)
+                .ok()
+                .filter(|xml| xml.contains("<hostdev"))
+                .map(|_| "has a host device (<hostdev>) attached".into())
+        },
     })
 }
+
+/// How long a migration may take to stop after its abort before the agent
+/// answers without waiting for it.
+const ABORT_GRACE: Duration = Duration::from_secs(30);
 
 impl Hypervisor for LibvirtHypervisor {
     fn list(&self) -> Result<Vec<Vm>, HvError> {
@@ -148,6 +161,20 @@ impl Hypervisor for LibvirtHypervisor {
             }
             vms.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(vms)
+        })
+    }
+
+    fn probe(&self, uri: &str) -> Result<(), HvError> {
+        // Dropping the connection closes it.
+        let c = Connect::open(Some(uri)).map_err(|e| HvError::Connection {
+            uri: uri.to_string(),
+            message: e.message().to_string(),
+        })?;
+        let alive = c.is_alive().unwrap_or(false);
+        drop(c);
+        alive.then_some(()).ok_or_else(|| HvError::Connection {
+            uri: uri.to_string(),
+            message: "connection opened but not alive".into(),
         })
     }
 
@@ -233,15 +260,60 @@ impl Hypervisor for LibvirtHypervisor {
         let started = Instant::now();
         let mut last_sample = started;
         let mut total_seen = 0u64;
-        let mut aborted = false;
+        // The lowest data-remaining seen and when: progress means a new low.
+        let mut lowest = (u64::MAX, started);
+        let mut aborted: Option<HvError> = None;
+        // libvirt refuses an abort in some phases (before the data phase,
+        // after the switch-over): repeat it each second until it is taken.
+        let mut abort_taken = false;
+        let mut last_abort = started;
+        let mut abort_since = started;
         while !worker.is_finished() {
             std::thread::sleep(Duration::from_millis(50));
-            if !aborted && started.elapsed() >= target.timeout {
+            if aborted.is_none() {
+                aborted = if started.elapsed() >= target.timeout {
+                    Some(HvError::Timeout {
+                        vm: vm.to_string(),
+                        secs: target.timeout.as_secs(),
+                    })
+                } else if lowest.1.elapsed() >= target.progress_timeout {
+                    Some(HvError::NoProgress {
+                        vm: vm.to_string(),
+                        secs: target.progress_timeout.as_secs(),
+                    })
+                } else {
+                    target.cancel.requested().map(|reason| HvError::Cancelled {
+                        vm: vm.to_string(),
+                        reason,
+                    })
+                };
+                if let Some(why) = &aborted {
+                    tracing::warn!(vm, reason = %why, "aborting the migration job");
+                    last_abort = started; // abort now
+                    abort_since = Instant::now();
+                }
+            }
+            // Bounded even when libvirt cannot stop it (a connect stuck in
+            // SYN retries ignores the cancel): answer, and leave the job to
+            // libvirt; the inventory shows where the VM ends up.
+            if let Some(why) = &aborted {
+                if abort_since.elapsed() >= ABORT_GRACE {
+                    return Err(HvError::Other(format!(
+                        "{why}; but libvirt did not stop the migration within {} s of the abort: \
+                         it still holds the job, and the inventory will show where {vm} runs",
+                        ABORT_GRACE.as_secs()
+                    )));
+                }
+            }
+            if aborted.is_some() && !abort_taken && last_abort.elapsed() >= Duration::from_secs(1) {
                 // The safe wrapper has no virDomainAbortJob; this is the one
-                // raw call of the backend. The pointer is valid while `dom` lives.
+                // raw call of the backend. The pointer is valid while `dom`
+                // lives. Past the switch-over the migration completes anyway:
+                // the worker's result says which.
                 let rc = unsafe { sys::virDomainAbortJob(dom.as_ptr()) };
-                tracing::warn!(vm, rc, "migration timed out, aborting the job");
-                aborted = true;
+                abort_taken = rc == 0;
+                last_abort = Instant::now();
+                tracing::info!(vm, rc, "virDomainAbortJob");
             }
             if last_sample.elapsed() < Duration::from_secs(1) {
                 continue;
@@ -256,6 +328,9 @@ impl Hypervisor for LibvirtHypervisor {
                 let remaining = stats.data_remaining.unwrap_or(0);
                 if total > 0 {
                     total_seen = total;
+                    if remaining < lowest.0 {
+                        lowest = (remaining, Instant::now());
+                    }
                     progress(MigrateProgress {
                         percent: (processed as f64 * 100.0 / total as f64).min(100.0),
                         bytes_processed: processed,
@@ -276,11 +351,7 @@ impl Hypervisor for LibvirtHypervisor {
                 });
                 Ok(())
             }
-            Err(_) if aborted => Err(HvError::Timeout {
-                vm: vm.to_string(),
-                secs: target.timeout.as_secs(),
-            }),
-            Err(e) => Err(map_err(e)),
+            Err(e) => Err(aborted.unwrap_or_else(|| map_err(e))),
         }
     }
 

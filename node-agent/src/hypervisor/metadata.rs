@@ -4,9 +4,14 @@
 //! ```xml
 //! <metadata>
 //!   <nodemaint:vm xmlns:nodemaint="https://nodemaint.dev/xmlns/vm/1"
-//!                 kind="vfw" cloudspace="cs1" anti-affinity="db"/>
+//!                 kind="vfw" cloudspace="cs1" anti-affinity="db"
+//!                 migratable="no"/>
 //! </metadata>
 //! ```
+//!
+//! `migratable="no"` marks a VM that must not be live-migrated (a licence
+//! bound to the host, a device the planner can't see); a drain then needs
+//! `--fallback stop|cold`. Absent means migratable.
 
 use nodemaint_proto::model::VmKind;
 
@@ -18,6 +23,8 @@ pub struct VmMetadata {
     pub kind: VmKind,
     pub cloudspace: Option<String>,
     pub anti_affinity: Option<String>,
+    /// `migratable="no"`.
+    pub no_live_migration: bool,
 }
 
 /// Parses the element libvirt returns for our namespace. Unknown or missing
@@ -32,6 +39,12 @@ pub fn parse(xml: &str) -> VmMetadata {
         kind,
         cloudspace: attr(xml, "cloudspace").filter(|s| !s.is_empty()),
         anti_affinity: attr(xml, "anti-affinity").filter(|s| !s.is_empty()),
+        no_live_migration: matches!(
+            attr(xml, "migratable")
+                .map(|v| v.to_ascii_lowercase())
+                .as_deref(),
+            Some("no" | "false" | "0")
+        ),
     }
 }
 
@@ -47,6 +60,9 @@ pub fn element(meta: &VmMetadata) -> String {
     }
     if let Some(aa) = &meta.anti_affinity {
         s.push_str(&format!(" anti-affinity=\"{}\"", escape(aa)));
+    }
+    if meta.no_live_migration {
+        s.push_str(" migratable=\"no\"");
     }
     s.push_str("/>");
     s
@@ -67,26 +83,27 @@ fn unescape(s: &str) -> String {
 }
 
 /// Value of attribute `name` on the first element (either quote style).
+/// Attributes are read in order, each value skipped as a whole, so text
+/// inside one value (a cloudspace named `x anti-affinity="g"`) is never
+/// taken for another attribute.
 fn attr(xml: &str, name: &str) -> Option<String> {
     let start = xml.find('<')?;
-    let end = xml[start..].find('>')? + start;
-    let tag = &xml[start..end];
-    let mut rest = tag;
-    while let Some(pos) = rest.find(name) {
-        let before = rest[..pos].chars().last();
-        let after = &rest[pos + name.len()..];
-        let after_trim = after.trim_start();
-        if before.is_some_and(char::is_whitespace) && after_trim.starts_with('=') {
-            let value = after_trim[1..].trim_start();
-            let quote = value.chars().next()?;
-            if quote == '"' || quote == '\'' {
-                let close = value[1..].find(quote)?;
-                return Some(unescape(&value[1..1 + close]));
-            }
+    let tag = &xml[start + 1..];
+    let mut rest = &tag[tag.find(|c: char| c.is_whitespace() || c == '/' || c == '>')?..];
+    loop {
+        rest = rest.trim_start();
+        if rest.is_empty() || rest.starts_with(['>', '/']) {
+            return None;
         }
-        rest = &rest[pos + name.len()..];
+        let (key, after) = rest.split_once('=')?;
+        let after = after.trim_start();
+        let quote = after.chars().next().filter(|q| *q == '"' || *q == '\'')?;
+        let value_len = after[1..].find(quote)?;
+        if key.trim() == name {
+            return Some(unescape(&after[1..1 + value_len]));
+        }
+        rest = &after[1 + value_len + 1..];
     }
-    None
 }
 
 #[cfg(test)]
@@ -116,6 +133,8 @@ mod tests {
         assert_eq!(parse(""), VmMetadata::default());
         assert_eq!(parse("not xml at all"), VmMetadata::default());
         assert_eq!(parse("<vm kindness=\"vfw\"/>").kind, VmKind::User);
+        assert!(!parse("<vm migratable='yes'/>").no_live_migration);
+        assert!(parse("<vm migratable='No'/>").no_live_migration);
     }
 
     #[test]
@@ -124,7 +143,23 @@ mod tests {
             kind: VmKind::Vfw,
             cloudspace: Some("cs \"9\"".into()),
             anti_affinity: Some("g".into()),
+            no_live_migration: true,
         };
         assert_eq!(parse(&element(&m)), m);
+    }
+
+    #[test]
+    fn text_inside_a_value_is_not_another_attribute() {
+        // Found by `bench fuzz`: the old scan matched `anti-affinity=`
+        // inside the cloudspace's value.
+        let m = VmMetadata {
+            kind: VmKind::Vfw,
+            cloudspace: Some("cs anti-affinity=".into()),
+            anti_affinity: Some("grp".into()),
+            no_live_migration: false,
+        };
+        assert_eq!(parse(&element(&m)), m);
+        let xml = r#"<vm cloudspace='x kind="vfw"' kind="user"/>"#;
+        assert_eq!(parse(xml).kind, VmKind::User);
     }
 }

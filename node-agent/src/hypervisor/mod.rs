@@ -24,6 +24,28 @@ pub struct MigrateTarget {
     pub timeout: Duration,
     /// Bandwidth cap in MiB/s, 0 for unlimited.
     pub max_speed_mibs: u64,
+    /// Abort when the data remaining has not reached a new low for this
+    /// long (a migration that does not converge or whose link stalled).
+    pub progress_timeout: Duration,
+    /// Set (with a reason) to cancel the migration; checked while it runs.
+    pub cancel: Cancel,
+}
+
+/// A cancellation request shared between the agent and a running migration.
+#[derive(Clone, Debug, Default)]
+pub struct Cancel(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+
+impl Cancel {
+    pub fn request(&self, reason: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .get_or_insert_with(|| reason.to_string());
+    }
+
+    pub fn requested(&self) -> Option<String> {
+        self.0.lock().unwrap().clone()
+    }
 }
 
 /// A migration progress sample from the domain's job stats.
@@ -52,6 +74,10 @@ pub enum HvError {
     WrongState(String),
     #[error("migration of {vm} aborted after {secs} s timeout; it still runs on the source")]
     Timeout { vm: String, secs: u64 },
+    #[error("migration of {vm} made no progress for {secs} s and was aborted; it still runs on the source")]
+    NoProgress { vm: String, secs: u64 },
+    #[error("migration of {vm} cancelled ({reason}); it still runs on the source")]
+    Cancelled { vm: String, reason: String },
     #[error("cannot connect to {uri}: {message}")]
     Connection { uri: String, message: String },
     #[error("libvirt error {code} ({domain}): {message}")]
@@ -75,6 +101,8 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn stop(&self, vm: &str, graceful: Duration) -> Result<StopOutcome, HvError>;
     /// Define (persistently) from domain XML; returns the domain name.
     fn define(&self, xml: &str) -> Result<String, HvError>;
+    /// Whether this host's libvirt can open `uri` (a destination's).
+    fn probe(&self, uri: &str) -> Result<(), HvError>;
     /// Live (offline when shut off), peer-to-peer, persistent on the
     /// destination, undefined on the source. `progress` is called about
     /// once a second while it runs.

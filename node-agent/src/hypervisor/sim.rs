@@ -106,6 +106,18 @@ impl Hypervisor for SimHypervisor {
         Ok(self.capacity)
     }
 
+    fn probe(&self, uri: &str) -> Result<(), HvError> {
+        let node = uri.strip_prefix(SCHEME).unwrap_or(uri);
+        if self.world.nodes.lock().unwrap().contains_key(node) {
+            Ok(())
+        } else {
+            Err(HvError::Connection {
+                uri: uri.to_string(),
+                message: "no such simulated node".into(),
+            })
+        }
+    }
+
     fn start(&self, vm: &str) -> Result<(), HvError> {
         self.with_vm(vm, |v| {
             if v.state == VmState::Running {
@@ -152,6 +164,7 @@ impl Hypervisor for SimHypervisor {
                 .unwrap_or(0)
                 / 1024,
             persistent: true,
+            not_migratable: None,
         };
         self.world.add_vm(&self.node, vm);
         Ok(name)
@@ -200,13 +213,19 @@ impl Hypervisor for SimHypervisor {
                     secs: target.timeout.as_secs(),
                 });
             }
+            if let Some(reason) = target.cancel.requested() {
+                return Err(HvError::Cancelled {
+                    vm: vm.to_string(),
+                    reason,
+                });
+            }
             let frac = elapsed.as_secs_f64() / total.as_secs_f64();
             progress(MigrateProgress {
                 percent: frac * 100.0,
                 bytes_processed: (total_bytes as f64 * frac) as u64,
                 bytes_remaining: (total_bytes as f64 * (1.0 - frac)) as u64,
             });
-            std::thread::sleep((total - elapsed).min(Duration::from_secs(1)));
+            std::thread::sleep((total - elapsed).min(Duration::from_millis(200)));
         }
         // Switch-over is atomic: the VM is never on both nodes, nor on none.
         let mut nodes = self.world.nodes.lock().unwrap();

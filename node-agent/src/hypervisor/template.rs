@@ -72,6 +72,7 @@ mod tests {
                 kind: VmKind::Vfw,
                 cloudspace: Some("cs9".into()),
                 anti_affinity: None,
+                no_live_migration: false,
             },
         };
         let xml = render(&spec, "test", None);

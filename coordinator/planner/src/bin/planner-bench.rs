@@ -111,6 +111,7 @@ fn first_fit(fleet: &Fleet, node: &str) -> Option<Vec<Move>> {
             to: n.name.clone(),
             wave: 0,
             kind: v.kind,
+            not_migratable: None,
         });
     }
     Some(moves)

@@ -1,0 +1,418 @@
+//! Observability: the coordinator's and agents' Prometheus `/metrics`
+//! endpoints move as jobs run (test-driver agents, and simulated agents for
+//! successful migrations), and JSON logs put the job id and node on every
+//! line about a job.
+
+use nodemaint_tests::*;
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::process::Command;
+use std::time::Duration;
+
+/// `GET /metrics` on 127.0.0.1:port; the body, after checking the status
+/// and the exposition content type.
+fn scrape(port: u16) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    body.to_string()
+}
+
+/// The value of the series `name{labels}` (labels exactly as rendered, in
+/// order), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().expect("a number"))
+}
+
+fn value(text: &str, series: &str) -> f64 {
+    sample(text, series).unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+}
+
+/// Every family has `# HELP` and `# TYPE`, and every sample line parses.
+fn assert_well_formed(text: &str) {
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(matches!(kind, "counter" | "gauge" | "histogram"), "{line}");
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{name} has no HELP"
+            );
+        } else if !line.starts_with('#') {
+            let (_, v) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+            assert!(v == "+Inf" || v.parse::<f64>().is_ok(), "{line:?}");
+        }
+    }
+}
+
+/// Starts the coordinator with `--metrics-listen` and JSON logs; returns the
+/// metrics port.
+fn start_coordinator(f: &mut Fleet) -> u16 {
+    let port = free_port();
+    let p = Proc::spawn(
+        "coordinator",
+        Command::new(bin("coordinator"))
+            .args(["serve", "--config"])
+            .arg(&f.config)
+            .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
+            .args(["--log-format", "json"])
+            .env("NATS_URL", &f.nats.url)
+            .env("RUST_LOG", "info"),
+        f.dir.path().join("coordinator.log"),
+    );
+    f.coordinator = Some(p);
+    wait_for(Duration::from_secs(20), "coordinator to answer", || {
+        f.cli("alice", &["node", "list"]).status.success()
+    });
+    port
+}
+
+/// Starts a test-driver agent with `metrics_listen` and JSON logs; returns
+/// the metrics port.
+fn start_agent(f: &mut Fleet, node: &str, doms: &[Dom], extra: &str) -> u16 {
+    let port = free_port();
+    node_xml(&f.dir.path().join(format!("{node}.xml")), 8192, 8, doms);
+    std::fs::write(
+        f.dir.path().join(format!("{node}.boot_id")),
+        format!("boot-{node}-1\n"),
+    )
+    .unwrap();
+    f.agent_extra.insert(
+        node.into(),
+        format!("metrics_listen = \"127.0.0.1:{port}\"\n{extra}"),
+    );
+    let cfg = f.agent_config(node);
+    let p = Proc::spawn(
+        &format!("agent {node}"),
+        Command::new(bin("node-agent"))
+            .arg("--config")
+            .arg(cfg)
+            .env("NODEMAINT_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info"),
+        f.dir.path().join(format!("agent-{node}.log")),
+    );
+    f.agents.push((node.to_string(), Some(p)));
+    port
+}
+
+/// The id of the job a CLI command (run with `--output json`) created.
+fn job_id(out: &std::process::Output) -> String {
+    stdout(out)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|v| v["job"]["id"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("no job in {}", stdout(out)))
+}
+
+/// The JSON log lines whose text mentions `job`: each must be logged inside
+/// a span carrying `job_id = job` and a `node` (the expected one when given).
+/// Returns how many there were.
+fn assert_job_lines_carry_ids(log: &str, job: &str, node: Option<&str>) -> usize {
+    let mut n = 0;
+    for line in log.lines().filter(|l| l.contains(job)) {
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        let spans = v["spans"].as_array().cloned().unwrap_or_default();
+        let span = spans
+            .iter()
+            .rev()
+            .find(|s| s["job_id"] == job)
+            .unwrap_or_else(|| panic!("line about job {job} outside its span: {line}"));
+        // The innermost span naming a node (a rolling job's node pipeline
+        // nests inside the job span).
+        let line_node = spans
+            .iter()
+            .rev()
+            .find_map(|s| s["node"].as_str())
+            .unwrap_or_else(|| panic!("no node on {line}"));
+        assert!(!line_node.is_empty(), "empty node on {line}");
+        if let Some(want) = node {
+            assert_eq!(line_node, want, "{line}");
+        }
+        assert!(span["job_id"].is_string());
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn metrics_move_with_jobs_and_json_logs_name_job_and_node() {
+    let mut f = Fleet::start_bare();
+    let cport = start_coordinator(&mut f);
+    let checks = "[[checks]]\nname = \"good\"\ntype = \"command\"\ncommand = \"true\"\n\
+                  [[checks]]\nname = \"bad\"\ntype = \"command\"\ncommand = \"false\"\n";
+    let a1 = start_agent(
+        &mut f,
+        "node1",
+        &[Dom::user("vm-a", "cs1"), Dom::user("vm-b", "cs1")],
+        checks,
+    );
+    let a2 = start_agent(&mut f, "node2", &[Dom::user("vm-c", "cs2")], "");
+    f.wait_registered();
+
+    // Before any job: nothing in flight, both nodes heartbeating, zeroed
+    // agent counters.
+    let c0 = scrape(cport);
+    assert_well_formed(&c0);
+    assert_eq!(value(&c0, "nodemaint_migrations_in_flight"), 0.0);
+    assert_eq!(value(&c0, "nodemaint_migrated_bytes_total"), 0.0);
+    for node in ["node1", "node2"] {
+        let age = value(
+            &c0,
+            &format!("nodemaint_node_heartbeat_age_seconds{{node=\"{node}\"}}"),
+        );
+        assert!((0.0..5.0).contains(&age), "{node} heartbeat age {age}");
+        assert_eq!(
+            value(&c0, &format!("nodemaint_node_reachable{{node=\"{node}\"}}")),
+            1.0
+        );
+    }
+    wait_for(Duration::from_secs(10), "the leader gauge", || {
+        sample(&scrape(cport), "nodemaint_leader") == Some(1.0)
+    });
+    let n1 = scrape(a1);
+    assert_well_formed(&n1);
+    assert_eq!(
+        value(&n1, "nodemaint_agent_migrations_in_flight{node=\"node1\"}"),
+        0.0
+    );
+
+    // A stop job: one command, ok, counted by both sides.
+    let out = f.cli("alice", &["vm", "stop", "vm-a", "--output", "json"]);
+    ok(&out);
+    let stop_job = job_id(&out);
+    let c1 = scrape(cport);
+    assert_eq!(
+        value(&c1, "nodemaint_jobs{kind=\"vm.stop\",state=\"SUCCEEDED\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&c1, "nodemaint_jobs{kind=\"vm.stop\",state=\"RUNNING\"}"),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &c1,
+            "nodemaint_command_duration_seconds_count{action=\"stop\",result=\"ok\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &c1,
+            "nodemaint_command_duration_seconds_bucket{action=\"stop\",result=\"ok\",le=\"+Inf\"}"
+        ),
+        1.0
+    );
+    let sum = value(
+        &c1,
+        "nodemaint_command_duration_seconds_sum{action=\"stop\",result=\"ok\"}",
+    );
+    assert!(sum > 0.0 && sum < 60.0, "stop took {sum} s");
+    let n1 = scrape(a1);
+    assert_eq!(
+        value(
+            &n1,
+            "nodemaint_agent_command_duration_seconds_count{node=\"node1\",action=\"stop\",result=\"ok\"}"
+        ),
+        1.0
+    );
+    // node2 executed nothing.
+    assert!(!scrape(a2).contains("nodemaint_agent_command_duration_seconds_count"));
+
+    // A move: the test driver cannot migrate, so it fails; the migration was
+    // in flight and is not any more, and no bytes were counted.
+    let out = f.cli(
+        "alice",
+        &["vm", "move", "vm-b", "--to", "node2", "--output", "json"],
+    );
+    assert!(!out.status.success(), "the test driver cannot migrate");
+    let move_job = job_id(&out);
+    let c2 = scrape(cport);
+    assert_eq!(
+        value(&c2, "nodemaint_jobs{kind=\"vm.move\",state=\"FAILED\"}"),
+        1.0
+    );
+    assert_eq!(value(&c2, "nodemaint_migrations_in_flight"), 0.0);
+    assert_eq!(
+        value(
+            &c2,
+            "nodemaint_migration_duration_seconds_count{result=\"failed\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &c2,
+            "nodemaint_command_duration_seconds_count{action=\"migrate\",result=\"failed\"}"
+        ),
+        1.0
+    );
+    assert_eq!(value(&c2, "nodemaint_migrated_bytes_total"), 0.0);
+    let n1 = scrape(a1);
+    assert_eq!(
+        value(
+            &n1,
+            "nodemaint_agent_migration_duration_seconds_count{node=\"node1\",result=\"failed\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&n1, "nodemaint_agent_migrations_in_flight{node=\"node1\"}"),
+        0.0
+    );
+    assert_eq!(
+        value(&n1, "nodemaint_agent_migrated_bytes_total{node=\"node1\"}"),
+        0.0
+    );
+
+    // Service checks: the failing check is counted, the passing one is not.
+    let out = f.cli("bob", &["node", "check", "node1"]);
+    assert!(!out.status.success(), "check `bad` fails");
+    let n1 = scrape(a1);
+    let check = |d: &str, c: &str| value(&n1, &format!("{d}{{node=\"node1\",check=\"{c}\"}}"));
+    assert_eq!(check("nodemaint_agent_check_runs_total", "bad"), 1.0);
+    assert_eq!(check("nodemaint_agent_check_failures_total", "bad"), 1.0);
+    assert_eq!(check("nodemaint_agent_check_runs_total", "good"), 1.0);
+    assert_eq!(check("nodemaint_agent_check_failures_total", "good"), 0.0);
+
+    // JSON logs: every line about each job names the job and its node.
+    let clog = f.coordinator_log();
+    let alog = f.agent_log("node1");
+    assert!(
+        assert_job_lines_carry_ids(&clog, &stop_job, Some("node1")) > 0,
+        "the coordinator logged nothing about job {stop_job}:\n{clog}"
+    );
+    assert!(assert_job_lines_carry_ids(&clog, &move_job, Some("node1")) > 0);
+    assert!(
+        assert_job_lines_carry_ids(&alog, &stop_job, Some("node1")) >= 1,
+        "the agent's executing/done lines for {stop_job}:\n{alog}"
+    );
+    assert!(assert_job_lines_carry_ids(&alog, &move_job, Some("node1")) >= 1);
+    // The lines logged while executing the command carry the ids even
+    // when their text does not mention the job.
+    let done: Vec<Value> = alog
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "command done")
+        .collect();
+    assert!(done.len() >= 3, "{alog}");
+    for v in &done {
+        assert!(v["span"]["job_id"].is_string(), "{v}");
+        assert_eq!(v["span"]["node"], "node1", "{v}");
+    }
+}
+
+#[test]
+fn successful_migrations_count_their_bytes_on_both_sides() {
+    let mut f = Fleet::start_bare();
+    let cport = start_coordinator(&mut f);
+    let sport = free_port();
+    let vm_mib: u64 = 256;
+    let _sim = Proc::spawn(
+        "sim-fleet",
+        Command::new(bin("sim-fleet")).args([
+            "--nats-url",
+            &f.nats.url,
+            "--nodes",
+            "3",
+            "--vms-per-node",
+            "2",
+            "--cloudspaces",
+            "1",
+            "--vm-memory-mib",
+            &vm_mib.to_string(),
+            "--time-scale",
+            "0.05",
+            "--heartbeat-interval-ms",
+            "300",
+            "--check-invariants",
+            "--state-dir",
+            f.dir.path().join("sim").to_str().unwrap(),
+            "--metrics-listen",
+            &format!("127.0.0.1:{sport}"),
+        ]),
+        f.dir.path().join("sim-fleet.log"),
+    );
+    wait_for(Duration::from_secs(30), "3 simulated nodes", || {
+        let v = f.cli_json("bob", &["node", "list"]);
+        v.as_array().is_some_and(|a| {
+            a.iter()
+                .filter(|n| n["reachable"] == true && n["vms_total"].as_u64() > Some(0))
+                .count()
+                == 3
+        })
+    });
+    // sim0002 holds two user VMs (the cloudspace's VFW is on sim0001).
+    let out = f.cli(
+        "alice",
+        &[
+            "maintenance",
+            "start",
+            "sim0002",
+            "--mode",
+            "move",
+            "--output",
+            "json",
+        ],
+    );
+    ok(&out);
+    let job = job_id(&out);
+    let c = scrape(cport);
+    assert_well_formed(&c);
+    assert_eq!(
+        value(
+            &c,
+            "nodemaint_jobs{kind=\"maintenance.start\",state=\"SUCCEEDED\"}"
+        ),
+        1.0
+    );
+    assert_eq!(value(&c, "nodemaint_migrations_in_flight"), 0.0);
+    assert_eq!(
+        value(
+            &c,
+            "nodemaint_migration_duration_seconds_count{result=\"ok\"}"
+        ),
+        2.0
+    );
+    let bytes = 2.0 * (vm_mib * 1024 * 1024) as f64;
+    assert_eq!(value(&c, "nodemaint_migrated_bytes_total"), bytes);
+    let s = scrape(sport);
+    assert_well_formed(&s);
+    assert_eq!(
+        value(&s, "nodemaint_agent_migrated_bytes_total{node=\"sim0002\"}"),
+        bytes
+    );
+    assert_eq!(
+        value(
+            &s,
+            "nodemaint_agent_migration_duration_seconds_count{node=\"sim0002\",result=\"ok\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(&s, "nodemaint_agent_migrations_in_flight{node=\"sim0002\"}"),
+        0.0
+    );
+    assert_eq!(
+        value(&s, "nodemaint_agent_migrated_bytes_total{node=\"sim0001\"}"),
+        0.0
+    );
+    let clog = f.coordinator_log();
+    assert!(assert_job_lines_carry_ids(&clog, &job, Some("sim0002")) > 0);
+}

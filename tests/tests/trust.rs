@@ -1,0 +1,332 @@
+//! Maintenance operators can trust, on libvirt's test driver: pre-flight
+//! (each failed check refuses, names itself and changes nothing; `--dry-run`
+//! shows the checks), cordon (`--mode none`), request-id idempotency, and
+//! the refusals of abort and retry. Aborts, deadlines, fallbacks, retries
+//! and migration slots with real migrations are in `lab_trust`.
+
+use nodemaint_proto::pb;
+use nodemaint_tests::*;
+use serde_json::Value;
+use std::time::Duration;
+
+fn status(f: &Fleet, node: &str) -> String {
+    f.cli_json("bob", &["node", "show", node])["node"]["status"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn job_count(f: &Fleet) -> usize {
+    f.cli_json("bob", &["job", "list"])
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+fn vm_node(f: &Fleet, vm: &str) -> String {
+    let all = f.cli_json("bob", &["vm", "list"]);
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == vm)
+        .unwrap_or_else(|| panic!("{vm} missing: {all}"))["node"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Asserts a refusal: non-zero exit, every `needles` in stderr, and nothing
+/// changed (node status and number of jobs).
+fn refused(f: &Fleet, args: &[&str], needles: &[&str], node: &str) {
+    let (before_status, before_jobs) = (status(f, node), job_count(f));
+    let out = f.cli("alice", args);
+    assert!(!out.status.success(), "{args:?} should be refused");
+    let err = stderr(&out);
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: {n:?} not in: {err}");
+    }
+    assert_eq!(status(f, node), before_status, "{args:?} changed {node}");
+    assert_eq!(job_count(f), before_jobs, "{args:?} created a job");
+}
+
+#[test]
+fn preflight_refuses_naming_the_check_and_changes_nothing() {
+    let mut f = Fleet::start_with_config(
+        "[preflight]\nheadroom_percent = 50\nmax_nodes_in_maintenance = 1\n",
+    );
+    // vm-a fits on node2 only without the 50% headroom.
+    f.add_agent_with("node1", 8192, &[Dom::user("vm-a", "cs1").sized(3000)]);
+    f.add_agent_with("node2", 4096, &[Dom::user("vm-e", "cs1").sized(64)]);
+    f.add_agent_with("node3", 4096, &[Dom::user("vm-d", "cs1").sized(512)]);
+    f.wait_registered();
+
+    // A passing dry run shows every check and the plan, and changes nothing.
+    let dry = f.cli_json(
+        "bob", // read-only: a Level1 operator may look
+        &[
+            "maintenance",
+            "start",
+            "node3",
+            "--mode",
+            "move",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(dry["ok"], true, "{dry}");
+    let names: Vec<&str> = dry["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for n in [
+        "capacity",
+        "agents reachable",
+        "protocol version",
+        "destination libvirt",
+        "maintenance limit",
+        "no conflicting job",
+        "migratable",
+    ] {
+        assert!(names.contains(&n), "{n} missing from {names:?}");
+    }
+    assert_eq!(dry["plan"]["moves"][0]["to"], "node2", "{dry}");
+    assert_eq!(status(&f, "node3"), "ENABLED");
+    assert_eq!(job_count(&f), 0);
+
+    // Capacity with headroom: refused, naming the VM and the headroom.
+    refused(
+        &f,
+        &["maintenance", "start", "node1", "--mode", "move"],
+        &[
+            "pre-flight refused",
+            "capacity",
+            "vm-a",
+            "50% memory headroom",
+        ],
+        "node1",
+    );
+    let out = f.cli(
+        "alice",
+        &[
+            "maintenance",
+            "start",
+            "node1",
+            "--mode",
+            "move",
+            "--dry-run",
+        ],
+    );
+    assert!(!out.status.success(), "a failing dry run exits non-zero");
+    assert!(stdout(&out).contains("FAIL") && stdout(&out).contains("capacity"));
+
+    // Cordon: unschedulable, nothing moved or stopped.
+    let out = f.cli(
+        "alice",
+        &["maintenance", "start", "node3", "--mode", "none"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(status(&f, "node3"), "MAINTENANCE");
+    assert_eq!(vm_node(&f, "vm-d"), "node3");
+    let vm_d = f.cli_json("bob", &["vm", "list", "--node", "node3"]);
+    assert_eq!(vm_d[0]["state"], "RUNNING");
+    // ... and no new VM lands there.
+    for i in 0..3 {
+        let name = format!("new{i}");
+        let out = f.cli(
+            "alice",
+            &["vm", "create", "--name", &name, "--memory", "64"],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_ne!(
+            vm_node(&f, &name),
+            "node3",
+            "{name} was placed on a cordoned node"
+        );
+    }
+
+    // The nodes-in-maintenance limit (1, node3 holds it).
+    refused(
+        &f,
+        &["maintenance", "start", "node2", "--mode", "stop"],
+        &["maintenance limit", "the limit is 1", "node3"],
+        "node2",
+    );
+
+    // Retry is for nodes in maintenance; abort for running jobs.
+    refused(
+        &f,
+        &["maintenance", "retry", "node2"],
+        &["node2 is ENABLED"],
+        "node2",
+    );
+    let jobs = f.cli_json("bob", &["job", "list"]);
+    let done = jobs[0]["id"].as_str().unwrap().to_string();
+    let out = f.cli("alice", &["job", "abort", &done]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("already ended"), "{}", stderr(&out));
+    let out = f.cli("alice", &["job", "abort", "no-such-job"]);
+    assert!(stderr(&out).contains("unknown job"), "{}", stderr(&out));
+    let out = f.cli("bob", &["job", "abort", &done]);
+    assert!(
+        stderr(&out).contains("Level2 or Level3"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A repeated request id gets the first job back, and nothing runs twice.
+    let first = f.cli_json(
+        "alice",
+        &[
+            "--request-id",
+            "enable-n3-1",
+            "node",
+            "enable",
+            "node3",
+            "--detach",
+        ],
+    );
+    let jobs_after_first = job_count(&f);
+    let again = f.cli_json(
+        "alice",
+        &[
+            "--request-id",
+            "enable-n3-1",
+            "node",
+            "enable",
+            "node3",
+            "--detach",
+        ],
+    );
+    assert_eq!(first["job_id"], again["job_id"], "{first} / {again}");
+    assert!(again["message"]
+        .as_str()
+        .unwrap()
+        .contains("already accepted"));
+    assert_eq!(job_count(&f), jobs_after_first);
+    wait_for(Duration::from_secs(10), "node3 enabled", || {
+        status(&f, "node3") == "ENABLED"
+    });
+
+    // An agent of an older release (no protocol version in its heartbeat)
+    // as a destination: refused, naming it.
+    let url = f.nats.url.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let old = std::thread::spawn(move || fake_old_agent(&url, "old1", &stop2));
+    wait_for(Duration::from_secs(10), "old1 registered", || {
+        f.cli_json("bob", &["node", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == "old1" && n["reachable"] == true)
+    });
+    refused(
+        &f,
+        &["maintenance", "start", "node3", "--mode", "move"],
+        &["protocol version", "node old1 speaks protocol 0"],
+        "node3",
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    old.join().unwrap();
+}
+
+/// Heartbeats like an agent older than the protocol-version field, with a
+/// lot of free memory so the planner picks it as a destination.
+fn fake_old_agent(url: &str, node: &str, stop: &std::sync::atomic::AtomicBool) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let subjects = nodemaint_proto::subjects::Subjects::new("nodemaint");
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let hb = pb::Heartbeat {
+                boot_id: "old-boot".into(),
+                agent_version: "0.0.9".into(),
+                capacity: Some(pb::HostCapacity {
+                    vcpus: 64,
+                    memory_mib: 1 << 20,
+                }),
+                address: "127.0.0.9".into(),
+                libvirt_uri: "test:///default".into(),
+                interval_ms: 500,
+                protocol_version: 0,
+                ..Default::default()
+            };
+            let _ = nodemaint_proto::bus::publish_event(
+                &js,
+                &subjects,
+                node,
+                "",
+                pb::event::Body::Heartbeat(hb),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+    });
+}
+
+#[test]
+fn dry_run_of_a_pinned_vm_asks_for_a_fallback() {
+    let mut f = Fleet::start();
+    f.add_agent(
+        "node1",
+        &[Dom::user("pinned", "cs1").pinned(), Dom::vfw("cs1")],
+    );
+    f.add_agent("node2", &[Dom::user("vm-e", "cs1")]);
+    f.wait_registered();
+    let v: Value = f
+        .cli_json("bob", &["vm", "list", "--node", "node1"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "pinned")
+        .cloned()
+        .unwrap();
+    assert!(
+        v["not_migratable"]
+            .as_str()
+            .unwrap()
+            .contains("migratable=\"no\""),
+        "{v}"
+    );
+    // No fallback: refused, naming the VM and the way out.
+    refused(
+        &f,
+        &["maintenance", "start", "node1", "--mode", "move"],
+        &["migratable", "pinned", "--fallback stop or --fallback cold"],
+        "node1",
+    );
+    // A manual live move is refused too.
+    let out = f.cli("alice", &["vm", "move", "pinned", "--to", "node2"]);
+    assert!(
+        stderr(&out).contains("cannot live-migrate"),
+        "{}",
+        stderr(&out)
+    );
+    // With a fallback the plan passes and marks the VM.
+    let dry = f.cli_json(
+        "bob",
+        &[
+            "maintenance",
+            "start",
+            "node1",
+            "--mode",
+            "move",
+            "--fallback",
+            "stop",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(dry["ok"], true, "{dry}");
+    let m = dry["plan"]["moves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["vm"] == "pinned")
+        .unwrap();
+    assert!(m["not_migratable"].is_string());
+}
