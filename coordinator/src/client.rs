@@ -117,25 +117,33 @@ impl Client {
         filters: Vec<String>,
         deliver: consumer::DeliverPolicy,
     ) -> Result<consumer::pull::Ordered, ClientError> {
-        let stream = self
-            .js
-            .get_stream(self.subjects.events_stream())
-            .await
-            .map_err(|e| {
-                ClientError::Other(format!("events stream unavailable on {}: {e}", self.url))
-            })?;
-        let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subjects: filters,
-                deliver_policy: deliver,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| ClientError::Other(format!("cannot read events: {e}")))?;
-        consumer
-            .messages()
-            .await
-            .map_err(|e| ClientError::Other(format!("cannot read events: {e}")))
+        // While a cluster elects the stream's new leader (a server died),
+        // JetStream requests time out for a few seconds: try again.
+        let opened = nodemaint_proto::bus::retrying(
+            "events consumer",
+            Duration::from_secs(20),
+            || async {
+                let stream = self
+                    .js
+                    .get_stream(self.subjects.events_stream())
+                    .await
+                    .map_err(|e| format!("events stream unavailable on {}: {e}", self.url))?;
+                let consumer = stream
+                    .create_consumer(consumer::pull::OrderedConfig {
+                        filter_subjects: filters.clone(),
+                        deliver_policy: deliver,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| format!("cannot read events: {e}"))?;
+                Ok(consumer
+                    .messages()
+                    .await
+                    .map_err(|e| format!("cannot read events: {e}"))?)
+            },
+        )
+        .await;
+        opened.map_err(|e| ClientError::Other(e.to_string()))
     }
 
     /// Follows one operation's events from `from_seq` until its terminal job
