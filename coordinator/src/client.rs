@@ -119,10 +119,8 @@ impl Client {
     ) -> Result<consumer::pull::Ordered, ClientError> {
         // While a cluster elects the stream's new leader (a server died),
         // JetStream requests time out for a few seconds: try again.
-        let opened = nodemaint_proto::bus::retrying(
-            "events consumer",
-            Duration::from_secs(20),
-            || async {
+        let opened =
+            nodemaint_proto::bus::retrying("events consumer", Duration::from_secs(20), || async {
                 let stream = self
                     .js
                     .get_stream(self.subjects.events_stream())
@@ -140,9 +138,8 @@ impl Client {
                     .messages()
                     .await
                     .map_err(|e| format!("cannot read events: {e}"))?)
-            },
-        )
-        .await;
+            })
+            .await;
         opened.map_err(|e| ClientError::Other(e.to_string()))
     }
 
