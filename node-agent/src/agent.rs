@@ -497,11 +497,7 @@ impl Agent {
     /// or the result says so).
     async fn recover_migration(&self, m: &pb::MigrateVm) -> pb::CommandResult {
         use crate::recovery::{migration, Local, Migration};
-        let limit = if m.timeout_s > 0 {
-            m.timeout_s
-        } else {
-            self.cfg.migration_timeout_s
-        };
+        let limit = or_default(m.timeout_s, self.cfg.migration_timeout_s);
         let deadline = Instant::now() + Duration::from_secs(u64::from(limit) + 30);
         // Doubtful answers (destination unreachable, both or neither) get
         // a short grace before they are reported.
@@ -774,11 +770,7 @@ impl Agent {
     }
 
     async fn stop(&self, s: &pb::StopVm) -> pb::CommandResult {
-        let secs = if s.graceful_timeout_s > 0 {
-            s.graceful_timeout_s
-        } else {
-            self.cfg.stop_graceful_timeout_s
-        };
+        let secs = or_default(s.graceful_timeout_s, self.cfg.stop_graceful_timeout_s);
         let name = s.vm.clone();
         match self
             .blocking(move |hv| hv.stop(&name, Duration::from_secs(secs as u64)))
@@ -886,11 +878,10 @@ impl Agent {
         let target = MigrateTarget {
             libvirt_uri: m.dest_libvirt_uri.clone(),
             migrate_uri: m.dest_migrate_uri.clone(),
-            timeout: Duration::from_secs(if m.timeout_s > 0 {
-                m.timeout_s
-            } else {
-                self.cfg.migration_timeout_s
-            } as u64),
+            timeout: Duration::from_secs(u64::from(or_default(
+                m.timeout_s,
+                self.cfg.migration_timeout_s,
+            ))),
             max_speed_mibs: m.max_speed_mibs,
             progress_timeout: Duration::from_secs(if m.progress_timeout_s > 0 {
                 m.progress_timeout_s
@@ -963,6 +954,15 @@ impl Agent {
                 ..failed(hv_error(self.node(), &e))
             },
         }
+    }
+}
+
+/// A command's own value, or the agent's default when it gives none (0).
+fn or_default(given: u32, default: u32) -> u32 {
+    if given > 0 {
+        given
+    } else {
+        default
     }
 }
 
