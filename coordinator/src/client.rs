@@ -73,8 +73,15 @@ impl Client {
         let resp = loop {
             let r = tokio::time::timeout(
                 Duration::from_secs(secs),
-                self.nats
-                    .request(self.subjects.api(method), payload.clone()),
+                // The request's own timeout: the connection's (10 s) would
+                // cut off an accept that waits out a cluster election, and
+                // raising that one would slow every JetStream call's failure.
+                self.nats.send_request(
+                    self.subjects.api(method),
+                    async_nats::Request::new()
+                        .payload(payload.clone())
+                        .timeout(Some(Duration::from_secs(secs))),
+                ),
             )
             .await;
             match r {

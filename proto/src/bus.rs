@@ -40,10 +40,6 @@ pub async fn connect(urls: &str, name: &str) -> Result<async_nats::Client, BoxEr
     let opts = async_nats::ConnectOptions::new()
         .name(name)
         .connection_timeout(Duration::from_secs(5))
-        // Core requests (the CLI's API calls) may take ~10 s to be answered
-        // while a cluster elects stream leaders: async-nats' own 10 s default
-        // would cut them off first.
-        .request_timeout(Some(Duration::from_secs(30)))
         .max_reconnects(None)
         // Quick first retries: a restarted server is back within a second or two.
         .reconnect_delay_callback(|attempts| {
