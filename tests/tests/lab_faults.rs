@@ -49,7 +49,21 @@ fn drain_until_migrating(
     let held = held(lab, node);
     assert!(held.len() >= 2, "{node} holds {held:?}");
     faults::throttle(lab, node, mibs);
-    let id = must(faults::start_drain(lab, node));
+    // Main's pre-flight probes each destination's libvirt through the
+    // source agent; right after the cluster formed a probe can time out
+    // (refused, nothing changed): ask again, at most twice.
+    let mut started = faults::start_drain(lab, node);
+    for _ in 0..2 {
+        match &started {
+            Err(e) if e.contains("pre-flight") && e.contains("TIMEOUT") => {
+                eprintln!("pre-flight probe timed out, asking again: {e}");
+                std::thread::sleep(Duration::from_secs(2));
+                started = faults::start_drain(lab, node);
+            }
+            _ => break,
+        }
+    }
+    let id = must(started);
     let mut moving = None;
     assert!(
         wait_until(Duration::from_secs(30), || {
