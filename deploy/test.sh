@@ -19,5 +19,6 @@ cargo test --workspace -- --skip lab_
 # The lab suites: one lab each, one at a time (cargo runs test binaries in
 # turn; one thread inside each).
 cargo test --workspace -- --test-threads=1 --exact \
-    lab_migration_suite lab_maintenance_suite lab_rolling_suite lab_trust_suite lab_security_suite
+    lab_migration_suite lab_maintenance_suite lab_rolling_suite lab_trust_suite \
+    lab_security_suite lab_faults_suite
 echo "all tests passed in $(( $(date +%s) - started )) s"

@@ -29,7 +29,7 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment, propagate_version = true)]
 pub struct Cli {
-    /// NATS server URL.
+    /// NATS server URL, or every member of a cluster, comma-separated.
     #[arg(
         long,
         global = true,

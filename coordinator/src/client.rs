@@ -113,12 +113,12 @@ impl Client {
             req.request_id = self.request_id.clone().unwrap_or_default();
         }
         let method = req.method().expect("kind set");
-        let secs = 10;
+        // Generous: while a cluster elects new stream leaders after losing a
+        // server, an accept can take ~10 s.
+        let secs = 30;
         let subject = self.subjects.api(&self.user, req.is_mutating(), method);
+        let payload: bytes::Bytes = req.encode_to_vec().into();
         let mut refused = self.server_errors.subscribe();
-        let request = self
-            .nats
-            .request(subject.clone(), req.encode_to_vec().into());
         // A publish the server's permissions refuse never gets an answer:
         // report the refusal at once instead of a timeout.
         let violation = async {
@@ -127,6 +127,35 @@ impl Client {
                     Ok(e) if e.contains(&subject) => return e,
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(_) => std::future::pending::<()>().await,
+                }
+            }
+        };
+        // "No responders" means nobody got the request, so it is safe to ask
+        // again: for a few seconds, a coordinator may be reconnecting to
+        // another NATS server (the API's interest is not yet propagated).
+        let patience = tokio::time::Instant::now() + Duration::from_secs(5);
+        let request = async {
+            loop {
+                // The request's own timeout: the connection's (10 s) would
+                // cut off an accept that waits out a cluster election, and
+                // raising that one would slow every JetStream call's failure.
+                let r = self
+                    .nats
+                    .send_request(
+                        subject.clone(),
+                        async_nats::Request::new()
+                            .payload(payload.clone())
+                            .timeout(Some(Duration::from_secs(secs))),
+                    )
+                    .await;
+                match r {
+                    Err(e)
+                        if e.kind() == async_nats::RequestErrorKind::NoResponders
+                            && tokio::time::Instant::now() < patience =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(250)).await
+                    }
+                    other => break other,
                 }
             }
         };
@@ -177,25 +206,30 @@ impl Client {
         filters: Vec<String>,
         deliver: consumer::DeliverPolicy,
     ) -> Result<consumer::pull::Ordered, ClientError> {
-        let stream = self
-            .js
-            .get_stream(self.subjects.events_stream())
-            .await
-            .map_err(|e| {
-                ClientError::Other(format!("events stream unavailable on {}: {e}", self.url))
-            })?;
-        let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subjects: filters,
-                deliver_policy: deliver,
-                ..Default::default()
+        // While a cluster elects the stream's new leader (a server died),
+        // JetStream requests time out for a few seconds: try again.
+        let opened =
+            nodemaint_proto::bus::retrying("events consumer", Duration::from_secs(20), || async {
+                let stream = self
+                    .js
+                    .get_stream(self.subjects.events_stream())
+                    .await
+                    .map_err(|e| format!("events stream unavailable on {}: {e}", self.url))?;
+                let consumer = stream
+                    .create_consumer(consumer::pull::OrderedConfig {
+                        filter_subjects: filters.clone(),
+                        deliver_policy: deliver,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| format!("cannot read events: {e}"))?;
+                Ok(consumer
+                    .messages()
+                    .await
+                    .map_err(|e| format!("cannot read events: {e}"))?)
             })
-            .await
-            .map_err(|e| ClientError::Other(format!("cannot read events: {e}")))?;
-        consumer
-            .messages()
-            .await
-            .map_err(|e| ClientError::Other(format!("cannot read events: {e}")))
+            .await;
+        opened.map_err(|e| ClientError::Other(e.to_string()))
     }
 
     /// Follows one operation's events from `from_seq` until its terminal job

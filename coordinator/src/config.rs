@@ -1,7 +1,9 @@
 //! Coordinator configuration (TOML), e.g. `deploy/coordinator.toml`:
 //!
 //! ```toml
-//! nats_url = "nats://127.0.0.1:4222"
+//! nats_url = "nats://127.0.0.1:4222"   # or a list: "nats://a:4222,nats://b:4222"
+//! nats_replicas = 1                     # 3 on a 3-node JetStream cluster
+//! lease_ttl_s = 6                       # 15 on a cluster (outlasts a stream leader election)
 //! [users.alice]
 //! groups = ["Level2"]
 //! [users.bob]
@@ -50,6 +52,16 @@ pub struct CoordinatorConfig {
     pub migration: MigrationTimeouts,
     #[serde(default)]
     pub preflight: Preflight,
+    /// Copies of each stream and KV bucket the coordinator creates: 1 on a
+    /// single server, 3 on a 3-node JetStream cluster.
+    #[serde(default = "one")]
+    pub nats_replicas: usize,
+    /// Leader lease TTL: a standby takes over this long after the leader
+    /// died. On a JetStream cluster it must outlast a stream leader election
+    /// (up to ~10 s after a server dies, during which no replica can renew
+    /// the lease): 15 there; 6 on a single server.
+    #[serde(default = "six")]
+    pub lease_ttl_s: u64,
 }
 
 /// Migration timeouts: completion scaled by memory (Nova's and KubeVirt's
@@ -95,6 +107,12 @@ pub struct Preflight {
     pub headroom_percent: u32,
 }
 
+fn one() -> usize {
+    1
+}
+fn six() -> u64 {
+    6
+}
 fn default_per_gib() -> u32 {
     800
 }

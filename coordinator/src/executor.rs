@@ -230,27 +230,24 @@ impl Coordinator {
         let deadline = tokio::time::Instant::now() + wait;
         let mut resent = false;
         loop {
-            match self.agent_results.get(&key).await {
-                Ok(Some(v)) if v.first() == Some(&b'R') => {
-                    return pb::CommandResult::decode(&v[1..]).unwrap_or_else(|e| {
-                        failed(Code::Internal, format!("unreadable recorded result: {e}"))
-                    });
-                }
-                Ok(Some(_)) => {} // claimed: the agent is executing it
+            match self.recorded_result(node, &cmd.id).await {
+                Ok(Some(r)) => return r,
+                Err(e) => return failed(Code::Internal, e.to_string()),
                 Ok(None) if !resent => {
-                    let mut headers = async_nats::HeaderMap::new();
-                    headers.insert("Nats-Msg-Id", format!("{}.resend", cmd.id).as_str());
-                    let sent = self
-                        .js
-                        .publish_with_headers(
-                            self.subjects.agent_cmd(node),
-                            headers,
-                            cmd.encode_to_vec().into(),
-                        )
-                        .await;
-                    resent = sent.is_ok();
+                    // Not recorded: claimed (executing) or never claimed.
+                    if let Ok(None) = self.agent_results.get(&key).await {
+                        resent = self
+                            .publish_command(
+                                node,
+                                cmd,
+                                &format!("{}.resend", cmd.id),
+                                Duration::from_secs(30),
+                            )
+                            .await
+                            .is_ok();
+                    }
                 }
-                _ => {}
+                Ok(None) => {}
             }
             if tokio::time::Instant::now() > deadline {
                 return failed(
@@ -457,7 +454,11 @@ impl Coordinator {
         };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
+            // Every 2 s without an event, the agent's results bucket is asked
+            // too: a result event published while this coordinator was
+            // reconnecting to NATS is lost, the recorded result is not.
+            let tick = (tokio::time::Instant::now() + Duration::from_secs(2)).min(deadline);
+            match tokio::time::timeout_at(tick, rx.recv()).await {
                 Ok(Some(pb::Event {
                     body: Some(Body::Result(r)),
                     ..
@@ -465,6 +466,11 @@ impl Coordinator {
                 // Progress: the CLI follows it from the stream; metrics count it.
                 Ok(Some(ev)) => crate::metrics::progress(&ev),
                 Ok(None) => return failed(Code::Internal, "result channel closed".into()),
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    if let Ok(Some(r)) = self.recorded_result(node, &cmd.id).await {
+                        return r;
+                    }
+                }
                 Err(_) => {
                     return failed(
                         Code::Timeout,

@@ -34,6 +34,24 @@ pub fn decide(current: Option<(Lease, u64)>, me: &str, now_ms: i64) -> Decision 
     }
 }
 
+/// Outcome of one attempt to take or renew the lease.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// Ours until then.
+    Held(i64),
+    /// Somebody else holds a valid lease (or won the race for it).
+    Taken,
+    /// NATS did not answer (server restart, cluster election): unknown.
+    Unknown,
+}
+
+/// While renewals fail for transport reasons, a leader keeps acting until
+/// shortly before its last lease runs out; then it must step down, as a
+/// standby may take the lease (pure).
+pub fn may_keep_acting(held_until_ms: i64, now_ms: i64, margin_ms: i64) -> bool {
+    now_ms < held_until_ms - margin_ms
+}
+
 pub struct Elector {
     kv: kv::Store,
     pub me: String,
@@ -49,8 +67,8 @@ impl Elector {
         }
     }
 
-    /// One attempt to take or renew the lease; true when we hold it.
-    pub async fn try_hold(&self) -> bool {
+    /// One attempt to take or renew the lease.
+    pub async fn try_hold(&self) -> Hold {
         let now = nodemaint_proto::now_ms();
         let current = match self.kv.entry(KEY).await {
             Ok(Some(e)) if e.operation == kv::Operation::Put => {
@@ -61,7 +79,7 @@ impl Elector {
             Ok(_) => None,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read leader lease");
-                return false;
+                return Hold::Unknown;
             }
         };
         let lease = Lease {
@@ -69,35 +87,62 @@ impl Elector {
             expires_ms: now + self.ttl.as_millis() as i64,
         };
         let bytes: bytes::Bytes = serde_json::to_vec(&lease).expect("lease serializes").into();
-        match decide(current, &self.me, now) {
-            Decision::Create => self.kv.create(KEY, bytes).await.is_ok(),
-            Decision::Update(rev) => self.kv.update(KEY, bytes, rev).await.is_ok(),
-            Decision::Wait(_) => false,
+        let written = match decide(current, &self.me, now) {
+            Decision::Create => self
+                .kv
+                .create(KEY, bytes)
+                .await
+                .map_err(|e| (nodemaint_proto::bus::create_conflict(&e), e.to_string())),
+            Decision::Update(rev) => self
+                .kv
+                .update(KEY, bytes, rev)
+                .await
+                .map_err(|e| (nodemaint_proto::bus::update_conflict(&e), e.to_string())),
+            Decision::Wait(_) => return Hold::Taken,
+        };
+        match written {
+            Ok(_) => Hold::Held(lease.expires_ms),
+            // Somebody else wrote first.
+            Err((true, _)) => Hold::Taken,
+            Err((false, e)) => {
+                tracing::warn!(error = %e, "cannot write leader lease");
+                Hold::Unknown
+            }
         }
     }
 
-    /// Waits until this coordinator holds the lease.
-    pub async fn acquire(&self) {
+    /// Waits until this coordinator holds the lease; returns its expiry.
+    pub async fn acquire(&self) -> i64 {
         let mut logged = false;
-        while !self.try_hold().await {
+        loop {
+            if let Hold::Held(until) = self.try_hold().await {
+                tracing::info!(id = %self.me, "holding the leader lease");
+                return until;
+            }
             if !logged {
                 tracing::info!("another coordinator holds the lease; standing by");
                 logged = true;
             }
-            tokio::time::sleep(self.ttl / 3).await;
+            // Look often: a long TTL (cluster) must not lengthen takeovers more.
+            tokio::time::sleep((self.ttl / 3).min(Duration::from_secs(2))).await;
         }
-        tracing::info!(id = %self.me, "holding the leader lease");
     }
 
-    /// Renews the lease until a renewal fails; returns when leadership is lost.
-    pub async fn keep(&self) {
+    /// Renews the lease until leadership is lost: somebody else holds it,
+    /// or renewals kept failing until our lease (nearly) ran out. A NATS
+    /// blip shorter than that is ridden out.
+    pub async fn keep(&self, mut held_until_ms: i64) {
+        let margin = (self.ttl.as_millis() as i64 / 6).max(200);
         loop {
-            tokio::time::sleep(self.ttl / 3).await;
-            if !self.try_hold().await {
-                // One retry before giving up: a single slow request is not a loss.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                if !self.try_hold().await {
-                    return;
+            tokio::time::sleep(self.ttl / 4).await;
+            match self.try_hold().await {
+                Hold::Held(until) => held_until_ms = until,
+                Hold::Taken => return,
+                Hold::Unknown => {
+                    if !may_keep_acting(held_until_ms, nodemaint_proto::now_ms(), margin) {
+                        return;
+                    }
+                    tracing::warn!("leader lease not renewed (NATS unavailable); retrying");
                 }
             }
         }
@@ -127,6 +172,13 @@ mod tests {
     fn own_lease_is_renewed_and_expired_one_taken() {
         assert_eq!(decide(lease("a", 100), "a", 50), Decision::Update(7));
         assert_eq!(decide(lease("b", 100), "a", 101), Decision::Update(7));
+    }
+
+    #[test]
+    fn a_leader_rides_out_failed_renewals_until_its_lease_nearly_ends() {
+        assert!(may_keep_acting(10_000, 8_000, 1_000));
+        assert!(!may_keep_acting(10_000, 9_000, 1_000));
+        assert!(!may_keep_acting(10_000, 12_000, 1_000));
     }
 
     #[test]

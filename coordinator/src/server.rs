@@ -61,30 +61,49 @@ impl Coordinator {
         let js = jetstream::new(client.clone());
         let subjects = Subjects::new(&cfg.subject_prefix);
         let e = |what: &str, err: bus::BoxError| anyhow::anyhow!("cannot set up {what}: {err}");
-        bus::ensure_streams(&js, &subjects)
-            .await
-            .map_err(|err| e("streams", err))?;
-        let nodes = bus::bucket(&js, &subjects.nodes_bucket(), 5, Duration::ZERO)
-            .await
-            .map_err(|err| e("nodes bucket", err))?;
-        let jobs = bus::bucket(&js, &subjects.jobs_bucket(), 1, Duration::ZERO)
-            .await
-            .map_err(|err| e("jobs bucket", err))?;
+        let replicas = cfg.nats_replicas;
+        // A cluster that just lost a member answers JetStream requests
+        // again once it elected new leaders: retry the set-up meanwhile.
+        let patience = Duration::from_secs(60);
+        bus::retrying("streams", patience, || {
+            bus::ensure_streams(&js, &subjects, replicas)
+        })
+        .await
+        .map_err(|err| e("streams", err))?;
+        let (nodes_bucket, jobs_bucket) = (subjects.nodes_bucket(), subjects.jobs_bucket());
+        let nodes = bus::retrying("nodes bucket", patience, || {
+            bus::bucket(&js, &nodes_bucket, 5, Duration::ZERO, replicas)
+        })
+        .await
+        .map_err(|err| e("nodes bucket", err))?;
+        let jobs = bus::retrying("jobs bucket", patience, || {
+            bus::bucket(&js, &jobs_bucket, 1, Duration::ZERO, replicas)
+        })
+        .await
+        .map_err(|err| e("jobs bucket", err))?;
         // Request ids are only worth remembering as long as a client retries.
-        let requests = bus::bucket(
-            &js,
-            &subjects.requests_bucket(),
-            1,
-            Duration::from_secs(24 * 3600),
-        )
+        let requests_bucket = subjects.requests_bucket();
+        let requests = bus::retrying("requests bucket", patience, || {
+            bus::bucket(
+                &js,
+                &requests_bucket,
+                1,
+                Duration::from_secs(24 * 3600),
+                replicas,
+            )
+        })
         .await
         .map_err(|err| e("requests bucket", err))?;
-        let agent_results = bus::bucket(
-            &js,
-            &subjects.agent_results_bucket(),
-            1,
-            Duration::from_secs(7 * 24 * 3600),
-        )
+        let results_bucket = subjects.agent_results_bucket();
+        let agent_results = bus::retrying("agent results bucket", patience, || {
+            bus::bucket(
+                &js,
+                &results_bucket,
+                1,
+                Duration::from_secs(7 * 24 * 3600),
+                replicas,
+            )
+        })
         .await
         .map_err(|err| e("agent results bucket", err))?;
         let registry = Registry::open(nodes)
@@ -112,15 +131,25 @@ impl Coordinator {
     /// Waits for the leader lease, then resumes left-over jobs and answers
     /// the API until `shutdown` completes or the lease is lost.
     pub async fn serve(self: Arc<Self>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let leader = bus::bucket(&self.js, &self.subjects.leader_bucket(), 1, Duration::ZERO)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot open leader bucket: {e}"))?;
-        let elector = crate::lease::Elector::new(leader, Duration::from_secs(6));
+        let leader_bucket = self.subjects.leader_bucket();
+        let leader = bus::retrying("leader bucket", Duration::from_secs(60), || {
+            bus::bucket(
+                &self.js,
+                &leader_bucket,
+                1,
+                Duration::ZERO,
+                self.cfg.nats_replicas,
+            )
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open leader bucket: {e}"))?;
+        let elector =
+            crate::lease::Elector::new(leader, Duration::from_secs(self.cfg.lease_ttl_s.max(2)));
         tokio::pin!(shutdown);
-        tokio::select! {
-            _ = elector.acquire() => {},
+        let held_until = tokio::select! {
+            until = elector.acquire() => until,
             _ = &mut shutdown => return Ok(()),
-        }
+        };
         self.leader.store(true, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(crate::executor::resume_jobs(self.clone()));
         let mut api = self
@@ -136,7 +165,7 @@ impl Coordinator {
         };
         tokio::select! {
             _ = serve => anyhow::bail!("API subscription ended"),
-            _ = elector.keep() => {
+            _ = elector.keep(held_until) => {
                 self.leader.store(false, std::sync::atomic::Ordering::SeqCst);
                 anyhow::bail!("lost the leader lease; exiting so that only one coordinator acts")
             }
@@ -384,25 +413,70 @@ impl Coordinator {
         let (tx, rx) = mpsc::unbounded_channel();
         // Registered before publishing, so even an instant result is caught.
         self.waiters.lock().unwrap().insert(cmd.id.clone(), tx);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", cmd.id.as_str());
-        let sent = async {
-            self.js
-                .publish_with_headers(
-                    self.subjects.agent_cmd(node),
-                    headers,
-                    cmd.encode_to_vec().into(),
-                )
-                .await?
-                .await?;
-            anyhow::Ok(())
-        }
-        .await;
+        let sent = self
+            .publish_command(node, cmd, &cmd.id, Duration::from_secs(30))
+            .await;
         if let Err(e) = sent {
             self.waiters.lock().unwrap().remove(&cmd.id);
             return Err(e.context(format!("cannot send command to node {node}")));
         }
         Ok(rx)
+    }
+
+    /// Publishes a command on the node's durable subject with `msg_id` as
+    /// `Nats-Msg-Id`, retrying for up to `patience` while NATS does not
+    /// acknowledge it (a server restarting, a cluster electing a stream
+    /// leader): the same message id makes a retry of a publish that did
+    /// land a no-op, so nothing runs twice and nothing is dropped.
+    pub async fn publish_command(
+        &self,
+        node: &str,
+        cmd: &pb::AgentCommand,
+        msg_id: &str,
+        patience: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let payload: bytes::Bytes = cmd.encode_to_vec().into();
+        loop {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", msg_id);
+            let sent = async {
+                self.js
+                    .publish_with_headers(self.subjects.agent_cmd(node), headers, payload.clone())
+                    .await?
+                    .await?;
+                anyhow::Ok(())
+            }
+            .await;
+            match sent {
+                Ok(()) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(e) => {
+                    tracing::warn!(node, id = %cmd.id, error = %e, "command not acknowledged by NATS; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// The result an agent recorded for a command in its results bucket,
+    /// `None` while it is not recorded (not claimed, or still executing).
+    /// The bucket is the truth when a result event was missed (published
+    /// while this coordinator was reconnecting, or before it restarted).
+    pub async fn recorded_result(
+        &self,
+        node: &str,
+        id: &str,
+    ) -> Result<Option<pb::CommandResult>, bus::BoxError> {
+        let key = format!("{node}.{id}");
+        match self.agent_results.get(&key).await? {
+            Some(v) if v.first() == Some(&b'R') => {
+                Ok(Some(pb::CommandResult::decode(&v[1..]).map_err(|e| {
+                    format!("unreadable recorded result of {key}: {e}")
+                })?))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Last sequence of the events stream: a watcher that replays from the

@@ -24,7 +24,8 @@ use tokio::sync::Semaphore;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Claim marker in the results bucket: executing, no result yet.
+/// Claim marker in the results bucket: executing, no result yet (followed
+/// by the protobuf AgentCommand, so a restarted agent knows what it did).
 const CLAIMED: &[u8] = b"S";
 /// Prefix of a recorded result (followed by the protobuf CommandResult).
 const RESULT: u8 = b'R';
@@ -99,15 +100,22 @@ pub async fn run_with(
     };
     let js = jetstream::new(client.clone());
     let subjects = Subjects::new(&cfg.subject_prefix);
-    bus::ensure_streams(&js, &subjects)
-        .await
-        .map_err(|e| setup_error("set up JetStream streams", e))?;
-    let results = bus::bucket(
-        &js,
-        &subjects.agent_results_bucket(),
-        1,
-        Duration::from_secs(7 * 24 * 3600),
-    )
+    let patience = Duration::from_secs(60);
+    bus::retrying("streams", patience, || {
+        bus::ensure_streams(&js, &subjects, cfg.nats_replicas)
+    })
+    .await
+    .map_err(|e| setup_error("set up JetStream streams", e))?;
+    let results_bucket = subjects.agent_results_bucket();
+    let results = bus::retrying("results bucket", patience, || {
+        bus::bucket(
+            &js,
+            &results_bucket,
+            1,
+            Duration::from_secs(7 * 24 * 3600),
+            cfg.nats_replicas,
+        )
+    })
     .await
     .map_err(|e| setup_error("open the results bucket", e))?;
     let hv2 = hv.clone();
@@ -130,7 +138,7 @@ pub async fn run_with(
     });
     agent.publish_inventory(true).await?;
     agent.heartbeat().await;
-    agent.report_interrupted().await;
+    tokio::spawn(agent.clone().report_interrupted());
     tracing::info!(node = %agent.cfg.node, uri = %agent.cfg.libvirt_uri, "agent started");
 
     let hb = tokio::spawn(agent.clone().heartbeat_loop());
@@ -272,9 +280,10 @@ impl Agent {
                     filter_subject: self.subjects.agent_cmd(self.node()),
                     ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait: Duration::from_secs(30),
-                    // Bounded: a command that cannot even be claimed (KV down)
-                    // is dropped after this many tries, not retried forever.
-                    max_deliver: 5,
+                    // Bounded: a command that cannot even be claimed (KV down
+                    // for a minute, nak'ed with a 2 s delay) is dropped after
+                    // this many tries, not retried forever.
+                    max_deliver: 30,
                     ..Default::default()
                 },
             )
@@ -318,7 +327,11 @@ impl Agent {
             }
         };
         let key = format!("{}.{}", self.node(), cmd.id);
-        match self.results.create(&key, CLAIMED.into()).await {
+        // The claim carries the command, so that after a crash the agent
+        // knows what it was doing (see `recover`).
+        let mut claim = CLAIMED.to_vec();
+        claim.extend(cmd.encode_to_vec());
+        match self.results.create(&key, claim.into()).await {
             Ok(_) => {
                 self.in_flight.lock().unwrap().insert(cmd.id.clone());
                 let _ = msg.ack().await;
@@ -342,14 +355,18 @@ impl Agent {
                     span,
                 ));
             }
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            Err(e) if bus::create_conflict(&e) => {
                 let _ = msg.ack().await;
                 let span = command_span(self.node(), &cmd);
                 tracing::Instrument::instrument(self.answer_repeat(cmd, &key), span).await;
             }
             Err(e) => {
-                // Not acked: JetStream redelivers it (bounded by max_deliver).
+                // NATS is unavailable (a server restarting, a cluster
+                // electing): redelivered soon (bounded by max_deliver).
                 tracing::warn!(error = %e, id = %cmd.id, "cannot claim command; will be redelivered");
+                let _ = msg
+                    .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(2))))
+                    .await;
             }
         }
     }
@@ -367,9 +384,10 @@ impl Agent {
                 return;
             }
             _ => {
-                let r = interrupted(&cmd.id, "the agent stopped while executing it");
-                self.record(key, &r).await;
-                r
+                // Claimed by an earlier run of this agent that died: find
+                // out what it did (reported there, so nothing more here).
+                self.recover_claim(key, cmd).await;
+                return;
             }
         };
         tracing::info!(id = %cmd.id, "repeated command answered with the recorded result");
@@ -377,9 +395,10 @@ impl Agent {
         self.publish(&cmd.op_id, Body::Result(result)).await;
     }
 
-    /// After a restart: claims left without a result were cut off mid-way;
-    /// say so, so nobody waits forever, and record it.
-    async fn report_interrupted(&self) {
+    /// After a restart: claims left without a result were cut off mid-way.
+    /// Each is settled from what the hypervisors show now (`recover_claim`),
+    /// so nobody waits forever and nothing is re-run blindly.
+    async fn report_interrupted(self: Arc<Self>) {
         let prefix = format!("{}.", self.node());
         let mine = match self.my_result_keys().await {
             Ok(keys) => keys,
@@ -389,10 +408,21 @@ impl Agent {
             }
         };
         for key in mine {
-            if let Ok(Some(v)) = self.results.get(&key).await {
-                if v.as_ref() == CLAIMED {
-                    let id = &key[prefix.len()..];
-                    let r = interrupted(id, "the agent stopped while executing it");
+            let Ok(Some(v)) = self.results.get(&key).await else {
+                continue;
+            };
+            if v.first() != Some(&CLAIMED[0]) {
+                continue;
+            }
+            let id = key[prefix.len()..].to_string();
+            match pb::AgentCommand::decode(&v[1..]) {
+                Ok(cmd) if cmd.kind.is_some() && cmd.id == id => {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.recover_claim(&key, cmd).await });
+                }
+                // A bare claim (older agents): the outcome is unknown.
+                _ => {
+                    let r = interrupted(&id, "the agent stopped while executing it");
                     self.record(&key, &r).await;
                     self.publish("", Body::Result(r)).await;
                 }
@@ -448,11 +478,208 @@ impl Agent {
         Ok(keys)
     }
 
+    /// Settles a command this agent claimed before it crashed: the result
+    /// says where the VM is now (a migration is waited for while libvirtd
+    /// still runs it, and the destination is asked); recorded and published
+    /// like any result. A repeat arriving meanwhile is ignored (in flight).
+    async fn recover_claim(&self, key: &str, cmd: pb::AgentCommand) {
+        if !self.in_flight.lock().unwrap().insert(cmd.id.clone()) {
+            return;
+        }
+        let mut r = match cmd.kind.clone() {
+            Some(Cmd::Migrate(m)) => self.recover_migration(&m).await,
+            Some(Cmd::Start(s)) => self.recover_power(&s.vm, true).await,
+            Some(Cmd::Stop(s)) => self.recover_power(&s.vm, false).await,
+            _ => interrupted(&cmd.id, "the agent stopped while executing it"),
+        };
+        r.command_id = cmd.id.clone();
+        tracing::info!(id = %cmd.id, ok = r.ok, message = %r.message, "command cut off by an agent restart settled");
+        self.record(key, &r).await;
+        self.in_flight.lock().unwrap().remove(&cmd.id);
+        let _ = self.publish_inventory(true).await;
+        self.publish(&cmd.op_id, Body::Result(r)).await;
+    }
+
+    /// A successful result: `vm` is on this node in `state`.
+    fn vm_here(&self, vm: &str, state: pb::VmState, message: String) -> pb::CommandResult {
+        pb::CommandResult {
+            vm: vm.into(),
+            vm_node: self.node().into(),
+            vm_state: state as i32,
+            ..ok_result(&message)
+        }
+    }
+
+    async fn local_state(&self, vm: &str) -> Result<Option<VmState>, HvError> {
+        let name = vm.to_string();
+        let list = self.blocking(|hv| hv.list()).await?;
+        Ok(list.into_iter().find(|d| d.name == name).map(|d| d.state))
+    }
+
+    async fn recover_power(&self, vm: &str, start: bool) -> pb::CommandResult {
+        let what = if start { "start" } else { "stop" };
+        match self.local_state(vm).await {
+            Ok(state) => match crate::recovery::reached(start, state) {
+                Some(true) => self.vm_here(
+                    vm,
+                    if start {
+                        pb::VmState::Running
+                    } else {
+                        pb::VmState::Shutoff
+                    },
+                    format!(
+                        "{vm} is {} on {} (the {what} was cut off by an agent restart, but took effect)",
+                        if start { "running" } else { "shut off" },
+                        self.node()
+                    ),
+                ),
+                Some(false) => with_vm(
+                    vm,
+                    err_result(
+                        Code::Aborted,
+                        format!(
+                            "the {what} of {vm} was cut off by an agent restart and did not take effect; {vm} is {} on {}",
+                            if start { "shut off" } else { "running" },
+                            self.node()
+                        ),
+                    ),
+                ),
+                None => with_vm(vm, failed(hv_error(self.node(), &HvError::NotFound(vm.into())))),
+            },
+            Err(e) => with_vm(vm, failed(hv_error(self.node(), &e))),
+        }
+    }
+
+    /// Where a migration cut off by a crash ended: libvirtd carries a
+    /// peer-to-peer migration on without the agent, so wait while its job
+    /// runs, then see which node holds the VM (never both, never neither,
+    /// or the result says so).
+    async fn recover_migration(&self, m: &pb::MigrateVm) -> pb::CommandResult {
+        use crate::recovery::{migration, Local, Migration};
+        let limit = or_default(m.timeout_s, self.cfg.migration_timeout_s);
+        let deadline = Instant::now() + Duration::from_secs(u64::from(limit) + 30);
+        // Doubtful answers (destination unreachable, both or neither) get
+        // a short grace before they are reported.
+        let mut doubt_since: Option<Instant> = None;
+        let mut last_verdict = None;
+        loop {
+            let name = m.vm.clone();
+            let local = self
+                .blocking(move |hv| {
+                    let state = hv
+                        .list()?
+                        .into_iter()
+                        .find(|d| d.name == name)
+                        .map(|d| d.state);
+                    let job_running = hv.job_running(&name)?;
+                    Ok(state.map(|state| Local { state, job_running }))
+                })
+                .await;
+            let local = match local {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(vm = %m.vm, error = %e, "cannot read the local hypervisor; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if Instant::now() > deadline {
+                        return with_vm(&m.vm, failed(hv_error(self.node(), &e)));
+                    }
+                    continue;
+                }
+            };
+            let (uri, name) = (m.dest_libvirt_uri.clone(), m.vm.clone());
+            let remote = self
+                .blocking(move |hv| hv.remote_state(&uri, &name))
+                .await
+                .map_err(|e| e.to_string());
+            let verdict = migration(local, remote);
+            let seen = format!("{local:?} {verdict:?}");
+            if last_verdict.as_ref() != Some(&seen) {
+                tracing::info!(vm = %m.vm, ?local, ?verdict, "settling a migration cut off by an agent restart");
+                last_verdict = Some(seen);
+            }
+            match verdict {
+                Migration::OnDestination => {
+                    return pb::CommandResult {
+                        vm: m.vm.clone(),
+                        vm_node: m.dest_node.clone(),
+                        vm_state: pb::VmState::Running as i32,
+                        ..ok_result(&format!(
+                            "{} migrated from {} to {} (completed while the agent restarted)",
+                            m.vm,
+                            self.node(),
+                            m.dest_node
+                        ))
+                    };
+                }
+                Migration::OnSource => {
+                    return pb::CommandResult {
+                        vm: m.vm.clone(),
+                        vm_node: self.node().into(),
+                        ..err_result(
+                            Code::Aborted,
+                            format!(
+                                "the migration of {} to {} was cut off by an agent restart; {} still runs on the source {}",
+                                m.vm,
+                                m.dest_node,
+                                m.vm,
+                                self.node()
+                            ),
+                        )
+                    };
+                }
+                Migration::Wait => doubt_since = None,
+                Migration::Unknown(why) => {
+                    let since = *doubt_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > Duration::from_secs(15) || Instant::now() > deadline {
+                        return with_vm(
+                            &m.vm,
+                            err_result(
+                                Code::Aborted,
+                                format!(
+                                    "the migration of {} to {} was cut off by an agent restart and its outcome is unclear: {why}",
+                                    m.vm, m.dest_node
+                                ),
+                            ),
+                        );
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                return with_vm(
+                    &m.vm,
+                    err_result(
+                        Code::Timeout,
+                        format!(
+                            "the migration of {} cut off by an agent restart did not settle within {} s",
+                            m.vm,
+                            limit + 30
+                        ),
+                    ),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Records a result, retrying for up to 10 minutes while NATS is
+    /// unavailable: the record is what a coordinator that missed the result
+    /// event reads, so it must not be dropped on a blip.
     async fn record(&self, key: &str, result: &pb::CommandResult) {
         let mut value = vec![RESULT];
         value.extend(result.encode_to_vec());
-        if let Err(e) = self.results.put(key, value.into()).await {
-            tracing::warn!(error = %e, key, "cannot record command result");
+        let value: bytes::Bytes = value.into();
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            match self.results.put(key, value.clone()).await {
+                Ok(_) => return,
+                Err(e) if Instant::now() > deadline => {
+                    return tracing::error!(error = %e, key, "cannot record command result; giving up")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, key, "cannot record command result; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
         }
     }
 
@@ -592,22 +819,17 @@ impl Agent {
     async fn start(&self, vm: &str) -> pb::CommandResult {
         let name = vm.to_string();
         match self.blocking(move |hv| hv.start(&name)).await {
-            Ok(()) => pb::CommandResult {
-                vm: vm.into(),
-                vm_node: self.node().into(),
-                vm_state: pb::VmState::Running as i32,
-                ..ok_result(&format!("{vm} started on {}", self.node()))
-            },
+            Ok(()) => self.vm_here(
+                vm,
+                pb::VmState::Running,
+                format!("{vm} started on {}", self.node()),
+            ),
             Err(e) => with_vm(vm, failed(hv_error(self.node(), &e))),
         }
     }
 
     async fn stop(&self, s: &pb::StopVm) -> pb::CommandResult {
-        let secs = if s.graceful_timeout_s > 0 {
-            s.graceful_timeout_s
-        } else {
-            self.cfg.stop_graceful_timeout_s
-        };
+        let secs = or_default(s.graceful_timeout_s, self.cfg.stop_graceful_timeout_s);
         let name = s.vm.clone();
         match self
             .blocking(move |hv| hv.stop(&name, Duration::from_secs(secs as u64)))
@@ -715,11 +937,10 @@ impl Agent {
         let target = MigrateTarget {
             libvirt_uri: m.dest_libvirt_uri.clone(),
             migrate_uri: m.dest_migrate_uri.clone(),
-            timeout: Duration::from_secs(if m.timeout_s > 0 {
-                m.timeout_s
-            } else {
-                self.cfg.migration_timeout_s
-            } as u64),
+            timeout: Duration::from_secs(u64::from(or_default(
+                m.timeout_s,
+                self.cfg.migration_timeout_s,
+            ))),
             max_speed_mibs: m.max_speed_mibs,
             progress_timeout: Duration::from_secs(if m.progress_timeout_s > 0 {
                 m.progress_timeout_s
@@ -792,6 +1013,15 @@ impl Agent {
                 ..failed(hv_error(self.node(), &e))
             },
         }
+    }
+}
+
+/// A command's own value, or the agent's default when it gives none (0).
+fn or_default(given: u32, default: u32) -> u32 {
+    if given > 0 {
+        given
+    } else {
+        default
     }
 }
 

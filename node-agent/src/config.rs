@@ -2,7 +2,8 @@
 //!
 //! ```toml
 //! node = "node1"                         # this node's name (a subject token)
-//! nats_url = "nats://10.77.0.1:4222"
+//! nats_url = "nats://10.77.0.1:4222"    # or a list: "nats://a:4222,nats://b:4222"
+//! nats_replicas = 1                      # 3 on a 3-node JetStream cluster
 //! libvirt_uri = "qemu:///system"         # any libvirt URI, e.g. test:///abs/node.xml
 //! address = "10.77.0.11"                 # how other nodes reach this one (migrations)
 //! heartbeat_interval_ms = 2000
@@ -75,10 +76,17 @@ pub struct AgentConfig {
     /// Serve Prometheus metrics on http://ADDR/metrics; off when unset.
     #[serde(default)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Copies of the streams and the results bucket when the agent creates
+    /// them first: 1 on a single server, 3 on a 3-node JetStream cluster.
+    #[serde(default = "default_replicas")]
+    pub nats_replicas: usize,
 }
 
 fn default_progress_timeout() -> u32 {
     150
+}
+fn default_replicas() -> usize {
+    1
 }
 fn default_nats_url() -> String {
     "nats://127.0.0.1:4222".into()

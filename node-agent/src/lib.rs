@@ -8,3 +8,4 @@ pub mod config;
 pub mod hook;
 pub mod hypervisor;
 pub mod metrics;
+pub mod recovery;

@@ -24,7 +24,7 @@ struct Args {
     /// This node's name, as the coordinator and operators know it.
     #[arg(long, env = "NODEMAINT_NODE")]
     node: Option<String>,
-    /// NATS server URL.
+    /// NATS server URL, or every member of a cluster, comma-separated.
     #[arg(long, env = "NATS_URL")]
     nats_url: Option<String>,
     /// NATS credentials file of this node (mode 0600).

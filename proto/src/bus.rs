@@ -12,6 +12,25 @@ use std::time::Duration;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Splits a server list (`nats://a:4222,nats://b:4222`; a single URL is a
+/// list of one) into URLs; the error names the entry that is not a URL.
+pub fn server_list(urls: &str) -> Result<Vec<String>, BoxError> {
+    let list: Vec<String> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect();
+    if list.is_empty() {
+        return Err("no NATS server URL given".into());
+    }
+    for u in &list {
+        u.parse::<async_nats::ServerAddr>()
+            .map_err(|e| format!("bad NATS server URL {u:?}: {e}"))?;
+    }
+    Ok(list)
+}
+
 /// How a process authenticates to NATS: a credentials file (its principal's
 /// name and secret) and the CA that signed the servers' TLS certificates.
 /// Both optional: without them the connection is anonymous and plain.
@@ -166,32 +185,54 @@ impl Credentials {
 /// names the URL, the credentials file and the likely fix. With
 /// credentials, reply inboxes live under the principal's own prefix
 /// (`_INBOX.<user>`), the only one its permissions let it subscribe to.
+///
+/// `urls` is a server list (comma-separated). Afterwards the client
+/// reconnects on its own, forever, to any server of the list or of the
+/// cluster (servers gossip their peers): a lost server is a pause, never the
+/// end of a daemon.
 pub async fn connect(
-    url: &str,
+    urls: &str,
     name: &str,
     sec: &Security,
 ) -> Result<async_nats::Client, BoxError> {
-    Ok(connect_watching(url, name, sec).await?.0)
+    Ok(connect_watching(urls, name, sec).await?.0)
 }
 
 /// [`connect`], also returning a channel of the server's error messages
 /// (permission violations arrive there, not as errors of the calls).
 pub async fn connect_watching(
-    url: &str,
+    urls: &str,
     name: &str,
     sec: &Security,
 ) -> Result<(async_nats::Client, tokio::sync::broadcast::Sender<String>), BoxError> {
+    let servers = server_list(urls)?;
+    let url = urls;
     let (errors, _) = tokio::sync::broadcast::channel(16);
     let tx = errors.clone();
+    let who = name.to_string();
     let mut opts = async_nats::ConnectOptions::new()
         .name(name)
         .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(None)
+        // Quick first retries: a restarted server is back within a second or two.
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((attempts as u64 * 250).min(2_000))
+        })
         .event_callback(move |ev| {
-            let tx = tx.clone();
+            let (tx, who) = (tx.clone(), who.clone());
             async move {
-                if let async_nats::Event::ServerError(e) = ev {
-                    tracing::warn!(error = %e, "NATS server error");
-                    let _ = tx.send(e.to_string());
+                match ev {
+                    async_nats::Event::ServerError(e) => {
+                        tracing::warn!(client = %who, error = %e, "NATS server error");
+                        let _ = tx.send(e.to_string());
+                    }
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!(client = %who, "NATS connection lost; reconnecting")
+                    }
+                    async_nats::Event::Connected => {
+                        tracing::info!(client = %who, "NATS connection (re)established")
+                    }
+                    other => tracing::info!(client = %who, event = %other, "NATS event"),
                 }
             }
         });
@@ -212,7 +253,8 @@ pub async fn connect_watching(
         (Some(c), Some(path)) => format!(" as {} ({})", c.user, path.display()),
         _ => String::new(),
     };
-    match tokio::time::timeout(Duration::from_secs(6), opts.connect(url)).await {
+    let total = Duration::from_secs(6) * servers.len().min(5) as u32;
+    match tokio::time::timeout(total, opts.connect(servers.as_slice())).await {
         Err(_) => Err(format!("NATS server at {url} not reachable within 5 s").into()),
         Ok(Err(e)) => {
             use async_nats::ConnectErrorKind as K;
@@ -242,7 +284,34 @@ pub async fn connect_watching(
 }
 
 /// Creates (or checks) the commands and events streams.
-pub async fn ensure_streams(js: &jetstream::Context, s: &Subjects) -> Result<(), BoxError> {
+/// Runs `op` until it succeeds or `patience` has passed (then its last
+/// error): JetStream set-up right after a server died or restarted fails
+/// until the cluster elected new leaders.
+pub async fn retrying<T, F, Fut>(what: &str, patience: Duration, mut op: F) -> Result<T, BoxError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BoxError>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(e) => {
+                tracing::warn!(what, error = %e, "JetStream not ready; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// `replicas` is 1 on a single server, 3 on a 3-node cluster (a stream
+/// that exists already keeps its replica count).
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    s: &Subjects,
+    replicas: usize,
+) -> Result<(), BoxError> {
     js.get_or_create_stream(stream::Config {
         name: s.commands_stream(),
         subjects: vec![s.agent_cmd_all()],
@@ -252,6 +321,7 @@ pub async fn ensure_streams(js: &jetstream::Context, s: &Subjects) -> Result<(),
         // server; the agents' result bucket covers everything beyond it.
         duplicate_window: Duration::from_secs(120),
         max_age: Duration::from_secs(7 * 24 * 3600),
+        num_replicas: replicas.max(1),
         ..Default::default()
     })
     .await?;
@@ -263,18 +333,20 @@ pub async fn ensure_streams(js: &jetstream::Context, s: &Subjects) -> Result<(),
         max_bytes: 1 << 30,
         // Heartbeats would otherwise crowd out everything else.
         max_messages_per_subject: 10_000,
+        num_replicas: replicas.max(1),
         ..Default::default()
     })
     .await?;
     Ok(())
 }
 
-/// Opens a KV bucket, creating it when missing.
+/// Opens a KV bucket, creating it with `replicas` copies when missing.
 pub async fn bucket(
     js: &jetstream::Context,
     name: &str,
     history: i64,
     max_age: Duration,
+    replicas: usize,
 ) -> Result<kv::Store, BoxError> {
     match js.get_key_value(name).await {
         Ok(store) => Ok(store),
@@ -283,6 +355,7 @@ pub async fn bucket(
                 bucket: name.to_string(),
                 history,
                 max_age,
+                num_replicas: replicas.max(1),
                 ..Default::default()
             })
             .await?),
@@ -327,6 +400,24 @@ pub async fn publish_event(
     Ok(())
 }
 
+/// nats-server in cluster mode answers a compare-and-set conflict with error
+/// code 10164 ("wrong last sequence"), which async-nats 0.51 classifies as
+/// `Other`, not as a conflict; on a single server it is code 10071, which it
+/// does classify. Both mean: another writer won.
+fn says_conflict(e: &impl std::fmt::Display) -> bool {
+    e.to_string().contains("wrong last sequence")
+}
+
+/// A KV `create` failed because the key exists (another writer won).
+pub fn create_conflict(e: &kv::CreateError) -> bool {
+    e.kind() == kv::CreateErrorKind::AlreadyExists || says_conflict(e)
+}
+
+/// A KV `update` failed because the revision moved on (another writer won).
+pub fn update_conflict(e: &kv::UpdateError) -> bool {
+    e.kind() == kv::UpdateErrorKind::WrongLastRevision || says_conflict(e)
+}
+
 /// Outcome of a read-modify-write: the new value and its revision.
 pub struct Updated<T> {
     pub value: T,
@@ -345,9 +436,15 @@ pub enum CasError<E> {
     Contention(String),
 }
 
+/// How long a read-modify-write keeps retrying while the KV store does not
+/// answer (a server restarting, a cluster electing a stream leader): a
+/// journal entry must survive a NATS blip, not be dropped with a warning.
+const STORE_PATIENCE: Duration = Duration::from_secs(30);
+
 /// Read-modify-write of a JSON record with compare-and-set: `f` sees the
 /// current value (or `None`) and returns the new one or refuses; on a
 /// concurrent write (wrong last revision) it is re-read and `f` runs again.
+/// Transport errors are retried for up to 30 s.
 pub async fn cas_update<T, E>(
     store: &kv::Store,
     key: &str,
@@ -356,12 +453,37 @@ pub async fn cas_update<T, E>(
 where
     T: Serialize + DeserializeOwned,
 {
-    for _ in 0..64 {
-        let entry = store
-            .entry(key)
-            .await
-            .map_err(|e| CasError::Store(e.into()))?;
+    let deadline = tokio::time::Instant::now() + STORE_PATIENCE;
+    let mut conflicts = 0;
+    let mut unconfirmed: Option<bytes::Bytes> = None;
+    // Waits before the next attempt after a transport error, or gives up.
+    let unavailable = |e: BoxError| async move {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CasError::Store(e));
+        }
+        tracing::warn!(key, error = %e, "KV store unavailable; retrying");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(())
+    };
+    while conflicts < 64 {
+        let entry = match store.entry(key).await {
+            Ok(e) => e,
+            Err(e) => {
+                unavailable(e.into()).await?;
+                continue;
+            }
+        };
         let (current, revision) = match entry {
+            // Our write timed out but did land: done.
+            Some(e) if unconfirmed.as_ref() == Some(&e.value) => {
+                let value = serde_json::from_slice(&e.value).map_err(|err| {
+                    CasError::Store(format!("record {key} is corrupt: {err}").into())
+                })?;
+                return Ok(Updated {
+                    value,
+                    revision: e.revision,
+                });
+            }
             Some(e) if e.operation == kv::Operation::Put => {
                 let v = serde_json::from_slice(&e.value).map_err(|err| {
                     CasError::Store(format!("record {key} is corrupt: {err}").into())
@@ -373,19 +495,20 @@ where
         };
         let new = f(current).map_err(CasError::Rejected)?;
         let bytes = bytes::Bytes::from(serde_json::to_vec(&new).expect("serializable record"));
-        let written = match revision {
-            Some(rev) => store.update(key, bytes, rev).await.map_err(|e| {
-                if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
+        unconfirmed = None;
+        let written: Result<u64, Option<BoxError>> = match revision {
+            Some(rev) => store.update(key, bytes.clone(), rev).await.map_err(|e| {
+                if update_conflict(&e) {
                     None
                 } else {
-                    Some(CasError::Store(e.into()))
+                    Some(e.into())
                 }
             }),
-            None => store.create(key, bytes).await.map_err(|e| {
-                if e.kind() == kv::CreateErrorKind::AlreadyExists {
+            None => store.create(key, bytes.clone()).await.map_err(|e| {
+                if create_conflict(&e) {
                     None
                 } else {
-                    Some(CasError::Store(e.into()))
+                    Some(e.into())
                 }
             }),
         };
@@ -396,8 +519,13 @@ where
                     revision,
                 })
             }
-            Err(None) => continue, // somebody else wrote first: re-read
-            Err(Some(e)) => return Err(e),
+            // Somebody else wrote first: re-read.
+            Err(None) => conflicts += 1,
+            // Maybe written, maybe not: the re-read tells.
+            Err(Some(e)) => {
+                unconfirmed = Some(bytes);
+                unavailable(e).await?
+            }
         }
     }
     Err(CasError::Contention(key.to_string()))
@@ -484,5 +612,22 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(Credentials::load(&path).unwrap().user, "op");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn server_lists_split_on_commas_and_name_bad_entries() {
+        assert_eq!(
+            server_list("nats://a:4222, nats://b:4223,").unwrap(),
+            ["nats://a:4222", "nats://b:4223"]
+        );
+        assert_eq!(server_list("nats://a:4222").unwrap(), ["nats://a:4222"]);
+        assert!(server_list(" , ")
+            .unwrap_err()
+            .to_string()
+            .contains("no NATS"));
+        let e = server_list("nats://a:4222,nats://b:x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nats://b:x"), "{e}");
     }
 }

@@ -118,6 +118,14 @@ impl Lab {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        // The lab's client URL(s): one server, or every member of a cluster.
+        let status: Value = serde_json::from_slice(&lab.lab(&["status", "--json"]).stdout)
+            .expect("lab status --json");
+        let mut lab = lab;
+        lab.nats_url = status["nats_url"]
+            .as_str()
+            .expect("nats_url in lab status")
+            .to_string();
         lab.wait_consistent();
         Some(lab)
     }
@@ -292,6 +300,41 @@ impl Lab {
         );
     }
 
+    /// `rolling start NODES... --reboot-command REBOOT --yes --detach` as
+    /// operator (NODES may be `--all`); returns the job id.
+    pub fn start_rolling(&self, nodes: &[&str], reboot: &str) -> String {
+        let mut args = vec!["rolling", "start"];
+        args.extend(nodes);
+        args.extend(["--reboot-command", reboot, "--yes", "--detach"]);
+        let out = self.cli("operator", &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Reboot hooks a rolling job sent per node: each node's commands are
+    /// journaled in its `rolling.node` child job.
+    pub fn hooks_per_node(&self, job: &Value) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for (node, children) in job["params"]["children"].as_object().unwrap() {
+            let node_job = self.cli_json(
+                "viewer",
+                &["job", "show", children["node"].as_str().unwrap()],
+            );
+            let hooks = node_job["commands"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["action"] == "hook")
+                .count();
+            m.insert(node.clone(), hooks);
+        }
+        m
+    }
+
     /// A node's status as the coordinator shows it (`ENABLED`, `MAINTENANCE`, …).
     pub fn status(&self, node: &str) -> String {
         self.cli_json("viewer", &["node", "show", node])["node"]["status"]
@@ -356,6 +399,16 @@ impl Drop for Lab {
     fn drop(&mut self) {
         self.down();
     }
+}
+
+/// Whether a job's journal shows it was resumed by a (new) coordinator.
+pub fn resumed(job: &Value) -> bool {
+    job["steps"].as_array().into_iter().flatten().any(|s| {
+        s["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("resuming")
+    })
 }
 
 /// Prints a step name, so a failing suite says how far it got.

@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod faults;
 pub mod fuzz;
 pub mod lab;
+pub mod soak;
 
 pub use tempfile::TempDir;
 

@@ -1,7 +1,7 @@
 //! Lab suite: maintenance mode end to end on real QEMU/KVM nodes, with the
 //! architecture's invariants checked against each libvirtd after every step.
 
-use nodemaint_tests::lab::{step, Lab};
+use nodemaint_tests::lab::{resumed, step, Lab};
 use nodemaint_tests::{ok, stderr, stdout, wait_for};
 use serde_json::Value;
 use std::time::Duration;
@@ -268,14 +268,7 @@ fn lab_maintenance_suite() {
     });
     let job = lab.cli_json("viewer", &["job", "show", id]);
     assert_eq!(job["state"], "SUCCEEDED", "{job}");
-    assert!(
-        job["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["message"].as_str().unwrap().contains("resuming")),
-        "{job}"
-    );
+    assert!(resumed(&job), "{job}");
     lab.assert_each_vm_once(&all);
     assert_eq!(status(&lab, target), "MAINTENANCE");
 }

@@ -46,26 +46,6 @@ fn job_of(out: &std::process::Output) -> Value {
         .unwrap_or_else(|| panic!("no job line: {}\n{}", stdout(out), stderr(out)))
 }
 
-/// Reboot hooks sent per node: each node's commands are journaled in its
-/// `rolling.node` child job.
-fn hooks_per_node(lab: &Lab, job: &Value) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for (node, children) in job["params"]["children"].as_object().unwrap() {
-        let node_job = lab.cli_json(
-            "viewer",
-            &["job", "show", children["node"].as_str().unwrap()],
-        );
-        let hooks = node_job["commands"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| c["action"] == "hook")
-            .count();
-        m.insert(node.clone(), hooks);
-    }
-    m
-}
-
 fn all_running_once(lab: &Lab, all: &[String]) {
     let placed = lab.assert_each_vm_once(all);
     for (vm, (node, state)) in placed {
@@ -106,7 +86,7 @@ fn lab_rolling_suite() {
     }
     assert!(statuses(&lab).values().all(|s| s == "ENABLED"));
     assert_eq!(
-        hooks_per_node(&lab, &job)
+        lab.hooks_per_node(&job)
             .values()
             .copied()
             .collect::<Vec<_>>(),
@@ -158,20 +138,7 @@ fn lab_rolling_suite() {
 
     step("a coordinator SIGKILLed mid-rolling resumes where its journal says");
     let before = boot_ids(&lab);
-    let out = lab.cli(
-        "operator",
-        &[
-            "rolling",
-            "start",
-            "--all",
-            "--reboot-command",
-            &reboot,
-            "--yes",
-            "--detach",
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let id = stdout(&out).trim().to_string();
+    let id = lab.start_rolling(&["--all"], &reboot);
     // Kill once the first node is past its drain.
     wait_for(
         Duration::from_secs(60),
@@ -199,7 +166,7 @@ fn lab_rolling_suite() {
     let job = lab.cli_json("viewer", &["rolling", "show", &id]);
     assert_eq!(job["state"], "SUCCEEDED", "{job}");
     assert_eq!(
-        hooks_per_node(&lab, &job)
+        lab.hooks_per_node(&job)
             .values()
             .copied()
             .collect::<Vec<_>>(),

@@ -319,7 +319,10 @@ impl Hypervisor for LibvirtHypervisor {
                 continue;
             }
             last_sample = Instant::now();
-            if let Ok(stats) = dom.job_stats(0) {
+            // job_info, not job_stats: virt 0.5's job_stats hands a NULL parameter
+            // array to Vec::from_raw_parts when no job runs (the migration just
+            // ended), which aborts the process.
+            if let Ok(stats) = dom.job_info() {
                 let total = stats.data_total.unwrap_or(0);
                 let processed = stats.data_processed.unwrap_or(0);
                 let remaining = stats.data_remaining.unwrap_or(0);
@@ -349,6 +352,38 @@ impl Hypervisor for LibvirtHypervisor {
                 Ok(())
             }
             Err(e) => Err(aborted.unwrap_or_else(|| map_err(e))),
+        }
+    }
+
+    fn job_running(&self, vm: &str) -> Result<bool, HvError> {
+        let dom = match self.domain(vm) {
+            Ok(d) => d,
+            Err(HvError::NotFound(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        match dom.job_info() {
+            Ok(stats) => Ok(matches!(
+                stats.r#type as u32,
+                sys::VIR_DOMAIN_JOB_BOUNDED | sys::VIR_DOMAIN_JOB_UNBOUNDED
+            )),
+            Err(e) if e.code().is(ErrorNumber::NoDomain) => Ok(false),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    fn remote_state(&self, uri: &str, vm: &str) -> Result<Option<VmState>, HvError> {
+        let conn = Connect::open(Some(uri)).map_err(|e| HvError::Connection {
+            uri: uri.to_string(),
+            message: e.message().to_string(),
+        })?;
+        match conn.lookup_domain_by_name(vm) {
+            Ok(dom) => match describe(&dom) {
+                Ok(v) => Ok(Some(v.state)),
+                Err(e) if e.code().is(ErrorNumber::NoDomain) => Ok(None),
+                Err(e) => Err(map_err(e)),
+            },
+            Err(e) if e.code().is(ErrorNumber::NoDomain) => Ok(None),
+            Err(e) => Err(map_err(e)),
         }
     }
 }

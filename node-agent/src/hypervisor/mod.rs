@@ -9,7 +9,7 @@ pub mod metadata;
 pub mod sim;
 pub mod template;
 
-use nodemaint_proto::model::{Capacity, Vm};
+use nodemaint_proto::model::{Capacity, Vm, VmState};
 use std::time::Duration;
 
 /// Where and how to migrate a domain.
@@ -112,4 +112,16 @@ pub trait Hypervisor: Send + Sync + 'static {
         target: &MigrateTarget,
         progress: &mut dyn FnMut(MigrateProgress),
     ) -> Result<(), HvError>;
+    /// Whether a job (an outgoing migration) still runs on the domain;
+    /// false when it is not defined here.
+    fn job_running(&self, _vm: &str) -> Result<bool, HvError> {
+        Ok(false)
+    }
+    /// The domain's state on another host's hypervisor (`None`: not defined
+    /// there): where a migration cut off by an agent restart ended up.
+    fn remote_state(&self, uri: &str, _vm: &str) -> Result<Option<VmState>, HvError> {
+        Err(HvError::Other(format!(
+            "this hypervisor cannot look at {uri}"
+        )))
+    }
 }

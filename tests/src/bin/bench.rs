@@ -22,6 +22,11 @@
 //!               [--bandwidth-mibs 1024] [--time-scale 0.5] [--reboot-secs 6]
 //!               [--heartbeat-ms 1000]
 //!     sim-fleet rolling maintenance against its lower bound.
+//! bench soak [--minutes 10] [--seed 1] [--nodes 4] [--vms-per-node 2]
+//!     lab (index 9: 10.79.9.0/24, NATS 4409..) on a 3-node NATS cluster with
+//!     two coordinators: drain/enable cycles over the nodes, each drain hit by
+//!     a random fault (agent, coordinator, NATS server kill, node cut off)
+//!     while a migration is in flight; invariants checked against libvirt.
 //! bench fuzz [--cases 100000] [--seed 1] [--decoder SUBSTRING]
 //!     every decoder of wire and file input (tests/src/fuzz.rs) on CASES
 //!     generated inputs each (random, structure-aware, mutated seeds):
@@ -51,13 +56,14 @@ use std::time::{Duration, Instant};
 
 // ------------------------------------------------------------------ args
 
-const USAGE: &str = "usage: bench migrate|drain|latency|rolling|fuzz [options] [--json]
+const USAGE: &str = "usage: bench migrate|drain|latency|rolling|fuzz|soak [options] [--json]
   migrate  [--runs 10]
   drain    [--vms 12] [--rounds 2] [--per-source N] [--per-destination N] [--global N]
   latency  [--agents 200,1000] [--ops 200]
   rolling  [--nodes 20] [--k 2] [--vms-per-node 4] [--vm-memory-mib 2048] [--bandwidth-mibs 1024]
            [--time-scale 0.5] [--reboot-secs 6] [--heartbeat-ms 1000]
-  fuzz     [--cases 100000] [--seed 1] [--decoder SUBSTRING]";
+  fuzz     [--cases 100000] [--seed 1] [--decoder SUBSTRING]
+  soak     [--minutes 10] [--seed 1] [--nodes 4] [--vms-per-node 2]";
 
 struct Args {
     sub: String,
@@ -185,6 +191,7 @@ async fn run(a: &Args) -> Result<Report> {
         "drain" => bench_drain(a).await,
         "latency" => bench_latency(a).await,
         "rolling" => bench_rolling(a).await,
+        "soak" => bench_soak(a).await,
         "fuzz" => bench_fuzz(a).await,
         other => bail!("unknown benchmark {other:?}\n{USAGE}"),
     }?;
@@ -2450,4 +2457,56 @@ fn fuzz_all(cases: u64, seed: u64, filter: Option<&str>) -> Result<Vec<FuzzRow>>
         bail!("no decoder matches {:?}", filter.unwrap_or(""));
     }
     Ok(rows)
+}
+
+// ------------------------------------------------------------------ soak
+
+async fn bench_soak(a: &Args) -> Result<Report> {
+    a.known(&["minutes", "seed", "nodes", "vms-per-node"])?;
+    let cfg = nodemaint_tests::soak::Config {
+        minutes: a.get("minutes", 10.0)?,
+        seed: a.get("seed", 1)?,
+        nodes: a.get("nodes", 4)?,
+        vms_per_node: a.get("vms-per-node", 2)?,
+        index: 9,
+    };
+    if cfg.nodes < 3 {
+        bail!("--nodes must be at least 3 (drains need two destinations)");
+    }
+    let r = tokio::task::spawn_blocking(move || nodemaint_tests::soak::run(&cfg))
+        .await?
+        .map_err(|e| anyhow!(e))?;
+    let durations = &r.drain_seconds;
+    let mut md = format!(
+        "## Soak: drain/enable cycles with random faults\n\n{} cycles in {:.1} min over {} VMs; drains: {} succeeded, {} failed (each with an exact report); **VMs lost: {}**; **invariant violations: {}**; {} agent commands executed, none twice.\n\n",
+        r.cycles,
+        r.minutes,
+        r.vms,
+        r.drains_succeeded,
+        r.drains_failed,
+        r.vms_lost,
+        r.violations.len(),
+        r.commands_executed,
+    );
+    let rows: Vec<Vec<String>> = r
+        .faults
+        .iter()
+        .map(|(f, n)| vec![f.clone(), n.to_string()])
+        .collect();
+    md.push_str(&table(&["fault", "injected"], &rows));
+    if !durations.is_empty() {
+        md.push_str(&format!(
+            "\nDrain duration (s): median {:.1}, p90 {:.1}, max {:.1}.\n",
+            median(durations),
+            pct(durations, 90.0),
+            max(durations)
+        ));
+    }
+    for v in &r.violations {
+        md.push_str(&format!("\n- VIOLATION: {v}"));
+    }
+    Ok(Report {
+        markdown: md,
+        json: r.json(),
+    })
 }
