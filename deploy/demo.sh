@@ -48,8 +48,9 @@ dest=node1; [[ $vfw_node == node1 ]] && dest=node3
 nm vfw move cs1 --to "$dest"
 
 say "Put node2 in maintenance, moving all its VMs away (VFWs first)"
-nm plan drain node2
-nm maintenance start node2 --mode move
+echo "(pre-flight first: the plan and every check; nothing changes)"
+nm maintenance start node2 --mode move --dry-run
+nm maintenance start node2 --mode move --deadline 5m
 nm node show node2
 nm vfw list
 echo; echo "libvirt on node2 itself (empty):"; deploy/lab virsh node2 list --all
