@@ -853,8 +853,9 @@ async fn drain_vm(
                 failures.push(format!("unknown node {to}"));
                 break;
             };
+            let speed = job.params["max_speed_mibs"].as_u64().unwrap_or(0);
             let kind = c
-                .migrate_kind(&m.vm, &dest, 0, 0)
+                .migrate_kind(&m.vm, &dest, 0, speed)
                 .map_err(|e| e.to_string())?;
             match c
                 .migrate_one(job, &m.from, kind, Priority::Maintenance)
