@@ -8,7 +8,7 @@
 //! execute one twice) and then re-deriving the remaining work from the
 //! registry (a drain moves whatever is still on the node).
 
-use crate::jobs::{hex, CommandRecord, Job, JobState, Report, ReportLine};
+use crate::jobs::{hex, CommandRecord, Job, JobState, Report};
 use crate::server::Coordinator;
 use crate::slots::Priority;
 use futures::StreamExt;
@@ -781,10 +781,7 @@ async fn drain(c: Arc<Coordinator>, job: Job, resumed: bool) {
             .collect()
             .await;
         for (vm, r) in results {
-            match r {
-                Ok(detail) => report.done.push(ReportLine { vm, detail }),
-                Err(detail) => report.not_done.push(ReportLine { vm, detail }),
-            }
+            report.record(vm, r);
         }
     }
     // Before the job ends (and a rolling plans its next group), the
@@ -1060,10 +1057,7 @@ async fn stop_all(c: Arc<Coordinator>, job: Job, resumed: bool) {
         .collect()
         .await;
     for (vm, r) in results {
-        match r {
-            Ok(detail) => report.done.push(ReportLine { vm, detail }),
-            Err(detail) => report.not_done.push(ReportLine { vm, detail }),
-        }
+        report.record(vm, r);
     }
     let done = format!(
         "{node}: {} VMs stopped and recorded; `node enable {node}` restarts them",
@@ -1101,10 +1095,8 @@ async fn start_vms(
     vms.sort();
     for (_, name) in vms {
         if let Some(reason) = c.stops.reason(&job.id) {
-            report.not_done.push(ReportLine {
-                vm: name,
-                detail: format!("not started ({reason}); still shut off on {node}"),
-            });
+            let detail = format!("not started ({reason}); still shut off on {node}");
+            report.record(name, Err(detail));
             continue;
         }
         let current = rec.domains.iter().find(|d| d.name == name);
@@ -1128,26 +1120,13 @@ async fn start_vms(
                 }
             }
         };
-        let ok = outcome.is_ok();
-        let detail = outcome.unwrap_or_else(|e| e);
-        c.job_step(&job.id, Some(&name), Some(ok), detail.clone())
+        let (Ok(detail) | Err(detail)) = &outcome;
+        c.job_step(&job.id, Some(&name), Some(outcome.is_ok()), detail.clone())
             .await;
-        if ok {
-            let _ = c
-                .registry
-                .update::<String>(node, |r| {
-                    let mut r = r.ok_or_else(|| "node vanished".to_string())?;
-                    r.stopped_by.remove(&name);
-                    Ok(r)
-                })
-                .await;
+        if outcome.is_ok() {
+            record_stopped(c, node, &name, None).await;
         }
-        let line = ReportLine { vm: name, detail };
-        if ok {
-            report.done.push(line)
-        } else {
-            report.not_done.push(line)
-        }
+        report.record(name, outcome);
     }
 }
 
@@ -1207,12 +1186,7 @@ pub fn journal_report(job: &Job, action: &str) -> Report {
     }
     let mut report = Report::default();
     for (vm, ok, detail) in last {
-        let line = ReportLine { vm, detail };
-        if ok {
-            report.done.push(line)
-        } else {
-            report.not_done.push(line)
-        }
+        report.record(vm, if ok { Ok(detail) } else { Err(detail) });
     }
     report
 }
@@ -1324,6 +1298,7 @@ pub async fn resume_jobs(c: Arc<Coordinator>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::ReportLine;
 
     fn cmd(vm: &str, action: &str, to: Option<&str>, ok: Option<bool>) -> CommandRecord {
         CommandRecord {

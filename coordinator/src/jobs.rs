@@ -100,6 +100,14 @@ impl Report {
         }
     }
 
+    /// Adds what happened to `vm`: done (`Ok`) or not done (`Err`).
+    pub fn record(&mut self, vm: String, outcome: Result<String, String>) {
+        match outcome {
+            Ok(detail) => self.done.push(ReportLine { vm, detail }),
+            Err(detail) => self.not_done.push(ReportLine { vm, detail }),
+        }
+    }
+
     /// The VMs not done, for an outcome line.
     pub fn not_done_names(&self) -> String {
         let names: Vec<&str> = self.not_done.iter().map(|l| l.vm.as_str()).collect();
