@@ -602,6 +602,17 @@ pub fn ok(out: &Output) {
     );
 }
 
+/// The job of a followed operation's `--output json` lines (its last
+/// line carries the finished job).
+pub fn job_of(out: &Output) -> serde_json::Value {
+    stdout(out)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["job"].is_object())
+        .map(|v| v["job"].clone())
+        .unwrap_or_else(|| panic!("no job line: {}\n{}", stdout(out), stderr(out)))
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

@@ -2,25 +2,8 @@
 //! architecture's invariants checked against each libvirtd after every step.
 
 use nodemaint_tests::lab::{resumed, step, Lab};
-use nodemaint_tests::{ok, stderr, stdout, wait_for};
-use serde_json::Value;
+use nodemaint_tests::{job_of, ok, stderr, wait_for};
 use std::time::Duration;
-
-fn status(lab: &Lab, node: &str) -> String {
-    lab.cli_json("viewer", &["node", "show", node])["node"]["status"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-fn job_of(out: &std::process::Output) -> Value {
-    stdout(out)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["job"].is_object())
-        .map(|v| v["job"].clone())
-        .expect("job line")
-}
 
 #[test]
 fn lab_maintenance_suite() {
@@ -43,7 +26,7 @@ fn lab_maintenance_suite() {
         "{}",
         stderr(&out)
     );
-    assert_eq!(status(&lab, "node1"), "ENABLED");
+    assert_eq!(lab.status("node1"), "ENABLED");
     let out = lab.cli(
         "operator",
         &[
@@ -71,7 +54,7 @@ fn lab_maintenance_suite() {
         placed["node1-vm2"].1, "shut off",
         "the tenant's VM moved, still shut off"
     );
-    assert_eq!(status(&lab, "node1"), "MAINTENANCE");
+    assert_eq!(lab.status("node1"), "MAINTENANCE");
     lab.wait_consistent();
 
     step("no new VM lands on a node in maintenance, nor is moved there");
@@ -109,7 +92,7 @@ fn lab_maintenance_suite() {
 
     step("enable node1");
     ok(&lab.cli("operator", &["node", "enable", "node1"]));
-    assert_eq!(status(&lab, "node1"), "ENABLED");
+    assert_eq!(lab.status("node1"), "ENABLED");
 
     step("stop mode: refused without the acknowledgement, naming the cloudspace");
     let vfw_node = lab
@@ -134,7 +117,7 @@ fn lab_maintenance_suite() {
         stderr(&out)
     );
     assert_eq!(lab.placements(), before);
-    assert_eq!(status(&lab, &vfw_node), "ENABLED");
+    assert_eq!(lab.status(&vfw_node), "ENABLED");
 
     step("stop mode with the acknowledgement stops everything and records exactly that");
     // A tenant's own shut-off VM on that node must not be restarted later.
@@ -270,5 +253,5 @@ fn lab_maintenance_suite() {
     assert_eq!(job["state"], "SUCCEEDED", "{job}");
     assert!(resumed(&job), "{job}");
     lab.assert_each_vm_once(&all);
-    assert_eq!(status(&lab, target), "MAINTENANCE");
+    assert_eq!(lab.status(target), "MAINTENANCE");
 }

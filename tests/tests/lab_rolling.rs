@@ -4,7 +4,7 @@
 //! coordinator SIGKILLed mid-rolling.
 
 use nodemaint_tests::lab::{repo, step, Lab};
-use nodemaint_tests::{stderr, stdout, wait_for};
+use nodemaint_tests::{job_of, stderr, stdout, wait_for};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -35,15 +35,6 @@ fn statuses(lab: &Lab) -> BTreeMap<String, String> {
             )
         })
         .collect()
-}
-
-fn job_of(out: &std::process::Output) -> Value {
-    stdout(out)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["job"].is_object())
-        .map(|v| v["job"].clone())
-        .unwrap_or_else(|| panic!("no job line: {}\n{}", stdout(out), stderr(out)))
 }
 
 fn all_running_once(lab: &Lab, all: &[String]) {

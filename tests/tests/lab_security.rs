@@ -6,17 +6,8 @@
 //! NATS server refuses nothing but the viewer's change.
 
 use nodemaint_tests::lab::{step, Lab};
-use nodemaint_tests::{stderr, stdout, wait_for};
+use nodemaint_tests::{ok, stderr, stdout, wait_for};
 use std::time::Duration;
-
-fn ok(out: &std::process::Output) {
-    assert!(
-        out.status.success(),
-        "stdout: {}\nstderr: {}",
-        stdout(out),
-        stderr(out)
-    );
-}
 
 #[test]
 fn lab_security_suite() {

@@ -5,19 +5,10 @@
 //! fallbacks; every step checked against each node's own libvirtd.
 
 use nodemaint_tests::lab::{step, Lab};
-use nodemaint_tests::{stderr, stdout, wait_for};
+use nodemaint_tests::{ok, stderr, stdout, wait_for};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
-
-fn ok(out: &std::process::Output) {
-    assert!(
-        out.status.success(),
-        "stdout: {}\nstderr: {}",
-        stdout(out),
-        stderr(out)
-    );
-}
 
 /// One migration as the journal shows it: (start ms, end ms, from, to).
 type Interval = (i64, i64, String, String);

@@ -173,12 +173,8 @@ fn stop_mode_needs_acknowledgement_then_stops_records_and_enable_restarts_exactl
     // Enable restarts exactly the recorded set, VFWs first, not the tenant's VM.
     let out = f.cli("carol", &["node", "enable", "node1", "--output", "json"]);
     ok(&out);
-    let job_line = stdout(&out)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["job"].is_object())
-        .unwrap();
-    let starts: Vec<String> = job_line["job"]["commands"]
+    let job = job_of(&out);
+    let starts: Vec<String> = job["commands"]
         .as_array()
         .unwrap()
         .iter()
@@ -190,7 +186,7 @@ fn stop_mode_needs_acknowledgement_then_stops_records_and_enable_restarts_exactl
         ["cs1-vfw", "cs2-vfw", "vm-a", "vm-b"],
         "VFWs first, exactly the recorded set"
     );
-    assert_eq!(job_line["job"]["user"], "carol");
+    assert_eq!(job["user"], "carol");
     wait_for(Duration::from_secs(10), "restarted", || {
         let all = vms(&f);
         ["cs1-vfw", "cs2-vfw", "vm-a", "vm-b"]
@@ -271,12 +267,7 @@ fn failed_migrations_are_retried_elsewhere_reported_and_lose_nothing() {
         ],
     );
     assert!(!out.status.success(), "{}", stdout(&out));
-    let job = stdout(&out)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["job"].is_object())
-        .unwrap()["job"]
-        .clone();
+    let job = job_of(&out);
     assert_eq!(job["state"], "FAILED");
     let not_done: Vec<&str> = job["report"]["not_done"]
         .as_array()

@@ -36,10 +36,6 @@ fn secure(f: &Fleet) -> &Secure {
     f.secure.as_ref().unwrap()
 }
 
-fn ok(out: &std::process::Output) {
-    assert!(out.status.success(), "{}", stderr(out));
-}
-
 /// Server-reported permission violations of this run's server log.
 fn violations(f: &Fleet) -> Vec<String> {
     f.nats

@@ -77,12 +77,7 @@ fn roll(f: &Fleet, k: usize) -> (Value, Duration) {
         stderr(&out),
         stdout(&out)
     );
-    let job = stdout(&out)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["job"].is_object())
-        .expect("job line")["job"]
-        .clone();
+    let job = job_of(&out);
     (job, elapsed)
 }
 
@@ -197,12 +192,7 @@ fn a_rolling_deadline_fails_the_rolling_loudly_and_loses_nothing() {
         "bounded: {:?}",
         t.elapsed()
     );
-    let job = stdout(&out)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["job"].is_object())
-        .expect("job line")["job"]
-        .clone();
+    let job = job_of(&out);
     assert_eq!(job["state"], "FAILED", "{job}");
     assert!(
         job["outcome"]
