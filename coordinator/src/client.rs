@@ -209,26 +209,27 @@ impl Client {
         // While a cluster elects the stream's new leader (a server died),
         // JetStream requests time out for a few seconds: try again.
         let opened =
-            nodemaint_proto::bus::retrying("events consumer", Duration::from_secs(20), || async {
-                let stream = self
-                    .js
-                    .get_stream(self.subjects.events_stream())
-                    .await
-                    .map_err(|e| format!("events stream unavailable on {}: {e}", self.url))?;
-                let consumer = stream
-                    .create_consumer(consumer::pull::OrderedConfig {
-                        filter_subjects: filters.clone(),
-                        deliver_policy: deliver,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| format!("cannot read events: {e}"))?;
-                Ok(consumer
-                    .messages()
-                    .await
-                    .map_err(|e| format!("cannot read events: {e}"))?)
-            })
-            .await;
+            nodemaint_proto::bus::Retry::within("events consumer", Duration::from_secs(20))
+                .run(|| async {
+                    let stream = self
+                        .js
+                        .get_stream(self.subjects.events_stream())
+                        .await
+                        .map_err(|e| format!("events stream unavailable on {}: {e}", self.url))?;
+                    let consumer = stream
+                        .create_consumer(consumer::pull::OrderedConfig {
+                            filter_subjects: filters.clone(),
+                            deliver_policy: deliver,
+                            ..Default::default()
+                        })
+                        .await
+                        .map_err(|e| format!("cannot read events: {e}"))?;
+                    consumer
+                        .messages()
+                        .await
+                        .map_err(|e| format!("cannot read events: {e}"))
+                })
+                .await;
         opened.map_err(|e| ClientError::Other(e.to_string()))
     }
 

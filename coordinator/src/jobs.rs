@@ -166,18 +166,19 @@ impl Coordinator {
         let bytes: bytes::Bytes = serde_json::to_vec(job)?.into();
         // Retried while the jobs bucket has no stream leader (a cluster
         // member just died): the CLI waits 30 s for the answer.
-        bus::retrying("job record", std::time::Duration::from_secs(20), || async {
-            match self.jobs.create(&job.id, bytes.clone()).await {
-                Ok(_) => Ok(()),
-                // An earlier attempt that timed out but landed.
-                Err(e) if bus::create_conflict(&e) && self.get_job(&job.id).await.is_some() => {
-                    Ok(())
+        bus::Retry::within("job record", std::time::Duration::from_secs(20))
+            .run(|| async {
+                match self.jobs.create(&job.id, bytes.clone()).await {
+                    Ok(_) => Ok(()),
+                    // An earlier attempt that timed out but landed.
+                    Err(e) if bus::create_conflict(&e) && self.get_job(&job.id).await.is_some() => {
+                        Ok(())
+                    }
+                    Err(e) => Err(bus::BoxError::from(e)),
                 }
-                Err(e) => Err(e.into()),
-            }
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot record job: {e}"))?;
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot record job: {e}"))?;
         self.job_event(pb::JobEvent {
             job_id: job.id.clone(),
             kind: job.kind.clone(),

@@ -35,6 +35,8 @@ pub struct Coordinator {
     pub leader: std::sync::atomic::AtomicBool,
     /// API request ids (idempotency) → job ids.
     pub requests: kv::Store,
+    /// The leader lease's bucket.
+    leader_store: kv::Store,
     /// Migration concurrency shared by all jobs.
     pub slots: crate::slots::MigrationSlots,
     /// Abort and deadline requests of running jobs.
@@ -57,55 +59,43 @@ pub async fn connect(
 impl Coordinator {
     /// Connects, creates streams and buckets, and starts the event loops.
     pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<Arc<Self>> {
-        let client = connect(&cfg.nats_url, "nodemaint-coordinator", &cfg.nats_security()).await?;
+        let security = cfg.nats_security();
+        // A daemon waits for its server (started after it, restarting, a
+        // cluster electing); only what waiting cannot fix ends it.
+        let (client, server_errors) = bus::Retry::forever("NATS connection")
+            .run(|| bus::connect_watching(&cfg.nats_url, "nodemaint-coordinator", &security))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let js = jetstream::new(client.clone());
         let subjects = Subjects::new(&cfg.subject_prefix);
         let e = |what: &str, err: bus::BoxError| anyhow::anyhow!("cannot set up {what}: {err}");
         let replicas = cfg.nats_replicas;
-        // A cluster that just lost a member answers JetStream requests
-        // again once it elected new leaders: retry the set-up meanwhile.
-        let patience = Duration::from_secs(60);
-        bus::retrying("streams", patience, || {
-            bus::ensure_streams(&js, &subjects, replicas)
-        })
-        .await
-        .map_err(|err| e("streams", err))?;
-        let (nodes_bucket, jobs_bucket) = (subjects.nodes_bucket(), subjects.jobs_bucket());
-        let nodes = bus::retrying("nodes bucket", patience, || {
-            bus::bucket(&js, &nodes_bucket, 5, Duration::ZERO, replicas)
-        })
-        .await
-        .map_err(|err| e("nodes bucket", err))?;
-        let jobs = bus::retrying("jobs bucket", patience, || {
-            bus::bucket(&js, &jobs_bucket, 1, Duration::ZERO, replicas)
-        })
-        .await
-        .map_err(|err| e("jobs bucket", err))?;
-        // Request ids are only worth remembering as long as a client retries.
-        let requests_bucket = subjects.requests_bucket();
-        let requests = bus::retrying("requests bucket", patience, || {
-            bus::bucket(
-                &js,
-                &requests_bucket,
-                1,
-                Duration::from_secs(24 * 3600),
-                replicas,
-            )
-        })
-        .await
-        .map_err(|err| e("requests bucket", err))?;
-        let results_bucket = subjects.agent_results_bucket();
-        let agent_results = bus::retrying("agent results bucket", patience, || {
-            bus::bucket(
-                &js,
-                &results_bucket,
-                1,
-                Duration::from_secs(7 * 24 * 3600),
-                replicas,
-            )
-        })
-        .await
-        .map_err(|err| e("agent results bucket", err))?;
+        let retry = |what: &str| bus::Retry::forever(what).refusals(server_errors.subscribe());
+        retry("streams")
+            .run(|| bus::ensure_streams(&js, &subjects, replicas))
+            .await
+            .map_err(|err| e("streams", err))?;
+        let day = Duration::from_secs(24 * 3600);
+        // (bucket, history, max age); the requests bucket remembers request
+        // ids only as long as a client retries.
+        let buckets = [
+            (subjects.nodes_bucket(), 5, Duration::ZERO),
+            (subjects.jobs_bucket(), 1, Duration::ZERO),
+            (subjects.requests_bucket(), 1, day),
+            (subjects.agent_results_bucket(), 1, 7 * day),
+            (subjects.leader_bucket(), 1, Duration::ZERO),
+        ];
+        let mut stores = Vec::new();
+        for (name, history, max_age) in buckets {
+            let store = retry(&format!("bucket {name}"))
+                .run(|| bus::bucket(&js, &name, history, max_age, replicas))
+                .await
+                .map_err(|err| e(&format!("bucket {name}"), err))?;
+            stores.push(store);
+        }
+        let [nodes, jobs, requests, agent_results, leader]: [kv::Store; 5] = stores
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("five buckets"))?;
         let registry = Registry::open(nodes)
             .await
             .map_err(|err| e("registry", err))?;
@@ -119,6 +109,7 @@ impl Coordinator {
             jobs,
             agent_results,
             requests,
+            leader_store: leader,
             slots: crate::slots::MigrationSlots::new(cfg_limits),
             stops: Default::default(),
             leader: Default::default(),
@@ -131,18 +122,7 @@ impl Coordinator {
     /// Waits for the leader lease, then resumes left-over jobs and answers
     /// the API until `shutdown` completes or the lease is lost.
     pub async fn serve(self: Arc<Self>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let leader_bucket = self.subjects.leader_bucket();
-        let leader = bus::retrying("leader bucket", Duration::from_secs(60), || {
-            bus::bucket(
-                &self.js,
-                &leader_bucket,
-                1,
-                Duration::ZERO,
-                self.cfg.nats_replicas,
-            )
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot open leader bucket: {e}"))?;
+        let leader = self.leader_store.clone();
         let elector =
             crate::lease::Elector::new(leader, Duration::from_secs(self.cfg.lease_ttl_s.max(2)));
         tokio::pin!(shutdown);
@@ -435,28 +415,19 @@ impl Coordinator {
         msg_id: &str,
         patience: Duration,
     ) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + patience;
         let payload: bytes::Bytes = cmd.encode_to_vec().into();
-        loop {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", msg_id);
-            let sent = async {
+        bus::Retry::within(format!("command {} to {node}", cmd.id), patience)
+            .run(|| async {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", msg_id);
                 self.js
                     .publish_with_headers(self.subjects.agent_cmd(node), headers, payload.clone())
                     .await?
                     .await?;
-                anyhow::Ok(())
-            }
-            .await;
-            match sent {
-                Ok(()) => return Ok(()),
-                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-                Err(e) => {
-                    tracing::warn!(node, id = %cmd.id, error = %e, "command not acknowledged by NATS; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        }
+                Ok::<_, bus::BoxError>(())
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     /// The result an agent recorded for a command in its results bucket,

@@ -77,47 +77,47 @@ pub async fn run_with(
     if let Some(addr) = cfg.metrics_listen {
         crate::metrics::listen(addr).await?;
     }
-    let (client, server_errors) = bus::connect_watching(
-        &cfg.nats_url,
-        &format!("node-agent {}", cfg.node),
-        &cfg.nats_security(),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut refused = server_errors.subscribe();
-    // A refused JetStream request only times out: name the refusal.
-    let mut setup_error = |what: &str, e: bus::BoxError| {
-        let mut msg = format!("cannot {what}: {e}");
-        while let Ok(v) = refused.try_recv() {
-            msg.push_str(&format!(
-                "; the NATS server refused it ({v}): with per-agent permissions the \
-                 coordinator creates the streams and buckets, so start it first, and check \
-                 that this node's credentials are node {:?}'s",
-                cfg.node
-            ));
-        }
-        anyhow::anyhow!(msg)
+    let security = cfg.nats_security();
+    let who = format!("node-agent {}", cfg.node);
+    let (client, server_errors) = bus::Retry::forever("NATS connection")
+        .run(|| bus::connect_watching(&cfg.nats_url, &who, &security))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Whatever set-up step the server refuses (this node's credentials lack
+    // a permission) ends the agent with the refusal, not a wait.
+    let refusals = || server_errors.subscribe();
+    let node = cfg.node.clone();
+    let hint = |what: &str, e: bus::BoxError| {
+        anyhow::anyhow!(
+            "cannot {what}: {e} (check that this node's credentials are node {node:?}'s)"
+        )
     };
     let js = jetstream::new(client.clone());
     let subjects = Subjects::new(&cfg.subject_prefix);
-    let patience = Duration::from_secs(60);
-    bus::retrying("streams", patience, || {
-        bus::ensure_streams(&js, &subjects, cfg.nats_replicas)
-    })
-    .await
-    .map_err(|e| setup_error("set up JetStream streams", e))?;
-    let results_bucket = subjects.agent_results_bucket();
-    let results = bus::retrying("results bucket", patience, || {
-        bus::bucket(
+    // The coordinator creates the streams and buckets (agents may not, under
+    // per-agent permissions); until it has, or until this agent's cluster
+    // member has seen them, wait.
+    for stream in [subjects.commands_stream(), subjects.events_stream()] {
+        bus::existing_stream(
             &js,
-            &results_bucket,
-            1,
-            Duration::from_secs(7 * 24 * 3600),
-            cfg.nats_replicas,
+            &stream,
+            bus::Retry::forever(format!("stream {stream} (the coordinator creates it)"))
+                .refusals(refusals()),
         )
-    })
+        .await
+        .map_err(|e| hint(&format!("open stream {stream}"), e))?;
+    }
+    let results_bucket = subjects.agent_results_bucket();
+    let results = bus::existing_bucket(
+        &js,
+        &results_bucket,
+        bus::Retry::forever(format!(
+            "bucket {results_bucket} (the coordinator creates it)"
+        ))
+        .refusals(refusals()),
+    )
     .await
-    .map_err(|e| setup_error("open the results bucket", e))?;
+    .map_err(|e| hint("open the results bucket", e))?;
     let hv2 = hv.clone();
     let capacity = tokio::task::spawn_blocking(move || hv2.host_capacity()).await??;
     let agent = Arc::new(Agent {
@@ -136,7 +136,13 @@ pub async fn run_with(
         capacity,
         boot_time_ms: boot_time_ms(),
     });
-    agent.publish_inventory(true).await?;
+    // The first inventory must land (the coordinator plans from it); a
+    // cluster member may still be catching up with the events stream.
+    bus::Retry::forever("first inventory")
+        .refusals(refusals())
+        .run(|| agent.publish_inventory(true))
+        .await
+        .map_err(|e| hint("publish inventory", e))?;
     agent.heartbeat().await;
     tokio::spawn(agent.clone().report_interrupted());
     tracing::info!(node = %agent.cfg.node, uri = %agent.cfg.libvirt_uri, "agent started");
@@ -269,7 +275,25 @@ impl Agent {
         Ok(())
     }
 
+    /// Pulls commands forever: when the consumer goes away (a server
+    /// restart, a stream leader change), it is opened again.
     async fn command_loop(self: Arc<Self>) -> anyhow::Result<()> {
+        loop {
+            let mut messages = bus::Retry::forever("command consumer")
+                .run(|| self.open_commands())
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot open the command consumer: {e}"))?;
+            while let Some(msg) = messages.next().await {
+                match msg {
+                    Ok(msg) => self.clone().dispatch(msg).await,
+                    Err(e) => tracing::warn!(error = %e, "command consumer error"),
+                }
+            }
+            tracing::warn!("command consumer ended; opening it again");
+        }
+    }
+
+    async fn open_commands(&self) -> Result<consumer::pull::Stream, bus::BoxError> {
         let stream = self.js.get_stream(self.subjects.commands_stream()).await?;
         let durable = self.subjects.agent_consumer(self.node());
         let consumer: consumer::PullConsumer = stream
@@ -288,14 +312,7 @@ impl Agent {
                 },
             )
             .await?;
-        let mut messages = consumer.messages().await?;
-        while let Some(msg) = messages.next().await {
-            match msg {
-                Ok(msg) => self.clone().dispatch(msg).await,
-                Err(e) => tracing::warn!(error = %e, "command consumer error"),
-            }
-        }
-        anyhow::bail!("command consumer ended")
+        Ok(consumer.messages().await?)
     }
 
     async fn dispatch(self: Arc<Self>, msg: jetstream::Message) {
@@ -668,18 +685,11 @@ impl Agent {
         let mut value = vec![RESULT];
         value.extend(result.encode_to_vec());
         let value: bytes::Bytes = value.into();
-        let deadline = Instant::now() + Duration::from_secs(600);
-        loop {
-            match self.results.put(key, value.clone()).await {
-                Ok(_) => return,
-                Err(e) if Instant::now() > deadline => {
-                    return tracing::error!(error = %e, key, "cannot record command result; giving up")
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, key, "cannot record command result; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
+        let put = bus::Retry::within(format!("record result {key}"), Duration::from_secs(600))
+            .run(|| self.results.put(key, value.clone()))
+            .await;
+        if let Err(e) = put {
+            tracing::error!(error = %e, key, "cannot record command result; giving up");
         }
     }
 

@@ -3,7 +3,6 @@
 //! ```toml
 //! node = "node1"                         # this node's name (a subject token)
 //! nats_url = "nats://10.77.0.1:4222"    # or a list: "nats://a:4222,nats://b:4222"
-//! nats_replicas = 1                      # 3 on a 3-node JetStream cluster
 //! libvirt_uri = "qemu:///system"         # any libvirt URI, e.g. test:///abs/node.xml
 //! address = "10.77.0.11"                 # how other nodes reach this one (migrations)
 //! heartbeat_interval_ms = 2000
@@ -76,8 +75,9 @@ pub struct AgentConfig {
     /// Serve Prometheus metrics on http://ADDR/metrics; off when unset.
     #[serde(default)]
     pub metrics_listen: Option<std::net::SocketAddr>,
-    /// Copies of the streams and the results bucket when the agent creates
-    /// them first: 1 on a single server, 3 on a 3-node JetStream cluster.
+    /// Unused: the coordinator creates the streams and buckets (with its own
+    /// `nats_replicas`), and agents wait for them. Accepted so that existing
+    /// agent configs keep loading.
     #[serde(default = "default_replicas")]
     pub nats_replicas: usize,
 }

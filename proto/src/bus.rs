@@ -283,28 +283,202 @@ pub async fn connect_watching(
     }
 }
 
-/// Creates (or checks) the commands and events streams.
-/// Runs `op` until it succeeds or `patience` has passed (then its last
-/// error): JetStream set-up right after a server died or restarted fails
-/// until the cluster elected new leaders.
-pub async fn retrying<T, F, Fut>(what: &str, patience: Duration, mut op: F) -> Result<T, BoxError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, BoxError>>,
-{
-    let deadline = tokio::time::Instant::now() + patience;
-    loop {
-        match op().await {
-            Ok(v) => return Ok(v),
-            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-            Err(e) => {
-                tracing::warn!(what, error = %e, "JetStream not ready; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+/// What waiting can and cannot fix: a failed bus call is either
+/// temporary (retry it) or permanent (report it and stop).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// A stream or bucket not there yet (or not yet on this cluster member),
+    /// no responders, a timeout, a leader election, a lost connection.
+    Transient,
+    /// Credentials, permissions, TLS, or a configuration the server rejects.
+    Permanent,
+}
+
+/// Classifies a bus error by its message. Anything not known to be
+/// permanent is transient: a daemon that waits too long on a permanent error
+/// says so in its log every few seconds, one that exits on a transient
+/// error takes a node out of service.
+pub fn classify(message: &str) -> Verdict {
+    const PERMANENT: &[&str] = &[
+        "permissions violation",
+        "authorization violation",
+        "authentication",
+        "credentials",
+        "certificate",
+        "tls",
+        // A stream or bucket that exists with another configuration.
+        "already in use",
+        "invalid",
+        "jetstream not enabled",
+        // Configuration read before any network: files, URLs.
+        "cannot read",
+        "nats server url",
+    ];
+    let m = message.to_ascii_lowercase();
+    if PERMANENT.iter().any(|p| m.contains(p)) {
+        Verdict::Permanent
+    } else {
+        Verdict::Transient
+    }
+}
+
+/// Capped exponential backoff with jitter: each delay is drawn from
+/// [d/2, d] where d doubles from `first` up to `cap`, so that many agents
+/// retrying after one server restart do not come back in lockstep.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    next: Duration,
+    cap: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
+    }
+}
+
+impl Backoff {
+    pub fn new(first: Duration, cap: Duration) -> Self {
+        Backoff { next: first, cap }
+    }
+
+    /// The next delay (and doubles the one after).
+    pub fn delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (d * 2).min(self.cap);
+        d / 2 + d.mul_f64(jitter() / 2.0)
+    }
+
+    /// Sleeps the next delay.
+    pub async fn wait(&mut self) {
+        tokio::time::sleep(self.delay()).await
+    }
+}
+
+/// A number in [0, 1) that differs between processes and calls (std's
+/// randomly keyed hasher; no cryptographic quality needed).
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The one policy for waiting out what is temporary on the bus: runs an
+/// operation until it succeeds, with [`Backoff`] between attempts, logging
+/// what it waits for; stops on a [`Verdict::Permanent`] error, on a
+/// permission refusal reported by the server meanwhile, or when the
+/// patience (if any) has run out.
+///
+/// Daemons wait [`Retry::forever`]: a stream that a cluster member has not
+/// seen yet, a server restart or an election ends by itself. Interactive
+/// callers (the CLI) give a [`Retry::within`] patience.
+pub struct Retry {
+    what: String,
+    deadline: Option<tokio::time::Instant>,
+    backoff: Backoff,
+    refusals: Option<tokio::sync::broadcast::Receiver<String>>,
+}
+
+impl Retry {
+    pub fn forever(what: impl Into<String>) -> Self {
+        Retry {
+            what: what.into(),
+            deadline: None,
+            backoff: Backoff::default(),
+            refusals: None,
+        }
+    }
+
+    pub fn within(what: impl Into<String>, patience: Duration) -> Self {
+        Retry {
+            deadline: Some(tokio::time::Instant::now() + patience),
+            ..Retry::forever(what)
+        }
+    }
+
+    /// Also stop when the server reports a permissions violation (a
+    /// refused JetStream request is not answered; the refusal arrives on
+    /// the connection's error channel, see [`connect_watching`]).
+    pub fn refusals(mut self, rx: tokio::sync::broadcast::Receiver<String>) -> Self {
+        self.refusals = Some(rx);
+        self
+    }
+
+    pub async fn run<T, E, F, Fut>(mut self, mut op: F) -> Result<T, BoxError>
+    where
+        E: Into<BoxError>,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let mut attempt = 0u32;
+        loop {
+            let e: BoxError = match op().await {
+                Ok(v) => {
+                    if attempt > 0 {
+                        tracing::info!(what = %self.what, attempts = attempt + 1, "ready");
+                    }
+                    return Ok(v);
+                }
+                Err(e) => e.into(),
+            };
+            attempt += 1;
+            if let Some(refusal) = self.refused() {
+                return Err(format!("{e}; the NATS server refused it: {refusal}").into());
+            }
+            if classify(&e.to_string()) == Verdict::Permanent {
+                return Err(e);
+            }
+            let delay = self.backoff.delay();
+            if self
+                .deadline
+                .is_some_and(|d| tokio::time::Instant::now() + delay >= d)
+            {
+                return Err(format!("{e} (still failing after {attempt} attempts)").into());
+            }
+            tracing::warn!(what = %self.what, attempt, error = %e, retry_in_ms = delay.as_millis() as u64,
+                "waiting for NATS");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn refused(&mut self) -> Option<String> {
+        let rx = self.refusals.as_mut()?;
+        loop {
+            match rx.try_recv() {
+                Ok(m) if classify(&m) == Verdict::Permanent => return Some(m),
+                Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {}
+                Err(_) => return None,
             }
         }
     }
 }
 
+/// Opens a stream that someone else creates (an agent's view: the
+/// coordinator owns the JetStream layout), waiting until it exists.
+pub async fn existing_stream(
+    js: &jetstream::Context,
+    name: &str,
+    retry: Retry,
+) -> Result<stream::Stream, BoxError> {
+    retry.run(|| js.get_stream(name)).await
+}
+
+/// Opens a KV bucket that someone else creates, waiting until it exists.
+pub async fn existing_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    retry: Retry,
+) -> Result<kv::Store, BoxError> {
+    retry.run(|| js.get_key_value(name)).await
+}
+
+/// Creates (or checks) the commands and events streams.
 /// `replicas` is 1 on a single server, 3 on a 3-node cluster (a stream
 /// that exists already keeps its replica count).
 pub async fn ensure_streams(
@@ -456,14 +630,20 @@ where
     let deadline = tokio::time::Instant::now() + STORE_PATIENCE;
     let mut conflicts = 0;
     let mut unconfirmed: Option<bytes::Bytes> = None;
+    let mut backoff = Backoff::default();
     // Waits before the next attempt after a transport error, or gives up.
-    let unavailable = |e: BoxError| async move {
-        if tokio::time::Instant::now() >= deadline {
-            return Err(CasError::Store(e));
+    let mut unavailable = |e: BoxError| {
+        let delay = backoff.delay();
+        async move {
+            if tokio::time::Instant::now() >= deadline
+                || classify(&e.to_string()) == Verdict::Permanent
+            {
+                return Err(CasError::Store(e));
+            }
+            tracing::warn!(key, error = %e, "KV store unavailable; retrying");
+            tokio::time::sleep(delay).await;
+            Ok(())
         }
-        tracing::warn!(key, error = %e, "KV store unavailable; retrying");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        Ok(())
     };
     while conflicts < 64 {
         let entry = match store.entry(key).await {
@@ -565,6 +745,80 @@ pub async fn all_json<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waiting_fixes_missing_streams_and_timeouts_not_refusals() {
+        for transient in [
+            "no stream found for given subject",
+            "stream not found",
+            "timed out",
+            "requested JetStream resource does not exist",
+            "JetStream system temporarily unavailable",
+            "NATS server at nats://a:4222 not reachable within 5 s",
+            "cannot connect to NATS at nats://a:4222: IO error: Connection refused",
+        ] {
+            assert_eq!(classify(transient), Verdict::Transient, "{transient}");
+        }
+        for permanent in [
+            "Permissions Violation for Publish to \"$JS.API.STREAM.CREATE.x\"",
+            "cannot connect to NATS at u: authorization violation: the server refused these credentials",
+            "stream name already in use with a different configuration",
+            "cannot read NATS CA file /x: No such file",
+        ] {
+            assert_eq!(classify(permanent), Verdict::Permanent, "{permanent}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_jitter_below_each_step() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
+        let steps: Vec<Duration> = (0..8).map(|_| b.delay()).collect();
+        for (d, nominal) in steps
+            .iter()
+            .zip([100u64, 200, 400, 800, 1000, 1000, 1000, 1000])
+        {
+            let nominal = Duration::from_millis(nominal);
+            assert!(*d >= nominal / 2 && *d <= nominal, "{d:?} vs {nominal:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_stops_at_a_permanent_error_and_at_its_patience() {
+        let mut calls = 0;
+        let e = Retry::forever("x")
+            .run(|| {
+                calls += 1;
+                let r: Result<(), BoxError> = Err(if calls < 3 {
+                    "timed out".into()
+                } else {
+                    "authorization violation".into()
+                });
+                async move { r }
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(calls, 3);
+        assert!(e.to_string().contains("authorization"));
+        let e = Retry::within("x", Duration::from_secs(2))
+            .run(|| async { Err::<(), BoxError>("timed out".into()) })
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("still failing"), "{e}");
+        let mut n = 0;
+        let v = Retry::forever("x")
+            .run(|| {
+                n += 1;
+                let r: Result<u32, BoxError> = if n < 20 {
+                    Err("timed out".into())
+                } else {
+                    Ok(n)
+                };
+                async move { r }
+            })
+            .await
+            .unwrap();
+        assert_eq!(v, 20);
+    }
 
     #[test]
     fn credentials_parse_password_and_nkey() {

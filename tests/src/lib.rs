@@ -122,7 +122,7 @@ impl Nats {
             dir.join(format!("nats-{port}.log")),
         );
         let url = format!("nats://127.0.0.1:{port}");
-        wait_for(Duration::from_secs(10), "nats-server to listen", || {
+        wait_for(Duration::from_secs(60), "nats-server to listen", || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
         Nats {
@@ -131,6 +131,13 @@ impl Nats {
             url,
             dir: dir.to_path_buf(),
         }
+    }
+
+    /// Kills the server (SIGKILL: no clean shutdown) and starts it again on
+    /// the same port and JetStream store (default path only).
+    pub fn restart(&mut self) {
+        self.proc.kill();
+        *self = Nats::start_on(&self.dir.clone(), self.port);
     }
 }
 
@@ -386,12 +393,20 @@ impl Fleet {
     /// bob) with its own nkey and subject permissions. The CLI and agents
     /// use their own credentials.
     pub fn start_secure(agents: &[&str]) -> Fleet {
+        let mut f = Fleet::secure_without_coordinator(agents);
+        f.start_coordinator();
+        f
+    }
+
+    /// [`Fleet::start_secure`] without starting the coordinator: nothing
+    /// has created the streams and buckets yet.
+    pub fn secure_without_coordinator(agents: &[&str]) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("coordinator.toml");
         std::fs::write(&config, USERS_TOML).unwrap();
         let secure = Secure::generate(dir.path(), &config, agents);
         let nats = Nats::start_with_config(dir.path(), &secure.server_conf);
-        let mut f = Fleet {
+        Fleet {
             dir,
             nats,
             coordinator: None,
@@ -399,9 +414,7 @@ impl Fleet {
             config,
             agent_extra: Default::default(),
             secure: Some(secure),
-        };
-        f.start_coordinator();
-        f
+        }
     }
 
     /// Environment of a process acting as `principal` (empty when not secured).
@@ -426,7 +439,7 @@ impl Fleet {
         );
         self.coordinator = Some(p);
         // Ready when the API answers.
-        wait_for(Duration::from_secs(20), "coordinator to answer", || {
+        wait_for(Duration::from_secs(90), "coordinator to answer", || {
             self.cli("alice", &["node", "list"]).status.success()
         });
     }
@@ -556,7 +569,7 @@ impl Fleet {
     /// with its inventory.
     pub fn wait_registered(&self) {
         let want: Vec<String> = self.agents.iter().map(|(n, _)| n.clone()).collect();
-        wait_for(Duration::from_secs(20), "agents to register", || {
+        wait_for(Duration::from_secs(90), "agents to register", || {
             let out = self.cli("alice", &["node", "list", "--output", "json"]);
             let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
                 return false;
