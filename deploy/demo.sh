@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job, end to end on a local lab (run as root; ~3 minutes):
+# The main job, end to end on a local lab (run as root; ~30 s once built, plus the first
+# setup and build: it prints each phase with the time elapsed, and cargo its progress):
 # a 3-node KVM lab with tenants' VMs and one virtual firewall (VFW) per
 # cloudspace, then the seed's maintenance procedure with nodemaint:
 #   list nodes and VFWs → move a VM and a VFW live → put node2 in
@@ -9,14 +10,20 @@
 # The bus is secured (`lab up --secure`): TLS with a lab CA, and every agent,
 # the coordinator and each operator on its own nkey with subject permissions;
 # the demo acts as `operator` (Level2) and shows a `viewer` being refused.
-# Installs what it needs (deploy/setup.sh), builds, and tears the lab down
-# at the end, also on failure.
+# Installs what it needs (deploy/setup.sh --for demo: no browser, no load generator), builds,
+# and tears the lab down at the end, also on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 
-deploy/setup.sh >/dev/null
-cargo build --workspace --bins -q
+t0=$(date +%s)
+progress() { printf '[%4d s] %s\n' $(( $(date +%s) - t0 )) "$*"; }
+progress "setup: what the demo needs (deploy/setup.sh --for demo; silent if all is there)"
+deploy/setup.sh --for demo
+export PATH="$HOME/.cargo/bin:$PATH"
+progress "build: cargo build --workspace --bins (debug; minutes the first time, seconds after)"
+cargo build --workspace --bins
+progress "lab: 3 KVM nodes with tenants' VMs and a VFW per cloudspace, secured bus"
 
 export LAB_DIR=${LAB_DIR:-/run/nodemaint-demo} LAB_PREFIX=${LAB_PREFIX:-nmdemo}
 export LAB_SUBNET=${LAB_SUBNET:-10.76.0} LAB_NATS_PORT=${LAB_NATS_PORT:-4522}
@@ -82,4 +89,4 @@ echo; echo "No credentials, no entry:"
 say "Who did what: jobs and the event stream"
 nm job list
 nm events --since 10m --kind job | tail -15
-say "Done; tearing the lab down"
+say "Done in $(( $(date +%s) - t0 )) s; tearing the lab down"
