@@ -141,8 +141,18 @@ impl Coordinator {
             ok: None,
             message: None,
         };
-        self.update_job(&job.id, |j| j.commands.push(rec.clone()))
-            .await;
+        // Journal before act: a command whose journal entry was not written
+        // is not sent (a resumed job could not know about it).
+        if self
+            .update_job(&job.id, |j| j.commands.push(rec.clone()))
+            .await
+            .is_none()
+        {
+            return failed(
+                Code::Internal,
+                format!("{action} of {vm} not sent: its journal entry could not be written"),
+            );
+        }
         let timer = crate::metrics::CommandTimer::start(action, &cmd.id);
         let r = self.send_and_await(&job.id, node, &cmd, wait).await;
         timer.finish(&r);
@@ -251,7 +261,7 @@ impl Coordinator {
             }
             if tokio::time::Instant::now() > deadline {
                 return failed(
-                    Code::Timeout,
+                    Code::OutcomeUnknown,
                     format!(
                         "no result from node {node} within {} s after the restart",
                         wait.as_secs()
@@ -450,7 +460,8 @@ impl Coordinator {
     ) -> pb::CommandResult {
         let mut rx = match self.send_command(node, cmd).await {
             Ok(rx) => rx,
-            Err(e) => return failed(Code::Unavailable, format!("{e:#}")),
+            // Not acknowledged by NATS: it may still have landed.
+            Err(e) => return failed(Code::OutcomeUnknown, format!("{e:#}")),
         };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -473,7 +484,7 @@ impl Coordinator {
                 }
                 Err(_) => {
                     return failed(
-                        Code::Timeout,
+                        Code::OutcomeUnknown,
                         format!(
                         "no result from node {node} within {} s; the command may still complete",
                         wait.as_secs()
@@ -611,6 +622,9 @@ async fn cordon(c: Arc<Coordinator>, job: Job) {
 /// Jobs of one command (vm start/stop/move/create, vfw move): the command
 /// was prepared by the API handler and is in `params.command` (hex).
 async fn single(c: Arc<Coordinator>, job: Job, resumed: bool) {
+    // Journal before send: a job resumed without a journaled command never
+    // sent it, so it runs now (it used to end SUCCEEDED having done nothing).
+    let resumed = resumed && !job.commands.is_empty();
     let result = if resumed {
         c.finish_unfinished_commands(&job)
             .await
@@ -799,6 +813,7 @@ async fn drain(c: Arc<Coordinator>, job: Job, resumed: bool) {
     let stayed = report.not_done.iter().map(|l| (l.vm.clone(), node.clone()));
     let settled: Vec<(String, String)> = moved.into_iter().chain(stayed).collect();
     c.wait_placed(&settled).await;
+    account_for_strays(&c, &job, &node, &mut report).await;
     locate_not_done(&c, &mut report);
     let done = format!(
         "{node} drained: {} VMs moved; the node is in maintenance",
@@ -812,6 +827,34 @@ async fn drain(c: Arc<Coordinator>, job: Job, resumed: bool) {
         report.not_done_names()
     );
     finish_node_job(&c, &job, &node, report, done, partial).await;
+}
+
+/// Invariant 8: a node is drained only when a fresh inventory shows no
+/// running VM there that maintenance has not recorded. A VM that landed
+/// during the drain (a create or a move accepted just before the node was
+/// marked) is reported as not done, so the drain ends partial and no
+/// reboot hook runs over it.
+async fn account_for_strays(c: &Coordinator, job: &Job, node: &str, report: &mut Report) {
+    let asked = nodemaint_proto::now_ms();
+    c.refresh_inventory(node).await;
+    c.wait_fresh(node, asked).await;
+    let Some(rec) = c.registry.get(node) else {
+        return;
+    };
+    let fresh = rec.last_seen_ms > asked;
+    for d in rec.running_unrecorded() {
+        if report.not_done.iter().any(|l| l.vm == d) || report.done.iter().any(|l| l.vm == d) {
+            continue;
+        }
+        let detail = if fresh {
+            format!("{d} is running on {node}: it arrived during the drain; `maintenance retry {node}` moves it")
+        } else {
+            format!("{d} may still run on {node} (no fresh inventory from it)")
+        };
+        c.job_step(&job.id, Some(&d), Some(false), detail.clone())
+            .await;
+        report.record(d, Err(detail));
+    }
 }
 
 /// Appends where each VM that was not done is now (per the inventories),
@@ -918,11 +961,38 @@ async fn drain_vm(
     }
 }
 
+/// What a stop's answer means for the VM's `stopped_by` record.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AfterStop {
+    /// Stopped: the record stays (enable restarts it).
+    Keep,
+    /// The agent says the stop did not happen: the VM runs, drop the record.
+    Drop,
+    /// Nobody knows whether it ran (no answer, send not acknowledged): the
+    /// record stays, so that a stop that lands later is restarted by enable.
+    Unknown,
+}
+
+/// Pure: only an agent's own failed answer proves the VM still runs.
+pub fn after_stop(r: &pb::CommandResult) -> AfterStop {
+    match (&r.ok, r.error.as_ref().map(|e| e.code)) {
+        (true, _) => AfterStop::Keep,
+        (false, Some(code)) if code == Code::OutcomeUnknown as i32 => AfterStop::Unknown,
+        (false, _) => AfterStop::Drop,
+    }
+}
+
 /// Stops a VM, recording it in the node's `stopped_by` first (so `enable`
-/// restarts it even if the coordinator dies in between); a stop that fails
-/// is unrecorded again.
+/// restarts it even if the coordinator dies in between); the record is
+/// dropped only when the agent answered that the stop failed. Not stopped
+/// at all when the record cannot be written.
 async fn stop_recorded(c: &Coordinator, job: &Job, node: &str, vm: &str) -> pb::CommandResult {
-    record_stopped(c, node, vm, Some(&job.id)).await;
+    if let Err(e) = record_stopped(c, node, vm, Some(&job.id)).await {
+        return failed(
+            Code::Internal,
+            format!("{vm} not stopped: cannot record it as stopped by maintenance ({e})"),
+        );
+    }
     c.job_step(&job.id, Some(vm), None, format!("stopping {vm}"))
         .await;
     let r = c
@@ -937,25 +1007,49 @@ async fn stop_recorded(c: &Coordinator, job: &Job, node: &str, vm: &str) -> pb::
             }),
         )
         .await;
-    if !r.ok {
-        record_stopped(c, node, vm, None).await;
+    match after_stop(&r) {
+        AfterStop::Keep => {}
+        AfterStop::Drop => {
+            if let Err(e) = record_stopped(c, node, vm, None).await {
+                tracing::warn!(node, vm, error = %e, "stop failed; its record stays (enable skips a running VM)");
+            }
+        }
+        AfterStop::Unknown => {
+            c.job_step(
+                &job.id,
+                Some(vm),
+                None,
+                format!(
+                    "{vm}: outcome of the stop unknown ({}); kept recorded on {node} so that \
+                     `node enable {node}` restarts it if it did stop",
+                    describe(&r)
+                ),
+            )
+            .await;
+        }
     }
     r
 }
 
 /// Sets (`Some(job)`) or clears a VM's `stopped_by` entry on a node.
-async fn record_stopped(c: &Coordinator, node: &str, vm: &str, job: Option<&str>) {
-    let _ = c
-        .registry
+async fn record_stopped(
+    c: &Coordinator,
+    node: &str,
+    vm: &str,
+    job: Option<&str>,
+) -> Result<(), String> {
+    c.registry
         .update::<String>(node, |r| {
-            let mut r = r.ok_or_else(|| "node vanished".to_string())?;
+            let mut r = r.ok_or_else(|| format!("node {node} vanished"))?;
             match job {
                 Some(j) => r.stopped_by.insert(vm.to_string(), j.to_string()),
                 None => r.stopped_by.remove(vm),
             };
             Ok(r)
         })
-        .await;
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// The cold fallback: stop on the source (recorded), move the definition
@@ -992,7 +1086,17 @@ async fn cold_move(
             m.from
         ));
     }
-    record_stopped(c, &m.from, &m.vm, None).await;
+    // The VM is defined (shut off) on the destination now: record it there
+    // before the source's record goes, so it is never unrecorded.
+    if let Err(e) = record_stopped(c, &m.to, &m.vm, Some(&job.id)).await {
+        return Err(format!(
+            "{why}; cold-moved to {} but cannot record it there ({e}): stopped, recorded on {}",
+            m.to, m.from
+        ));
+    }
+    if let Err(e) = record_stopped(c, &m.from, &m.vm, None).await {
+        tracing::warn!(vm = %m.vm, node = %m.from, error = %e, "stale stopped_by record left on the source");
+    }
     let started = c
         .run_command(
             job,
@@ -1003,12 +1107,14 @@ async fn cold_move(
         )
         .await;
     if started.ok {
+        if let Err(e) = record_stopped(c, &m.to, &m.vm, None).await {
+            tracing::warn!(vm = %m.vm, node = %m.to, error = %e, "stale stopped_by record (enable skips a running VM)");
+        }
         Ok(format!(
             "moved to {} (cold: stopped, moved, started; {why})",
             m.to
         ))
     } else {
-        record_stopped(c, &m.to, &m.vm, Some(&job.id)).await;
         Err(format!(
             "cold-moved to {} but it did not start there ({}): stopped and recorded on {}",
             m.to,
@@ -1124,7 +1230,9 @@ async fn start_vms(
         c.job_step(&job.id, Some(&name), Some(outcome.is_ok()), detail.clone())
             .await;
         if outcome.is_ok() {
-            record_stopped(c, node, &name, None).await;
+            if let Err(e) = record_stopped(c, node, &name, None).await {
+                tracing::warn!(node, vm = %name, error = %e, "started; its stale record stays (enable skips a running VM)");
+            }
         }
         report.record(name, outcome);
     }
@@ -1311,6 +1419,45 @@ mod tests {
             ok,
             message: Some("boom".into()),
         }
+    }
+
+    /// Regression: a coordinator-side timeout (node cut off during stop
+    /// all) used to drop the record, so the stop that landed later was never
+    /// restarted by enable.
+    #[test]
+    fn only_the_agents_own_failure_drops_a_stop_record() {
+        let ok = pb::CommandResult {
+            ok: true,
+            ..Default::default()
+        };
+        assert_eq!(after_stop(&ok), AfterStop::Keep);
+        for code in [Code::Hypervisor, Code::NotFound, Code::Timeout, Code::WrongState] {
+            let agent_said = failed(code, "libvirt: boom".into());
+            assert_eq!(after_stop(&agent_said), AfterStop::Drop, "{code:?}");
+        }
+        let no_answer = failed(Code::OutcomeUnknown, "no result within 70 s".into());
+        assert_eq!(after_stop(&no_answer), AfterStop::Unknown);
+    }
+
+    #[test]
+    fn a_drained_node_may_hold_only_recorded_or_stopped_vms() {
+        use nodemaint_proto::model::Vm;
+        let vm = |name: &str, state| Vm {
+            name: name.into(),
+            state,
+            ..Default::default()
+        };
+        let mut rec = NodeRecord {
+            domains: vec![
+                vm("off", VmState::Shutoff),
+                vm("recorded", VmState::Running),
+                vm("stray", VmState::Running),
+                vm("arriving", VmState::Migrating),
+            ],
+            ..Default::default()
+        };
+        rec.stopped_by.insert("recorded".into(), "job".into());
+        assert_eq!(rec.running_unrecorded(), ["stray", "arriving"]);
     }
 
     #[test]

@@ -477,7 +477,11 @@ async fn reboot_hook(
     tokio::select! {
         r = hook => match r {
             Ok(r) if r.ok => Ok(()),
-            Ok(r) if r.error.as_ref().map(|e| e.code) == Some(pb::error::Code::Timeout as i32) => Ok(()),
+            // A node that reboots under its hook does not answer: its new
+            // boot id is the answer.
+            Ok(r) if r.error.as_ref().is_some_and(|e| {
+                e.code == pb::error::Code::Timeout as i32 || e.code == pb::error::Code::OutcomeUnknown as i32
+            }) => Ok(()),
             Ok(r) => Err(format!("reboot hook failed: {}", r.error.map(|e| e.message).unwrap_or(r.message))),
             Err(e) => Err(format!("reboot hook: {e}")),
         },

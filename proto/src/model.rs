@@ -103,6 +103,21 @@ impl NodeRecord {
             .count()
     }
 
+    /// VMs that run here (or are paused or migrating) without a record
+    /// that maintenance stopped them: what a drained node must not have.
+    pub fn running_unrecorded(&self) -> Vec<String> {
+        self.domains
+            .iter()
+            .filter(|d| {
+                matches!(
+                    d.state,
+                    VmState::Running | VmState::Paused | VmState::Migrating
+                ) && !self.stopped_by.contains_key(&d.name)
+            })
+            .map(|d| d.name.clone())
+            .collect()
+    }
+
     /// Memory reserved by every defined VM, running or not.
     pub fn memory_used_mib(&self) -> u64 {
         self.domains.iter().map(|d| d.memory_mib).sum()
