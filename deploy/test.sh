@@ -83,6 +83,10 @@ cargo_test --workspace -- --skip lab_
 # The lab suites: one lab each, one at a time (cargo runs test binaries in turn; one thread
 # inside each).
 phase "lab suites"
+# Labs take fixed namespaces and subnets: one lab user at a time on this machine
+# (another checkout's test run waits here instead of clashing).
+exec {lab_lock}>"${TMPDIR:-/tmp}/nodemaint-lab.lock"
+flock "$lab_lock"
 cargo_test --workspace -- --test-threads=1 --exact \
     lab_migration_suite lab_maintenance_suite lab_rolling_suite lab_trust_suite \
     lab_security_suite lab_faults_suite
