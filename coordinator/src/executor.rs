@@ -1431,7 +1431,12 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(after_stop(&ok), AfterStop::Keep);
-        for code in [Code::Hypervisor, Code::NotFound, Code::Timeout, Code::WrongState] {
+        for code in [
+            Code::Hypervisor,
+            Code::NotFound,
+            Code::Timeout,
+            Code::WrongState,
+        ] {
             let agent_said = failed(code, "libvirt: boom".into());
             assert_eq!(after_stop(&agent_said), AfterStop::Drop, "{code:?}");
         }
