@@ -85,7 +85,7 @@ fn failed(code: Code, message: String) -> pb::CommandResult {
     }
 }
 
-fn describe(r: &pb::CommandResult) -> String {
+pub fn describe(r: &pb::CommandResult) -> String {
     if r.ok {
         r.message.clone()
     } else {
@@ -119,6 +119,21 @@ impl Coordinator {
         to: Option<&str>,
         kind: Kind,
     ) -> pb::CommandResult {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.run_command_as(&id, job, node, vm, to, kind).await
+    }
+
+    /// [`Coordinator::run_command`] with the command id given (engine jobs
+    /// derive ids from the job, so that a resent command is the same one).
+    pub async fn run_command_as(
+        &self,
+        id: &str,
+        job: &Job,
+        node: &str,
+        vm: &str,
+        to: Option<&str>,
+        kind: Kind,
+    ) -> pb::CommandResult {
         let action = kind.action();
         let wait = self.command_wait(&kind);
         let destination = match &kind {
@@ -126,7 +141,7 @@ impl Coordinator {
             _ => None,
         };
         let cmd = pb::AgentCommand {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: id.to_string(),
             op_id: job.id.clone(),
             requested_by: job.user.clone(),
             kind: Some(kind),
@@ -230,7 +245,10 @@ impl Coordinator {
         out
     }
 
-    async fn settle(
+    /// Waits up to `wait` for the agent's recorded result of a command,
+    /// re-sending it (same command id) when the agent never claimed it; an
+    /// `OUTCOME_UNKNOWN` result when it is still not known.
+    pub async fn settle(
         &self,
         node: &str,
         cmd: &pb::AgentCommand,
@@ -250,7 +268,9 @@ impl Coordinator {
                             .publish_command(
                                 node,
                                 cmd,
-                                &format!("{}.resend", cmd.id),
+                                // A fresh message id: JetStream would drop a
+                                // repeat inside its duplicate window.
+                                &format!("{}.resend.{}", cmd.id, nodemaint_proto::now_ms()),
                                 Duration::from_secs(30),
                             )
                             .await
@@ -593,7 +613,7 @@ pub fn spawn(c: Arc<Coordinator>, job: Job, resumed: bool) {
             let kind = job.kind.clone();
             match kind.as_str() {
                 "maintenance.start" => match job.params["mode"].as_str() {
-                    Some("stop") => stop_all(c, job, resumed).await,
+                    Some("stop") => crate::driver::stop_all(c, job).await,
                     Some("none") => cordon(c, job).await,
                     _ => drain(c, job, resumed).await,
                 },
@@ -1032,7 +1052,7 @@ async fn stop_recorded(c: &Coordinator, job: &Job, node: &str, vm: &str) -> pb::
 }
 
 /// Sets (`Some(job)`) or clears a VM's `stopped_by` entry on a node.
-async fn record_stopped(
+pub async fn record_stopped(
     c: &Coordinator,
     node: &str,
     vm: &str,
@@ -1122,60 +1142,6 @@ async fn cold_move(
             m.to
         ))
     }
-}
-
-/// Stop all: stops every running VM of the node (user VMs first, then the
-/// VFWs the operator acknowledged), recording each in the node's
-/// `stopped_by` before stopping it, so `enable` restarts exactly these.
-async fn stop_all(c: Arc<Coordinator>, job: Job, resumed: bool) {
-    let node = job.node.clone().unwrap_or_default();
-    let mut report = resume(&c, &job, &node, resumed, Some("stop")).await;
-    let rec = c.registry.get(&node).unwrap_or_default();
-    let mut vms: Vec<_> = rec
-        .domains
-        .iter()
-        .filter(|d| matches!(d.state, VmState::Running | VmState::Paused))
-        .cloned()
-        .collect();
-    vms.sort_by_key(|d| (d.kind == VmKind::Vfw, d.name.clone()));
-    let results: Vec<(String, Result<String, String>)> = futures::stream::iter(vms)
-        .map(|vm| {
-            let (c, job, node) = (c.clone(), job.clone(), node.clone());
-            async move {
-                let name = vm.name.clone();
-                if let Some(reason) = c.stops.reason(&job.id) {
-                    return (name, Err(format!("not stopped ({reason}); still running")));
-                }
-                let r = stop_recorded(&c, &job, &node, &name).await;
-                c.job_step(&job.id, Some(&name), Some(r.ok), describe(&r))
-                    .await;
-                (
-                    name,
-                    if r.ok {
-                        Ok(describe(&r))
-                    } else {
-                        Err(describe(&r))
-                    },
-                )
-            }
-        })
-        .buffer_unordered(4)
-        .collect()
-        .await;
-    for (vm, r) in results {
-        report.record(vm, r);
-    }
-    let done = format!(
-        "{node}: {} VMs stopped and recorded; `node enable {node}` restarts them",
-        report.done.len()
-    );
-    let partial = format!(
-        "{node}: {} stopped, {} still running ({}); the node stays in maintenance",
-        report.done.len(),
-        report.not_done.len(),
-        report.not_done_names()
-    );
-    finish_node_job(&c, &job, &node, report, done, partial).await;
 }
 
 /// Starts VMs one after another in the given order, VFWs first; used by

@@ -64,6 +64,10 @@ pub struct Job {
     /// What the job did and did not do, once it ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<Report>,
+    /// The state of the job's engine machine (`crate::engine`), journaled
+    /// before each of its acts; a restarted coordinator resumes from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -157,6 +161,7 @@ impl Job {
             outcome: None,
             commands: Vec::new(),
             report: None,
+            engine: None,
         }
     }
 }

@@ -32,6 +32,11 @@
 //!     generated inputs each (random, structure-aware, mutated seeds):
 //!     Ok / Err counts, panics (caught, reported with their input; exit 1
 //!     when any), time. Deterministic for a seed; no processes.
+//! bench sim [--seeds 1000000] [--first 0] [--seed N]
+//!     the job engine's deterministic simulation of faults
+//!     (coordinator/src/engine/sim.rs) over SEEDS consecutive seeds, or the
+//!     one seed N with its trace: seeds/s, events and faults per seed; exit 1
+//!     naming the first seed that breaks an invariant. No processes.
 //! Common: --json   JSON document on stdout (the markdown then goes to stderr).
 //! ```
 //!
@@ -56,7 +61,7 @@ use std::time::{Duration, Instant};
 
 // ------------------------------------------------------------------ args
 
-const USAGE: &str = "usage: bench migrate|drain|latency|rolling|fuzz|soak [options] [--json]
+const USAGE: &str = "usage: bench migrate|drain|latency|rolling|fuzz|soak|sim [options] [--json]
   migrate  [--runs 10]
   drain    [--vms 12] [--rounds 2] [--per-source N] [--per-destination N] [--global N]
   latency  [--agents 200,1000] [--ops 200]
@@ -193,6 +198,7 @@ async fn run(a: &Args) -> Result<Report> {
         "rolling" => bench_rolling(a).await,
         "soak" => bench_soak(a).await,
         "fuzz" => bench_fuzz(a).await,
+        "sim" => bench_sim(a),
         other => bail!("unknown benchmark {other:?}\n{USAGE}"),
     }?;
     let load_after = loadavg();
@@ -2309,6 +2315,41 @@ struct FuzzRow {
     examples: Vec<Panicked>,
     decode: Duration,
     total: Duration,
+}
+
+fn bench_sim(a: &Args) -> Result<Report> {
+    use nodemaint_coordinator::engine::sim;
+    a.known(&["seeds", "first", "seed"])?;
+    if let Some(seed) = a.opt::<u64>("seed")? {
+        let stats = sim::run(seed).map_err(|f| anyhow!("{f}"))?;
+        return Ok(Report {
+            markdown: format!("seed {seed}: every invariant held ({stats:?})\n"),
+            json: json!({"bench": "sim", "seed": seed, "events": stats.events,
+                "faults": stats.faults, "crashes": stats.crashes, "ok": true}),
+        });
+    }
+    let seeds: u64 = a.get("seeds", 1_000_000)?;
+    let first: u64 = a.get("first", 0)?;
+    let started = Instant::now();
+    let stats = sim::run_many(first, seeds).map_err(|f| anyhow!("{f}"))?;
+    let t = secs(started.elapsed());
+    let per = |n: usize| n as f64 / seeds.max(1) as f64;
+    let md = format!(
+        "## Job engine under simulated faults (bench sim)\n\n{seeds} seeds from {first}: every \
+         invariant held. {:.0} seeds/s ({t:.1} s); per seed {:.1} events, {:.1} faults, \
+         {:.2} coordinator crashes, {:.2} refused (late or duplicated) events.\n",
+        seeds as f64 / t,
+        per(stats.events),
+        per(stats.faults),
+        per(stats.crashes),
+        per(stats.refused)
+    );
+    Ok(Report {
+        markdown: md,
+        json: json!({"bench": "sim", "seeds": seeds, "first": first, "time_s": t,
+            "seeds_per_s": seeds as f64 / t, "events": stats.events, "faults": stats.faults,
+            "crashes": stats.crashes, "refused": stats.refused, "machine": machine()}),
+    })
 }
 
 async fn bench_fuzz(a: &Args) -> Result<Report> {
