@@ -67,19 +67,19 @@ start_nats_all() {
 
 wait_nats_member() { # i timeout_s
   local i=$1
-  wait_tcp "$HOST_ADDR" "$(nats_port "$i")" "$2" && wait_pidfile "$(nats_pidfile "$i")" 5 &&
+  wait_tcp "$HOST_ADDR" "$(nats_port "$i")" "$2" && wait_pidfile "$(nats_pidfile "$i")" 30 &&
     pidfile_alive "$(nats_pidfile "$i")" nats-server >/dev/null
 }
 
 wait_nats_all() {
   local i
   for ((i = 1; i <= ${NATS_CLUSTER:-1}; i++)); do
-    wait_nats_member "$i" 15 ||
+    wait_nats_member "$i" 60 ||
       die "nats-server $i did not start on $HOST_ADDR:$(nats_port "$i") (port taken? see $(nats_logfile "$i"))"
   done
   if ((${NATS_CLUSTER:-1} > 1)); then
     # JetStream needs a meta leader before streams can be created.
-    local deadline=$((SECONDS + 30))
+    local deadline=$((SECONDS + 90))
     until grep -qs "JetStream cluster new metadata leader\|Self is new JetStream cluster metadata leader" \
       "$LAB_DIR"/nats*.log; do
       ((SECONDS < deadline)) || die "the NATS cluster elected no JetStream leader (see $LAB_DIR/nats*.log)"
@@ -105,7 +105,7 @@ cmd_nats() { # kill|start|restart [I]
     kill | restart)
       p=$(pidfile_alive "$(nats_pidfile "$i")" nats-server) || die "nats-server $i is not running"
       kill -KILL "$p"
-      wait_dead 5 "$p" || die "nats-server $i ($p) did not die"
+      wait_dead 30 "$p" || die "nats-server $i ($p) did not die"
       echo "nats-server $i ($p) killed"
       [[ $action == kill ]] && return 0
       ;&
@@ -113,7 +113,7 @@ cmd_nats() { # kill|start|restart [I]
       pidfile_alive "$(nats_pidfile "$i")" nats-server >/dev/null && die "nats-server $i is already running"
       rm -f "$(nats_pidfile "$i")"
       start_nats_member "$i"
-      wait_nats_member "$i" 15 || die "nats-server $i did not start (see $(nats_logfile "$i"))"
+      wait_nats_member "$i" 60 || die "nats-server $i did not start (see $(nats_logfile "$i"))"
       echo "nats-server $i started (pid $(read_pid "$(nats_pidfile "$i")"))"
       ;;
     *) die "usage: lab nats kill|start|restart [I]" ;;
@@ -171,7 +171,8 @@ cmd_coordinator() {
       case $which in
         "" | --leader)
           if ((n == 1)); then i=1; else
-            local deadline=$((SECONDS + 15))
+            # a standby takes the lease over only when it expires (lease_ttl_s, 15 s in a cluster)
+            local deadline=$((SECONDS + 90))
             until i=$(leader_index); do
               ((SECONDS < deadline)) || die "no coordinator holds the leader lease"
               sleep 0.1
@@ -192,7 +193,7 @@ cmd_coordinator() {
       [[ $i =~ ^[0-9]+$ ]] && ((i >= 1 && i <= n)) || die "no coordinator $i (the lab has $n)"
       p=$(pidfile_alive "$(coord_pidfile "$i")" coordinator) || die "coordinator $i is not running"
       kill -KILL "$p"
-      while kill -0 "$p" 2>/dev/null; do sleep 0.05; done
+      wait_dead 30 "$p" || die "coordinator $i ($p) did not die"
       echo "coordinator $i ($p) killed"
       ;;
     start)
@@ -202,7 +203,7 @@ cmd_coordinator() {
         pidfile_alive "$(coord_pidfile "$i")" coordinator >/dev/null && continue
         rm -f "$(coord_pidfile "$i")"
         start_coordinator_n "$i"
-        wait_pidfile "$(coord_pidfile "$i")" 5 || die "coordinator $i did not start"
+        wait_pidfile "$(coord_pidfile "$i")" 60 || die "coordinator $i did not start"
         echo "coordinator $i started (pid $(read_pid "$(coord_pidfile "$i")"))"
         started=1
       done
@@ -227,14 +228,14 @@ cmd_agent() { # kill|start NODE
     kill)
       p=$(pidfile_alive "$d/agent.pid" node-agent) || die "node$i: agent is not running"
       kill -KILL "$p"
-      wait_dead 5 "$p" || die "node$i: agent $p did not die"
+      wait_dead 30 "$p" || die "node$i: agent $p did not die"
       echo "node$i: agent $p killed"
       ;;
     start)
       pidfile_alive "$d/agent.pid" node-agent >/dev/null && die "node$i: agent is already running"
       rm -f "$d/agent.pid"
       start_agent "$i"
-      wait_pidfile "$d/agent.pid" 5 || die "node$i: agent did not start (see $d/agent.log)"
+      wait_pidfile "$d/agent.pid" 60 || die "node$i: agent did not start (see $d/agent.log)"
       echo "node$i: agent started (pid $(read_pid "$d/agent.pid"))"
       ;;
     *) die "usage: lab agent kill|start NODE" ;;

@@ -39,17 +39,27 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 }
 
 /// One node's domains as its libvirtd reports them locally: name → state.
+/// A node in its power cycle (`lab reboot`) has no libvirtd for a moment:
+/// it is asked again until it answers (60 s).
 pub fn domains(lab: &Lab, node: &str) -> Result<BTreeMap<String, String>, String> {
-    let out = lab.lab(&[
-        "exec",
-        node,
-        "virsh",
-        "-q",
-        "-c",
-        "qemu:///system",
-        "list",
-        "--all",
-    ]);
+    let list = || {
+        lab.lab(&[
+            "exec",
+            node,
+            "virsh",
+            "-q",
+            "-c",
+            "qemu:///system",
+            "list",
+            "--all",
+        ])
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out = list();
+    while !out.status.success() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        out = list();
+    }
     if !out.status.success() {
         return Err(format!(
             "cannot list {node}'s domains: {}",
@@ -112,16 +122,19 @@ pub fn check_vms(lab: &Lab, expected: &[String], at_rest: bool) -> Result<Placem
 
 /// The nodes are listed one after another, so a live migration's switch-over
 /// between two listings looks like a VM running on both (running on the
-/// source when it was listed, on the destination when that was). A real
-/// double run lasts: look again at just those nodes, in the other order,
-/// three times over a second; it runs twice only if every look says so.
+/// source when it was listed, on the destination when that was), and on a
+/// busy machine the source's qemu may take a while to go after the switch.
+/// A real double run lasts: look again at just those nodes, in the other
+/// order, every 300 ms for 5 s; it runs twice only if every look says so
+/// (the first look that says otherwise ends the check).
 fn runs_twice(lab: &Lab, vm: &str, places: &[(String, String)]) -> bool {
     let nodes: Vec<&String> = places
         .iter()
         .filter(|(_, s)| s == "running")
         .map(|(n, _)| n)
         .collect();
-    for _ in 0..3 {
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
         std::thread::sleep(Duration::from_millis(300));
         let running = nodes
             .iter()

@@ -4,13 +4,20 @@
 //!
 //! Lab suites need root and KVM (or TCG). Outside CI they skip with a
 //! printed reason when they can't run; under `CI=true` they fail instead.
+//!
+//! A failed lab keeps its evidence: when `lab up` fails, or a suite panics
+//! while its lab is up, the lab's logs, configs, state and status are copied
+//! (`deploy/lab collect`) to `target/lab-logs/<suite>-<UTC time>/` before
+//! the teardown, and the failure names that directory and shows the last
+//! lines of the log of every lab process that died (under CI, of every log).
 
 use crate::{in_ci, wait_for};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -21,6 +28,58 @@ pub fn repo() -> PathBuf {
 
 fn lab_script() -> PathBuf {
     repo().join("deploy/lab")
+}
+
+/// Where failed labs leave their evidence: `<target dir>/lab-logs`.
+pub fn evidence_root() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"))
+        .join("lab-logs")
+}
+
+/// Evidence directories kept by this test process, oldest first.
+static EVIDENCE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// The evidence directories this process kept so far (see [`Lab::keep_evidence`]).
+pub fn evidence_kept() -> Vec<PathBuf> {
+    EVIDENCE.lock().map(|v| v.clone()).unwrap_or_default()
+}
+
+/// `YYYYMMDDTHHMMSSZ` of now, in UTC (the CLI's timestamp, compacted).
+fn utc_stamp() -> String {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    nodemaint_coordinator::output::fmt_ts(ms)
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('T'),
+            '-' | ':' => None,
+            c => Some(c),
+        })
+        .collect()
+}
+
+/// A new, empty `<evidence root>/<suite>-<UTC time>[-N]`.
+fn new_evidence_dir(suite: &str) -> std::io::Result<PathBuf> {
+    let root = evidence_root();
+    std::fs::create_dir_all(&root)?;
+    let base = format!("{suite}-{}", utc_stamp());
+    let mut n = 1;
+    loop {
+        let dir = if n == 1 {
+            root.join(&base)
+        } else {
+            root.join(format!("{base}-{n}"))
+        };
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => n += 1,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Why the lab cannot run here, if it can't.
@@ -56,6 +115,8 @@ pub struct Lab {
     pub nats_url: String,
     pub nodes: usize,
     up: bool,
+    /// The evidence of a failure was kept already (once per lab).
+    evidence_taken: bool,
 }
 
 impl Lab {
@@ -99,6 +160,7 @@ impl Lab {
             nats_url: format!("nats://{subnet}.1:{port}"),
             nodes,
             up: true,
+            evidence_taken: false,
         };
         // A lab left over by a killed run of this suite: take it down first.
         let _ = lab.lab(&["down"]);
@@ -112,8 +174,10 @@ impl Lab {
             &cloudspaces.to_string(),
         ]);
         if !out.status.success() {
+            let mut lab = lab;
+            let evidence = lab.keep_evidence("lab up failed");
             panic!(
-                "lab up failed:\n{}\n{}",
+                "lab up failed:\n{}\n{}\n{evidence}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
@@ -132,11 +196,52 @@ impl Lab {
 
     /// Runs `deploy/lab ARGS` with this lab's environment.
     pub fn lab(&self, args: &[&str]) -> Output {
+        self.try_lab(args).expect("run deploy/lab")
+    }
+
+    fn try_lab(&self, args: &[&str]) -> std::io::Result<Output> {
         Command::new(lab_script())
             .args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
-            .expect("run deploy/lab")
+    }
+
+    /// Copies the lab's evidence (`deploy/lab collect`: every log, configs,
+    /// state, status, which processes died) to a new
+    /// `target/lab-logs/<suite>-<UTC time>/` and returns a report naming it,
+    /// with the last lines of the log of every process that died; under CI
+    /// also of every other log. Never panics (it runs while one unwinds).
+    pub fn keep_evidence(&mut self, why: &str) -> String {
+        self.evidence_taken = true;
+        let dir = match new_evidence_dir(&self.name) {
+            Ok(d) => d,
+            Err(e) => {
+                return format!(
+                    "{why}; cannot keep the lab's evidence under {}: {e}",
+                    evidence_root().display()
+                )
+            }
+        };
+        if let Ok(mut kept) = EVIDENCE.lock() {
+            kept.push(dir.clone());
+        }
+        let dir_s = dir.to_string_lossy().into_owned();
+        let mut args = vec!["collect", dir_s.as_str()];
+        if in_ci() {
+            args.push("--tails");
+        }
+        let collected = match self.try_lab(&args) {
+            Ok(out) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => format!("cannot run deploy/lab collect: {e}\n"),
+        };
+        format!(
+            "=== {why}: lab {} evidence kept in {dir_s}\n{collected}=== end of the lab's evidence ({dir_s})",
+            self.name
+        )
     }
 
     pub fn lab_ok(&self, args: &[&str]) -> String {
@@ -207,9 +312,23 @@ impl Lab {
     }
 
     /// libvirt's own view of a node: domain name → state (`running`, `shut off`, …).
+    /// A node in its power cycle (`lab reboot`, a rolling's reboot hook) has
+    /// no libvirtd for a moment: it is asked again until it answers (60 s).
     pub fn domains(&self, node: &str) -> BTreeMap<String, String> {
-        let out = self.lab_ok(&["virsh", node, "list", "--all"]);
-        out.lines()
+        let args = ["virsh", node, "list", "--all"];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut out = self.lab(&args);
+        while !out.status.success() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(250));
+            out = self.lab(&args);
+        }
+        assert!(
+            out.status.success(),
+            "deploy/lab {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
             .skip(2)
             .filter_map(|l| {
                 let mut cols = l.split_whitespace();
@@ -272,7 +391,7 @@ impl Lab {
     /// Waits until the coordinator's view of every node matches libvirt's.
     pub fn wait_consistent(&self) {
         wait_for(
-            Duration::from_secs(60),
+            Duration::from_secs(120),
             "coordinator's inventory to match libvirt",
             || {
                 let out = self.cli("viewer", &["vm", "list", "--output", "json"]);
@@ -396,7 +515,12 @@ impl Lab {
 }
 
 impl Drop for Lab {
+    /// Tears the lab down; when the suite is failing (panicking), keeps the
+    /// lab's evidence first (once) and prints where it is.
     fn drop(&mut self) {
+        if self.up && !self.evidence_taken && std::thread::panicking() {
+            eprintln!("{}", self.keep_evidence("the lab suite failed"));
+        }
         self.down();
     }
 }

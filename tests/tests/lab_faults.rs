@@ -49,24 +49,28 @@ fn drain_until_migrating(
     let held = held(lab, node);
     assert!(held.len() >= 2, "{node} holds {held:?}");
     faults::throttle(lab, node, mibs);
-    // Main's pre-flight probes each destination's libvirt through the
-    // source agent; right after the cluster formed a probe can time out
-    // (refused, nothing changed): ask again, at most twice.
+    // The pre-flight probes each destination's libvirt through the source
+    // agent, as an agent command with a 10 s budget. Right after a NATS
+    // cluster member died or rejoined, the command stream's and the agent's
+    // consumer's leaders are re-elected (4-9 s each) and the agent's pull is
+    // re-issued only when it expires, so the probe can time out (refused,
+    // nothing changed). Until the coordinator/agent fix for that is in (see
+    // the suite's history), ask again while that is the refusal, for up to
+    // 90 s; any other refusal fails at once.
+    let deadline = Instant::now() + Duration::from_secs(90);
     let mut started = faults::start_drain(lab, node);
-    for _ in 0..2 {
-        match &started {
-            Err(e) if e.contains("pre-flight") && e.contains("TIMEOUT") => {
-                eprintln!("pre-flight probe timed out, asking again: {e}");
-                std::thread::sleep(Duration::from_secs(2));
-                started = faults::start_drain(lab, node);
-            }
-            _ => break,
+    while let Err(e) = &started {
+        if !(e.contains("pre-flight") && e.contains("TIMEOUT")) || Instant::now() > deadline {
+            break;
         }
+        eprintln!("pre-flight probe timed out, asking again: {e}");
+        std::thread::sleep(Duration::from_secs(1));
+        started = faults::start_drain(lab, node);
     }
     let id = must(started);
     let mut moving = None;
     assert!(
-        wait_until(Duration::from_secs(30), || {
+        wait_until(Duration::from_secs(90), || {
             moving = faults::incoming(lab)
                 .into_iter()
                 .find(|(vm, _)| held.contains(vm));
@@ -79,7 +83,7 @@ fn drain_until_migrating(
 
 /// The drain ended as wanted, its report is exact, and the node is empty.
 fn drained(lab: &Lab, all: &[String], id: &str, node: &str, held: &[String]) -> Value {
-    let job = must(faults::wait_job_end(lab, id, Duration::from_secs(120)));
+    let job = must(faults::wait_job_end(lab, id, Duration::from_secs(240)));
     let placed = settled(lab, all);
     must(faults::check_drain_report(&job, node, held, &placed));
     assert_eq!(job["state"], "SUCCEEDED", "{job}");
@@ -166,7 +170,7 @@ fn cluster_faults() {
     let reboot = format!("{} reboot {{node}}", repo().join("deploy/lab").display());
     let id = lab.start_rolling(&["node4"], &reboot);
     assert!(
-        wait_until(Duration::from_secs(60), || {
+        wait_until(Duration::from_secs(120), || {
             faults::job(&lab, &id).is_some_and(|j| {
                 j["params"]["progress"]
                     .as_object()
@@ -177,7 +181,7 @@ fn cluster_faults() {
     );
     lab.lab_ok(&["coordinator", "kill", "--leader"]);
     watch(&lab, &all, 2);
-    let job = must(faults::wait_job_end(&lab, &id, Duration::from_secs(150)));
+    let job = must(faults::wait_job_end(&lab, &id, Duration::from_secs(300)));
     assert_eq!(job["state"], "SUCCEEDED", "{job}");
     let placed = settled(&lab, &all);
     assert!(
@@ -210,14 +214,14 @@ fn cluster_faults() {
     let (id, held2, _) = drain_until_migrating(&lab, "node2", 16);
     lab.lab_ok(&["net", "cut", "node2"]);
     assert!(
-        wait_until(Duration::from_secs(15), || faults::reachable(&lab, "node2")
+        wait_until(Duration::from_secs(60), || faults::reachable(&lab, "node2")
             == Some(false)),
         "node2 is reported unreachable"
     );
     watch(&lab, &all, 2);
     lab.lab_ok(&["net", "restore", "node2"]);
     assert!(
-        wait_until(Duration::from_secs(30), || faults::reachable(&lab, "node2")
+        wait_until(Duration::from_secs(90), || faults::reachable(&lab, "node2")
             == Some(true)),
         "node2 is reachable again"
     );

@@ -132,7 +132,7 @@ fn lab_rolling_suite() {
     let id = lab.start_rolling(&["--all"], &reboot);
     // Kill once the first node is past its drain.
     wait_for(
-        Duration::from_secs(60),
+        Duration::from_secs(120),
         "a node to reach its reboot",
         || {
             let j = lab.cli_json("viewer", &["rolling", "show", &id]);
@@ -147,7 +147,7 @@ fn lab_rolling_suite() {
     lab.assert_none_lost_or_doubled(&all);
     lab.lab_ok(&["coordinator", "start"]);
     wait_for(
-        Duration::from_secs(240),
+        Duration::from_secs(480),
         "the resumed rolling to end",
         || {
             let out = lab.cli("viewer", &["rolling", "show", &id, "--output", "json"]);

@@ -67,7 +67,7 @@ fn lab_security_suite() {
             "wait-rebooted",
             "node1",
             "--timeout",
-            "60",
+            "180",
             "--boot-id",
             &before,
         ],
@@ -76,7 +76,7 @@ fn lab_security_suite() {
     step("the coordinator crashes and restarts on its credentials; admin enables node1");
     lab.lab_ok(&["coordinator", "kill"]);
     lab.lab_ok(&["coordinator", "start"]);
-    wait_for(Duration::from_secs(30), "coordinator back", || {
+    wait_for(Duration::from_secs(90), "coordinator back", || {
         lab.cli("viewer", &["node", "list"]).status.success()
     });
     ok(&lab.cli("admin", &["node", "enable", "node1"]));

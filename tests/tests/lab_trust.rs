@@ -78,7 +78,7 @@ fn pin(lab: &Lab, node: &str, vm: &str, cloudspace: &str) {
         "--config",
     ]);
     wait_for(
-        Duration::from_secs(15),
+        Duration::from_secs(60),
         "the pin to reach the inventory",
         || {
             let v = lab.cli_json("viewer", &["vm", "list", "--node", node]);
@@ -183,7 +183,7 @@ fn lab_trust_suite() {
         "operator",
         &["maintenance", "retry", "node2", "--max-speed", "16"],
     );
-    let (d1, d2) = (lab.wait_job(&j1, 120), lab.wait_job(&j2, 120));
+    let (d1, d2) = (lab.wait_job(&j1, 300), lab.wait_job(&j2, 300));
     for d in [&d1, &d2] {
         assert_eq!(d["state"], "SUCCEEDED", "{d}");
     }
@@ -222,7 +222,7 @@ fn lab_trust_suite() {
             "4",
         ],
     );
-    wait_for(Duration::from_secs(30), "a migration to be running", || {
+    wait_for(Duration::from_secs(90), "a migration to be running", || {
         lab.job(&drain)["steps"]
             .as_array()
             .unwrap()
@@ -246,7 +246,7 @@ fn lab_trust_suite() {
     std::thread::sleep(Duration::from_secs(2));
     lab.assert_none_lost_or_doubled(&all);
     ok(&lab.cli("admin", &["job", "abort", &drain, "--detach"]));
-    let aborted = lab.wait_job(&drain, 60);
+    let aborted = lab.wait_job(&drain, 180);
     assert_eq!(aborted["state"], "ABORTED", "{aborted}");
     assert!(aborted["outcome"]
         .as_str()
@@ -341,7 +341,7 @@ fn lab_trust_suite() {
         lab.cli_json("viewer", &["job", "list"])[0]["id"]
             .as_str()
             .unwrap(),
-        60,
+        180,
     );
     assert_eq!(late["state"], "FAILED", "{late}");
     assert!(
@@ -365,7 +365,7 @@ fn lab_trust_suite() {
         &["vm", "move", &victim, "--to", "node2", "--max-speed", "4"],
     );
     wait_for(
-        Duration::from_secs(20),
+        Duration::from_secs(90),
         "the migration to move data",
         || {
             let out = lab.cli(
@@ -397,7 +397,7 @@ fn lab_trust_suite() {
         "DROP",
     ];
     lab.lab_ok(&rule);
-    let stalled = lab.wait_job(&mv, 60);
+    let stalled = lab.wait_job(&mv, 180);
     let mut undo = rule;
     undo[3] = "-D";
     lab.lab_ok(&undo);
