@@ -89,7 +89,7 @@ exec {lab_lock}>"${TMPDIR:-/tmp}/nodemaint-lab.lock"
 flock "$lab_lock"
 cargo_test --workspace -- --test-threads=1 --exact \
     lab_migration_suite lab_maintenance_suite lab_rolling_suite lab_trust_suite \
-    lab_security_suite lab_faults_suite
+    lab_security_suite lab_faults_suite lab_evidence_suite
 phase
 stop_hog
 
