@@ -312,7 +312,18 @@ impl Agent {
                 },
             )
             .await?;
-        Ok(consumer.messages().await?)
+        // Short pull requests with a quick heartbeat: when the consumer's
+        // leader moves (a cluster member died or came back), the pending pull
+        // is lost on the server; async-nats' defaults (30 s expiry, 15 s
+        // heartbeat) left the agent deaf for up to 30 s, long enough for the
+        // pre-flight's probe command to time out. Now a lost pull is noticed
+        // within ~2 s and re-issued.
+        Ok(consumer
+            .stream()
+            .expires(Duration::from_secs(5))
+            .heartbeat(Duration::from_secs(1))
+            .messages()
+            .await?)
     }
 
     async fn dispatch(self: Arc<Self>, msg: jetstream::Message) {
