@@ -278,6 +278,7 @@ impl Agent {
     /// Pulls commands forever: when the consumer goes away (a server
     /// restart, a stream leader change), it is opened again.
     async fn command_loop(self: Arc<Self>) -> anyhow::Result<()> {
+        let mut backoff = bus::Backoff::default();
         loop {
             let mut messages = bus::Retry::forever("command consumer")
                 .run(|| self.open_commands())
@@ -285,11 +286,22 @@ impl Agent {
                 .map_err(|e| anyhow::anyhow!("cannot open the command consumer: {e}"))?;
             while let Some(msg) = messages.next().await {
                 match msg {
-                    Ok(msg) => self.clone().dispatch(msg).await,
+                    Ok(msg) => {
+                        backoff = bus::Backoff::default();
+                        self.clone().dispatch(msg).await
+                    }
+                    // The pull reached no consumer leader (a consumer just
+                    // created on a forming cluster, a leader election): no
+                    // command would come until it expired. Pull again now.
+                    Err(e) if e.kind() == consumer::pull::MessagesErrorKind::NoResponders => {
+                        tracing::warn!(error = %e, "command consumer has no leader yet; pulling again");
+                        break;
+                    }
                     Err(e) => tracing::warn!(error = %e, "command consumer error"),
                 }
             }
             tracing::warn!("command consumer ended; opening it again");
+            backoff.wait().await;
         }
     }
 
