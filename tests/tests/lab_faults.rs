@@ -50,20 +50,21 @@ fn drain_until_migrating(
     assert!(held.len() >= 2, "{node} holds {held:?}");
     faults::throttle(lab, node, mibs);
     // The pre-flight probes each destination's libvirt through the source
-    // agent, as an agent command with a 10 s budget. Right after a NATS
-    // cluster member died or rejoined, the command stream's and the agent's
-    // consumer's leaders are re-elected (4-9 s each) and the agent's pull is
-    // re-issued only when it expires, so the probe can time out (refused,
-    // nothing changed). Until the coordinator/agent fix for that is in (see
-    // the suite's history), ask again while that is the refusal, for up to
-    // 90 s; any other refusal fails at once.
+    // agent, as an agent command answered within 10 s. An agent whose first
+    // pull on its just-created command consumer came before the consumer had
+    // a leader (right after the cluster formed) gets "no responders" and then
+    // no command at all until its pull expires (~35 s), so the probe gets no
+    // answer (refused, nothing changed). Until the agent opens its pull
+    // again on such an error (node-agent's `command_loop`), ask again while
+    // that is the refusal, for up to 90 s; any other refusal fails at once.
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut started = faults::start_drain(lab, node);
     while let Err(e) = &started {
-        if !(e.contains("pre-flight") && e.contains("TIMEOUT")) || Instant::now() > deadline {
+        if !(e.contains("pre-flight") && e.contains("no answer from")) || Instant::now() > deadline
+        {
             break;
         }
-        eprintln!("pre-flight probe timed out, asking again: {e}");
+        eprintln!("pre-flight probe got no answer, asking again: {e}");
         std::thread::sleep(Duration::from_secs(1));
         started = faults::start_drain(lab, node);
     }
