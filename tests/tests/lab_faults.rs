@@ -49,25 +49,11 @@ fn drain_until_migrating(
     let held = held(lab, node);
     assert!(held.len() >= 2, "{node} holds {held:?}");
     faults::throttle(lab, node, mibs);
-    // The pre-flight probes each destination's libvirt through the source
-    // agent, as an agent command answered within 10 s. An agent whose first
-    // pull on its just-created command consumer came before the consumer had
-    // a leader (right after the cluster formed) gets "no responders" and then
-    // no command at all until its pull expires (~35 s), so the probe gets no
-    // answer (refused, nothing changed). Until the agent opens its pull
-    // again on such an error (node-agent's `command_loop`), ask again while
-    // that is the refusal, for up to 90 s; any other refusal fails at once.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut started = faults::start_drain(lab, node);
-    while let Err(e) = &started {
-        if !(e.contains("pre-flight") && e.contains("no answer from")) || Instant::now() > deadline
-        {
-            break;
-        }
-        eprintln!("pre-flight probe got no answer, asking again: {e}");
-        std::thread::sleep(Duration::from_secs(1));
-        started = faults::start_drain(lab, node);
-    }
+    // No retry: the pre-flight's probe (an agent command) used to get no
+    // answer right after the cluster formed, because an agent's pull on its
+    // leaderless command consumer stalled until it expired; the agent now
+    // pulls again at once (node-agent `command_loop`).
+    let started = faults::start_drain(lab, node);
     let id = must(started);
     let mut moving = None;
     assert!(
