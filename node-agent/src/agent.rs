@@ -158,6 +158,19 @@ pub async fn run_with(
     result
 }
 
+/// Short pull requests with a quick heartbeat: when the consumer's leader
+/// moves (a cluster member died or came back), the pending pull is lost on
+/// the server; async-nats' defaults (30 s expiry, 15 s heartbeat) left the
+/// agent deaf for up to 30 s, long enough for the pre-flight's probe command
+/// to time out. Now a lost pull is noticed within ~2 s and re-issued.
+async fn pull(c: &consumer::PullConsumer) -> Result<consumer::pull::Stream, bus::BoxError> {
+    Ok(c.stream()
+        .expires(Duration::from_secs(5))
+        .heartbeat(Duration::from_secs(1))
+        .messages()
+        .await?)
+}
+
 fn boot_time_ms() -> i64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     stat.lines()
@@ -279,11 +292,28 @@ impl Agent {
     /// restart, a stream leader change), it is opened again.
     async fn command_loop(self: Arc<Self>) -> anyhow::Result<()> {
         let mut backoff = bus::Backoff::default();
+        let mut consumer: Option<consumer::PullConsumer> = None;
         loop {
-            let mut messages = bus::Retry::forever("command consumer")
-                .run(|| self.open_commands())
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot open the command consumer: {e}"))?;
+            let handle = match &consumer {
+                Some(c) => c.clone(),
+                None => {
+                    let c = bus::Retry::forever("command consumer")
+                        .run(|| self.open_commands())
+                        .await
+                        .map_err(|e| anyhow::anyhow!("cannot open the command consumer: {e}"))?;
+                    consumer = Some(c.clone());
+                    c
+                }
+            };
+            let mut messages = match pull(&handle).await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot pull commands; opening the consumer again");
+                    consumer = None;
+                    backoff.wait().await;
+                    continue;
+                }
+            };
             while let Some(msg) = messages.next().await {
                 match msg {
                     Ok(msg) => {
@@ -292,7 +322,9 @@ impl Agent {
                     }
                     // The pull reached no consumer leader (a consumer just
                     // created on a forming cluster, a leader election): no
-                    // command would come until it expired. Pull again now.
+                    // command would come until it expired. Pull again on the
+                    // same handle (no JetStream API call, which would time
+                    // out while there is no leader).
                     Err(e) if e.kind() == consumer::pull::MessagesErrorKind::NoResponders => {
                         tracing::warn!(error = %e, "command consumer has no leader yet; pulling again");
                         break;
@@ -300,15 +332,14 @@ impl Agent {
                     Err(e) => tracing::warn!(error = %e, "command consumer error"),
                 }
             }
-            tracing::warn!("command consumer ended; opening it again");
             backoff.wait().await;
         }
     }
 
-    async fn open_commands(&self) -> Result<consumer::pull::Stream, bus::BoxError> {
+    async fn open_commands(&self) -> Result<consumer::PullConsumer, bus::BoxError> {
         let stream = self.js.get_stream(self.subjects.commands_stream()).await?;
         let durable = self.subjects.agent_consumer(self.node());
-        let consumer: consumer::PullConsumer = stream
+        Ok(stream
             .get_or_create_consumer(
                 &durable,
                 consumer::pull::Config {
@@ -323,18 +354,6 @@ impl Agent {
                     ..Default::default()
                 },
             )
-            .await?;
-        // Short pull requests with a quick heartbeat: when the consumer's
-        // leader moves (a cluster member died or came back), the pending pull
-        // is lost on the server; async-nats' defaults (30 s expiry, 15 s
-        // heartbeat) left the agent deaf for up to 30 s, long enough for the
-        // pre-flight's probe command to time out. Now a lost pull is noticed
-        // within ~2 s and re-issued.
-        Ok(consumer
-            .stream()
-            .expires(Duration::from_secs(5))
-            .heartbeat(Duration::from_secs(1))
-            .messages()
             .await?)
     }
 
