@@ -24,26 +24,21 @@ use super::{Action, Answer, StopReason};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
-/// splitmix64: small, fast, and the same everywhere.
+/// The planner's SplitMix64, seeded per run, with the two draws the
+/// simulation needs.
 #[derive(Clone, Debug)]
-pub struct Rng(u64);
+pub struct Rng(nodemaint_planner::synth::SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        Rng(nodemaint_planner::synth::SplitMix64(
+            seed ^ 0x9e37_79b9_7f4a_7c15,
+        ))
     }
 
     /// Uniform in `0..n` (n > 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
+        self.0.next_u64() % n.max(1)
     }
 
     /// True with probability `per_mille`/1000.
