@@ -38,9 +38,9 @@ pub struct Coordinator {
     /// The leader lease's bucket.
     leader_store: kv::Store,
     /// Migration concurrency shared by all jobs.
-    pub slots: crate::slots::MigrationSlots,
+    pub slots: crate::driver::slots::MigrationSlots,
     /// Abort and deadline requests of running jobs.
-    pub stops: crate::executor::Stops,
+    pub stops: crate::driver::executor::Stops,
     /// Command id → channel of that command's progress and result events.
     waiters: Mutex<HashMap<String, mpsc::UnboundedSender<pb::Event>>>,
 }
@@ -110,7 +110,7 @@ impl Coordinator {
             agent_results,
             requests,
             leader_store: leader,
-            slots: crate::slots::MigrationSlots::new(cfg_limits),
+            slots: crate::driver::slots::MigrationSlots::new(cfg_limits),
             stops: Default::default(),
             leader: Default::default(),
             waiters: Default::default(),
@@ -131,7 +131,7 @@ impl Coordinator {
             _ = &mut shutdown => return Ok(()),
         };
         self.leader.store(true, std::sync::atomic::Ordering::SeqCst);
-        tokio::spawn(crate::executor::resume_jobs(self.clone()));
+        tokio::spawn(crate::driver::executor::resume_jobs(self.clone()));
         let mut api = self
             .client
             .queue_subscribe(self.subjects.api_all(), "nodemaint-coordinator".into())

@@ -211,7 +211,7 @@ fn agent_command(b: &[u8]) -> Result<(), String> {
 
 fn event(b: &[u8]) -> Result<(), String> {
     let ev: pb::Event = nodemaint_proto::decode(b).map_err(|e| e.to_string())?;
-    use nodemaint_coordinator::{output, registry};
+    use nodemaint_coordinator::{cli::output, registry};
     use pb::event::Body;
     // How `coordinator events`/`job watch` show any event of the stream.
     let _ = output::event_line(&ev);
@@ -293,14 +293,14 @@ fn job_json(b: &[u8]) -> Result<(), String> {
         let _ = jobs::journaled_command(&rec.payload);
     }
     let _ = job.params["command"].as_str().map(jobs::journaled_command);
-    let _ = nodemaint_coordinator::executor::journal_report(&job, "migrate");
+    let _ = nodemaint_coordinator::driver::executor::journal_report(&job, "migrate");
     let _ = serde_json::from_value::<Vec<Vec<String>>>(job.params["groups"].clone());
     let _ = serde_json::from_value::<planner::DrainPlan>(job.params["plan"].clone());
     let _ = nodemaint_coordinator::logs::job_span(&job);
     // How the CLI and the portal show it.
-    let _ = nodemaint_coordinator::output::short(&job.id);
-    let _ = nodemaint_coordinator::output::fmt_ts(job.created_ms);
-    let _ = nodemaint_coordinator::output::ago(job.updated_ms, nodemaint_proto::now_ms());
+    let _ = nodemaint_coordinator::cli::output::short(&job.id);
+    let _ = nodemaint_coordinator::cli::output::fmt_ts(job.created_ms);
+    let _ = nodemaint_coordinator::cli::output::ago(job.updated_ms, nodemaint_proto::now_ms());
     let _ = job.state.is_terminal();
     Ok(())
 }
@@ -312,9 +312,9 @@ fn node_record_json(b: &[u8]) -> Result<(), String> {
     let _ = rec.summary(now);
     let _ = rec.memory_used_mib();
     for job in rec.stopped_by.values().chain(rec.current_job.iter()) {
-        let _ = nodemaint_coordinator::output::short(job);
+        let _ = nodemaint_coordinator::cli::output::short(job);
     }
-    let _ = nodemaint_coordinator::output::ago(rec.last_seen_ms, now);
+    let _ = nodemaint_coordinator::cli::output::ago(rec.last_seen_ms, now);
     // A heartbeat that changes nothing, so the liveness arithmetic runs.
     let hb = pb::Heartbeat {
         boot_id: rec.boot_id.clone(),

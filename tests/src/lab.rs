@@ -52,7 +52,7 @@ fn utc_stamp() -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    nodemaint_coordinator::output::fmt_ts(ms)
+    nodemaint_coordinator::cli::output::fmt_ts(ms)
         .chars()
         .filter_map(|c| match c {
             ' ' => Some('T'),

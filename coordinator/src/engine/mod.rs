@@ -1,6 +1,6 @@
 //! The job engine's pure part: each job kind is a state machine,
 //! `step(state, event) -> (state, actions)`, with no async and no I/O. A
-//! driver (`crate::driver`) performs the actions against NATS, KV and the
+//! driver (`crate::driver::stop_all`) performs the actions against NATS, KV and the
 //! agents and feeds back what happened; the simulator ([`sim`]) performs
 //! them against a seeded, faulty world and checks the invariants after
 //! every step. The same code decides in both.

@@ -95,7 +95,7 @@ pub fn job_link(id: &str) -> String {
         r#"<a href="/jobs/{}" title="{}"><code>{}</code></a>"#,
         url(id),
         esc(id),
-        esc(crate::output::short(id))
+        esc(crate::cli::output::short(id))
     )
 }
 

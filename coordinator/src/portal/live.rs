@@ -110,7 +110,7 @@ pub async fn stacks_json(
                 "memory_used_mib": n.memory_used_mib(),
                 "memory_mib": n.capacity.memory_mib,
                 "boot_time_ms": n.boot_time_ms,
-                "boot_time": crate::output::fmt_ts(n.boot_time_ms),
+                "boot_time": crate::cli::output::fmt_ts(n.boot_time_ms),
                 "current_job": n.current_job,
                 "stopped_by": n.stopped_by,
                 "domains": n.domains.iter().map(|d| pages::vm_json(n, d)).collect::<Vec<_>>(),

@@ -7,8 +7,8 @@ use super::html::{
     respond, url, vm_badge, Nav, NEEDS_OPERATOR,
 };
 use super::Portal;
+use crate::cli::output::{fmt_ts, mib};
 use crate::jobs::Job;
-use crate::output::{fmt_ts, mib};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -120,7 +120,7 @@ pub fn node_facts(n: &NodeRecord, now: i64) -> String {
         fact("Boot time", esc(&fmt_ts(n.boot_time_ms))),
         fact(
             "Last heartbeat",
-            esc(&crate::output::ago(n.last_seen_ms, now)),
+            esc(&crate::cli::output::ago(n.last_seen_ms, now)),
         ),
         fact("Address", esc(&n.address)),
         fact(
@@ -199,7 +199,10 @@ fn maintenance_blocker(auth: &Auth, n: &NodeRecord, now: i64) -> Option<String> 
         return Some(NEEDS_OPERATOR.into());
     }
     if let Some(j) = &n.current_job {
-        return Some(format!("node is held by job {}", crate::output::short(j)));
+        return Some(format!(
+            "node is held by job {}",
+            crate::cli::output::short(j)
+        ));
     }
     if n.status != NodeStatus::Enabled {
         return Some(format!("node is {}", html::status_word(n.status)));
@@ -215,7 +218,10 @@ fn enable_blocker(auth: &Auth, n: &NodeRecord) -> Option<String> {
         return Some(NEEDS_OPERATOR.into());
     }
     if let Some(j) = &n.current_job {
-        return Some(format!("node is held by job {}", crate::output::short(j)));
+        return Some(format!(
+            "node is held by job {}",
+            crate::cli::output::short(j)
+        ));
     }
     if n.status != NodeStatus::Maintenance {
         return Some(format!(
@@ -1127,7 +1133,7 @@ pub async fn job(State(st): State<Arc<Portal>>, auth: Auth, Path(id): Path<Strin
         page(
             Some(&auth),
             Nav::Jobs,
-            &format!("Job {}", crate::output::short(&j.id)),
+            &format!("Job {}", crate::cli::output::short(&j.id)),
             &body,
         ),
     )

@@ -1,6 +1,8 @@
 //! API handlers: one function per method, each validating everything before
 //! changing anything, so a refused request leaves the fleet as it was.
 
+pub mod preflight;
+
 use crate::jobs::Job;
 use crate::server::Coordinator;
 use nodemaint_planner as planner;
@@ -280,7 +282,7 @@ async fn launch(c: &Arc<Coordinator>, job: Job) -> Result<Reply> {
     c.create_job(&job).await.map_err(internal)?;
     let message = format!("{} accepted as job {}", job.kind, job.id);
     let op_id = job.id.clone();
-    crate::executor::spawn(c.clone(), job, false);
+    crate::driver::executor::spawn(c.clone(), job, false);
     Ok(Reply::Accepted(pb::Accepted {
         op_id,
         events_from_seq: from_seq,
@@ -594,8 +596,8 @@ async fn start_maintenance(
 
 /// Refuses when a pre-flight check failed: NO_CAPACITY when the plan does
 /// not fit, WRONG_STATE otherwise.
-fn refuse_failed(node: &str, checks: &[crate::preflight::Check]) -> Result<()> {
-    let Some(why) = crate::preflight::refusal(node, checks) else {
+fn refuse_failed(node: &str, checks: &[crate::api::preflight::Check]) -> Result<()> {
+    let Some(why) = crate::api::preflight::refusal(node, checks) else {
         return Ok(());
     };
     let capacity = checks.iter().any(|c| c.name == "capacity" && !c.ok);
@@ -614,7 +616,7 @@ struct DrainOptions {
     max_parallel: u32,
     max_speed_mibs: u64,
     deadline_s: u32,
-    fallback: crate::executor::Fallback,
+    fallback: crate::driver::executor::Fallback,
     ack_vfw_downtime: bool,
 }
 
@@ -633,8 +635,8 @@ impl DrainOptions {
     }
 }
 
-fn fallback_of(f: i32) -> crate::executor::Fallback {
-    use crate::executor::Fallback;
+fn fallback_of(f: i32) -> crate::driver::executor::Fallback {
+    use crate::driver::executor::Fallback;
     match pb::Fallback::try_from(f).unwrap_or(pb::Fallback::Fail) {
         pb::Fallback::Fail => Fallback::Fail,
         pb::Fallback::Stop => Fallback::Stop,
@@ -650,10 +652,14 @@ async fn preflight(
     mode: &str,
     opts: &DrainOptions,
     retry: bool,
-) -> Result<(Vec<crate::preflight::Check>, Option<planner::DrainPlan>)> {
+) -> Result<(
+    Vec<crate::api::preflight::Check>,
+    Option<planner::DrainPlan>,
+)> {
     let plan = if mode == "move" {
         let limits = crate::fleet::limits(&c.cfg.limits, opts.max_parallel);
-        let mut f = crate::preflight::with_headroom(&fleet(c), c.cfg.preflight.headroom_percent);
+        let mut f =
+            crate::api::preflight::with_headroom(&fleet(c), c.cfg.preflight.headroom_percent);
         // Plan as if the node were already in maintenance.
         for node in &mut f.nodes {
             if node.name == n.name {
@@ -685,7 +691,7 @@ async fn preflight(
         .collect();
     let nodes = c.registry.all();
     let cs = vfw_cloudspaces(n);
-    let checks = crate::preflight::evaluate(&crate::preflight::Input {
+    let checks = crate::api::preflight::evaluate(&crate::api::preflight::Input {
         node: n,
         nodes: &nodes,
         now_ms: now(),
@@ -855,7 +861,7 @@ async fn enable_node(c: &Arc<Coordinator>, user: &str, r: &pb::EnableNode) -> Re
 
 async fn start_stopped(c: &Arc<Coordinator>, user: &str, r: &pb::StartStopped) -> Result<Reply> {
     let n = node(c, &r.node)?;
-    let names = crate::executor::shut_off(&n);
+    let names = crate::driver::executor::shut_off(&n);
     if r.dry_run {
         return json(&serde_json::json!({ "node": n.name, "would_start": names }));
     }

@@ -8,9 +8,9 @@
 //! execute one twice) and then re-deriving the remaining work from the
 //! registry (a drain moves whatever is still on the node).
 
+use crate::driver::slots::Priority;
 use crate::jobs::{hex, CommandRecord, Job, JobState, Report};
 use crate::server::Coordinator;
-use crate::slots::Priority;
 use futures::StreamExt;
 use nodemaint_planner as planner;
 use nodemaint_proto::model::{NodeRecord, VmKind, VmState};
@@ -613,13 +613,13 @@ pub fn spawn(c: Arc<Coordinator>, job: Job, resumed: bool) {
             let kind = job.kind.clone();
             match kind.as_str() {
                 "maintenance.start" => match job.params["mode"].as_str() {
-                    Some("stop") => crate::driver::stop_all(c, job).await,
+                    Some("stop") => crate::driver::stop_all::stop_all(c, job).await,
                     Some("none") => cordon(c, job).await,
                     _ => drain(c, job, resumed).await,
                 },
                 "node.enable" => enable(c, job, resumed).await,
                 "node.start-stopped" => start_stopped(c, job, resumed).await,
-                "rolling" => crate::rolling::run(c, job, resumed).await,
+                "rolling" => crate::driver::rolling::run(c, job, resumed).await,
                 _ => single(c, job, resumed).await,
             }
             c2.stops.forget(&id);

@@ -3,7 +3,7 @@
 //! it, before anything changes. The only I/O input, whether the source's
 //! libvirt reaches each destination's, is gathered by the caller.
 
-use crate::executor::Fallback;
+use crate::driver::executor::Fallback;
 use crate::jobs::Job;
 use nodemaint_planner as planner;
 use nodemaint_proto::model::{NodeRecord, NodeStatus};

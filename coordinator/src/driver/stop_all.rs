@@ -3,9 +3,9 @@
 //! purpose: every decision is in `crate::engine`, where the simulator
 //! checks it; here is only I/O.
 
+use crate::driver::executor::{describe, record_stopped};
 use crate::engine::stop_all::{Event, StopAll};
 use crate::engine::{Action, Answer, Ending, StopReason};
-use crate::executor::{describe, record_stopped};
 use crate::jobs::{Job, JobState, Report};
 use crate::server::Coordinator;
 use nodemaint_proto::bus;
@@ -67,7 +67,7 @@ pub async fn stop_all(c: Arc<Coordinator>, job: Job) {
             Some(e) => e,
             None => tokio::select! {
                 Some(e) = rx.recv() => e,
-                reason = crate::executor::stopped(&mut stops), if !stop_fed => {
+                reason = crate::driver::executor::stopped(&mut stops), if !stop_fed => {
                     stop_fed = true;
                     Event::Stop(stop_reason(reason))
                 }

@@ -12,7 +12,7 @@
 //! child jobs (resumed on their own after a restart); this executor waits
 //! for them. Pause, resume and abort act at phase boundaries.
 
-use crate::executor::{await_job, launch_child};
+use crate::driver::executor::{await_job, launch_child};
 use crate::jobs::{Job, JobState};
 use crate::server::Coordinator;
 use nodemaint_planner as planner;

@@ -1,15 +1,18 @@
 //! The `coordinator` command line: the daemon (`serve`) and the operator
 //! commands, each a thin client of the API.
 
-use crate::client::{Client, ClientError};
-use crate::output::{self, ago, fmt_ts, mib, table};
+pub mod client;
+pub mod output;
+
 use async_nats::jetstream::consumer::DeliverPolicy;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use client::{Client, ClientError};
 use futures::StreamExt;
 use nodemaint_planner as planner;
 use nodemaint_proto::model::{NodeView, Vm, VmView};
 use nodemaint_proto::pb::{self, api_reply::Kind as Reply, api_request::Kind as Req, event::Body};
 use nodemaint_proto::subjects::EventKind;
+use output::{ago, fmt_ts, mib, table};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
