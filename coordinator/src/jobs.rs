@@ -289,6 +289,9 @@ impl Coordinator {
             Ok(j)
         })
         .await;
+        // An ended job lands nothing any more: its destinations may enter
+        // maintenance.
+        self.registry.release_inbound(id).await;
         let kind = match res {
             Ok(j) => j.value.kind,
             Err(CasError::Rejected(e)) => {

@@ -107,6 +107,46 @@ impl Registry {
         Ok(updated.value)
     }
 
+    /// Claims `node` as the destination of `vm` for `job` (see
+    /// [`NodeRecord::claim_inbound`]): refused once the node is in
+    /// maintenance, so nothing lands on a node being drained.
+    pub async fn claim_inbound(&self, node: &str, vm: &str, job: &str) -> Result<(), String> {
+        self.update::<String>(node, |r| {
+            let mut r = r.ok_or_else(|| format!("unknown node {node}"))?;
+            r.claim_inbound(vm, job)?;
+            Ok(r)
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| match e {
+            CasError::Rejected(why) => why,
+            other => format!("cannot claim {node} for {vm}: {other}"),
+        })
+    }
+
+    /// Drops every claim of a job that ended (it lands nothing any more).
+    pub async fn release_inbound(&self, job: &str) {
+        let held: Vec<String> = self
+            .all()
+            .into_iter()
+            .filter(|n| n.inbound.values().any(|j| j == job))
+            .map(|n| n.name)
+            .collect();
+        for node in held {
+            let res = self
+                .update::<String>(&node, |r| {
+                    let mut r = r.ok_or_else(|| format!("node {node} vanished"))?;
+                    r.inbound.retain(|_, j| j != job);
+                    Ok(r)
+                })
+                .await;
+            if let Err(e) = res {
+                // Harmless: entering maintenance ignores claims of ended jobs.
+                tracing::warn!(node, job, error = %e, "claim of an ended job left behind");
+            }
+        }
+    }
+
     /// Finds a VM by name: (node record, vm). Several hits would mean a VM
     /// runs twice, which callers report rather than pick one.
     pub fn find_vm(&self, name: &str) -> Vec<(NodeRecord, Vm)> {

@@ -87,6 +87,13 @@ pub struct NodeRecord {
     /// exactly these.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub stopped_by: BTreeMap<String, String>,
+    /// VMs a job is putting on this node (a move's destination, a create),
+    /// by name → job id, claimed before the command is sent and kept until
+    /// the job ends. Entering maintenance and claiming are compare-and-sets
+    /// of this same record, so a node never goes into maintenance while a
+    /// VM may still land on it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inbound: BTreeMap<String, String>,
 }
 
 impl NodeRecord {
@@ -116,6 +123,20 @@ impl NodeRecord {
             })
             .map(|d| d.name.clone())
             .collect()
+    }
+
+    /// Claims `vm` as landing here for `job`; refused unless the node takes
+    /// VMs (ENABLED).
+    pub fn claim_inbound(&mut self, vm: &str, job: &str) -> Result<(), String> {
+        if self.status != NodeStatus::Enabled {
+            let status = format!("{:?}", self.status).to_uppercase();
+            return Err(format!(
+                "node {} is {status}: no VM may land on it",
+                self.name
+            ));
+        }
+        self.inbound.insert(vm.to_string(), job.to_string());
+        Ok(())
     }
 
     /// Memory reserved by every defined VM, running or not.
@@ -314,6 +335,23 @@ impl From<&Vm> for pb::Domain {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_enabled_node_can_be_claimed_as_a_destination() {
+        let mut n = NodeRecord {
+            name: "n1".into(),
+            ..Default::default()
+        };
+        n.claim_inbound("vm1", "job1").unwrap();
+        assert_eq!(n.inbound["vm1"], "job1");
+        n.status = NodeStatus::Maintenance;
+        let err = n.claim_inbound("vm2", "job2").unwrap_err();
+        assert_eq!(err, "node n1 is MAINTENANCE: no VM may land on it");
+        assert!(
+            !n.inbound.contains_key("vm2"),
+            "a refused claim leaves no trace"
+        );
+    }
 
     #[test]
     fn domain_roundtrips_through_the_model() {

@@ -527,6 +527,23 @@ impl Fleet {
         }
     }
 
+    /// Sends `signal` (e.g. `-STOP`, `-CONT`) to the node's running agent:
+    /// a frozen agent holds the commands sent to it until it thaws.
+    pub fn signal_agent(&mut self, node: &str, signal: &str) {
+        let pid = self
+            .agents
+            .iter()
+            .find(|(n, _)| n == node)
+            .and_then(|(_, p)| p.as_ref())
+            .unwrap_or_else(|| panic!("agent {node} is not running"))
+            .pid();
+        let st = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill {signal} {pid} failed");
+    }
+
     pub fn agent_log(&self, node: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("agent-{node}.log")))
             .unwrap_or_default()

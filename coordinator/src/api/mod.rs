@@ -489,6 +489,20 @@ pub(crate) async fn take_node(
     to: NodeStatus,
     job_id: &str,
 ) -> Result<NodeRecord> {
+    // Claims of jobs that ended are stale (their release may have been cut
+    // short by a crash); anything else still lands VMs here.
+    let mut stale: Vec<String> = Vec::new();
+    for j in c
+        .registry
+        .get(name)
+        .map(|r| r.inbound)
+        .unwrap_or_default()
+        .into_values()
+    {
+        if c.get_job(&j).await.is_none_or(|j| j.state.is_terminal()) {
+            stale.push(j);
+        }
+    }
     c.registry
         .update(name, |r| {
             let mut r =
@@ -508,6 +522,22 @@ pub(crate) async fn take_node(
                         status_word(from)
                     ),
                 ));
+            }
+            r.inbound.retain(|_, j| !stale.contains(j));
+            if to == NodeStatus::Maintenance {
+                if let Some((vm, j)) = r.inbound.iter().next() {
+                    return Err(Refusal(
+                        Code::Conflict,
+                        format!(
+                            "node {name} is receiving VMs ({vm} from job {j}{more}); \
+                             wait for it or `job abort {j}`",
+                            more = match r.inbound.len() - 1 {
+                                0 => String::new(),
+                                n => format!(" and {n} more"),
+                            }
+                        ),
+                    ));
+                }
             }
             r.status = to;
             r.current_job = Some(job_id.to_string());

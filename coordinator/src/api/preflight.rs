@@ -213,6 +213,14 @@ pub fn evaluate(i: &Input) -> Vec<Check> {
                 )
             })
         })
+        .chain(
+            // VMs on their way here (a move or create in flight).
+            i.node
+                .inbound
+                .iter()
+                .filter(|(_, j)| i.running_jobs.iter().any(|r| &r.id == *j))
+                .map(|(vm, j)| format!("job {j} is putting {vm} on {}", i.node.name)),
+        )
         .collect();
     out.push(check(
         "no conflicting job",

@@ -140,6 +140,20 @@ impl Coordinator {
             Kind::Migrate(m) => Some(m.dest_node.clone()),
             _ => None,
         };
+        // A VM about to land on a node claims it first, refused once the node
+        // is in maintenance: a drain never gains a VM it did not plan for.
+        let landing = match &kind {
+            Kind::Define(_) => Some(node),
+            _ => destination.as_deref(),
+        };
+        if let Some(dest) = landing {
+            if let Err(why) = self.registry.claim_inbound(dest, vm, &job.id).await {
+                return failed(
+                    Code::WrongState,
+                    format!("{action} of {vm} not sent: {why}"),
+                );
+            }
+        }
         let cmd = pb::AgentCommand {
             id: id.to_string(),
             op_id: job.id.clone(),
