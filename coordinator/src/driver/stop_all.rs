@@ -176,6 +176,9 @@ async fn perform(
             });
         }
         Action::Note { vm, ok, message } => c.job_step(&job.id, vm.as_deref(), ok, message).await,
+        a @ (Action::SendStart { .. } | Action::SendCommand { .. }) => {
+            tracing::error!(job = %job.id, action = ?a, "not a stop-all action; ignored")
+        }
         Action::Finish { ending, summary } => {
             let mut report = Report::default();
             for (vm, o) in m.outcomes() {

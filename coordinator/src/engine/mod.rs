@@ -14,7 +14,11 @@
 //! - **Invalid transitions are rejected** ([`Invalid`]): a duplicated or
 //!   late answer changes nothing.
 
+pub mod enable;
 pub mod sim;
+pub mod sim_enable;
+pub mod sim_single;
+pub mod single;
 pub mod stop_all;
 
 use serde::{Deserialize, Serialize};
@@ -75,6 +79,11 @@ pub enum Action {
     Unrecord { vm: String },
     /// Send the stop command with this id (journaled with the state).
     SendStop { vm: String, cmd: String },
+    /// Send the start command with this id (journaled with the state).
+    SendStart { vm: String, cmd: String },
+    /// Send the job's one prepared command with this id (journaled with
+    /// the state).
+    SendCommand { cmd: String },
     /// Find out what became of a command: the agent's results bucket,
     /// re-sending the same id when the agent never claimed it; answers
     /// with what it learned (maybe still [`Answer::Unknown`]).

@@ -142,6 +142,8 @@ pub struct Stats {
 /// A broken invariant: everything needed to reproduce it.
 #[derive(Clone, Debug)]
 pub struct Failure {
+    /// The simulated job (`bench sim --job JOB`).
+    pub job: &'static str,
     pub seed: u64,
     pub event: usize,
     pub message: String,
@@ -155,7 +157,11 @@ impl std::fmt::Display for Failure {
             "seed {} broke an invariant at event {}: {}",
             self.seed, self.event, self.message
         )?;
-        writeln!(f, "reproduce: bench sim --seed {}", self.seed)?;
+        writeln!(
+            f,
+            "reproduce: bench sim --job {} --seed {}",
+            self.job, self.seed
+        )?;
         for line in self.trace.iter().rev().take(30).rev() {
             writeln!(f, "  {line}")?;
         }
@@ -215,6 +221,7 @@ pub fn run(seed: u64) -> Result<Stats, Failure> {
         w.at(t, Pending::Abort);
     }
     let fail = |w: &World, message: String| Failure {
+        job: "stop-all",
         seed,
         event: w.stats.events,
         message,
@@ -330,6 +337,10 @@ impl World {
             }
             Action::FindOut { vm, cmd } => {
                 self.at(t, Pending::FoundOut { epoch, vm, cmd });
+            }
+            // Not stop-all's: other machines' sends.
+            Action::SendStart { .. } | Action::SendCommand { .. } => {
+                self.log(format!("ignored foreign action {a:?}"))
             }
             Action::Note { .. } => {}
             Action::Finish { ending, summary } => {

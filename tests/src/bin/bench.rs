@@ -32,9 +32,9 @@
 //!     generated inputs each (random, structure-aware, mutated seeds):
 //!     Ok / Err counts, panics (caught, reported with their input; exit 1
 //!     when any), time. Deterministic for a seed; no processes.
-//! bench sim [--seeds 1000000] [--first 0] [--seed N]
-//!     the job engine's deterministic simulation of faults
-//!     (coordinator/src/engine/sim.rs) over SEEDS consecutive seeds, or the
+//! bench sim [--job stop-all|enable|single] [--seeds 1000000] [--first 0] [--seed N]
+//!     the job engine's deterministic simulation of faults of one job kind
+//!     (coordinator/src/engine/sim*.rs) over SEEDS consecutive seeds, or the
 //!     one seed N with its trace: seeds/s, events and faults per seed; exit 1
 //!     naming the first seed that breaks an invariant. No processes.
 //! Common: --json   JSON document on stdout (the markdown then goes to stderr).
@@ -2318,26 +2318,35 @@ struct FuzzRow {
 }
 
 fn bench_sim(a: &Args) -> Result<Report> {
-    use nodemaint_coordinator::engine::sim;
-    a.known(&["seeds", "first", "seed"])?;
+    use nodemaint_coordinator::engine::{sim, sim_enable, sim_single};
+    type Run = fn(u64) -> std::result::Result<sim::Stats, sim::Failure>;
+    type RunMany = fn(u64, u64) -> std::result::Result<sim::Stats, sim::Failure>;
+    a.known(&["seeds", "first", "seed", "job"])?;
+    let job: String = a.get("job", "stop-all".to_string())?;
+    let (run, run_many): (Run, RunMany) = match job.as_str() {
+        "stop-all" => (sim::run, sim::run_many),
+        "enable" => (sim_enable::run, sim_enable::run_many),
+        "single" => (sim_single::run, sim_single::run_many),
+        other => bail!("unknown --job {other:?}: stop-all, enable or single"),
+    };
     if let Some(seed) = a.opt::<u64>("seed")? {
-        let stats = sim::run(seed).map_err(|f| anyhow!("{f}"))?;
+        let stats = run(seed).map_err(|f| anyhow!("{f}"))?;
         return Ok(Report {
-            markdown: format!("seed {seed}: every invariant held ({stats:?})\n"),
-            json: json!({"bench": "sim", "seed": seed, "events": stats.events,
+            markdown: format!("{job} seed {seed}: every invariant held ({stats:?})\n"),
+            json: json!({"bench": "sim", "job": job, "seed": seed, "events": stats.events,
                 "faults": stats.faults, "crashes": stats.crashes, "ok": true}),
         });
     }
     let seeds: u64 = a.get("seeds", 1_000_000)?;
     let first: u64 = a.get("first", 0)?;
     let started = Instant::now();
-    let stats = sim::run_many(first, seeds).map_err(|f| anyhow!("{f}"))?;
+    let stats = run_many(first, seeds).map_err(|f| anyhow!("{f}"))?;
     let t = secs(started.elapsed());
     let per = |n: usize| n as f64 / seeds.max(1) as f64;
     let md = format!(
-        "## Job engine under simulated faults (bench sim)\n\n{seeds} seeds from {first}: every \
-         invariant held. {:.0} seeds/s ({t:.1} s); per seed {:.1} events, {:.1} faults, \
-         {:.2} coordinator crashes, {:.2} refused (late or duplicated) events.\n",
+        "## Job engine under simulated faults (bench sim --job {job})\n\n{seeds} seeds from \
+         {first}: every invariant held. {:.0} seeds/s ({t:.1} s); per seed {:.1} events, {:.1} \
+         faults, {:.2} coordinator crashes, {:.2} refused (late or duplicated) events.\n",
         seeds as f64 / t,
         per(stats.events),
         per(stats.faults),
@@ -2346,7 +2355,7 @@ fn bench_sim(a: &Args) -> Result<Report> {
     );
     Ok(Report {
         markdown: md,
-        json: json!({"bench": "sim", "seeds": seeds, "first": first, "time_s": t,
+        json: json!({"bench": "sim", "job": job, "seeds": seeds, "first": first, "time_s": t,
             "seeds_per_s": seeds as f64 / t, "events": stats.events, "faults": stats.faults,
             "crashes": stats.crashes, "refused": stats.refused, "machine": machine()}),
     })
