@@ -9,6 +9,7 @@
 //! registry (a drain moves whatever is still on the node).
 
 use crate::driver::slots::Priority;
+use crate::engine::enable::Which;
 use crate::jobs::{hex, CommandRecord, Job, JobState, Report};
 use crate::server::Coordinator;
 use futures::StreamExt;
@@ -401,6 +402,20 @@ impl Coordinator {
         kind: Kind,
         priority: Priority,
     ) -> Result<pb::CommandResult, String> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.migrate_one_as(&id, job, from, kind, priority).await
+    }
+
+    /// [`Coordinator::migrate_one`] with the command id given (engine jobs
+    /// derive ids from the job, so that a resent command is the same one).
+    pub async fn migrate_one_as(
+        &self,
+        id: &str,
+        job: &Job,
+        from: &str,
+        kind: Kind,
+        priority: Priority,
+    ) -> Result<pb::CommandResult, String> {
         let Kind::Migrate(m) = &kind else {
             return Ok(failed(Code::Internal, "not a migration".into()));
         };
@@ -418,7 +433,7 @@ impl Coordinator {
             format!("moving {vm} from {from} to {to}"),
         )
         .await;
-        let run = self.run_command(job, from, &vm, Some(&to), kind);
+        let run = self.run_command_as(id, job, from, &vm, Some(&to), kind);
         tokio::pin!(run);
         let r = tokio::select! {
             r = &mut run => r,
@@ -631,10 +646,12 @@ pub fn spawn(c: Arc<Coordinator>, job: Job, resumed: bool) {
                     Some("none") => cordon(c, job).await,
                     _ => drain(c, job, resumed).await,
                 },
-                "node.enable" => enable(c, job, resumed).await,
-                "node.start-stopped" => start_stopped(c, job, resumed).await,
+                "node.enable" => crate::driver::enable::run(c, job, resumed, Which::Enable).await,
+                "node.start-stopped" => {
+                    crate::driver::enable::run(c, job, resumed, Which::StartStopped).await
+                }
                 "rolling" => crate::driver::rolling::run(c, job, resumed).await,
-                _ => single(c, job, resumed).await,
+                _ => crate::driver::single::run(c, job).await,
             }
             c2.stops.forget(&id);
             crate::logs::job_ended(&c2, &id).await;
@@ -651,72 +668,6 @@ async fn cordon(c: Arc<Coordinator>, job: Job) {
         "{node} cordoned: no new VM lands on it; its {n} running VMs were not moved or stopped"
     );
     finish_node_job(&c, &job, &node, Report::default(), msg.clone(), msg).await;
-}
-
-/// Jobs of one command (vm start/stop/move/create, vfw move): the command
-/// was prepared by the API handler and is in `params.command` (hex).
-async fn single(c: Arc<Coordinator>, job: Job, resumed: bool) {
-    // Journal before send: a job resumed without a journaled command never
-    // sent it, so it runs now (it used to end SUCCEEDED having done nothing).
-    let resumed = resumed && !job.commands.is_empty();
-    let result = if resumed {
-        c.finish_unfinished_commands(&job)
-            .await
-            .pop()
-            .map(|(_, r)| r)
-    } else {
-        let node = job.params["command_node"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let vm = job.params["vm"].as_str().unwrap_or_default().to_string();
-        let to = job.params["to"].as_str().map(str::to_string);
-        let kind = job.params["command"]
-            .as_str()
-            .and_then(crate::jobs::journaled_command)
-            .map(|(_, k)| k);
-        match kind {
-            Some(kind @ Kind::Migrate(_)) => Some(
-                c.migrate_one(&job, &node, kind, Priority::Manual)
-                    .await
-                    .unwrap_or_else(|reason| {
-                        failed(Code::Aborted, format!("{vm} not moved: {reason}"))
-                    }),
-            ),
-            Some(kind) => Some(c.run_command(&job, &node, &vm, to.as_deref(), kind).await),
-            None => Some(failed(Code::Internal, "job without a command".into())),
-        }
-    };
-    let Some(r) = result else {
-        // Resumed with nothing unfinished: the outcome was journaled.
-        let ok = job.commands.iter().all(|r| r.ok == Some(true));
-        let msg = job
-            .commands
-            .last()
-            .and_then(|r| r.message.clone())
-            .unwrap_or_default();
-        let state = if ok {
-            JobState::Succeeded
-        } else {
-            JobState::Failed
-        };
-        return c.finish_job(&job.id, state, msg).await;
-    };
-    // Read-your-writes for the operator: the job ends once the registry
-    // shows the VM where the agent says it is (a `vm list` or a next move
-    // right after the command sees the new placement).
-    if r.ok && !r.vm.is_empty() && !r.vm_node.is_empty() {
-        c.wait_placed(&[(r.vm.clone(), r.vm_node.clone())]).await;
-    }
-    let outcome = describe(&r);
-    c.job_step(&job.id, Some(&r.vm), Some(r.ok), outcome.clone())
-        .await;
-    let state = match (r.ok, c.stops.reason(&job.id)) {
-        (true, _) => JobState::Succeeded,
-        (false, Some(_)) => JobState::Aborted,
-        (false, None) => JobState::Failed,
-    };
-    c.finish_job(&job.id, state, outcome).await;
 }
 
 /// What a move-mode drain does with a VM that cannot live-migrate.
@@ -1156,103 +1107,6 @@ async fn cold_move(
             m.to
         ))
     }
-}
-
-/// Starts VMs one after another in the given order, VFWs first; used by
-/// enable (the recorded set) and start-stopped (every shut-off VM).
-async fn start_vms(
-    c: &Arc<Coordinator>,
-    job: &Job,
-    node: &str,
-    names: Vec<String>,
-    report: &mut Report,
-) {
-    let rec = c.registry.get(node).unwrap_or_default();
-    let mut vms: Vec<(bool, String)> = names
-        .into_iter()
-        .map(|n| {
-            let vfw = rec
-                .domains
-                .iter()
-                .any(|d| d.name == n && d.kind == VmKind::Vfw);
-            (!vfw, n)
-        })
-        .collect();
-    vms.sort();
-    for (_, name) in vms {
-        if let Some(reason) = c.stops.reason(&job.id) {
-            let detail = format!("not started ({reason}); still shut off on {node}");
-            report.record(name, Err(detail));
-            continue;
-        }
-        let current = rec.domains.iter().find(|d| d.name == name);
-        let outcome = match current.map(|d| d.state) {
-            None => Err(format!("{name} is no longer defined on {node}")),
-            Some(VmState::Running) => Ok(format!("{name} already running")),
-            Some(_) => {
-                let r = c
-                    .run_command(
-                        job,
-                        node,
-                        &name,
-                        None,
-                        Kind::Start(pb::StartVm { vm: name.clone() }),
-                    )
-                    .await;
-                if r.ok {
-                    Ok(describe(&r))
-                } else {
-                    Err(describe(&r))
-                }
-            }
-        };
-        let (Ok(detail) | Err(detail)) = &outcome;
-        c.job_step(&job.id, Some(&name), Some(outcome.is_ok()), detail.clone())
-            .await;
-        if outcome.is_ok() {
-            if let Err(e) = record_stopped(c, node, &name, None).await {
-                tracing::warn!(node, vm = %name, error = %e, "started; its stale record stays (enable skips a running VM)");
-            }
-        }
-        report.record(name, outcome);
-    }
-}
-
-/// Enable: the node is ENABLED already (the API did it); restart exactly
-/// the VMs maintenance stopped, VFWs first.
-async fn enable(c: Arc<Coordinator>, job: Job, resumed: bool) {
-    let node = job.node.clone().unwrap_or_default();
-    let mut report = resume(&c, &job, &node, resumed, None).await;
-    let recorded: Vec<String> = c
-        .registry
-        .get(&node)
-        .map(|r| r.stopped_by.keys().cloned().collect())
-        .unwrap_or_default();
-    start_vms(&c, &job, &node, recorded, &mut report).await;
-    let done = format!(
-        "{node} enabled; {} VMs that maintenance stopped were started",
-        report.done.len()
-    );
-    let partial = format!(
-        "{node} enabled, but {} VMs did not start ({}); they stay recorded",
-        report.not_done.len(),
-        report.not_done_names()
-    );
-    finish_node_job(&c, &job, &node, report, done, partial).await;
-}
-
-/// The seed's `virsh start` loop: every shut-off VM of the node, VFWs first.
-async fn start_stopped(c: Arc<Coordinator>, job: Job, resumed: bool) {
-    let node = job.node.clone().unwrap_or_default();
-    let mut report = resume(&c, &job, &node, resumed, None).await;
-    let names = shut_off(&c.registry.get(&node).unwrap_or_default());
-    start_vms(&c, &job, &node, names, &mut report).await;
-    let outcome = format!(
-        "{node}: {} started, {} failed",
-        report.done.len(),
-        report.not_done.len()
-    );
-    finish_node_job(&c, &job, &node, report, outcome.clone(), outcome).await;
 }
 
 /// What a job's journal says it did with `action` commands before a

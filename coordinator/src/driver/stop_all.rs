@@ -18,10 +18,10 @@ use tokio::sync::mpsc;
 /// VMs stopped at once by stop all.
 const STOP_PARALLEL: usize = 4;
 /// How long one find-out waits for the agent before the engine asks again.
-const FIND_OUT_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const FIND_OUT_WAIT: Duration = Duration::from_secs(30);
 
 /// What a command's result means to the engine.
-fn answer(r: &pb::CommandResult) -> Answer {
+pub(crate) fn answer(r: &pb::CommandResult) -> Answer {
     match (r.ok, r.error.as_ref().map(|e| e.code)) {
         (true, _) => Answer::Done(describe(r)),
         (false, Some(c)) if c == Code::OutcomeUnknown as i32 => Answer::Unknown(describe(r)),
@@ -29,7 +29,7 @@ fn answer(r: &pb::CommandResult) -> Answer {
     }
 }
 
-fn stop_reason(reason: String) -> StopReason {
+pub(crate) fn stop_reason(reason: String) -> StopReason {
     if reason.starts_with("deadline") {
         StopReason::Deadline
     } else {

@@ -1,0 +1,130 @@
+//! Jobs a crashed coordinator left RUNNING, resumed by the next one. The
+//! job records are written into the jobs bucket exactly as a coordinator
+//! that died at that point would leave them; then a coordinator starts and
+//! must finish them truthfully.
+//!
+//! The defect: a one-command job whose coordinator died before the
+//! command was journaled was resumed with no commands, and `all(ok)` over
+//! none ended it SUCCEEDED having done nothing.
+
+use async_nats::jetstream;
+use nodemaint_coordinator::jobs::{hex, Job, JobState};
+use nodemaint_proto::pb;
+use nodemaint_proto::subjects::Subjects;
+use nodemaint_proto::Message as _;
+use nodemaint_tests::*;
+use serde_json::Value;
+use std::time::Duration;
+
+fn vm_state(f: &Fleet, name: &str) -> Option<String> {
+    let v = f.cli_json("bob", &["vm", "list"]);
+    v.as_array()?
+        .iter()
+        .find(|x| x["name"] == name)
+        .and_then(|x| x["state"].as_str().map(str::to_string))
+}
+
+/// A `vm start` job as the API records it (`single_command_job`): RUNNING,
+/// the prepared command in its params, nothing journaled yet.
+fn start_job(vm: &str, node: &str) -> Job {
+    let cmd = pb::AgentCommand {
+        kind: Some(pb::agent_command::Kind::Start(pb::StartVm {
+            vm: vm.into(),
+        })),
+        ..Default::default()
+    };
+    let mut job = Job::new(
+        "vm.start",
+        "alice",
+        Some(node),
+        serde_json::json!({ "vm": vm }),
+    );
+    job.params["command"] = hex(&cmd.encode_to_vec()).into();
+    job.params["command_node"] = node.into();
+    job.params["vm"] = vm.into();
+    job
+}
+
+/// Writes job records into the jobs bucket (the coordinator is down).
+fn write_jobs(f: &Fleet, jobs: &[&Job]) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(&f.nats.url).await.unwrap();
+        let js = jetstream::new(client);
+        let kv = js
+            .get_key_value(Subjects::new("nodemaint").jobs_bucket())
+            .await
+            .unwrap();
+        for job in jobs {
+            kv.put(&job.id, serde_json::to_vec(job).unwrap().into())
+                .await
+                .unwrap();
+        }
+    });
+}
+
+fn job(f: &Fleet, id: &str) -> Value {
+    f.cli_json("bob", &["job", "show", id])
+}
+
+fn wait_ended(f: &Fleet, id: &str) -> Value {
+    wait_for(Duration::from_secs(120), "the resumed job to end", || {
+        matches!(
+            job(f, id)["state"].as_str(),
+            Some("SUCCEEDED" | "FAILED" | "ABORTED")
+        )
+    });
+    job(f, id)
+}
+
+#[test]
+fn a_resumed_single_job_sends_its_command_and_never_succeeds_having_done_nothing() {
+    let mut f = Fleet::start();
+    f.add_agent(
+        "node1",
+        &[
+            Dom::vfw("cs1"),
+            Dom::user("web-1", "cs1").off(),
+            Dom::user("web-2", "cs1").off(),
+        ],
+    );
+    f.wait_registered();
+    f.coordinator.take().unwrap().kill();
+
+    // Died before journaling anything: no machine, no command record.
+    let unjournaled = start_job("web-1", "node1");
+    // Died after journaling the command as sent, before sending it.
+    let mut unsent = start_job("web-2", "node1");
+    unsent.engine = Some(serde_json::json!({
+        "job": unsent.id, "vm": "web-2", "phase": "Sent"
+    }));
+    write_jobs(&f, &[&unjournaled, &unsent]);
+    assert_eq!(unjournaled.state, JobState::Running);
+
+    f.start_coordinator();
+    for (j, vm) in [(&unjournaled, "web-1"), (&unsent, "web-2")] {
+        let done = wait_ended(&f, &j.id);
+        assert_eq!(
+            done["state"],
+            "SUCCEEDED",
+            "{vm}: {done:#}\n{}",
+            f.coordinator_log()
+        );
+        // Succeeded means done: the VM runs.
+        assert_eq!(vm_state(&f, vm).as_deref(), Some("RUNNING"), "{done:#}");
+        // Executed once, under the job's own command id.
+        let cmds: Vec<&Value> = done["commands"]
+            .as_array()
+            .map(|c| c.iter().collect())
+            .unwrap_or_default();
+        let want = format!("{}-cmd", j.id);
+        assert!(
+            cmds.iter().all(|c| c["id"] == want.as_str()),
+            "{vm}: {cmds:?}"
+        );
+    }
+    // The journaled-but-unsent one was found out (resent once), not sent
+    // again blindly: its journal says so.
+    let steps = job(&f, &unsent.id)["steps"].to_string();
+    assert!(steps.contains("web-2 started"), "{steps}");
+}
