@@ -8,7 +8,7 @@
 //! none ended it SUCCEEDED having done nothing.
 
 use async_nats::jetstream;
-use nodemaint_coordinator::jobs::{hex, Job, JobState};
+use nodemaint_coordinator::jobs::{hex, CommandRecord, Job, JobState};
 use nodemaint_proto::pb;
 use nodemaint_proto::subjects::Subjects;
 use nodemaint_proto::Message as _;
@@ -86,6 +86,7 @@ fn a_resumed_single_job_sends_its_command_and_never_succeeds_having_done_nothing
             Dom::vfw("cs1"),
             Dom::user("web-1", "cs1").off(),
             Dom::user("web-2", "cs1").off(),
+            Dom::user("web-3", "cs1").off(),
         ],
     );
     f.wait_registered();
@@ -98,11 +99,36 @@ fn a_resumed_single_job_sends_its_command_and_never_succeeds_having_done_nothing
     unsent.engine = Some(serde_json::json!({
         "job": unsent.id, "vm": "web-2", "phase": "Sent"
     }));
-    write_jobs(&f, &[&unjournaled, &unsent]);
+    // Journaled by the executor before the engine (a job older than the
+    // upgrade): in the command list under its own id, no machine; unsent.
+    let mut legacy = start_job("web-3", "node1");
+    let cmd = pb::AgentCommand {
+        id: "legacy-7".into(),
+        op_id: legacy.id.clone(),
+        requested_by: "alice".into(),
+        kind: Some(pb::agent_command::Kind::Start(pb::StartVm {
+            vm: "web-3".into(),
+        })),
+    };
+    legacy.commands.push(CommandRecord {
+        id: "legacy-7".into(),
+        node: "node1".into(),
+        vm: "web-3".into(),
+        action: "start".into(),
+        to: None,
+        payload: hex(&cmd.encode_to_vec()),
+        ok: None,
+        message: None,
+    });
+    write_jobs(&f, &[&unjournaled, &unsent, &legacy]);
     assert_eq!(unjournaled.state, JobState::Running);
 
     f.start_coordinator();
-    for (j, vm) in [(&unjournaled, "web-1"), (&unsent, "web-2")] {
+    for (j, vm, id) in [
+        (&unjournaled, "web-1", format!("{}-cmd", unjournaled.id)),
+        (&unsent, "web-2", format!("{}-cmd", unsent.id)),
+        (&legacy, "web-3", "legacy-7".to_string()),
+    ] {
         let done = wait_ended(&f, &j.id);
         assert_eq!(
             done["state"],
@@ -112,14 +138,13 @@ fn a_resumed_single_job_sends_its_command_and_never_succeeds_having_done_nothing
         );
         // Succeeded means done: the VM runs.
         assert_eq!(vm_state(&f, vm).as_deref(), Some("RUNNING"), "{done:#}");
-        // Executed once, under the job's own command id.
+        // Under the command id it was journaled with, never another.
         let cmds: Vec<&Value> = done["commands"]
             .as_array()
             .map(|c| c.iter().collect())
             .unwrap_or_default();
-        let want = format!("{}-cmd", j.id);
         assert!(
-            cmds.iter().all(|c| c["id"] == want.as_str()),
+            cmds.iter().all(|c| c["id"] == id.as_str()),
             "{vm}: {cmds:?}"
         );
     }
@@ -127,4 +152,49 @@ fn a_resumed_single_job_sends_its_command_and_never_succeeds_having_done_nothing
     // again blindly: its journal says so.
     let steps = job(&f, &unsent.id)["steps"].to_string();
     assert!(steps.contains("web-2 started"), "{steps}");
+}
+
+/// Died after journaling a machine's end, before writing the job's end:
+/// the resumed job ends as its machine says (stop all used to skip a
+/// finished machine, leaving the job RUNNING and its node held).
+#[test]
+fn a_job_journaled_as_finished_ends_when_resumed() {
+    let mut f = Fleet::start();
+    f.add_agent("node1", &[Dom::vfw("cs1"), Dom::user("web-1", "cs1").off()]);
+    f.wait_registered();
+    f.coordinator.take().unwrap().kill();
+
+    let mut stop_all = Job::new(
+        "maintenance.start",
+        "alice",
+        Some("node1"),
+        serde_json::json!({ "mode": "stop", "node": "node1" }),
+    );
+    stop_all.engine = Some(serde_json::json!({
+        "job": stop_all.id, "node": "node1", "parallel": 4,
+        "vms": [{ "vm": "web-1", "vfw": false, "phase": { "Done": { "Stopped": "shut off" } } }],
+        "finished": true
+    }));
+    let mut enable = Job::new(
+        "node.enable",
+        "alice",
+        Some("node1"),
+        serde_json::json!({ "node": "node1" }),
+    );
+    enable.engine = Some(serde_json::json!({
+        "job": enable.id, "node": "node1", "which": "Enable",
+        "vms": [{ "vm": "cs1-vfw", "vfw": true, "found": "Running",
+                  "phase": { "Done": "AlreadyRunning" } }],
+        "finished": true
+    }));
+    write_jobs(&f, &[&stop_all, &enable]);
+
+    f.start_coordinator();
+    for j in [&stop_all, &enable] {
+        let done = wait_ended(&f, &j.id);
+        assert_eq!(done["state"], "SUCCEEDED", "{done:#}");
+        assert_eq!(done["report"]["done"].as_array().map(Vec::len), Some(1));
+    }
+    // Repeating an ending did nothing else: web-1 stays as it was.
+    assert_eq!(vm_state(&f, "web-1").as_deref(), Some("SHUTOFF"));
 }

@@ -59,11 +59,18 @@ pub async fn run(c: Arc<Coordinator>, job: Job) {
             .await;
     };
     let cmd = Arc::new(cmd);
-    let mut machine = job
+    let journaled = job
         .engine
         .clone()
-        .and_then(|v| serde_json::from_value::<Single>(v).ok())
-        .unwrap_or_else(|| Single::new(&job.id, &cmd.vm));
+        .and_then(|v| serde_json::from_value::<Single>(v).ok());
+    let mut machine = match (journaled, job.commands.last()) {
+        (Some(m), _) => m,
+        // Journaled by the executor this driver replaced (a job older than
+        // the upgrade): find out what became of that command.
+        (None, Some(old)) => Single::journaled(&job.id, &cmd.vm, &old.id),
+        // Nothing journaled, so nothing sent: it is sent now.
+        (None, None) => Single::new(&job.id, &cmd.vm),
+    };
     let (tx, mut rx) = mpsc::unbounded_channel::<(Event, Option<pb::CommandResult>)>();
     let mut stops = c.stops.watch(&job.id);
     let mut stop_fed = false;

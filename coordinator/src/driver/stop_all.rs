@@ -62,9 +62,12 @@ pub async fn stop_all(c: Arc<Coordinator>, job: Job) {
     let mut stops = c.stops.watch(&job.id);
     let mut stop_fed = false;
     let mut next = Some(Event::Resume);
-    while !machine.finished {
+    loop {
         let event = match next.take() {
             Some(e) => e,
+            // A machine journaled as finished still gets its Resume (which
+            // repeats the ending: the job record may not have it yet).
+            None if machine.finished => return,
             None => tokio::select! {
                 Some(e) = rx.recv() => e,
                 reason = crate::driver::executor::stopped(&mut stops), if !stop_fed => {

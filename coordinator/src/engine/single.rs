@@ -19,6 +19,10 @@ pub struct Single {
     /// The VM the command is about (empty for a node check).
     pub vm: String,
     pub phase: Phase,
+    /// The id of a command journaled before this engine existed (in the
+    /// job's command list, by the executor it replaced); else derived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy_cmd: Option<String>,
     #[serde(default)]
     pub stopping: Option<StopReason>,
     #[serde(default)]
@@ -90,15 +94,30 @@ impl Single {
             job: job.into(),
             vm: vm.into(),
             phase: Phase::Ready,
+            legacy_cmd: None,
             stopping: None,
             finished: false,
+        }
+    }
+
+    /// A job whose command the previous executor journaled (id `cmd`) but
+    /// no machine: it may have gone out, so it is found out, never re-sent
+    /// under another id.
+    pub fn journaled(job: &str, vm: &str, cmd: &str) -> Single {
+        Single {
+            phase: Phase::Sent,
+            legacy_cmd: Some(cmd.into()),
+            ..Single::new(job, vm)
         }
     }
 
     /// The command's id: a function of the job, so that a resent command
     /// is the same command (agents execute an id once).
     pub fn command_id(&self) -> String {
-        format!("{}-cmd", self.job)
+        match &self.legacy_cmd {
+            Some(id) => id.clone(),
+            None => format!("{}-cmd", self.job),
+        }
     }
 
     /// Pure: the next state and what to do, or why the event is refused.
@@ -288,6 +307,20 @@ mod tests {
             .unwrap();
         assert!(s.finished);
         assert_eq!(ending(&out), Some(Ending::Succeeded));
+    }
+
+    #[test]
+    fn a_command_the_previous_executor_journaled_is_found_out_under_its_own_id() {
+        let (s, out) = Single::journaled("j1", "vm1", "uuid-1")
+            .step(Event::Resume)
+            .unwrap();
+        assert!(out.contains(&Action::FindOut {
+            vm: "vm1".into(),
+            cmd: "uuid-1".into()
+        }));
+        assert!(!out.iter().any(|a| matches!(a, Action::SendCommand { .. })));
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(serde_json::from_value::<Single>(json).unwrap(), s);
     }
 
     #[test]

@@ -134,7 +134,12 @@ impl StopAll {
     /// Pure: the next state and what to do, or why the event is refused.
     pub fn step(&self, event: Event) -> Result<Output, Invalid> {
         if self.finished {
-            return Err(Invalid(format!("job finished; {event:?} ignored")));
+            // The coordinator may have died between the journal and the
+            // job's end: a resume repeats the ending, nothing else.
+            return match event {
+                Event::Resume => Ok((self.clone(), vec![self.finish()])),
+                e => Err(Invalid(format!("job finished; {e:?} ignored"))),
+            };
         }
         let mut s = self.clone();
         let mut out = Vec::new();
@@ -467,6 +472,37 @@ mod tests {
         assert!(matches!(
             s.vms[0].phase,
             Phase::Done(VmOutcome::NotRecorded(_))
+        ));
+    }
+
+    /// The coordinator died after journaling the end, before ending the
+    /// job record: the resumed job ends (it used to stay RUNNING, its node
+    /// held, as the driver skipped a finished machine).
+    #[test]
+    fn a_finished_job_resumed_repeats_its_end() {
+        let s = job(&[("a", false)]);
+        let (s, _) = s.step(Event::Resume).unwrap();
+        let (s, _) = s
+            .step(Event::Recorded {
+                vm: "a".into(),
+                result: Ok(()),
+            })
+            .unwrap();
+        let (s, _) = s
+            .step(Event::Answered {
+                vm: "a".into(),
+                answer: Answer::Done("shut off".into()),
+            })
+            .unwrap();
+        assert!(s.finished);
+        let (same, out) = s.step(Event::Resume).unwrap();
+        assert_eq!(same, s);
+        assert!(matches!(
+            out.as_slice(),
+            [Action::Finish {
+                ending: Ending::Succeeded,
+                ..
+            }]
         ));
     }
 
