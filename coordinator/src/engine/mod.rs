@@ -17,6 +17,7 @@
 pub mod drain;
 pub mod enable;
 pub mod sim;
+pub mod sim_drain;
 pub mod sim_enable;
 pub mod sim_single;
 pub mod single;
