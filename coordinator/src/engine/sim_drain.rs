@@ -351,7 +351,7 @@ pub fn run(seed: u64) -> Result<Stats, Failure> {
         if w.stats.events > MAX_EVENTS {
             return Err(fail(&w, "no progress (stuck)".into()));
         }
-        w.handle(p).map_err(|m| fail(&w, m))?;
+        w.handle(p);
         w.check().map_err(|m| fail(&w, m))?;
     }
     if w.finished.is_none() {
@@ -609,7 +609,7 @@ impl World {
         }
     }
 
-    fn handle(&mut self, p: Pending) -> Result<(), String> {
+    fn handle(&mut self, p: Pending) {
         let live = |e: u32, w: &World| e == w.epoch && w.engine.is_some();
         match p {
             Pending::Abort => self.feed(Event::Stop(StopReason::Abort("operator".into()))),
@@ -657,7 +657,7 @@ impl World {
             }
             Pending::FoundOut { epoch, vm, cmd } if live(epoch, self) => {
                 let Some((node, _)) = self.ops.get(&cmd).cloned() else {
-                    return Ok(self.feed(Event::NeverSent { vm, cmd }));
+                    return self.feed(Event::NeverSent { vm, cmd });
                 };
                 let answer = if self.cut_off(&node, self.now) {
                     Answer::Unknown("node unreachable".into())
@@ -699,7 +699,6 @@ impl World {
             }
             _ => {}
         }
-        Ok(())
     }
 
     fn deliver(&mut self, cmd: String, reply_epoch: u32) {
