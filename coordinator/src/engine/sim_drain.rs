@@ -334,14 +334,12 @@ pub fn run(seed: u64) -> Result<Stats, Failure> {
     if let Some(t) = w.faults.stray_at {
         w.at(t, Pending::StrayArrives);
     }
-    let fail = |w: &World, message: String| {
-        Failure {
-            job: "drain",
-            seed,
-            event: w.stats.events,
-            message,
-            trace: w.trace.clone(),
-        }
+    let fail = |w: &World, message: String| Failure {
+        job: "drain",
+        seed,
+        event: w.stats.events,
+        message,
+        trace: w.trace.clone(),
     };
     w.feed(Event::Resume);
     w.check().map_err(|m| fail(&w, m))?;
