@@ -198,3 +198,68 @@ fn a_job_journaled_as_finished_ends_when_resumed() {
     // Repeating an ending did nothing else: web-1 stays as it was.
     assert_eq!(vm_state(&f, "web-1").as_deref(), Some("SHUTOFF"));
 }
+
+/// Enable resumed with a start journaled (`Starting`) but never sent, and
+/// one VM still waiting: the journaled start is found out (the agent never
+/// claimed it, so the same id goes again), never re-sent under another id;
+/// then the rest starts, and every record goes only once its VM runs.
+#[test]
+fn a_resumed_enable_finds_out_its_journaled_start_and_restarts_every_recorded_vm() {
+    let mut f = Fleet::start();
+    f.add_agent("node1", &[Dom::vfw("cs1"), Dom::user("web-1", "cs1")]);
+    f.wait_registered();
+    ok(&f.cli(
+        "alice",
+        &[
+            "maintenance",
+            "start",
+            "node1",
+            "--mode",
+            "stop",
+            "--ack-vfw-downtime",
+        ],
+    ));
+    wait_for(Duration::from_secs(30), "both stopped and recorded", || {
+        let v = f.cli_json("bob", &["vm", "list"]);
+        v.as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["state"] == "SHUTOFF" && x["stopped_by"].is_string())
+    });
+    f.coordinator.take().unwrap().kill();
+
+    let mut enable = Job::new(
+        "node.enable",
+        "carol",
+        Some("node1"),
+        serde_json::json!({ "node": "node1" }),
+    );
+    enable.engine = Some(serde_json::json!({
+        "job": enable.id, "node": "node1", "which": "Enable",
+        "vms": [
+            { "vm": "cs1-vfw", "vfw": true, "found": "ShutOff", "phase": "Starting" },
+            { "vm": "web-1", "vfw": false, "found": "ShutOff", "phase": "Waiting" }
+        ]
+    }));
+    write_jobs(&f, &[&enable]);
+
+    f.start_coordinator();
+    let done = wait_ended(&f, &enable.id);
+    assert_eq!(done["state"], "SUCCEEDED", "{done:#}");
+    let v = f.cli_json("bob", &["vm", "list"]);
+    for x in v.as_array().unwrap() {
+        assert_eq!(x["state"], "RUNNING", "{x}");
+        assert!(x["stopped_by"].is_null(), "record left: {x}");
+    }
+    // Only web-1's start was sent as new; the VFW's journaled start went
+    // under its journaled id.
+    let sent: Vec<&str> = done["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(sent, [format!("{}-start1", enable.id)]);
+    let steps = done["steps"].to_string();
+    assert!(steps.contains("cs1-vfw: started"), "{steps}");
+}
