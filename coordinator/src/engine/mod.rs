@@ -16,9 +16,11 @@
 
 pub mod drain;
 pub mod enable;
+pub mod rolling;
 pub mod sim;
 pub mod sim_drain;
 pub mod sim_enable;
+pub mod sim_rolling;
 pub mod sim_single;
 pub mod single;
 pub mod stop_all;
