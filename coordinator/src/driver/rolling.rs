@@ -1,40 +1,33 @@
-//! Rolling maintenance: the planner orders the nodes into groups of at most
-//! K whose VMs the rest of the fleet can absorb; then, group by group, every
-//! node goes through
+//! Rolling maintenance's driver: performs the machine's actions
+//! (`crate::engine::rolling`, where every decision is and where the
+//! simulator checks them) and feeds back what happened. The machine is
+//! journaled into the job's `engine` field before each of its acts; the
+//! operator-facing mirror (`params.progress`, `boot_before`, `children`)
+//! is written in the same update.
 //!
-//! ```text
-//! pending → draining → drained → rebooting → rebooted → checked → enabled → done
-//! ```
-//!
-//! Each phase is written to the job's `params.progress` before and after it
-//! runs, so a restarted coordinator continues where the journal says, never
-//! skipping a node nor repeating a finished phase. Drains and enables are
-//! child jobs (resumed on their own after a restart); this executor waits
-//! for them. Pause, resume and abort act at phase boundaries.
+//! Drains and enables are child jobs with ids derived from the rolling's
+//! (resumed on their own after a restart; this driver awaits them); the
+//! reboot hook and the checks are agent commands journaled in a small
+//! per-node job (`rolling.node`), also with derived ids, so a resumed
+//! rolling finds, never repeats, what it launched or sent.
 
-use crate::driver::executor::{await_job, launch_child};
-use crate::jobs::{Job, JobState};
+use crate::driver::executor::{await_job, describe, launch_child};
+use crate::engine::rolling::{Action, Command, Event, Hook, Inspection, Phase, Progress, Rolling};
+use crate::engine::{Answer, Ending, StopReason};
+use crate::jobs::{Job, JobState, Report};
 use crate::server::Coordinator;
 use nodemaint_planner as planner;
+use nodemaint_proto::bus;
 use nodemaint_proto::model::NodeStatus;
-use nodemaint_proto::pb::{self, agent_command::Kind};
+use nodemaint_proto::pb::{self, agent_command::Kind, error::Code};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 
-pub const PHASES: [&str; 8] = [
-    "pending",
-    "draining",
-    "drained",
-    "rebooting",
-    "rebooted",
-    "checked",
-    "enabled",
-    "done",
-];
-
-fn rank(phase: &str) -> usize {
-    PHASES.iter().position(|p| *p == phase).unwrap_or(0)
-}
+/// How long one find-out waits for the agent before the engine asks again.
+const FIND_OUT_WAIT: Duration = Duration::from_secs(30);
+/// How often the driver looks at the job for pause, resume and continue.
+const POLL: Duration = Duration::from_millis(500);
 
 /// Plans the drains of one group jointly: each node's drain is planned on a
 /// snapshot in which the group is in maintenance and the VMs of the nodes
@@ -64,58 +57,50 @@ pub fn plan_group(
     Ok(plans)
 }
 
-async fn set_phase(
-    c: &Coordinator,
-    job: &str,
-    node: &str,
-    phase: &str,
-    extra: Option<(&str, serde_json::Value)>,
-) {
-    c.update_job(job, |j| {
-        j.params["progress"][node] = phase.into();
-        if let Some((k, v)) = &extra {
-            j.params[*k][node] = v.clone();
+/// The machine of a job that has none journaled yet, from its parameters.
+fn machine_of(job: &Job) -> Rolling {
+    let p = &job.params;
+    let groups: Vec<Vec<String>> = serde_json::from_value(p["groups"].clone()).unwrap_or_default();
+    let hook = if p["wait_for_continue"].as_bool().unwrap_or(false) {
+        Hook::Continue
+    } else {
+        Hook::Command(p["reboot_command"].as_str().unwrap_or_default().to_string())
+    };
+    let mut m = Rolling::new(
+        &job.id,
+        &groups,
+        p["max_unavailable"].as_u64().unwrap_or(1) as usize,
+        hook,
+        p["checks_must_pass"].as_bool().unwrap_or(false),
+        p["reboot_timeout_s"].as_u64().unwrap_or(900),
+        p["deadline_s"].as_u64(),
+    );
+    // A rolling journaled by an older coordinator (no machine): the nodes
+    // it finished stay finished; any other is started afresh (one that was
+    // mid-way is still held by its old child, so its drain is refused and
+    // it fails loudly rather than reboot twice).
+    for t in &mut m.nodes {
+        if p["progress"][t.node.as_str()].as_str() == Some("done") {
+            t.phase = Phase::Done;
         }
-    })
-    .await;
-    // Phases are in `params.progress`; the event is for live watchers (the
-    // journal keeps group starts, checks and failures, so it stays small).
-    c.job_event(pb::JobEvent {
-        job_id: job.to_string(),
-        kind: "rolling".into(),
-        state: "RUNNING".into(),
-        message: format!("{node}: {phase}"),
-        ..Default::default()
-    })
-    .await;
+    }
+    m
 }
 
-/// Waits while the job is paused; an aborted job stops here.
-async fn checkpoint(c: &Coordinator, id: &str) -> Result<(), String> {
-    let mut announced = false;
-    loop {
-        let job = c.get_job(id).await;
-        if let Some(JobState::Aborted) = job.as_ref().map(|j| j.state) {
-            let reason = job.as_ref().and_then(|j| j.params["stop_reason"].as_str());
-            return Err(reason.unwrap_or("aborted by an operator").to_string());
-        }
-        match job.map(|j| j.state) {
-            Some(JobState::Running) => return Ok(()),
-            Some(JobState::Paused) => {
-                if !announced {
-                    tracing::info!(job = id, "rolling maintenance paused");
-                    announced = true;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            other => return Err(format!("job is {other:?}")),
-        }
+fn stop_reason(reason: String) -> StopReason {
+    if reason.starts_with("deadline") {
+        StopReason::Deadline
+    } else {
+        StopReason::Abort(reason)
     }
 }
 
 pub async fn run(c: Arc<Coordinator>, job: Job, resumed: bool) {
-    let groups: Vec<Vec<String>> =
-        serde_json::from_value(job.params["groups"].clone()).unwrap_or_default();
+    let journaled = job
+        .engine
+        .clone()
+        .and_then(|v| serde_json::from_value::<Rolling>(v).ok());
+    let mut machine = journaled.unwrap_or_else(|| machine_of(&job));
     if resumed {
         c.job_step(
             &job.id,
@@ -125,368 +110,539 @@ pub async fn run(c: Arc<Coordinator>, job: Job, resumed: bool) {
         )
         .await;
     }
-    for (i, group) in groups.iter().enumerate() {
-        let current = c.get_job(&job.id).await.unwrap_or_else(|| job.clone());
-        let done = |n: &String| current.params["progress"][n.as_str()].as_str() == Some("done");
-        if group.iter().all(done) {
-            continue;
+    if machine.finished {
+        // Journaled as finished; the job's own end may not have been written.
+        let a = machine.finish();
+        return perform(&c, &job, &machine, a, &mpsc::unbounded_channel().0).await;
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+    let mut stops = c.stops.watch(&job.id);
+    let mut stop_fed = false;
+    let mut poll = tokio::time::interval(POLL);
+    let mut next = vec![Event::Start];
+    while !machine.finished {
+        let event = match next.pop() {
+            Some(e) => e,
+            None => tokio::select! {
+                Some(e) = rx.recv() => e,
+                reason = crate::driver::executor::stopped(&mut stops), if !stop_fed => {
+                    stop_fed = true;
+                    Event::Stop(stop_reason(reason))
+                }
+                _ = poll.tick() => {
+                    next = operator_events(&c, &job.id, &machine).await;
+                    continue;
+                }
+            },
+        };
+        let (state, actions) = match machine.step(event) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(job = %job.id, error = %e, "event refused by the engine");
+                continue;
+            }
+        };
+        if actions.first() == Some(&Action::Journal) {
+            if !journal(&c, &job.id, &state).await {
+                tracing::error!(job = %job.id, "job record gone; rolling maintenance halted");
+                return;
+            }
+            announce(&c, &job.id, &machine, &state).await;
         }
-        c.job_step(
-            &job.id,
-            None,
-            None,
-            format!("group {}/{}: {}", i + 1, groups.len(), group.join(", ")),
-        )
-        .await;
-        if let Err(e) = run_group(&c, &job.id, group).await {
-            let state = if e.contains("aborted") {
-                JobState::Aborted
-            } else {
-                JobState::Failed
-            };
-            // An expired deadline is a failure, not an operator's abort.
-            let state = if e.contains("deadline") {
-                JobState::Failed
-            } else {
-                state
-            };
-            let msg = format!(
-                "rolling maintenance stopped in group {} ({}): {e}",
-                i + 1,
-                group.join(", ")
-            );
-            return c.finish_job(&job.id, state, msg).await;
+        machine = state;
+        for a in actions {
+            perform(&c, &job, &machine, a, &tx).await;
         }
     }
-    let n: usize = groups.iter().map(Vec::len).sum();
-    c.finish_job(
-        &job.id,
-        JobState::Succeeded,
-        format!(
-            "rolling maintenance done: {n} nodes in {} groups",
-            groups.len()
-        ),
-    )
-    .await;
 }
 
-async fn run_group(c: &Arc<Coordinator>, id: &str, group: &[String]) -> Result<(), String> {
-    checkpoint(c, id).await?;
-    let job = c.get_job(id).await.ok_or("job vanished")?;
-    let phase = |n: &str| {
-        job.params["progress"][n]
-            .as_str()
-            .unwrap_or("pending")
-            .to_string()
+/// Pause, resume and continue come through the job record (the API writes
+/// them there, so they survive a restart).
+async fn operator_events(c: &Coordinator, id: &str, m: &Rolling) -> Vec<Event> {
+    let Some(job) = c.get_job(id).await else {
+        return Vec::new();
     };
+    let mut out = Vec::new();
+    match job.state {
+        JobState::Paused if !m.paused => out.push(Event::Pause),
+        JobState::Running if m.paused => out.push(Event::Unpause),
+        _ => {}
+    }
+    for t in &m.nodes {
+        if t.phase == Phase::AwaitingContinue
+            && job.params["continued"][t.node.as_str()].as_bool() == Some(true)
+        {
+            out.push(Event::Continued {
+                node: t.node.clone(),
+            });
+        }
+    }
+    out
+}
 
-    // Drain: every node still pending goes into maintenance together, with
-    // jointly planned drains; nodes already draining (restart) are awaited.
-    let pending: Vec<String> = group
-        .iter()
-        .filter(|n| phase(n) == "pending")
-        .cloned()
-        .collect();
-    if !pending.is_empty() {
-        let limits = crate::fleet::limits(&c.cfg.limits, 0);
-        let fleet = crate::fleet::snapshot(&c.registry.all(), nodemaint_proto::now_ms());
-        let plans = plan_group(&fleet, &pending, &limits)
-            .map_err(|e| format!("cannot drain {}: {e}", pending.join(", ")))?;
-        for (node, plan) in pending.iter().zip(plans) {
-            let boot = c.registry.get(node).map(|r| r.boot_id).unwrap_or_default();
-            let child = Job::new(
-                "maintenance.start",
-                &job.user,
-                Some(node),
-                serde_json::json!({
-                    "node": node, "mode": "move", "plan": plan, "parent": id,
-                    // The rolling's deadline bounds its drains too.
-                    "deadline_ms": job.params["deadline_ms"], "deadline_s": job.params["deadline_s"],
-                }),
-            );
-            crate::api::take_node(
-                c,
-                node,
-                NodeStatus::Enabled,
-                NodeStatus::Maintenance,
-                &child.id,
-            )
+/// Writes the machine and its operator-facing mirror into the job, waiting
+/// out an unavailable KV store; false only when the job record is gone.
+async fn journal(c: &Coordinator, id: &str, m: &Rolling) -> bool {
+    let value = serde_json::to_value(m).expect("serializable");
+    let mut backoff = bus::Backoff::default();
+    loop {
+        let written = c
+            .update_job(id, |j| {
+                j.engine = Some(value.clone());
+                for (i, t) in m.nodes.iter().enumerate() {
+                    let n = t.node.as_str();
+                    let progress = t.phase.progress();
+                    j.params["progress"][n] = progress.as_str().into();
+                    if let Some(b) = &t.boot_before {
+                        j.params["boot_before"][n] = b.clone().into();
+                    }
+                    if progress > Progress::Pending {
+                        j.params["children"][n]["drain"] = m.drain_id(i).into();
+                        j.params["children"][n]["node"] = m.node_job_id(i).into();
+                    }
+                    if progress >= Progress::Checked
+                        && !matches!(
+                            t.phase,
+                            Phase::Checked | Phase::Failed { .. } | Phase::Stopped { .. }
+                        )
+                    {
+                        j.params["children"][n]["enable"] = m.enable_id(i).into();
+                    }
+                }
+            })
             .await
-            .map_err(|r| r.1)?;
-            let child_id = launch_child(c, child).await.map_err(|e| e.to_string())?;
-            c.update_job(id, |j| {
-                j.params["boot_before"][node.as_str()] = boot.clone().into();
-                j.params["children"][node.as_str()]["drain"] = child_id.clone().into();
-            })
-            .await;
-            set_phase(c, id, node, "draining", None).await;
+            .is_some();
+        if written {
+            return true;
         }
-    }
-    let results = futures::future::join_all(group.iter().map(|n| {
-        let span = tracing::info_span!("node", node = %n);
-        tracing::Instrument::instrument(node_pipeline(c.clone(), id.to_string(), n.clone()), span)
-    }))
-    .await;
-    let failures: Vec<String> = results.into_iter().filter_map(Result::err).collect();
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(failures.join("; "))
+        if c.get_job(id).await.is_none() && c.jobs.status().await.is_ok() {
+            return false;
+        }
+        tracing::warn!(
+            job = id,
+            "cannot journal the rolling's state; waiting for the jobs bucket"
+        );
+        backoff.wait().await;
     }
 }
 
-/// One node's pipeline. Its agent commands (reboot hook, checks) are
-/// journaled in a small per-node job (`rolling.node`), not in the rolling
-/// job, which many nodes update at once; after a restart its unfinished
-/// commands are settled first.
-async fn node_pipeline(c: Arc<Coordinator>, id: String, node: String) -> Result<(), String> {
-    let job = c.get_job(&id).await.ok_or("job vanished")?;
-    let node_job = match job.params["children"][node.as_str()]["node"].as_str() {
-        Some(cid) => c.get_job(cid).await.ok_or("node job vanished")?,
-        None => {
-            let j = Job::new(
-                "rolling.node",
-                &job.user,
-                Some(&node),
-                serde_json::json!({ "parent": id }),
-            );
-            c.create_job(&j).await.map_err(|e| e.to_string())?;
-            let cid = j.id.clone();
-            c.update_job(&id, |r| {
-                r.params["children"][node.as_str()]["node"] = cid.clone().into()
+/// Live watchers see each node's phase change.
+async fn announce(c: &Coordinator, id: &str, before: &Rolling, after: &Rolling) {
+    for (b, a) in before.nodes.iter().zip(&after.nodes) {
+        if b.phase.progress() != a.phase.progress() {
+            c.job_event(pb::JobEvent {
+                job_id: id.to_string(),
+                kind: "rolling".into(),
+                state: "RUNNING".into(),
+                message: format!("{}: {}", a.node, a.phase.progress().as_str()),
+                ..Default::default()
             })
             .await;
-            j
         }
-    };
-    if node_job.state.is_terminal() {
+    }
+}
+
+/// The per-node job that journals the node's agent commands.
+async fn node_job(c: &Coordinator, m: &Rolling, parent: &Job, node: &str) -> Result<Job, String> {
+    let id = m.node_job_id(m.index(node).map_err(|e| e.to_string())?);
+    if let Some(j) = c.get_job(&id).await {
+        return Ok(j);
+    }
+    let mut j = Job::new(
+        "rolling.node",
+        &parent.user,
+        Some(node),
+        serde_json::json!({ "parent": parent.id }),
+    );
+    j.id = id;
+    c.create_job(&j).await.map_err(|e| e.to_string())?;
+    Ok(j)
+}
+
+/// Takes the node for a child job; already taken by that child (a restart
+/// between the take and the child's creation) counts as taken.
+async fn take(
+    c: &Coordinator,
+    node: &str,
+    from: NodeStatus,
+    to: NodeStatus,
+    child: &str,
+) -> Result<(), String> {
+    if let Some(r) = c.registry.get(node) {
+        if r.current_job.as_deref() == Some(child) && r.status == to {
+            return Ok(());
+        }
+    }
+    crate::api::take_node(c, node, from, to, child)
+        .await
+        .map(|_| ())
+        .map_err(|r| r.1)
+}
+
+/// Launches a child job with the given id, unless it exists.
+async fn child_job(c: &Arc<Coordinator>, mut job: Job, id: &str) -> Result<(), String> {
+    if c.get_job(id).await.is_some() {
         return Ok(());
     }
-    if node_job.commands.iter().any(|r| r.ok.is_none()) {
-        c.finish_unfinished_commands(&node_job).await;
-    }
-    let res = node_steps(&c, &id, &job, &node_job, &node).await;
-    let (state, outcome) = match &res {
-        Ok(()) => (JobState::Succeeded, format!("{node} done")),
-        Err(e) => (JobState::Failed, e.clone()),
-    };
-    c.finish_job(&node_job.id, state, outcome).await;
-    res
+    job.id = id.to_string();
+    launch_child(c, job)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
-/// The rest of one node's phases from wherever its journal says it is.
-async fn node_steps(
+/// Feeds the child's end back: `Ok` when it SUCCEEDED.
+fn await_child(
     c: &Arc<Coordinator>,
-    id: &str,
-    job: &Job,
-    node_job: &Job,
-    node: &str,
-) -> Result<(), String> {
-    let (c, id, node) = (c.clone(), id.to_string(), node.to_string());
-    let p = &job.params;
-    let mut phase = p["progress"][node.as_str()]
-        .as_str()
-        .unwrap_or("pending")
-        .to_string();
-    let fail = |what: String| format!("{node}: {what}");
+    id: String,
+    tx: &mpsc::UnboundedSender<Event>,
+    event: impl FnOnce(Result<(), String>) -> Event + Send + 'static,
+) {
+    let (c, tx) = (c.clone(), tx.clone());
+    tokio::spawn(async move {
+        let r = match await_job(&c, &id).await {
+            Some(j) if j.state == JobState::Succeeded => Ok(()),
+            Some(j) => Err(j.outcome.unwrap_or_else(|| format!("{:?}", j.state))),
+            None => Err(format!("job {id} vanished")),
+        };
+        let _ = tx.send(event(r));
+    });
+}
 
-    if phase == "draining" {
-        let child = p["children"][node.as_str()]["drain"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let done = await_job(&c, &child)
-            .await
-            .ok_or_else(|| fail("drain job vanished".into()))?;
-        if done.state != JobState::Succeeded {
-            return Err(fail(format!(
-                "drain failed: {}",
-                done.outcome.unwrap_or_default()
-            )));
-        }
-        set_phase(&c, &id, &node, "drained", None).await;
-        phase = "drained".into();
-    }
-    if rank(&phase) < rank("rebooted") {
-        checkpoint(&c, &id).await.map_err(fail)?;
-        let before = p["boot_before"][node.as_str()]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        if phase == "drained" {
-            set_phase(&c, &id, &node, "rebooting", None).await;
-            reboot_hook(&c, job, node_job, &node, &before)
-                .await
-                .map_err(fail)?;
-        }
-        let timeout = p["reboot_timeout_s"].as_u64().unwrap_or(900);
-        wait_new_boot(&c, &node, &before, Duration::from_secs(timeout))
-            .await
-            .map_err(fail)?;
-        set_phase(&c, &id, &node, "rebooted", None).await;
-        phase = "rebooted".into();
-    }
-    if phase == "rebooted" {
-        checkpoint(&c, &id).await.map_err(fail)?;
-        let r = c
-            .run_command(
-                node_job,
-                &node,
-                "",
-                None,
-                Kind::RunChecks(pb::RunChecks { start_failed: true }),
-            )
-            .await;
-        let msg = if r.ok {
-            r.message.clone()
-        } else {
+/// A result as the engine's answer; `unknown` are the codes that mean the
+/// outcome is not known (for a hook, a timeout too: the node may be
+/// rebooting under it).
+fn answer(r: &pb::CommandResult, unknown: &[Code]) -> Answer {
+    match (r.ok, r.error.as_ref().map(|e| e.code)) {
+        (true, _) => Answer::Done(r.message.clone()),
+        (false, Some(c)) if unknown.iter().any(|u| *u as i32 == c) => Answer::Unknown(describe(r)),
+        (false, _) => Answer::Failed(
             r.error
                 .as_ref()
                 .map(|e| e.message.clone())
-                .unwrap_or(r.message.clone())
-        };
-        c.job_step(&id, None, Some(r.ok), format!("{node}: checks: {msg}"))
-            .await;
-        if !r.ok && p["checks_must_pass"].as_bool().unwrap_or(false) {
-            return Err(fail(format!(
-                "post-reboot checks failed ({msg}); the node stays in maintenance"
-            )));
-        }
-        set_phase(&c, &id, &node, "checked", None).await;
-        phase = "checked".into();
+                .unwrap_or_else(|| r.message.clone()),
+        ),
     }
-    if phase == "checked" {
-        checkpoint(&c, &id).await.map_err(fail)?;
-        let child_id = match p["children"][node.as_str()]["enable"].as_str() {
-            Some(existing) => existing.to_string(),
-            None => {
-                let child = Job::new(
-                    "node.enable",
-                    &job.user,
-                    Some(&node),
-                    serde_json::json!({ "node": node, "parent": id }),
-                );
-                crate::api::take_node(
-                    &c,
+}
+
+fn kind_of(what: &Command) -> Kind {
+    match what {
+        Command::Hook(command) => Kind::RunHook(pb::RunHook {
+            command: command.clone(),
+            timeout_s: 600,
+        }),
+        Command::Checks => Kind::RunChecks(pb::RunChecks { start_failed: true }),
+    }
+}
+
+fn unknown_codes(what: &Command) -> &'static [Code] {
+    match what {
+        Command::Hook(_) => &[Code::Timeout, Code::OutcomeUnknown],
+        Command::Checks => &[Code::OutcomeUnknown],
+    }
+}
+
+async fn perform(
+    c: &Arc<Coordinator>,
+    job: &Job,
+    m: &Rolling,
+    a: Action,
+    tx: &mpsc::UnboundedSender<Event>,
+) {
+    match a {
+        Action::Journal => {}
+        Action::Drain { nodes } => drain(c, job, m, nodes, tx).await,
+        Action::Inspect { node } => {
+            let (c, tx) = (c.clone(), tx.clone());
+            spawn_for(&node.clone(), async move {
+                let result = inspect(&c, &node).await;
+                let _ = tx.send(Event::Inspected { node, result });
+            });
+        }
+        Action::Send { node, cmd, what } | Action::FindOut { node, cmd, what } => {
+            send(c, job, m, node, cmd, what, tx).await
+        }
+        Action::WaitBack {
+            node,
+            before,
+            timeout_s,
+        } => {
+            let (c, tx) = (c.clone(), tx.clone());
+            spawn_for(&node.clone(), async move {
+                let e =
+                    match wait_new_boot(&c, &node, &before, Duration::from_secs(timeout_s)).await {
+                        Ok(()) => Event::Back { node },
+                        Err(why) => Event::NotBack { node, why },
+                    };
+                let _ = tx.send(e);
+            });
+        }
+        Action::Enable { node, child } => {
+            let launched = async {
+                if c.get_job(&child).await.is_some() {
+                    return Ok(());
+                }
+                take(
+                    c,
                     &node,
                     NodeStatus::Maintenance,
                     NodeStatus::Enabled,
-                    &child.id,
+                    &child,
                 )
-                .await
-                .map_err(|r| fail(r.1))?;
-                let cid = launch_child(&c, child)
+                .await?;
+                let j = Job::new(
+                    "node.enable",
+                    &job.user,
+                    Some(&node),
+                    serde_json::json!({ "node": node, "parent": job.id }),
+                );
+                child_job(c, j, &child).await
+            }
+            .await;
+            match launched {
+                Ok(()) => await_child(c, child, tx, move |result| Event::EnableEnded {
+                    node,
+                    result,
+                }),
+                Err(e) => {
+                    let _ = tx.send(Event::EnableEnded {
+                        node,
+                        result: Err(e),
+                    });
+                }
+            }
+        }
+        Action::Verify { node } => {
+            let (c, tx) = (c.clone(), tx.clone());
+            spawn_for(&node.clone(), async move {
+                let result = verify(&c, &node).await;
+                let _ = tx.send(Event::Verified { node, result });
+            });
+        }
+        Action::Note {
+            node: _,
+            ok,
+            message,
+        } => c.job_step(&job.id, None, ok, message).await,
+        Action::Finish { ending, summary } => {
+            let mut report = Report::default();
+            for (i, (node, r)) in m.report().into_iter().enumerate() {
+                // The node's command journal ends with the node.
+                let nid = m.node_job_id(i);
+                if c.get_job(&nid)
                     .await
-                    .map_err(|e| fail(e.to_string()))?;
-                c.update_job(&id, |j| {
-                    j.params["children"][node.as_str()]["enable"] = cid.clone().into()
-                })
+                    .is_some_and(|j| !j.state.is_terminal())
+                {
+                    let (state, outcome) = match &r {
+                        Ok(_) => (JobState::Succeeded, format!("{node} done")),
+                        Err(e) => (JobState::Failed, e.clone()),
+                    };
+                    c.finish_job(&nid, state, outcome).await;
+                }
+                report.record(node, r);
+            }
+            let state = match ending {
+                Ending::Succeeded => JobState::Succeeded,
+                Ending::Failed => JobState::Failed,
+                Ending::Aborted => JobState::Aborted,
+            };
+            c.finish_job_with(&job.id, state, summary, Some(report))
                 .await;
-                cid
-            }
-        };
-        let done = await_job(&c, &child_id)
-            .await
-            .ok_or_else(|| fail("enable job vanished".into()))?;
-        if done.state != JobState::Succeeded {
-            return Err(fail(format!(
-                "enable failed: {}",
-                done.outcome.unwrap_or_default()
-            )));
         }
-        set_phase(&c, &id, &node, "enabled", None).await;
-        phase = "enabled".into();
     }
-    if phase == "enabled" {
-        // Verify: ENABLED and reachable before the next group goes down
-        // (a heartbeat may be a moment late under load: allow 15 s).
-        let mut ok = false;
-        for _ in 0..60 {
-            let rec = c
-                .registry
-                .get(&node)
-                .ok_or_else(|| fail("vanished".into()))?;
-            if rec.status == NodeStatus::Enabled && rec.reachable_at(nodemaint_proto::now_ms()) {
-                ok = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        if !ok {
-            return Err(fail("not ENABLED and reachable 15 s after enable".into()));
-        }
-        set_phase(&c, &id, &node, "done", None).await;
-    }
-    Ok(())
 }
 
-/// Runs the reboot hook, or waits for the operator's continue. A hook that
-/// reboots the node may never answer: the new boot id counts as success.
-async fn reboot_hook(
+fn spawn_for(node: &str, f: impl std::future::Future<Output = ()> + Send + 'static) {
+    let span = tracing::info_span!("node", node = %node);
+    tokio::spawn(tracing::Instrument::instrument(f, span));
+}
+
+/// Puts the nodes in maintenance and launches their drains, planned
+/// jointly; children that exist (a restart) are only awaited.
+async fn drain(
     c: &Arc<Coordinator>,
     job: &Job,
-    node_job: &Job,
-    node: &str,
-    before: &str,
-) -> Result<(), String> {
-    let p = &job.params;
-    if p["wait_for_continue"].as_bool().unwrap_or(false) {
-        c.job_step(
-            &job.id,
-            None,
-            None,
-            format!("{node}: waiting for `rolling continue {} {node}`", job.id),
-        )
-        .await;
-        loop {
-            let j = c.get_job(&job.id).await.ok_or("job vanished")?;
-            if j.params["continued"][node].as_bool() == Some(true) {
-                return Ok(());
-            }
-            checkpoint(c, &job.id).await?;
-            tokio::time::sleep(Duration::from_millis(500)).await;
+    m: &Rolling,
+    nodes: Vec<(String, String)>,
+    tx: &mpsc::UnboundedSender<Event>,
+) {
+    let mut launch = Vec::new();
+    for (node, child) in nodes {
+        if let Err(e) = node_job(c, m, job, &node).await {
+            tracing::warn!(%node, error = %e, "cannot create the node's command journal");
+        }
+        if c.get_job(&child).await.is_some() {
+            await_child(c, child, tx, move |result| Event::DrainEnded {
+                node,
+                result,
+            });
+        } else {
+            launch.push((node, child));
         }
     }
-    let command = p["reboot_command"]
-        .as_str()
-        .unwrap_or_default()
-        .replace("{node}", node);
-    if command.is_empty() {
-        return Ok(());
+    if launch.is_empty() {
+        return;
     }
-    let hook = {
-        let c = c.clone();
-        let job = node_job.clone();
-        let node = node.to_string();
-        tokio::spawn(async move {
-            c.run_command(
-                &job,
-                &node,
-                "",
-                None,
-                Kind::RunHook(pb::RunHook {
-                    command,
-                    timeout_s: 600,
-                }),
-            )
-            .await
-        })
+    let names: Vec<String> = launch.iter().map(|(n, _)| n.clone()).collect();
+    let limits = crate::fleet::limits(&c.cfg.limits, 0);
+    let fleet = crate::fleet::snapshot(&c.registry.all(), nodemaint_proto::now_ms());
+    let plans = match plan_group(&fleet, &names, &limits) {
+        Ok(p) => p,
+        Err(e) => {
+            let why = format!("cannot drain {}: {e}", names.join(", "));
+            for (node, _) in launch {
+                let _ = tx.send(Event::DrainEnded {
+                    node,
+                    result: Err(why.clone()),
+                });
+            }
+            return;
+        }
     };
-    let rebooted = wait_new_boot(c, node, before, Duration::from_secs(24 * 3600));
-    tokio::pin!(rebooted);
-    tokio::select! {
-        r = hook => match r {
-            Ok(r) if r.ok => Ok(()),
-            // A node that reboots under its hook does not answer: its new
-            // boot id is the answer.
-            Ok(r) if r.error.as_ref().is_some_and(|e| {
-                e.code == pb::error::Code::Timeout as i32 || e.code == pb::error::Code::OutcomeUnknown as i32
-            }) => Ok(()),
-            Ok(r) => Err(format!("reboot hook failed: {}", r.error.map(|e| e.message).unwrap_or(r.message))),
-            Err(e) => Err(format!("reboot hook: {e}")),
-        },
-        _ = &mut rebooted => Ok(()),
+    for ((node, child), plan) in launch.into_iter().zip(plans) {
+        let j = Job::new(
+            "maintenance.start",
+            &job.user,
+            Some(&node),
+            serde_json::json!({
+                "node": node, "mode": "move", "plan": plan, "parent": job.id,
+                // The rolling's deadline bounds its drains too.
+                "deadline_ms": job.params["deadline_ms"], "deadline_s": job.params["deadline_s"],
+            }),
+        );
+        let launched = match take(
+            c,
+            &node,
+            NodeStatus::Enabled,
+            NodeStatus::Maintenance,
+            &child,
+        )
+        .await
+        {
+            Ok(()) => child_job(c, j, &child).await.inspect_err(|_| {
+                let (c, node, child) = (c.clone(), node.clone(), child.clone());
+                tokio::spawn(async move { c.release_node(&node, &child).await });
+            }),
+            Err(e) => Err(e),
+        };
+        match launched {
+            Ok(()) => await_child(c, child, tx, move |result| Event::DrainEnded {
+                node,
+                result,
+            }),
+            Err(e) => {
+                let _ = tx.send(Event::DrainEnded {
+                    node,
+                    result: Err(e),
+                });
+            }
+        }
     }
+}
+
+/// A fresh inventory of a drained node: what runs there unrecorded.
+async fn inspect(c: &Coordinator, node: &str) -> Inspection {
+    let asked = nodemaint_proto::now_ms();
+    c.refresh_inventory(node).await;
+    c.wait_fresh(node, asked).await;
+    match c.registry.get(node) {
+        Some(rec) if rec.last_seen_ms > asked => {
+            let running = rec.running_unrecorded();
+            if running.is_empty() {
+                Inspection::Empty {
+                    boot_id: rec.boot_id,
+                }
+            } else {
+                Inspection::Holds(running)
+            }
+        }
+        _ => {
+            // Asked again by the engine: not in a tight loop.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Inspection::Unknown(format!("no fresh inventory from {node}"))
+        }
+    }
+}
+
+/// Sends the node's hook or checks, or finds out what became of them: a
+/// command in the node's journal was (maybe) sent, so its result is looked
+/// up (the same id resent if the agent never claimed it); one not in the
+/// journal was never sent (journal before send), so it is sent now. A
+/// hook's node that comes back with a new boot id has answered.
+async fn send(
+    c: &Arc<Coordinator>,
+    job: &Job,
+    m: &Rolling,
+    node: String,
+    cmd: String,
+    what: Command,
+    tx: &mpsc::UnboundedSender<Event>,
+) {
+    let nj = match node_job(c, m, job, &node).await {
+        Ok(j) => j,
+        Err(e) => {
+            // Not journaled, so not sent: only a failure to record it.
+            let answer = Answer::Unknown(format!("cannot journal the command: {e}"));
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = tx.send(Event::Answered { node, cmd, answer });
+            });
+            return;
+        }
+    };
+    let before = m
+        .nodes
+        .iter()
+        .find(|t| t.node == node)
+        .and_then(|t| t.boot_before.clone())
+        .unwrap_or_default();
+    let kind = kind_of(&what);
+    let sent_before = nj.commands.iter().any(|r| r.id == cmd);
+    let (c, tx) = (c.clone(), tx.clone());
+    spawn_for(&node.clone(), async move {
+        let asked = async {
+            if sent_before {
+                let command = pb::AgentCommand {
+                    id: cmd.clone(),
+                    op_id: nj.id.clone(),
+                    requested_by: nj.user.clone(),
+                    kind: Some(kind),
+                };
+                let r = c.settle(&node, &command, FIND_OUT_WAIT).await;
+                let (ok, msg) = (r.ok, describe(&r));
+                let id = cmd.clone();
+                c.update_job(&nj.id, |j| {
+                    if let Some(rec) = j.commands.iter_mut().find(|rec| rec.id == id) {
+                        rec.ok = Some(ok);
+                        rec.message = Some(msg.clone());
+                    }
+                })
+                .await;
+                r
+            } else {
+                c.run_command_as(&cmd, &nj, &node, "", None, kind).await
+            }
+        };
+        let event = match what {
+            Command::Hook(_) => {
+                let back = wait_new_boot(&c, &node, &before, Duration::from_secs(24 * 3600));
+                tokio::select! {
+                    r = asked => Event::Answered { node, cmd, answer: answer(&r, unknown_codes(&what)) },
+                    Ok(()) = back => Event::Back { node },
+                }
+            }
+            Command::Checks => {
+                let r = asked.await;
+                Event::Answered {
+                    node,
+                    cmd,
+                    answer: answer(&r, unknown_codes(&what)),
+                }
+            }
+        };
+        let _ = tx.send(event);
+    });
 }
 
 async fn wait_new_boot(
@@ -515,16 +671,25 @@ async fn wait_new_boot(
     }
 }
 
+/// ENABLED and reachable before the next group goes down (a heartbeat may
+/// be a moment late under load: allow 15 s).
+async fn verify(c: &Coordinator, node: &str) -> Result<(), String> {
+    for _ in 0..60 {
+        let rec = c
+            .registry
+            .get(node)
+            .ok_or_else(|| format!("{node} vanished"))?;
+        if rec.status == NodeStatus::Enabled && rec.reachable_at(nodemaint_proto::now_ms()) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err("not ENABLED and reachable 15 s after enable".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn phases_are_ordered() {
-        assert!(rank("pending") < rank("draining"));
-        assert!(rank("rebooted") < rank("checked"));
-        assert_eq!(rank("done"), PHASES.len() - 1);
-    }
 
     #[test]
     fn joint_group_plans_never_share_free_memory() {
@@ -558,5 +723,27 @@ mod tests {
             on_c <= 2 && on_d <= 1,
             "d has room for one 400 MiB VM only: {dests:?}"
         );
+    }
+
+    #[test]
+    fn a_job_without_a_machine_starts_one_from_its_parameters() {
+        let mut job = Job::new(
+            "rolling",
+            "alice",
+            None,
+            serde_json::json!({
+                "groups": [["a", "b"], ["c"]], "max_unavailable": 2,
+                "reboot_command": "reboot {node}", "wait_for_continue": false,
+                "checks_must_pass": true, "reboot_timeout_s": 60,
+                "progress": {"a": "done", "b": "pending", "c": "pending"},
+            }),
+        );
+        job.id = "r".into();
+        let m = machine_of(&job);
+        assert_eq!(m.hook, Hook::Command("reboot {node}".into()));
+        assert_eq!(m.nodes[0].phase, Phase::Done);
+        assert_eq!(m.nodes[1].phase, Phase::Waiting);
+        assert_eq!(m.reboot_timeout_s, 60);
+        assert!(m.checks_must_pass);
     }
 }

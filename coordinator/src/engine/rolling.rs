@@ -91,8 +91,14 @@ pub enum Phase {
     Verifying,
     Done,
     /// The node stays where it is (in maintenance once drained).
-    Failed { at: Progress, why: String },
-    Stopped { at: Progress, reason: StopReason },
+    Failed {
+        at: Progress,
+        why: String,
+    },
+    Stopped {
+        at: Progress,
+        reason: StopReason,
+    },
 }
 
 /// The coarse phase operators see (`params.progress`, `rolling show`).
@@ -182,9 +188,13 @@ pub enum Action {
     /// Put these nodes in maintenance and launch their drains (child jobs
     /// with these ids), planned jointly; a child that exists already is
     /// only awaited. Answered per node by [`Event::DrainEnded`].
-    Drain { nodes: Vec<(String, String)> },
+    Drain {
+        nodes: Vec<(String, String)>,
+    },
     /// A fresh inventory of the node: [`Event::Inspected`].
-    Inspect { node: String },
+    Inspect {
+        node: String,
+    },
     /// Send the command with this id: [`Event::Answered`] (or
     /// [`Event::Back`] when the node reboots under its hook).
     Send {
@@ -208,16 +218,24 @@ pub enum Action {
     },
     /// Launch the node's enable (child job with this id; only awaited if
     /// it exists): [`Event::EnableEnded`].
-    Enable { node: String, child: String },
+    Enable {
+        node: String,
+        child: String,
+    },
     /// Wait for ENABLED and reachable: [`Event::Verified`].
-    Verify { node: String },
+    Verify {
+        node: String,
+    },
     /// A line for the job's steps.
     Note {
         node: Option<String>,
         ok: Option<bool>,
         message: String,
     },
-    Finish { ending: Ending, summary: String },
+    Finish {
+        ending: Ending,
+        summary: String,
+    },
 }
 
 /// What a fresh inventory of a drained node showed.
@@ -868,7 +886,10 @@ mod tests {
         let (s, out) = step(&s, Event::Start);
         assert_eq!(out[0], Action::Journal);
         assert!(out.contains(&Action::Drain {
-            nodes: vec![("a".into(), "r-drain-0".into()), ("b".into(), "r-drain-1".into())]
+            nodes: vec![
+                ("a".into(), "r-drain-0".into()),
+                ("b".into(), "r-drain-1".into())
+            ]
         }));
         assert_eq!(s.out(), 2);
         // a goes all the way; c still waits for b.
@@ -947,7 +968,10 @@ mod tests {
         assert!(sends(&out).is_empty());
         match &f.nodes[0].phase {
             Phase::Failed { why, at } => {
-                assert!(why.contains("late") && why.contains("hook was not run"), "{why}");
+                assert!(
+                    why.contains("late") && why.contains("hook was not run"),
+                    "{why}"
+                );
                 assert_eq!(*at, Progress::Drained);
             }
             p => panic!("{p:?}"),
@@ -1121,11 +1145,20 @@ mod tests {
         let (s, _) = step(&s, Event::Start);
         let (s, _) = to_hook(s, "a");
         // a's hook is out, b is draining.
-        let (s, out) = step(&s, Event::Stop(StopReason::Abort("aborted by alice".into())));
+        let (s, out) = step(
+            &s,
+            Event::Stop(StopReason::Abort("aborted by alice".into())),
+        );
         assert!(!s.finished);
         assert_eq!(s.nodes[0].phase, Phase::Hook);
         assert_eq!(s.nodes[1].phase, Phase::Draining);
-        assert!(matches!(s.nodes[2].phase, Phase::Stopped { at: Progress::Pending, .. }));
+        assert!(matches!(
+            s.nodes[2].phase,
+            Phase::Stopped {
+                at: Progress::Pending,
+                ..
+            }
+        ));
         assert!(sends(&out).is_empty());
         // The hook answers: a waits no more; b's drain ends: no inspect.
         let (s, out) = step(
