@@ -30,7 +30,7 @@
 //! A failing seed reproduces with `bench sim --job rolling --seed N`.
 
 use super::rolling::{Action, Command, Event, Hook, Inspection, Phase, Progress, Rolling};
-use super::sim::{Rng, Stats};
+use super::sim::{Failure, Rng, Stats};
 use super::{Answer, Ending, StopReason};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -206,30 +206,6 @@ struct Child {
     stop: bool,
 }
 
-/// A broken invariant, with what reproduces it.
-#[derive(Clone, Debug)]
-pub struct Failure {
-    pub seed: u64,
-    pub event: usize,
-    pub message: String,
-    pub trace: Vec<String>,
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "seed {} broke a rolling invariant at event {}: {}",
-            self.seed, self.event, self.message
-        )?;
-        writeln!(f, "reproduce: bench sim --job rolling --seed {}", self.seed)?;
-        for line in self.trace.iter().rev().take(40).rev() {
-            writeln!(f, "  {line}")?;
-        }
-        Ok(())
-    }
-}
-
 struct World {
     rng: Rng,
     faults: Faults,
@@ -330,6 +306,7 @@ pub fn run(seed: u64) -> Result<Stats, Failure> {
         w.at(t, Pending::LeaderChange);
     }
     let fail = |w: &World, message: String| Failure {
+        job: "rolling",
         seed,
         event: w.stats.events,
         message,
@@ -728,30 +705,26 @@ impl World {
                     self.start();
                 }
             }
-            Pending::LeaderChange => {
-                if self.engine.is_some() {
-                    self.crash(true);
-                }
-            }
+            Pending::LeaderChange if self.engine.is_some() => self.crash(true),
             Pending::Pause => self.paused = true,
             Pending::Unpause => self.paused = false,
-            Pending::Abort | Pending::Deadline => {
-                if self.stop.is_none() && self.finished.is_none() {
-                    let r = if matches!(p, Pending::Abort) {
-                        StopReason::Abort("aborted by the operator".into())
-                    } else {
-                        StopReason::Deadline
-                    };
-                    self.log(format!("stop requested: {r:?}"));
-                    self.stop = Some(r.clone());
-                    // Its drains in flight are stopped too.
-                    for c in self.children.values_mut() {
-                        if c.drain && c.result.is_none() {
-                            c.stop = true;
-                        }
+            Pending::Abort | Pending::Deadline
+                if self.stop.is_none() && self.finished.is_none() =>
+            {
+                let r = if matches!(p, Pending::Abort) {
+                    StopReason::Abort("aborted by the operator".into())
+                } else {
+                    StopReason::Deadline
+                };
+                self.log(format!("stop requested: {r:?}"));
+                self.stop = Some(r.clone());
+                // Its drains in flight are stopped too.
+                for c in self.children.values_mut() {
+                    if c.drain && c.result.is_none() {
+                        c.stop = true;
                     }
-                    self.feed_stop(r);
                 }
+                self.feed_stop(r);
             }
             Pending::OperatorPoll { epoch } if self.live(epoch) => {
                 let m = self.engine.clone().expect("live");

@@ -32,7 +32,7 @@
 //!     generated inputs each (random, structure-aware, mutated seeds):
 //!     Ok / Err counts, panics (caught, reported with their input; exit 1
 //!     when any), time. Deterministic for a seed; no processes.
-//! bench sim [--job stop-all|enable|single|drain] [--seeds 1000000] [--first 0] [--seed N]
+//! bench sim [--job stop-all|enable|single|drain|rolling] [--seeds 1000000] [--first 0] [--seed N]
 //!     the job engine's deterministic simulation of faults of one job kind
 //!     (coordinator/src/engine/sim*.rs) over SEEDS consecutive seeds, or the
 //!     one seed N with its trace: seeds/s, events and faults per seed; exit 1
@@ -2318,7 +2318,7 @@ struct FuzzRow {
 }
 
 fn bench_sim(a: &Args) -> Result<Report> {
-    use nodemaint_coordinator::engine::{sim, sim_drain, sim_enable, sim_single};
+    use nodemaint_coordinator::engine::{sim, sim_drain, sim_enable, sim_rolling, sim_single};
     type Run = fn(u64) -> std::result::Result<sim::Stats, sim::Failure>;
     type RunMany = fn(u64, u64) -> std::result::Result<sim::Stats, sim::Failure>;
     a.known(&["seeds", "first", "seed", "job"])?;
@@ -2328,7 +2328,8 @@ fn bench_sim(a: &Args) -> Result<Report> {
         "enable" => (sim_enable::run, sim_enable::run_many),
         "single" => (sim_single::run, sim_single::run_many),
         "drain" => (sim_drain::run, sim_drain::run_many),
-        other => bail!("unknown --job {other:?}: stop-all, enable, single or drain"),
+        "rolling" => (sim_rolling::run, sim_rolling::run_many),
+        other => bail!("unknown --job {other:?}: stop-all, enable, single, drain or rolling"),
     };
     if let Some(seed) = a.opt::<u64>("seed")? {
         let stats = run(seed).map_err(|f| anyhow!("{f}"))?;
