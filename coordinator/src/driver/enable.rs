@@ -193,8 +193,28 @@ async fn perform(
             });
         }
         Action::Unrecord { vm } => {
-            if let Err(e) = record_stopped(c, node, &vm, None).await {
-                tracing::warn!(node, %vm, error = %e, "running; its stale record stays");
+            // The VM runs: a record left behind would make the next drain
+            // skip it as "stopped by maintenance", so the write is retried
+            // while the registry is unavailable.
+            let mut backoff = bus::Backoff::default();
+            for attempt in 1.. {
+                match record_stopped(c, node, &vm, None).await {
+                    Ok(()) => break,
+                    Err(e) if attempt >= 12 || c.registry.get(node).is_none() => {
+                        tracing::error!(node, %vm, error = %e, "running, but its record stays:                             `vm list` shows it; a drain leaves it in place");
+                        c.job_step(
+                            &job.id,
+                            Some(&vm),
+                            Some(false),
+                            format!(
+                                "{vm} runs, but its stopped_by record could not be removed ({e})"
+                            ),
+                        )
+                        .await;
+                        break;
+                    }
+                    Err(_) => backoff.wait().await,
+                }
             }
         }
         Action::Note { vm, ok, message } => c.job_step(&job.id, vm.as_deref(), ok, message).await,
