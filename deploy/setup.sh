@@ -11,7 +11,7 @@
 #         /usr/local/bin/nats-server; the Rust toolchain of rust-toolchain.toml with rustfmt
 #         and clippy (through rustup, which must be there already).
 #   test  all of demo, and chromium + chromium-driver (the portal's browser tests) and
-#         stress-ng (deploy/test.sh --under-load).
+#         stress-ng (deploy/test.sh --under-load), faketime (a coordinator with a skewed clock).
 #
 # Run it as root; as another user it runs apt-get and the venv/symlink steps through sudo, and
 # the Rust steps as that user. Rust comes from rustup only: if there is no rustup nor a cargo
@@ -41,7 +41,7 @@ APT_PACKAGES=(build-essential pkg-config ca-certificates
               iproute2 iptables procps util-linux openssl python3 python3-venv)
 case $purpose in
     demo) ;;
-    test) APT_PACKAGES+=(chromium chromium-driver stress-ng) ;;
+    test) APT_PACKAGES+=(chromium chromium-driver stress-ng faketime) ;;
     *) echo "setup: --for takes demo or test, not '$purpose'" >&2; exit 2 ;;
 esac
 

@@ -33,6 +33,9 @@ pub struct Coordinator {
     /// True while this coordinator holds the leader lease: only the leader
     /// changes the fleet (the portal checks it too).
     pub leader: std::sync::atomic::AtomicBool,
+    /// This leadership's fencing token ([`crate::lease::Elector::epoch`]),
+    /// stamped on every agent command: agents refuse a deposed leader's.
+    pub epoch: std::sync::atomic::AtomicU64,
     /// API request ids (idempotency) → job ids.
     pub requests: kv::Store,
     /// The leader lease's bucket.
@@ -113,6 +116,7 @@ impl Coordinator {
             slots: crate::driver::slots::MigrationSlots::new(cfg_limits),
             stops: Default::default(),
             leader: Default::default(),
+            epoch: Default::default(),
             waiters: Default::default(),
         });
         coord.clone().spawn_event_loops().await?;
@@ -130,6 +134,8 @@ impl Coordinator {
             until = elector.acquire() => until,
             _ = &mut shutdown => return Ok(()),
         };
+        self.epoch
+            .store(elector.epoch(), std::sync::atomic::Ordering::SeqCst);
         self.leader.store(true, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(crate::driver::executor::resume_jobs(self.clone()));
         let mut api = self
@@ -415,6 +421,12 @@ impl Coordinator {
         msg_id: &str,
         patience: Duration,
     ) -> anyhow::Result<()> {
+        // Stamped at each send: a command resent by a later leader (after a
+        // takeover) carries that leader's epoch.
+        let cmd = pb::AgentCommand {
+            epoch: self.epoch.load(std::sync::atomic::Ordering::SeqCst),
+            ..cmd.clone()
+        };
         let payload: bytes::Bytes = cmd.encode_to_vec().into();
         bus::Retry::within(format!("command {} to {node}", cmd.id), patience)
             .run(|| async {

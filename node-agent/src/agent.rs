@@ -49,6 +49,23 @@ pub struct Agent {
     slots: Arc<Semaphore>,
     capacity: nodemaint_proto::model::Capacity,
     boot_time_ms: i64,
+    /// The highest leader epoch seen on a command (see [`admit_epoch`]);
+    /// kept in `state_dir` when there is one, so a restart remembers it.
+    epoch: std::sync::atomic::AtomicU64,
+}
+
+/// Fencing (pure): a command from a leader older than one already seen is
+/// refused (`Err` with the highest epoch seen); otherwise the new highest.
+pub fn admit_epoch(highest: u64, epoch: u64) -> Result<u64, u64> {
+    if epoch < highest {
+        Err(highest)
+    } else {
+        Ok(epoch)
+    }
+}
+
+fn epoch_file(cfg: &AgentConfig) -> Option<std::path::PathBuf> {
+    cfg.state_dir.as_ref().map(|d| d.join("leader-epoch"))
 }
 
 #[derive(Default)]
@@ -120,6 +137,10 @@ pub async fn run_with(
     .map_err(|e| hint("open the results bucket", e))?;
     let hv2 = hv.clone();
     let capacity = tokio::task::spawn_blocking(move || hv2.host_capacity()).await??;
+    let epoch = epoch_file(&cfg)
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
     let agent = Arc::new(Agent {
         hooks,
         slots: Arc::new(Semaphore::new(cfg.max_concurrent_commands)),
@@ -133,6 +154,7 @@ pub async fn run_with(
         generation: std::sync::atomic::AtomicU64::new(nodemaint_proto::now_ms() as u64),
         in_flight: Default::default(),
         migrations: Default::default(),
+        epoch: std::sync::atomic::AtomicU64::new(epoch),
         capacity,
         boot_time_ms: boot_time_ms(),
     });
@@ -385,6 +407,21 @@ impl Agent {
                 return;
             }
         };
+        if let Err(seen) = self.fence(cmd.epoch) {
+            let why = format!(
+                "command {} comes from a deposed leader (epoch {} < {seen}): not executed",
+                cmd.id, cmd.epoch
+            );
+            tracing::warn!(id = %cmd.id, "{why}");
+            let result = pb::CommandResult {
+                command_id: cmd.id.clone(),
+                ..err_result(Code::StaleLeader, why)
+            };
+            self.publish(&cmd.op_id, Body::Result(result)).await;
+            // Not claimed: the current leader may resend the same id.
+            let _ = msg.ack_with(jetstream::AckKind::Term).await;
+            return;
+        }
         let key = format!("{}.{}", self.node(), cmd.id);
         // The claim carries the command, so that after a crash the agent
         // knows what it was doing (see `recover`).
@@ -428,6 +465,22 @@ impl Agent {
                     .await;
             }
         }
+    }
+
+    /// Admits a command's leader epoch, remembering a new highest one.
+    fn fence(&self, epoch: u64) -> Result<(), u64> {
+        use std::sync::atomic::Ordering;
+        let before = self.epoch.fetch_max(epoch, Ordering::SeqCst);
+        admit_epoch(before, epoch)?;
+        if epoch > before {
+            if let Some(f) = epoch_file(&self.cfg) {
+                if let Err(e) = std::fs::write(&f, epoch.to_string()) {
+                    tracing::warn!(file = %f.display(), error = %e, "cannot keep the leader epoch");
+                }
+            }
+            tracing::info!(epoch, "commands now come from a new leader");
+        }
+        Ok(())
     }
 
     /// A command id seen before: answer with what happened the first time.
@@ -1126,4 +1179,18 @@ fn command_span(node: &str, cmd: &pb::AgentCommand) -> tracing::Span {
         cmd_id = %cmd.id,
         action = crate::metrics::action(cmd.kind.as_ref()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::admit_epoch;
+
+    #[test]
+    fn commands_of_a_deposed_leader_are_refused() {
+        assert_eq!(admit_epoch(0, 0), Ok(0), "no leader seen yet");
+        assert_eq!(admit_epoch(5, 9), Ok(9), "a new leader");
+        assert_eq!(admit_epoch(9, 9), Ok(9), "the same leader");
+        assert_eq!(admit_epoch(9, 5), Err(9), "a deposed leader");
+        assert_eq!(admit_epoch(9, 0), Err(9), "a sender without an epoch");
+    }
 }

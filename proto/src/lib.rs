@@ -175,6 +175,7 @@ mod tests {
             id: "c1".into(),
             op_id: "op".into(),
             requested_by: "alice".into(),
+            epoch: 7,
             kind: Some(pb::agent_command::Kind::Stop(pb::StopVm {
                 vm: "vm1".into(),
                 graceful_timeout_s: 30,

@@ -91,7 +91,7 @@ pub fn decoders() -> Vec<Decoder> {
             name: "lease JSON (KV)",
             valid: || LEASE.as_bytes().to_vec(),
             run: lease_json,
-            input: || json_input(vec![LEASE.into()], &["holder", "expires_ms"]),
+            input: || json_input(vec![LEASE.into()], &["holder", "ttl_ms"]),
         },
         Decoder {
             name: "fleet file JSON",
@@ -336,7 +336,11 @@ fn node_record_json(b: &[u8]) -> Result<(), String> {
 fn lease_json(b: &[u8]) -> Result<(), String> {
     use nodemaint_coordinator::lease;
     let l: lease::Lease = serde_json::from_slice(b).map_err(|e| e.to_string())?;
-    let _ = lease::decide(Some((l, 1)), "me", nodemaint_proto::now_ms());
+    let seen = lease::Seen {
+        revision: 1,
+        for_ms: 10_000,
+    };
+    let _ = lease::decide(Some((l, 1)), "me", seen, 1_000);
     Ok(())
 }
 
@@ -701,6 +705,7 @@ fn agent_command_seeds() -> Vec<Vec<u8>> {
                 id: "c0ffee00-0000-4000-8000-000000000001".into(),
                 op_id: "job-1".into(),
                 requested_by: "alice".into(),
+                epoch: 3,
                 kind: Some(k),
             }
             .encode_to_vec()
@@ -1101,7 +1106,7 @@ fn json_input(seeds: Vec<String>, keys: &'static [&'static str]) -> BoxedStrateg
 // ---------------------------------------------------------------------------
 // Seeds and vocabularies.
 
-const LEASE: &str = r#"{"holder":"c1","expires_ms":1700000000000}"#;
+const LEASE: &str = r#"{"holder":"c1","ttl_ms":10000}"#;
 const COOKIE: &str = "nodemaint_session=abc; theme=dark";
 const CREDS: &str = "# node1's agent\nuser = \"node1\"\npassword = \"s3cret\"\n";
 

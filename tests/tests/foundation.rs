@@ -170,11 +170,16 @@ async fn js_client(f: &Fleet) -> (async_nats::Client, async_nats::jetstream::Con
     (c.clone(), async_nats::jetstream::new(c))
 }
 
+/// The tests' commands come from a leader newer than the fleet's own
+/// coordinator (whose epoch is a small KV revision).
+const EPOCH: u64 = 1 << 40;
+
 fn command(id: &str, kind: pb::agent_command::Kind) -> pb::AgentCommand {
     pb::AgentCommand {
         id: id.into(),
         op_id: format!("op-{id}"),
         requested_by: "test".into(),
+        epoch: EPOCH,
         kind: Some(kind),
     }
 }
@@ -213,6 +218,66 @@ async fn next_result(sub: &mut async_nats::Subscriber, command_id: &str) -> pb::
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leaders_commands_are_refused_and_the_new_leader_may_resend_them() {
+    let f = tokio::task::block_in_place(two_node_fleet);
+    let (client, js) = js_client(&f).await;
+    let s = Subjects::default();
+    let mut results = client
+        .subscribe(s.event("node1", EventKind::Result))
+        .await
+        .unwrap();
+    let refresh = |id: &str, epoch: u64| pb::AgentCommand {
+        epoch,
+        ..command(
+            id,
+            pb::agent_command::Kind::RefreshInventory(Default::default()),
+        )
+    };
+    // A newer leader speaks: its epoch becomes the agent's highest.
+    send(&js, "node1", &refresh("new-1", EPOCH + 10), true).await;
+    assert!(next_result(&mut results, "new-1").await.ok);
+
+    // The deposed leader's stop is refused and not executed.
+    let stop = pb::AgentCommand {
+        epoch: EPOCH + 9,
+        ..command(
+            "stop-old",
+            pb::agent_command::Kind::Stop(pb::StopVm {
+                vm: "node1-vm1".into(),
+                graceful_timeout_s: 5,
+            }),
+        )
+    };
+    send(&js, "node1", &stop, true).await;
+    let r = next_result(&mut results, "stop-old").await;
+    assert!(!r.ok, "{r:?}");
+    assert_eq!(
+        r.error.as_ref().map(|e| e.code),
+        Some(pb::error::Code::StaleLeader as i32),
+        "{r:?}"
+    );
+    assert!(r.message.contains("deposed leader"), "{}", r.message);
+    // The agent answered after deciding; the VM was never touched.
+    send(&js, "node1", &refresh("new-2", EPOCH + 10), true).await;
+    assert!(next_result(&mut results, "new-2").await.ok);
+    assert_eq!(
+        tokio::task::block_in_place(|| vm_state(&f, "node1-vm1")),
+        "RUNNING"
+    );
+
+    // The current leader resends the same id (a journaled command after a
+    // takeover): it was not claimed, so it runs now.
+    let resent = pb::AgentCommand {
+        epoch: EPOCH + 10,
+        ..stop
+    };
+    send(&js, "node1", &resent, false).await;
+    let r = next_result(&mut results, "stop-old").await;
+    assert!(r.ok && !r.duplicate, "{r:?}");
+    tokio::task::block_in_place(|| wait_state(&f, "node1-vm1", "SHUTOFF"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -160,6 +160,7 @@ impl Coordinator {
             op_id: job.id.clone(),
             requested_by: job.user.clone(),
             kind: Some(kind),
+            ..Default::default()
         };
         let rec = CommandRecord {
             id: cmd.id.clone(),
@@ -202,6 +203,7 @@ impl Coordinator {
             op_id: String::new(),
             requested_by: "coordinator".into(),
             kind: Some(Kind::RefreshInventory(pb::RefreshInventory {})),
+            ..Default::default()
         };
         if let Err(e) = self.send_command(node, &cmd).await {
             tracing::warn!(node, error = %e, "cannot ask for an inventory refresh");
@@ -479,6 +481,7 @@ impl Coordinator {
             kind: Some(Kind::ProbeLibvirt(pb::ProbeLibvirt {
                 uris: dests.iter().map(|d| d.libvirt_uri.clone()).collect(),
             })),
+            ..Default::default()
         };
         let r = self
             .send_and_wait(source, &cmd, Duration::from_secs(10))
@@ -562,6 +565,7 @@ impl Coordinator {
                 vm: vm.to_string(),
                 reason: reason.to_string(),
             })),
+            ..Default::default()
         };
         if let Err(e) = self.send_command(node, &cmd).await {
             tracing::warn!(node, vm, error = %e, "cannot send the cancel");

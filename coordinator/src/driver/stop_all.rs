@@ -168,6 +168,7 @@ async fn perform(
                 op_id: job.id.clone(),
                 requested_by: job.user.clone(),
                 kind: Some(stop(&vm)),
+                ..Default::default()
             };
             let (c, node, tx) = (c.clone(), node.to_string(), tx.clone());
             tokio::spawn(async move {
