@@ -109,6 +109,7 @@ fn a_resumed_single_job_sends_its_command_and_never_succeeds_having_done_nothing
         kind: Some(pb::agent_command::Kind::Start(pb::StartVm {
             vm: "web-3".into(),
         })),
+        ..Default::default()
     };
     legacy.commands.push(CommandRecord {
         id: "legacy-7".into(),

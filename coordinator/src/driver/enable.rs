@@ -132,6 +132,7 @@ pub(crate) async fn find_out(
         op_id: job.id.clone(),
         requested_by: job.user.clone(),
         kind: Some(kind),
+        ..Default::default()
     };
     let r = c.settle(node, &command, FIND_OUT_WAIT).await;
     if let crate::engine::Answer::Done(_) | crate::engine::Answer::Failed(_) = answer(&r) {
