@@ -608,6 +608,7 @@ async fn send(
                     op_id: nj.id.clone(),
                     requested_by: nj.user.clone(),
                     kind: Some(kind),
+                    ..Default::default()
                 };
                 let r = c.settle(&node, &command, FIND_OUT_WAIT).await;
                 let (ok, msg) = (r.ok, describe(&r));
