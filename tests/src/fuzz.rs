@@ -293,7 +293,14 @@ fn job_json(b: &[u8]) -> Result<(), String> {
         let _ = jobs::journaled_command(&rec.payload);
     }
     let _ = job.params["command"].as_str().map(jobs::journaled_command);
-    let _ = nodemaint_coordinator::driver::executor::journal_report(&job, "migrate");
+    // A resumed drain reads its machine from the journal.
+    if let Some(m) = job
+        .engine
+        .clone()
+        .and_then(|v| serde_json::from_value::<nodemaint_coordinator::engine::drain::Drain>(v).ok())
+    {
+        let _ = m.report();
+    }
     let _ = serde_json::from_value::<Vec<Vec<String>>>(job.params["groups"].clone());
     let _ = serde_json::from_value::<planner::DrainPlan>(job.params["plan"].clone());
     let _ = nodemaint_coordinator::logs::job_span(&job);

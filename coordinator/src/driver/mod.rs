@@ -2,6 +2,7 @@
 //! (`crate::engine`) against the registry, the job journal and the agents,
 //! and runs the jobs not yet expressed as machines.
 
+pub mod drain;
 pub mod enable;
 pub mod executor;
 pub mod rolling;

@@ -98,7 +98,7 @@ pub async fn stop_all(c: Arc<Coordinator>, job: Job) {
 
 /// Writes the machine's state into the job, waiting out an unavailable KV
 /// store; false only when the job record is gone.
-async fn journal(c: &Coordinator, job: &str, state: &StopAll) -> bool {
+pub(crate) async fn journal(c: &Coordinator, job: &str, state: &impl serde::Serialize) -> bool {
     let value = serde_json::to_value(state).expect("serializable");
     let mut backoff = bus::Backoff::default();
     loop {

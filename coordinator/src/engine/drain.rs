@@ -893,7 +893,8 @@ impl Drain {
         }
     }
 
-    fn finish(&self) -> Action {
+    /// The job's ending and summary, from the state.
+    pub fn finish(&self) -> Action {
         let node = &self.node;
         let done = self.outcomes().filter(|(_, o)| o.done()).count();
         let mut not: Vec<&str> = self

@@ -1,0 +1,368 @@
+//! The drain's driver (maintenance `--mode move`): performs the machine's
+//! actions (`crate::engine::drain`) against the registry, the job journal,
+//! the planner and the agents, and feeds back what happened. Every
+//! decision is in the engine, where the simulator checks it; here is only
+//! I/O.
+
+use crate::driver::executor::{record_stopped, stopped};
+use crate::driver::slots::Priority;
+use crate::driver::stop_all::{answer, journal, stop_reason};
+use crate::engine::drain::{Action, Drain, Event, Fallback, Planned};
+use crate::engine::{Answer, Ending};
+use crate::jobs::{Job, JobState, Report};
+use crate::server::Coordinator;
+use nodemaint_planner as planner;
+use nodemaint_proto::model::{NodeRecord, VmState};
+use nodemaint_proto::pb::{self, agent_command::Kind};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How long one find-out waits for the agent before the engine asks again.
+const FIND_OUT_WAIT: Duration = Duration::from_secs(30);
+
+/// The machine for a new drain: the plan accepted with the job (rolling
+/// plans a group's drains jointly), or one made now; VMs maintenance
+/// already stopped and recorded stay where they are.
+fn new_machine(c: &Coordinator, job: &Job, node: &str, resumed: bool) -> Result<Drain, String> {
+    let max_parallel = job.params["max_parallel"].as_u64().unwrap_or(0) as u32;
+    let limits = crate::fleet::limits(&c.cfg.limits, max_parallel);
+    // After a restart with nothing journaled, nothing was done: re-plan
+    // from the fleet as it is now.
+    let accepted: Option<planner::DrainPlan> = if resumed {
+        None
+    } else {
+        serde_json::from_value(job.params["plan"].clone()).ok()
+    };
+    let plan = match accepted {
+        Some(p) => p,
+        None => {
+            let fleet = crate::fleet::snapshot(&c.registry.all(), nodemaint_proto::now_ms());
+            planner::plan_drain(&fleet, node, &limits).map_err(|e| e.to_string())?
+        }
+    };
+    let rec: NodeRecord = c.registry.get(node).unwrap_or_default();
+    let moves =
+        plan.moves
+            .iter()
+            .filter(|m| !rec.stopped_by.contains_key(&m.vm))
+            .map(|m| Planned {
+                vm: m.vm.clone(),
+                to: m.to.clone(),
+                wave: m.wave,
+                vfw: m.kind == planner::VmKind::Vfw,
+                running: rec.domains.iter().any(|d| {
+                    d.name == m.vm && matches!(d.state, VmState::Running | VmState::Paused)
+                }),
+                not_migratable: m.not_migratable.clone(),
+            })
+            .collect();
+    Ok(Drain::new(
+        &job.id,
+        node,
+        Fallback::parse(job.params["fallback"].as_str()),
+        job.params["ack_vfw_downtime"].as_bool().unwrap_or(false),
+        moves,
+    ))
+}
+
+/// Move all, started or resumed: the machine comes from the job's journal
+/// when there is one.
+pub async fn drain(c: Arc<Coordinator>, job: Job, resumed: bool) {
+    let node = job.node.clone().unwrap_or_default();
+    let journaled = job
+        .engine
+        .clone()
+        .and_then(|v| serde_json::from_value::<Drain>(v).ok());
+    let mut machine = match journaled {
+        Some(m) => m,
+        None => match new_machine(&c, &job, &node, resumed) {
+            Ok(m) => {
+                let waves = m.vms.iter().map(|t| t.plan.wave + 1).max().unwrap_or(0);
+                c.job_step(
+                    &job.id,
+                    None,
+                    None,
+                    format!(
+                        "plan: {} VMs to move in {waves} waves (VFWs first), fallback {}",
+                        m.vms.len(),
+                        m.fallback.as_str()
+                    ),
+                )
+                .await;
+                m
+            }
+            Err(e) => {
+                c.release_node(&node, &job.id).await;
+                let msg = format!(
+                    "cannot drain {node}: {e}; nothing was moved, the node stays in maintenance"
+                );
+                return c
+                    .finish_job_with(&job.id, JobState::Failed, msg, Some(Report::default()))
+                    .await;
+            }
+        },
+    };
+    if machine.finished {
+        // Journaled as finished, the job itself not: finish it now.
+        let (ending, summary) = match machine.finish() {
+            Action::Finish { ending, summary } => (ending, summary),
+            _ => unreachable!("finish() is a Finish"),
+        };
+        return finish(&c, &job, &node, &machine, ending, summary).await;
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+    let mut stops = c.stops.watch(&job.id);
+    let mut stop_fed = machine.stopping.is_some();
+    let mut next = Some(Event::Resume);
+    while !machine.finished {
+        let event = match next.take() {
+            Some(e) => e,
+            None => tokio::select! {
+                Some(e) = rx.recv() => e,
+                reason = stopped(&mut stops), if !stop_fed => {
+                    stop_fed = true;
+                    Event::Stop(stop_reason(reason))
+                }
+            },
+        };
+        let (state, actions) = match machine.step(event) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(job = %job.id, error = %e, "event refused by the engine");
+                continue;
+            }
+        };
+        if actions.first() == Some(&Action::Journal) && !journal(&c, &job.id, &state).await {
+            // Not journaled: nothing of this step happens.
+            tracing::error!(job = %job.id, "job record unwritable; drain halted");
+            return;
+        }
+        machine = state;
+        for a in actions {
+            perform(&c, &job, &node, &machine, a, &tx).await;
+        }
+    }
+}
+
+fn send(tx: &mpsc::UnboundedSender<Event>, e: Event) {
+    // The receiver lives as long as the job's loop; after it ended an
+    // answer has nobody to tell.
+    let _ = tx.send(e);
+}
+
+async fn perform(
+    c: &Arc<Coordinator>,
+    job: &Job,
+    node: &str,
+    m: &Drain,
+    a: Action,
+    tx: &mpsc::UnboundedSender<Event>,
+) {
+    match a {
+        Action::Journal => {}
+        Action::Migrate { vm, to, cmd, live } => {
+            let (c, job, node, tx) = (c.clone(), job.clone(), node.to_string(), tx.clone());
+            tokio::spawn(async move {
+                let answer = migrate(&c, &job, &node, &vm, &to, &cmd, live).await;
+                send(&tx, Event::Answered { vm, cmd, answer });
+            });
+        }
+        Action::Cancel { vm, reason } => c.cancel_migration(job, node, &vm, &reason).await,
+        Action::FindAlternative { vm, exclude } => {
+            let fleet = crate::fleet::snapshot(&c.registry.all(), nodemaint_proto::now_ms());
+            let exclude: Vec<&str> = exclude.iter().map(String::as_str).collect();
+            let to = planner::feasible_destinations(&fleet, &vm, &exclude)
+                .into_iter()
+                .next();
+            send(tx, Event::Alternative { vm, to });
+        }
+        Action::Record { vm, node } => {
+            let result = record_stopped(c, &node, &vm, Some(&job.id)).await;
+            send(tx, Event::Recorded { vm, node, result });
+        }
+        Action::Unrecord { vm, node } => {
+            if let Err(e) = record_stopped(c, &node, &vm, None).await {
+                tracing::warn!(%node, %vm, error = %e, "record left (enable skips a running VM)");
+            }
+        }
+        Action::SendStop { vm, cmd } => {
+            let kind = Kind::Stop(pb::StopVm {
+                vm: vm.clone(),
+                graceful_timeout_s: c.cfg.stop_graceful_timeout_s,
+            });
+            command(c, job, node, vm, cmd, kind, tx);
+        }
+        Action::SendStart { vm, node, cmd } => {
+            let kind = Kind::Start(pb::StartVm { vm: vm.clone() });
+            command(c, job, &node, vm, cmd, kind, tx);
+        }
+        Action::FindOut { vm, cmd } => {
+            let (c, job_id, tx) = (c.clone(), job.id.clone(), tx.clone());
+            tokio::spawn(async move {
+                let event = find_out(&c, &job_id, vm, cmd).await;
+                send(&tx, event);
+            });
+        }
+        Action::CheckEmpty => {
+            // The registry first shows the moved VMs where they went (a
+            // rolling plans its next group from it), then the node's
+            // fresh inventory is asked.
+            let placements: Vec<(String, String)> = m
+                .outcomes()
+                .map(|(vm, o)| (vm.to_string(), o.moved_to().unwrap_or(node).to_string()))
+                .collect();
+            let (c, node, tx) = (c.clone(), node.to_string(), tx.clone());
+            tokio::spawn(async move {
+                c.wait_placed(&placements).await;
+                let asked = nodemaint_proto::now_ms();
+                c.refresh_inventory(&node).await;
+                c.wait_fresh(&node, asked).await;
+                let answer = match c.registry.get(&node) {
+                    Some(rec) if rec.last_seen_ms > asked => Ok(rec.running_unrecorded()),
+                    _ => Err(format!("no fresh inventory from {node}")),
+                };
+                send(&tx, Event::Inventory(answer));
+            });
+        }
+        Action::Note { vm, ok, message } => c.job_step(&job.id, vm.as_deref(), ok, message).await,
+        Action::Finish { ending, summary } => finish(c, job, node, m, ending, summary).await,
+    }
+}
+
+/// Sends a journaled command in the background; its answer is an event.
+fn command(
+    c: &Arc<Coordinator>,
+    job: &Job,
+    node: &str,
+    vm: String,
+    cmd: String,
+    kind: Kind,
+    tx: &mpsc::UnboundedSender<Event>,
+) {
+    let (c, job, node, tx) = (c.clone(), job.clone(), node.to_string(), tx.clone());
+    tokio::spawn(async move {
+        let r = c.run_command_as(&cmd, &job, &node, &vm, None, kind).await;
+        let answer = answer(&r);
+        send(&tx, Event::Answered { vm, cmd, answer });
+    });
+}
+
+/// One migration within the fleet-wide slots. A stop before a slot is
+/// free means it is not sent at all (a failure the engine can rely on); a
+/// stop while it runs is the engine's cancel.
+async fn migrate(
+    c: &Coordinator,
+    job: &Job,
+    from: &str,
+    vm: &str,
+    to: &str,
+    cmd: &str,
+    live: bool,
+) -> Answer {
+    let kind = match c.registry.get(to) {
+        Some(dest) => c.migrate_kind(
+            vm,
+            &dest,
+            0,
+            job.params["max_speed_mibs"].as_u64().unwrap_or(0),
+        ),
+        None => Err(format!("unknown node {to}")),
+    };
+    let kind = match kind {
+        Ok(k) => k,
+        Err(e) => return Answer::Failed(format!("not sent: {e}")),
+    };
+    let mut stop = c.stops.watch(&job.id);
+    let _slots = tokio::select! {
+        biased;
+        reason = stopped(&mut stop) => return Answer::Failed(format!("not started ({reason})")),
+        g = c.slots.acquire(from, to, Priority::Maintenance) => g,
+    };
+    let how = if live { "moving" } else { "moving (shut off)" };
+    c.job_step(
+        &job.id,
+        Some(vm),
+        None,
+        format!("{how} {vm} from {from} to {to}"),
+    )
+    .await;
+    let r = c.run_command_as(cmd, job, from, vm, Some(to), kind).await;
+    // Logged before the slots are released: the journal's intervals
+    // between "moving" and "ended" lie within the slot holding.
+    c.job_step(
+        &job.id,
+        Some(vm),
+        Some(r.ok),
+        format!(
+            "migration of {vm} from {from} to {to} ended: {}",
+            if r.ok { "ok" } else { "failed" }
+        ),
+    )
+    .await;
+    answer(&r)
+}
+
+/// What became of a command: the job's command journal says whether it
+/// was sent (`run_command_as` journals before it sends); the agent's
+/// results bucket what it did, the command being re-sent (same id) if the
+/// agent never claimed it.
+async fn find_out(c: &Coordinator, job_id: &str, vm: String, cmd: String) -> Event {
+    let Some(job) = c.get_job(job_id).await else {
+        let answer = Answer::Unknown("cannot read the job's journal".into());
+        return Event::Answered { vm, cmd, answer };
+    };
+    let Some(rec) = job.commands.iter().find(|r| r.id == cmd) else {
+        return Event::NeverSent { vm, cmd };
+    };
+    let Some((command, _)) = crate::jobs::journaled_command(&rec.payload) else {
+        // Unreadable: the agent's answer is still found by id.
+        let answer = Answer::Unknown(format!("journaled command {cmd} unreadable"));
+        return Event::Answered { vm, cmd, answer };
+    };
+    let r = c.settle(&rec.node, &command, FIND_OUT_WAIT).await;
+    Event::Answered {
+        vm,
+        cmd,
+        answer: answer(&r),
+    }
+}
+
+async fn finish(
+    c: &Coordinator,
+    job: &Job,
+    node: &str,
+    m: &Drain,
+    ending: Ending,
+    summary: String,
+) {
+    let mut report = Report::default();
+    for (vm, line) in m.report() {
+        report.record(vm, line);
+    }
+    locate_not_done(c, &mut report);
+    let state = match ending {
+        Ending::Succeeded => JobState::Succeeded,
+        Ending::Failed => JobState::Failed,
+        Ending::Aborted => JobState::Aborted,
+    };
+    c.release_node(node, &job.id).await;
+    c.finish_job_with(&job.id, state, summary, Some(report))
+        .await;
+}
+
+/// Appends where each VM that was not done is now (per the inventories),
+/// so the report says exactly where every VM is.
+fn locate_not_done(c: &Coordinator, report: &mut Report) {
+    for line in &mut report.not_done {
+        let at = c
+            .registry
+            .find_vm(&line.vm)
+            .iter()
+            .map(|(n, v)| format!("{} ({:?})", n.name, v.state).to_lowercase())
+            .collect::<Vec<_>>();
+        if !at.is_empty() {
+            line.detail = format!("{} [now on {}]", line.detail, at.join(", "));
+        }
+    }
+}
