@@ -391,3 +391,71 @@ fn vm_move_refusals_name_the_problem_and_change_nothing() {
     assert_eq!(vm(&all, "big")["node"], "a");
     assert_eq!(vm(&all, "small")["node"], "a");
 }
+
+/// Drained means empty: a VM that lands on the node after the drain was
+/// planned (here the node comes back from an agent restart holding a VM
+/// the plan did not know) is found by the drain's final fresh-inventory
+/// check, and the drain ends partial, never SUCCEEDED.
+#[test]
+fn a_vm_that_arrives_during_the_drain_makes_it_partial_not_succeeded() {
+    let mut f = Fleet::start();
+    f.add_agent("node1", &[]);
+    f.add_agent("node2", &[Dom::vfw("cs1")]);
+    // `wait_registered` wants VMs on every node; node1 has none.
+    wait_for(Duration::from_secs(90), "agents to register", || {
+        let v = f.cli_json("alice", &["node", "list"]);
+        ["node1", "node2"].iter().all(|n| {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .any(|x| x["name"] == *n && x["reachable"] == true)
+        })
+    });
+    // The agent dies; within its grace of three heartbeats the node is
+    // still reachable, so the (empty) drain is planned and started.
+    f.stop_agent("node1");
+    let (url, dir) = (f.nats.url.clone(), f.dir.path().to_path_buf());
+    let drain = std::thread::spawn(move || {
+        cli_in(
+            &url,
+            &dir,
+            "alice",
+            &[
+                "maintenance",
+                "start",
+                "node1",
+                "--mode",
+                "move",
+                "--output",
+                "json",
+            ],
+        )
+    });
+    // The drain waits for a fresh inventory; the node comes back with a VM.
+    node_xml(
+        &f.dir.path().join("node1.xml"),
+        8192,
+        8,
+        &[Dom::user("newcomer", "cs1")],
+    );
+    f.start_agent("node1");
+    let out = drain.join().unwrap();
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let job = job_of(&out);
+    assert_eq!(job["state"], "FAILED", "{job}");
+    assert!(
+        job["outcome"].as_str().unwrap().contains("partly drained"),
+        "{job}"
+    );
+    let not_done = job["report"]["not_done"].as_array().unwrap();
+    assert_eq!(not_done.len(), 1, "{job}");
+    assert_eq!(not_done[0]["vm"], "newcomer");
+    assert!(
+        not_done[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("arrived during the drain"),
+        "{job}"
+    );
+    assert_eq!(node_status(&f, "node1"), "MAINTENANCE");
+}
