@@ -232,3 +232,70 @@ fn a_rolling_deadline_fails_the_rolling_loudly_and_loses_nothing() {
     assert_eq!(names.len(), 4 * 2 + 2);
     assert!(!sim.log_text().contains("INVARIANT VIOLATION"));
 }
+
+/// The driver resumes from the engine's journal: a coordinator killed while
+/// nodes are mid-way (draining, rebooting, checking) comes back, finds its
+/// child jobs and commands by their derived ids, and finishes the rolling
+/// with every node rebooted exactly once.
+#[test]
+fn a_coordinator_killed_mid_rolling_resumes_and_reboots_each_node_once() {
+    let mut f = Fleet::start();
+    let sim = sim_fleet(&f, 4, 2, 300);
+    wait_nodes(&f, 4);
+    let out = f.cli(
+        "alice",
+        &[
+            "rolling",
+            "start",
+            "--all",
+            "--max-unavailable",
+            "2",
+            "--reboot-command",
+            "sim-reboot",
+            "--yes",
+            "--detach",
+            "--output",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let accepted: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = accepted["job_id"].as_str().unwrap().to_string();
+    let show = |f: &Fleet| f.cli_json("bob", &["rolling", "show", &id]);
+    wait_for(Duration::from_secs(120), "a node past pending", || {
+        let j = show(&f);
+        j["params"]["progress"]
+            .as_object()
+            .is_some_and(|p| p.values().any(|v| v != "pending" && v != "done"))
+    });
+    assert_eq!(show(&f)["state"], "RUNNING", "killed mid-way");
+    f.coordinator.take().unwrap().kill();
+    f.start_coordinator();
+    wait_for(
+        Duration::from_secs(300),
+        "the resumed rolling to end",
+        || show(&f)["state"] != "RUNNING",
+    );
+    let job = show(&f);
+    check_after(&f, &sim, &job, 4, 4 * 2 + 2);
+    assert!(
+        job["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["message"] == "resuming rolling maintenance from its journal"),
+        "{job}"
+    );
+    assert!(job["engine"].is_object(), "the machine is journaled: {job}");
+    // Each node's hook ran once: one hook command in its node job.
+    for (node, children) in job["params"]["children"].as_object().unwrap() {
+        let node_job = f.cli_json("bob", &["job", "show", children["node"].as_str().unwrap()]);
+        let hooks = node_job["commands"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["action"] == "hook")
+            .count();
+        assert_eq!(hooks, 1, "{node}: {node_job}");
+    }
+}

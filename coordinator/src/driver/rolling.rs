@@ -581,8 +581,14 @@ async fn send(
     let nj = match node_job(c, m, job, &node).await {
         Ok(j) => j,
         Err(e) => {
-            // Not journaled, so not sent: only a failure to record it.
-            let answer = Answer::Unknown(format!("cannot journal the command: {e}"));
+            // No journal for it, so not sent. A hook not sent is a failed
+            // hook (waiting for a reboot would only time out); the checks
+            // are asked for again.
+            let why = format!("not sent: cannot create its journal ({e})");
+            let answer = match what {
+                Command::Hook(_) => Answer::Failed(why),
+                Command::Checks => Answer::Unknown(why),
+            };
             let tx = tx.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_secs(1)).await;
