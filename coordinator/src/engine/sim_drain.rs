@@ -913,6 +913,21 @@ mod tests {
         }
     }
 
+    /// Seeds that broke the previous executor's policies, reintroduced
+    /// into the engine as mutants: seed 6, a cold move that did not record
+    /// the VM on its destination before forgetting the source (shut off on
+    /// the destination, recorded nowhere); seed 17, a fallback stop without
+    /// an answer in time taken for a failure and unrecorded (it landed
+    /// later; enable would not restart the VM).
+    #[test]
+    fn regression_seeds_of_the_old_drain_defects() {
+        for seed in [6, 17] {
+            if let Err(f) = run(seed) {
+                panic!("{f}");
+            }
+        }
+    }
+
     #[test]
     fn a_drain_seed_is_its_own_reproduction() {
         assert_eq!(run(7).unwrap(), run(7).unwrap());
