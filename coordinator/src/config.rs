@@ -21,14 +21,14 @@
 //! headroom_percent = 10         # capacity to keep free after a drain
 //! ```
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Groups allowed to change the fleet (maintenance, enable, move, start…).
 pub const OPERATOR_GROUPS: [&str; 2] = ["Level2", "Level3"];
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoordinatorConfig {
     #[serde(default = "default_nats_url")]
@@ -66,7 +66,7 @@ pub struct CoordinatorConfig {
 
 /// Migration timeouts: completion scaled by memory (Nova's and KubeVirt's
 /// completion timeout per GiB) and a progress timeout (KubeVirt's 150 s).
-#[derive(Clone, Copy, Debug, Deserialize)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MigrationTimeouts {
     #[serde(default = "default_per_gib")]
@@ -96,7 +96,7 @@ impl MigrationTimeouts {
 }
 
 /// Checks every maintenance start must pass (and `--dry-run` shows).
-#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Preflight {
     /// Nodes allowed in maintenance at once, this one included (0 = no limit).
@@ -123,7 +123,7 @@ fn default_progress() -> u32 {
     150
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct User {
     #[serde(default)]
@@ -133,7 +133,7 @@ pub struct User {
     pub password_hash: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     #[serde(default = "two")]
@@ -202,6 +202,13 @@ impl CoordinatorConfig {
             source,
         })?;
         Self::from_toml(&text, path)
+    }
+
+    /// This config as the TOML [`CoordinatorConfig::load`] reads, every
+    /// setting spelled out (unset optional ones left out): what the test
+    /// harness and the lab write instead of a copy of the schema.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a coordinator config is representable in TOML")
     }
 
     /// Parses a config file's text; `path` only names it in errors.
@@ -284,5 +291,27 @@ mod tests {
         assert_eq!(t.completion_s(64), 60); // 50 s scaled: the floor wins
         assert_eq!(t.completion_s(4096), 3200);
         assert_eq!(t.completion_s(1536), 1200);
+    }
+
+    #[test]
+    fn rendered_configs_load_back_unchanged() {
+        let mut c = cfg();
+        c.users.get_mut("alice").unwrap().password_hash = Some("$argon2id$v=19$x".into());
+        c.nats_creds = Some("/etc/nodemaint/coordinator.creds".into());
+        c.limits.global = 9;
+        c.migration.progress_timeout_s = 30;
+        c.preflight.headroom_percent = 10;
+        c.nats_replicas = 3;
+        for cfg in [CoordinatorConfig::default(), c] {
+            let text = cfg.to_toml();
+            let back = CoordinatorConfig::from_toml(&text, Path::new("rendered.toml"))
+                .unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(back.to_toml(), text);
+        }
+        let text = CoordinatorConfig::default().to_toml();
+        assert!(
+            !text.contains("nats_creds"),
+            "unset options are left out: {text}"
+        );
     }
 }

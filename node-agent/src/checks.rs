@@ -81,7 +81,7 @@
 //! Parsers read stdout; details quote stdout followed by stderr.
 
 use nodemaint_proto::pb;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -103,8 +103,8 @@ const KILL_GRACE: Duration = Duration::from_millis(300);
 const FIRST_LINE_MAX: usize = 200;
 
 /// One configured check (an element of `[[checks]]`).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "RawCheckConfig")]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "RawCheckConfig", into = "RawCheckConfig")]
 pub struct CheckConfig {
     /// Name of the check, e.g. "ovs", "ays", "libvirtd", "ssh".
     pub name: String,
@@ -146,7 +146,7 @@ impl CheckKind {
     }
 }
 
-#[derive(Clone, Copy, Debug, Deserialize)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 enum CheckType {
     OvsServices,
@@ -156,17 +156,22 @@ enum CheckType {
     Tcp,
 }
 
-/// The TOML form, validated into a [`CheckConfig`].
-#[derive(Deserialize)]
+/// The TOML form, validated into a [`CheckConfig`] (and rendered from one).
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawCheckConfig {
     name: String,
     #[serde(rename = "type")]
     kind: CheckType,
+    #[serde(skip_serializing_if = "Option::is_none")]
     command: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     unit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     start: Option<String>,
     #[serde(default = "default_timeout_s")]
     timeout_s: u64,
@@ -174,6 +179,42 @@ struct RawCheckConfig {
 
 fn default_timeout_s() -> u64 {
     DEFAULT_TIMEOUT_S
+}
+
+impl From<CheckConfig> for RawCheckConfig {
+    fn from(c: CheckConfig) -> Self {
+        let mut raw = RawCheckConfig {
+            name: c.name,
+            kind: CheckType::Command,
+            command: None,
+            unit: None,
+            host: None,
+            port: None,
+            start: c.start,
+            timeout_s: c.timeout_s,
+        };
+        match c.kind {
+            CheckKind::OvsServices { command } => {
+                raw.kind = CheckType::OvsServices;
+                raw.command = Some(command);
+            }
+            CheckKind::AysStatus { command } => {
+                raw.kind = CheckType::AysStatus;
+                raw.command = Some(command);
+            }
+            CheckKind::Command { command } => raw.command = Some(command),
+            CheckKind::Systemd { unit } => {
+                raw.kind = CheckType::Systemd;
+                raw.unit = Some(unit);
+            }
+            CheckKind::Tcp { host, port } => {
+                raw.kind = CheckType::Tcp;
+                raw.host = Some(host);
+                raw.port = Some(port);
+            }
+        }
+        raw
+    }
 }
 
 impl TryFrom<RawCheckConfig> for CheckConfig {

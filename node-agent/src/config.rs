@@ -15,10 +15,10 @@
 //! start = "ovs start services"
 //! ```
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     pub node: String,
@@ -145,6 +145,13 @@ impl AgentConfig {
         Self::from_toml(&text, path)
     }
 
+    /// This config as the TOML [`AgentConfig::load`] reads, every setting
+    /// spelled out (unset optional ones left out): what the test harness,
+    /// the lab and `sim-fleet` write instead of a copy of the schema.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("an agent config is representable in TOML")
+    }
+
     /// A config with defaults for everything but the node name.
     pub fn for_node(node: &str) -> Self {
         toml::from_str(&format!("node = {node:?}")).expect("defaults parse")
@@ -209,5 +216,36 @@ mod tests {
         assert!(err.to_string().contains("heartbeat"), "{err}");
         let c = AgentConfig::for_node("a.b");
         assert!(c.validate().unwrap_err().to_string().contains("a.b"));
+    }
+
+    #[test]
+    fn rendered_configs_load_back_unchanged() {
+        let plain = AgentConfig::for_node("node1").to_toml();
+        assert!(
+            !plain.contains("nats_creds"),
+            "unset options are left out: {plain}"
+        );
+        let mut c = AgentConfig::from_toml(
+            "node='node1'\n[[checks]]\nname='ovs'\ntype='ovs_services'\ncommand='ovs monitor services'\n\
+             start='ovs start services'\n\
+             [[checks]]\nname='ays'\ntype='ays_status'\ncommand='ays status'\ntimeout_s=5\n\
+             [[checks]]\nname='mnt'\ntype='command'\ncommand='mountpoint -q /mnt'\n\
+             [[checks]]\nname='libvirtd'\ntype='systemd'\nunit='libvirtd'\n\
+             [[checks]]\nname='ssh'\ntype='tcp'\nport=22\n",
+            Path::new("checks.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.checks.len(), 5);
+        c.nats_creds = Some("/etc/nodemaint/node1.creds".into());
+        c.address = Some("10.0.0.11".into());
+        c.metrics_listen = Some("127.0.0.1:9100".parse().unwrap());
+        for cfg in [AgentConfig::for_node("node1"), c] {
+            let text = cfg.to_toml();
+            let back = AgentConfig::from_toml(&text, Path::new("rendered.toml"))
+                .unwrap_or_else(|e| panic!("{e}\n{text}"));
+            back.validate().unwrap();
+            assert_eq!(back.to_toml(), text);
+            assert_eq!(back.checks, cfg.checks);
+        }
     }
 }
