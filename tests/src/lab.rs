@@ -11,6 +11,8 @@
 //! the teardown, and the failure names that directory and shows the last
 //! lines of the log of every lab process that died (under CI, of every log).
 
+pub mod config;
+
 use crate::{in_ci, wait_for};
 use serde_json::Value;
 use std::collections::BTreeMap;

@@ -6,6 +6,8 @@
 //! The binaries come from the workspace's target directory: build them
 //! first (`cargo build --workspace --bins`; `deploy/test.sh` does).
 
+use nodemaint_agent::config::AgentConfig;
+use nodemaint_coordinator::config::{CoordinatorConfig, User};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -346,42 +348,119 @@ pub struct Fleet {
     pub coordinator: Option<Proc>,
     pub agents: Vec<(String, Option<Proc>)>,
     pub config: PathBuf,
-    /// Extra agent TOML per node (e.g. `[[checks]]`), appended to its config.
-    pub agent_extra: std::collections::HashMap<String, String>,
+    /// Changes to a node's agent config (e.g. its `checks`), applied by
+    /// [`Fleet::agent_config`] to the harness's config of that node.
+    pub agent_edits: std::collections::HashMap<String, AgentEdit>,
     /// Credentials and TLS of a secured fleet ([`Fleet::start_secure`]).
     pub secure: Option<Secure>,
 }
 
+/// A change to one node's agent config ([`Fleet::agent_edits`]).
+pub type AgentEdit = Box<dyn Fn(&mut AgentConfig) + Send + Sync>;
+
 /// Users every test fleet knows: alice (Level2), carol (Level3), bob (Level1).
-pub const USERS_TOML: &str = r#"
-[users.alice]
-groups = ["Level2"]
-[users.carol]
-groups = ["Level3"]
-[users.bob]
-groups = ["Level1"]
-"#;
+pub fn test_users() -> std::collections::BTreeMap<String, User> {
+    [("alice", "Level2"), ("carol", "Level3"), ("bob", "Level1")]
+        .into_iter()
+        .map(|(name, group)| {
+            let user = User {
+                groups: vec![group.to_string()],
+                password_hash: None,
+            };
+            (name.to_string(), user)
+        })
+        .collect()
+}
+
+/// The coordinator config of every test fleet: [`test_users`], defaults
+/// otherwise.
+pub fn coordinator_config() -> CoordinatorConfig {
+    CoordinatorConfig {
+        users: test_users(),
+        ..CoordinatorConfig::default()
+    }
+}
+
+/// Writes `cfg` as the coordinator reads it and proves it does: the file
+/// loads back through the coordinator's own loader to the same settings.
+pub fn write_coordinator_config(path: &Path, cfg: &CoordinatorConfig) {
+    let text = cfg.to_toml();
+    std::fs::write(path, &text).unwrap();
+    let back = CoordinatorConfig::load(path).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(
+        back.to_toml(),
+        text,
+        "{} does not load back",
+        path.display()
+    );
+}
+
+/// Writes `cfg` as the agent reads it and proves it does: the file loads
+/// back through the agent's own loader, passes its validation and has the
+/// same settings.
+pub fn write_agent_config(path: &Path, cfg: &AgentConfig) {
+    let text = cfg.to_toml();
+    std::fs::write(path, &text).unwrap();
+    let back = AgentConfig::load(path).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    back.validate()
+        .unwrap_or_else(|e| panic!("{}: {e}\n{text}", path.display()));
+    assert_eq!(
+        back.to_toml(),
+        text,
+        "{} does not load back",
+        path.display()
+    );
+}
+
+/// The agent config of a test-driver node `node` whose files (`NODE.xml`,
+/// `NODE.boot_id`) are in `dir`, on the NATS server at `nats_url`, with its
+/// own credentials when `secure`.
+pub fn test_agent_config(
+    dir: &Path,
+    node: &str,
+    nats_url: &str,
+    secure: Option<&Secure>,
+) -> AgentConfig {
+    // The test driver opens the "migration URI" other agents probe in
+    // pre-flight in-process (it cannot migrate, though).
+    let uri = format!("test://{}", dir.join(format!("{node}.xml")).display());
+    let mut cfg = AgentConfig::for_node(node);
+    cfg.nats_url = nats_url.to_string();
+    cfg.libvirt_uri = uri.clone();
+    cfg.migration_libvirt_uri = Some(uri);
+    cfg.address = Some("127.0.0.1".into());
+    cfg.heartbeat_interval_ms = 300;
+    cfg.inventory_poll_ms = 200;
+    cfg.boot_id_file = dir.join(format!("{node}.boot_id"));
+    if let Some(s) = secure {
+        cfg.nats_creds = Some(s.creds(node));
+        cfg.nats_ca = Some(s.ca.clone());
+    }
+    cfg
+}
 
 impl Fleet {
     /// Starts nats-server and the coordinator; add agents with `add_agent`.
     pub fn start() -> Fleet {
-        Fleet::start_with_config("")
+        Fleet::start_with_config(|_| {})
     }
 
-    /// Like [`Fleet::start`], with `extra` TOML appended to the
-    /// coordinator's config (after the users).
-    pub fn start_with_config(extra: &str) -> Fleet {
+    /// Like [`Fleet::start`], the coordinator's config changed by `edit`
+    /// first.
+    pub fn start_with_config(edit: impl FnOnce(&mut CoordinatorConfig)) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let nats = Nats::start(dir.path());
         let config = dir.path().join("coordinator.toml");
-        std::fs::write(&config, format!("{USERS_TOML}\n{extra}")).unwrap();
+        let mut cfg = coordinator_config();
+        edit(&mut cfg);
+        write_coordinator_config(&config, &cfg);
         let mut f = Fleet {
             dir,
             nats,
             coordinator: None,
             agents: Vec::new(),
             config,
-            agent_extra: Default::default(),
+            agent_edits: Default::default(),
             secure: None,
         };
         f.start_coordinator();
@@ -403,7 +482,7 @@ impl Fleet {
     pub fn secure_without_coordinator(agents: &[&str]) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("coordinator.toml");
-        std::fs::write(&config, USERS_TOML).unwrap();
+        write_coordinator_config(&config, &coordinator_config());
         let secure = Secure::generate(dir.path(), &config, agents);
         let nats = Nats::start_with_config(dir.path(), &secure.server_conf);
         Fleet {
@@ -412,7 +491,7 @@ impl Fleet {
             coordinator: None,
             agents: Vec::new(),
             config,
-            agent_extra: Default::default(),
+            agent_edits: Default::default(),
             secure: Some(secure),
         }
     }
@@ -462,38 +541,16 @@ impl Fleet {
         self.start_agent(node);
     }
 
+    /// Writes `<node>.toml`, the node's agent config ([`test_agent_config`]
+    /// with the node's [`Fleet::agent_edits`]), and returns its path.
     pub fn agent_config(&self, node: &str) -> PathBuf {
         let path = self.dir.path().join(format!("{node}.toml"));
-        // The "migration URI" other agents probe in pre-flight: the test
-        // driver opens it in-process (it cannot migrate, though).
-        let xml = self
-            .dir
-            .path()
-            .join(format!("{node}.xml"))
-            .display()
-            .to_string();
-        let boot = self.dir.path().join(format!("{node}.boot_id"));
-        let security = match &self.secure {
-            Some(s) => format!(
-                "nats_creds = \"{}\"\nnats_ca = \"{}\"\n",
-                s.creds(node).display(),
-                s.ca.display()
-            ),
-            None => String::new(),
-        };
-        std::fs::write(
-            &path,
-            format!(
-                "node = \"{node}\"\nnats_url = \"{}\"\nlibvirt_uri = \"test://{xml}\"\n\
-                 migration_libvirt_uri = \"test://{xml}\"\n\
-                 address = \"127.0.0.1\"\nheartbeat_interval_ms = 300\ninventory_poll_ms = 200\n\
-                 boot_id_file = \"{}\"\n{security}{}\n",
-                self.nats.url,
-                boot.display(),
-                self.agent_extra.get(node).map(String::as_str).unwrap_or("")
-            ),
-        )
-        .unwrap();
+        let mut cfg =
+            test_agent_config(self.dir.path(), node, &self.nats.url, self.secure.as_ref());
+        if let Some(edit) = self.agent_edits.get(node) {
+            edit(&mut cfg);
+        }
+        write_agent_config(&path, &cfg);
         path
     }
 
@@ -651,24 +708,24 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// [`USERS_TOML`]'s users with portal passwords: each user's password is
+/// [`coordinator_config`] with portal passwords: each user's password is
 /// `<user>-pw` (alice-pw, carol-pw, bob-pw). The argon2 hashes use a cheap
 /// cost (m=1 MiB, t=1) so that debug-build logins are quick; real configs
 /// use `coordinator hash-password` (argon2's default cost).
-pub const USERS_WITH_PASSWORDS: &str = r#"
-[users.alice]
-groups = ["Level2"]
-password_hash = "$argon2id$v=19$m=1024,t=1,p=1$c2FsdC1hbGljZS0xMjM0$XcFHUfCIYBEf4QMzj18+D1SXbteSin4km/hptqyXvo4"
-[users.carol]
-groups = ["Level3"]
-password_hash = "$argon2id$v=19$m=1024,t=1,p=1$c2FsdC1jYXJvbC0xMjM0$oQipEyn94wO25RlCRYqBCK6dZpKA3sH/tA7MyhK2bf4"
-[users.bob]
-groups = ["Level1"]
-password_hash = "$argon2id$v=19$m=1024,t=1,p=1$c2FsdC1ib2ItMTIzNDU2$TnYoG0q+NsEAUULs/SrZZNStE7vb/8meFb/vElfGotQ"
-"#;
+pub fn coordinator_config_with_passwords() -> CoordinatorConfig {
+    let mut cfg = coordinator_config();
+    for (user, hash) in [
+        ("alice", "$argon2id$v=19$m=1024,t=1,p=1$c2FsdC1hbGljZS0xMjM0$XcFHUfCIYBEf4QMzj18+D1SXbteSin4km/hptqyXvo4"),
+        ("carol", "$argon2id$v=19$m=1024,t=1,p=1$c2FsdC1jYXJvbC0xMjM0$oQipEyn94wO25RlCRYqBCK6dZpKA3sH/tA7MyhK2bf4"),
+        ("bob", "$argon2id$v=19$m=1024,t=1,p=1$c2FsdC1ib2ItMTIzNDU2$TnYoG0q+NsEAUULs/SrZZNStE7vb/8meFb/vElfGotQ"),
+    ] {
+        cfg.users.get_mut(user).expect("a test user").password_hash = Some(hash.into());
+    }
+    cfg
+}
 
 impl Fleet {
-    /// nats-server and a `coordinator.toml` with [`USERS_WITH_PASSWORDS`],
+    /// nats-server and a `coordinator.toml` of [`coordinator_config_with_passwords`],
     /// but no coordinator process: for tests that run the coordinator
     /// in-process (the portal's handler tests). Agents started with
     /// `add_agent` need a coordinator answering before `wait_registered`.
@@ -676,19 +733,19 @@ impl Fleet {
         let dir = tempfile::tempdir().unwrap();
         let nats = Nats::start(dir.path());
         let config = dir.path().join("coordinator.toml");
-        std::fs::write(&config, USERS_WITH_PASSWORDS).unwrap();
+        write_coordinator_config(&config, &coordinator_config_with_passwords());
         Fleet {
             dir,
             nats,
             coordinator: None,
             agents: Vec::new(),
             config,
-            agent_extra: Default::default(),
+            agent_edits: Default::default(),
             secure: None,
         }
     }
 
-    /// Like [`Fleet::start`] with [`USERS_WITH_PASSWORDS`], the coordinator
+    /// Like [`Fleet::start`] with [`coordinator_config_with_passwords`], the coordinator
     /// also serving the operator portal (`serve --http`) on a free port.
     /// Returns the fleet and the portal's base URL (`http://127.0.0.1:PORT`).
     pub fn start_with_portal() -> (Fleet, String) {

@@ -2,6 +2,7 @@
 //! (a stand-in `ovs` whose services can be stopped), and reboot detection
 //! by boot id.
 
+use nodemaint_agent::checks::{CheckConfig, CheckKind};
 use nodemaint_tests::*;
 use serde_json::Value;
 use std::time::Duration;
@@ -61,12 +62,18 @@ fn checks_report(lines: &[Value]) -> Value {
 fn node_check_reports_failures_and_start_failed_fixes_them() {
     let mut f = Fleet::start();
     let ovs = fake_ovs(f.dir.path(), &["ovs-arakoon-voldrv"]);
-    f.agent_extra.insert(
+    let ovs = ovs.display().to_string();
+    let check = CheckConfig {
+        name: "ovs".into(),
+        kind: CheckKind::OvsServices {
+            command: format!("{ovs} monitor services"),
+        },
+        start: Some(format!("{ovs} start services")),
+        timeout_s: 5,
+    };
+    f.agent_edits.insert(
         "node1".into(),
-        format!(
-            "[[checks]]\nname = \"ovs\"\ntype = \"ovs_services\"\ncommand = \"{0} monitor services\"\nstart = \"{0} start services\"\ntimeout_s = 5\n",
-            ovs.display()
-        ),
+        Box::new(move |c| c.checks = vec![check.clone()]),
     );
     f.add_agent("node1", &[Dom::user("vm1", "cs1")]);
     f.wait_registered();

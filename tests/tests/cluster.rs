@@ -78,11 +78,10 @@ fn nodemaint_runs_on_the_shipped_three_node_cluster_and_survives_a_lost_member()
     });
 
     let config = dir.path().join("coordinator.toml");
-    std::fs::write(
-        &config,
-        format!("nats_replicas = 3\nlease_ttl_s = 15\n{USERS_TOML}"),
-    )
-    .unwrap();
+    let mut cfg = coordinator_config();
+    cfg.nats_replicas = 3;
+    cfg.lease_ttl_s = 15;
+    write_coordinator_config(&config, &cfg);
     let _coordinator = Proc::spawn(
         "coordinator",
         Command::new(bin("coordinator"))
@@ -97,17 +96,9 @@ fn nodemaint_runs_on_the_shipped_three_node_cluster_and_survives_a_lost_member()
     let boot = dir.path().join("node1.boot_id");
     std::fs::write(&boot, "boot-1\n").unwrap();
     let agent_cfg = dir.path().join("node1.toml");
-    std::fs::write(
-        &agent_cfg,
-        format!(
-            "node = \"node1\"\nnats_url = \"{url}\"\nnats_replicas = 3\n\
-             libvirt_uri = \"test://{}\"\naddress = \"127.0.0.1\"\n\
-             heartbeat_interval_ms = 300\ninventory_poll_ms = 200\nboot_id_file = \"{}\"\n",
-            xml.display(),
-            boot.display()
-        ),
-    )
-    .unwrap();
+    let mut cfg = test_agent_config(dir.path(), "node1", &url, None);
+    cfg.nats_replicas = 3;
+    write_agent_config(&agent_cfg, &cfg);
     let _agent = Proc::spawn(
         "agent node1",
         Command::new(bin("node-agent"))

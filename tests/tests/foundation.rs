@@ -544,3 +544,316 @@ fn no_coordinator_is_a_clear_error() {
         stderr(&out)
     );
 }
+
+// ---------------------------------------------------------------- configs
+
+use nodemaint_agent::config::AgentConfig;
+use nodemaint_coordinator::config::CoordinatorConfig;
+use nodemaint_tests::lab::config::{self as labcfg, LabAgent, LabCoordinator};
+
+/// `lab-config ARGS` as deploy/lab runs it: its output, or the failure.
+fn lab_config(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lab-config"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "lab-config {args:?}: {}",
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// Every config the harness, the lab and the benchmarks' simulated fleet
+/// write is rendered from the binaries' own config structs and loads back
+/// through the binaries' own loaders to the same settings (the writers
+/// assert it: [`write_agent_config`], [`write_coordinator_config`]).
+#[test]
+fn every_rendered_config_loads_back_through_the_binaries_loaders() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+
+    // The harness: plain and portal users, a test-driver agent.
+    write_coordinator_config(&path("c1.toml"), &coordinator_config());
+    write_coordinator_config(&path("c2.toml"), &coordinator_config_with_passwords());
+    let loaded = CoordinatorConfig::load(&path("c2.toml")).unwrap();
+    assert!(loaded.authorize_change("alice", "x").is_ok());
+    assert!(loaded.authorize_change("bob", "x").is_err());
+    assert!(loaded.users["carol"].password_hash.is_some());
+    let mut agent = test_agent_config(dir.path(), "node1", "nats://127.0.0.1:4999", None);
+    agent.nats_creds = Some(path("node1.creds"));
+    write_agent_config(&path("a1.toml"), &agent);
+    let loaded = AgentConfig::load(&path("a1.toml")).unwrap();
+    assert_eq!(loaded.heartbeat_interval_ms, 300);
+    assert_eq!(loaded.boot_id_file, path("node1.boot_id"));
+    assert_eq!(loaded.migration_uri(), agent.libvirt_uri);
+
+    // The lab, through lab-config exactly as deploy/lab calls it.
+    let lab = dir.path().join("lab");
+    let node_dir = lab.join("node2");
+    let (lab_s, node_s) = (lab.display().to_string(), node_dir.display().to_string());
+    let mut agent_args = vec![
+        "agent",
+        "--node",
+        "node2",
+        "--nats-url",
+        "nats://10.77.0.1:4222,nats://10.77.0.1:4322",
+        "--nats-replicas",
+        "3",
+        "--address",
+        "10.77.0.12",
+        "--node-dir",
+        &node_s,
+        "--lab-dir",
+        &lab_s,
+        "--nats-creds",
+        "/lab/secure/auth/creds/node2.creds",
+        "--nats-ca",
+        "/lab/secure/tls/ca.pem",
+    ];
+    let text = lab_config(&agent_args);
+    std::fs::write(path("lab-agent.toml"), &text).unwrap();
+    let lab_agent = AgentConfig::load(&path("lab-agent.toml")).unwrap();
+    lab_agent.validate().unwrap();
+    assert_eq!(lab_agent.node, "node2");
+    assert_eq!(lab_agent.migration_uri(), "qemu+tcp://10.77.0.12/system");
+    assert_eq!(lab_agent.boot_id_file, node_dir.join("boot_id"));
+    assert_eq!(
+        lab_agent.guest_template,
+        Some(lab.join("guest-template.xml"))
+    );
+    let names: Vec<&str> = lab_agent.checks.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["ovs", "ays"]);
+    assert_eq!(lab_agent.to_toml(), text);
+    // The same from the library (what the lab suites' Rust side sees).
+    let in_process = labcfg::agent_config(&LabAgent {
+        node: "node2".into(),
+        nats_url: "nats://10.77.0.1:4222,nats://10.77.0.1:4322".into(),
+        nats_replicas: 3,
+        address: "10.77.0.12".into(),
+        node_dir: node_dir.clone(),
+        lab_dir: lab.clone(),
+        nats_creds: Some("/lab/secure/auth/creds/node2.creds".into()),
+        nats_ca: Some("/lab/secure/tls/ca.pem".into()),
+    });
+    assert_eq!(in_process.to_toml(), text);
+    // LAB_AGENT_CONFIG_EXTRA adds or replaces top-level settings.
+    agent_args.extend(["--extra", "heartbeat_interval_ms = 250"]);
+    std::fs::write(path("lab-agent2.toml"), lab_config(&agent_args)).unwrap();
+    let extra = AgentConfig::load(&path("lab-agent2.toml")).unwrap();
+    assert_eq!(extra.heartbeat_interval_ms, 250);
+    assert_eq!(extra.checks, lab_agent.checks, "the checks stay checks");
+
+    let text = lab_config(&["coordinator"]);
+    std::fs::write(path("lab-c1.toml"), &text).unwrap();
+    let lab_c = CoordinatorConfig::load(&path("lab-c1.toml")).unwrap();
+    let defaults = CoordinatorConfig::default();
+    assert_eq!(lab_c.limits.global, defaults.limits.global);
+    assert_eq!(lab_c.lease_ttl_s, defaults.lease_ttl_s);
+    assert!(lab_c.authorize_change("operator", "x").is_ok());
+    assert!(lab_c.authorize_change("viewer", "x").is_err());
+    assert_eq!(lab_c.to_toml(), text);
+    let text = lab_config(&[
+        "coordinator",
+        "--nats-replicas",
+        "3",
+        "--lease-ttl-s",
+        "15",
+        "--per-source",
+        "1",
+        "--per-destination",
+        "3",
+        "--global",
+        "4",
+        "--progress-timeout-s",
+        "20",
+    ]);
+    std::fs::write(path("lab-c2.toml"), &text).unwrap();
+    let lab_c = CoordinatorConfig::load(&path("lab-c2.toml")).unwrap();
+    let limits = (
+        lab_c.limits.per_source,
+        lab_c.limits.per_destination,
+        lab_c.limits.global,
+    );
+    assert_eq!(limits, (1, 3, 4));
+    assert_eq!(
+        (
+            lab_c.nats_replicas,
+            lab_c.lease_ttl_s,
+            lab_c.migration.progress_timeout_s
+        ),
+        (3, 15, 20)
+    );
+    let same = labcfg::coordinator_config(&LabCoordinator {
+        nats_replicas: 3,
+        lease_ttl_s: Some(15),
+        per_source: Some(1),
+        per_destination: Some(3),
+        global: Some(4),
+        progress_timeout_s: Some(20),
+    });
+    assert_eq!(same.to_toml(), text);
+}
+
+/// An operator's typo is refused, naming the key and the file: at the top
+/// level, in a table, in a check; by the loaders and by the binaries.
+#[test]
+fn a_config_with_an_unknown_key_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = test_agent_config(dir.path(), "node1", "nats://127.0.0.1:4999", None);
+    let mut with_check = agent.clone();
+    with_check.checks = AgentConfig::from_toml(
+        "node = 'x'\n[[checks]]\nname = 'ssh'\ntype = 'tcp'\nport = 22\n",
+        std::path::Path::new("-"),
+    )
+    .unwrap()
+    .checks;
+    let rendered = with_check.to_toml();
+    let typos = [
+        ("heartbeat_interval = 5\n", "heartbeat_interval"),
+        ("", "prot"), // in the check, below
+    ];
+    for (i, (prefix, key)) in typos.iter().enumerate() {
+        let text = if prefix.is_empty() {
+            rendered.replace("port = 22", "prot = 22")
+        } else {
+            format!("{prefix}{rendered}")
+        };
+        assert!(text.contains(key));
+        let path = dir.path().join(format!("agent{i}.toml"));
+        std::fs::write(&path, &text).unwrap();
+        let err = AgentConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains(key) && err.contains(&path.display().to_string()),
+            "{err}"
+        );
+        let out = std::process::Command::new(bin("node-agent"))
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "node-agent accepted {key}");
+        assert!(stderr(&out).contains(key), "{}", stderr(&out));
+    }
+
+    let rendered = coordinator_config().to_toml();
+    let coordinator_typos = [
+        (
+            "lease_tll_s",
+            rendered.replace("lease_ttl_s", "lease_tll_s"),
+        ),
+        ("per_sources", rendered.replace("per_source", "per_sources")),
+        ("group", rendered.replace("groups", "group")),
+        ("headroom", rendered.replace("headroom_percent", "headroom")),
+    ];
+    for (i, (key, text)) in coordinator_typos.iter().enumerate() {
+        assert_ne!(text, &rendered, "{key}: the rendered config has the key");
+        let path = dir.path().join(format!("coordinator{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let err = CoordinatorConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("unknown field `{key}`"))
+                && err.contains(&path.display().to_string()),
+            "{err}"
+        );
+    }
+    let path = dir.path().join("coordinator0.toml");
+    let out = std::process::Command::new(bin("coordinator"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("NATS_URL", "nats://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "coordinator accepted lease_tll_s");
+    assert!(stderr(&out).contains("lease_tll_s"), "{}", stderr(&out));
+}
+
+/// The example configs the project ships load through the binaries'
+/// loaders: the README's, the config modules' documentation, and every
+/// TOML file under deploy/ (none today; any added later is covered).
+#[test]
+fn shipped_example_configs_load() {
+    let repo = nodemaint_tests::lab::repo();
+    let mut examples: Vec<(String, String)> = Vec::new();
+    for file in [
+        "README.md",
+        "coordinator/src/config.rs",
+        "node-agent/src/config.rs",
+        "node-agent/src/checks.rs",
+    ] {
+        let text = std::fs::read_to_string(repo.join(file)).unwrap();
+        let mut block: Option<String> = None;
+        for (n, line) in text.lines().enumerate() {
+            // Rust module docs carry the same fences behind `//! `.
+            let line = line
+                .strip_prefix("//!")
+                .map_or(line, |l| l.strip_prefix(' ').unwrap_or(l));
+            match (&mut block, line.trim()) {
+                (None, "```toml") => block = Some(String::new()),
+                (Some(b), "```") => {
+                    examples.push((
+                        format!("{file} (block ending on line {})", n + 1),
+                        b.clone(),
+                    ));
+                    block = None;
+                }
+                (Some(b), _) => {
+                    b.push_str(line);
+                    b.push('\n');
+                }
+                (None, _) => {}
+            }
+        }
+    }
+    let mut stack = vec![repo.join("deploy")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "toml") {
+                examples.push((
+                    p.display().to_string(),
+                    std::fs::read_to_string(&p).unwrap(),
+                ));
+            }
+        }
+    }
+    assert!(examples.len() >= 6, "found {}", examples.len());
+    let (mut agents, mut coordinators) = (0, 0);
+    for (name, text) in &examples {
+        let top_level: Vec<&str> = text
+            .lines()
+            .take_while(|l| !l.trim_start().starts_with('['))
+            .collect();
+        let is_agent = top_level
+            .iter()
+            .any(|l| l.trim_start().starts_with("node ="))
+            || text.trim_start().starts_with("[[checks]]")
+            || text.contains("\n[[checks]]");
+        if is_agent {
+            // A checks-only example is a fragment of an agent's config.
+            let text = if top_level
+                .iter()
+                .any(|l| l.trim_start().starts_with("node ="))
+            {
+                text.clone()
+            } else {
+                format!("node = \"node1\"\n{text}")
+            };
+            let cfg = AgentConfig::from_toml(&text, std::path::Path::new(name))
+                .unwrap_or_else(|e| panic!("{e}\n{text}"));
+            cfg.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+            agents += 1;
+        } else {
+            CoordinatorConfig::from_toml(text, std::path::Path::new(name))
+                .unwrap_or_else(|e| panic!("{e}\n{text}"));
+            coordinators += 1;
+        }
+    }
+    assert!(
+        agents >= 3 && coordinators >= 3,
+        "{agents} agent and {coordinators} coordinator examples"
+    );
+}

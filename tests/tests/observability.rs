@@ -3,6 +3,7 @@
 //! successful migrations), and JSON logs put the job id and node on every
 //! line about a job.
 
+use nodemaint_agent::checks::{CheckConfig, CheckKind};
 use nodemaint_tests::*;
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -84,7 +85,7 @@ fn start_coordinator(f: &mut Fleet) -> u16 {
 
 /// Starts a test-driver agent with `metrics_listen` and JSON logs; returns
 /// the metrics port.
-fn start_agent(f: &mut Fleet, node: &str, doms: &[Dom], extra: &str) -> u16 {
+fn start_agent(f: &mut Fleet, node: &str, doms: &[Dom], checks: Vec<CheckConfig>) -> u16 {
     let port = free_port();
     node_xml(&f.dir.path().join(format!("{node}.xml")), 8192, 8, doms);
     std::fs::write(
@@ -92,9 +93,12 @@ fn start_agent(f: &mut Fleet, node: &str, doms: &[Dom], extra: &str) -> u16 {
         format!("boot-{node}-1\n"),
     )
     .unwrap();
-    f.agent_extra.insert(
+    f.agent_edits.insert(
         node.into(),
-        format!("metrics_listen = \"127.0.0.1:{port}\"\n{extra}"),
+        Box::new(move |c| {
+            c.metrics_listen = Some(([127, 0, 0, 1], port).into());
+            c.checks = checks.clone();
+        }),
     );
     let cfg = f.agent_config(node);
     let p = Proc::spawn(
@@ -154,15 +158,22 @@ fn assert_job_lines_carry_ids(log: &str, job: &str, node: Option<&str>) -> usize
 fn metrics_move_with_jobs_and_json_logs_name_job_and_node() {
     let mut f = Fleet::start_bare();
     let cport = start_coordinator(&mut f);
-    let checks = "[[checks]]\nname = \"good\"\ntype = \"command\"\ncommand = \"true\"\n\
-                  [[checks]]\nname = \"bad\"\ntype = \"command\"\ncommand = \"false\"\n";
+    let check = |name: &str, command: &str| CheckConfig {
+        name: name.into(),
+        kind: CheckKind::Command {
+            command: command.into(),
+        },
+        start: None,
+        timeout_s: nodemaint_agent::checks::DEFAULT_TIMEOUT_S,
+    };
+    let checks = vec![check("good", "true"), check("bad", "false")];
     let a1 = start_agent(
         &mut f,
         "node1",
         &[Dom::user("vm-a", "cs1"), Dom::user("vm-b", "cs1")],
         checks,
     );
-    let a2 = start_agent(&mut f, "node2", &[Dom::user("vm-c", "cs2")], "");
+    let a2 = start_agent(&mut f, "node2", &[Dom::user("vm-c", "cs2")], vec![]);
     f.wait_registered();
 
     // Before any job: nothing in flight, both nodes heartbeating, zeroed

@@ -340,13 +340,11 @@ fn when_the_server_permissions_are_too_wide_the_coordinator_still_refuses() {
     // coordinator's config says Level1.
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("coordinator.toml");
-    std::fs::write(&config, USERS_TOML).unwrap();
+    write_coordinator_config(&config, &coordinator_config());
     let stale = dir.path().join("stale.toml");
-    std::fs::write(
-        &stale,
-        USERS_TOML.replace("groups = [\"Level1\"]", "groups = [\"Level2\"]"),
-    )
-    .unwrap();
+    let mut stale_cfg = coordinator_config();
+    stale_cfg.users.get_mut("bob").unwrap().groups = vec!["Level2".into()];
+    write_coordinator_config(&stale, &stale_cfg);
     let secure = Secure::generate(dir.path(), &stale, &["node1"]);
     let nats = Nats::start_with_config(dir.path(), &secure.server_conf);
     let mut f = Fleet {
@@ -355,7 +353,7 @@ fn when_the_server_permissions_are_too_wide_the_coordinator_still_refuses() {
         coordinator: None,
         agents: Vec::new(),
         config,
-        agent_extra: Default::default(),
+        agent_edits: Default::default(),
         secure: Some(secure),
     };
     f.start_coordinator();
@@ -381,7 +379,7 @@ fn when_the_server_permissions_are_too_wide_the_coordinator_still_refuses() {
 fn bad_credentials_plain_connections_and_untrusted_certificates_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("coordinator.toml");
-    std::fs::write(&config, USERS_TOML).unwrap();
+    write_coordinator_config(&config, &coordinator_config());
     let secure = Secure::generate(dir.path(), &config, &["node1"]);
     let nats = Nats::start_with_config(dir.path(), &secure.server_conf);
     // A second, unrelated CA and key set: valid files, wrong secrets.

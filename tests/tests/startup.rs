@@ -183,14 +183,11 @@ fn refused_credentials_end_the_agent_with_a_clear_message() {
     f.add_agent("node1", &[Dom::user("web-1", "cs1")]);
     f.wait_registered();
     f.stop_agent("node1");
+    f.agent_edits.insert(
+        "node1".into(),
+        Box::new(move |c| c.nats_creds = Some(bad.clone())),
+    );
     let cfg = f.agent_config("node1");
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    let good = f.secure.as_ref().unwrap().creds("node1");
-    std::fs::write(
-        &cfg,
-        text.replace(&good.display().to_string(), &bad.display().to_string()),
-    )
-    .unwrap();
     let out = std::process::Command::new(bin("node-agent"))
         .arg("--config")
         .arg(&cfg)

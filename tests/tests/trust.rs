@@ -51,9 +51,10 @@ fn refused(f: &Fleet, args: &[&str], needles: &[&str], node: &str) {
 
 #[test]
 fn preflight_refuses_naming_the_check_and_changes_nothing() {
-    let mut f = Fleet::start_with_config(
-        "[preflight]\nheadroom_percent = 50\nmax_nodes_in_maintenance = 1\n",
-    );
+    let mut f = Fleet::start_with_config(|c| {
+        c.preflight.headroom_percent = 50;
+        c.preflight.max_nodes_in_maintenance = 1;
+    });
     // vm-a fits on node2 only without the 50% headroom.
     f.add_agent_with("node1", 8192, &[Dom::user("vm-a", "cs1").sized(3000)]);
     f.add_agent_with("node2", 4096, &[Dom::user("vm-e", "cs1").sized(64)]);

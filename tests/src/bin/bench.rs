@@ -48,10 +48,11 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures::StreamExt;
+use nodemaint_coordinator::config::{CoordinatorConfig, User};
 use nodemaint_proto::pb::{self, api_reply::Kind as Reply, api_request::Kind as Req, event::Body};
 use nodemaint_proto::subjects::{EventKind, Subjects, COORDINATOR_NODE};
 use nodemaint_proto::Message as _;
-use nodemaint_tests::{bin, Nats, Proc};
+use nodemaint_tests::{bin, write_coordinator_config, Nats, Proc};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -1621,14 +1622,19 @@ struct SimStack {
 }
 
 impl SimStack {
-    async fn start(extra_config: &str) -> Result<(SimStack, Api)> {
+    /// `edit` changes the coordinator's config (user `bench`, defaults).
+    async fn start(edit: impl FnOnce(&mut CoordinatorConfig)) -> Result<(SimStack, Api)> {
         let dir = tempfile::tempdir()?;
         let nats = Nats::start(dir.path());
         let cfg = dir.path().join("coordinator.toml");
-        std::fs::write(
-            &cfg,
-            format!("[users.bench]\ngroups = [\"Level2\"]\n{extra_config}"),
-        )?;
+        let mut config = CoordinatorConfig::default();
+        let bench = User {
+            groups: vec!["Level2".into()],
+            password_hash: None,
+        };
+        config.users.insert("bench".into(), bench);
+        edit(&mut config);
+        write_coordinator_config(&cfg, &config);
         let coordinator = Proc::spawn(
             "coordinator",
             std::process::Command::new(bin("coordinator"))
@@ -1708,7 +1714,7 @@ impl LatencyResult {
 }
 
 async fn latency_at(agents: usize, ops: usize) -> Result<LatencyResult> {
-    let (mut stack, api) = SimStack::start("").await?;
+    let (mut stack, api) = SimStack::start(|_| {}).await?;
     log(format!("latency: starting sim-fleet with {agents} agents"));
     let t0 = Instant::now();
     stack.start_fleet(&[
@@ -1988,9 +1994,11 @@ async fn bench_rolling(a: &Args) -> Result<Report> {
     let reboot_secs: f64 = a.get("reboot-secs", 6.0)?;
     let hb: u64 = a.get("heartbeat-ms", 1000)?;
     let (per_source, per_dest, global) = (2usize, 2usize, 5usize);
-    let (mut stack, api) = SimStack::start(&format!(
-        "[limits]\nper_source = {per_source}\nper_destination = {per_dest}\nglobal = {global}\n"
-    ))
+    let (mut stack, api) = SimStack::start(|c| {
+        c.limits.per_source = per_source;
+        c.limits.per_destination = per_dest;
+        c.limits.global = global;
+    })
     .await?;
     stack.start_fleet(&[
         "--nodes".into(),
