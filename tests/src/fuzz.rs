@@ -103,13 +103,18 @@ pub fn decoders() -> Vec<Decoder> {
             name: "agent TOML",
             valid: || AGENT_TOML.as_bytes().to_vec(),
             run: agent_toml,
-            input: || toml_input(vec![AGENT_TOML.into()], AGENT_KEYS),
+            input: || toml_input(vec![AGENT_TOML.into(), rendered_agent()], agent_keys()),
         },
         Decoder {
             name: "coordinator TOML",
             valid: || COORDINATOR_TOML.as_bytes().to_vec(),
             run: coordinator_toml,
-            input: || toml_input(vec![COORDINATOR_TOML.into()], COORDINATOR_KEYS),
+            input: || {
+                toml_input(
+                    vec![COORDINATOR_TOML.into(), rendered_coordinator()],
+                    coordinator_keys(),
+                )
+            },
         },
         Decoder {
             name: "ovs monitor services",
@@ -1227,6 +1232,64 @@ max_nodes_in_maintenance = 2
 headroom_percent = 10
 "#;
 
+/// The agent seed loaded and rendered from the config struct with every
+/// optional setting set: a seed that follows the schema when it changes.
+fn rendered_agent() -> String {
+    let mut c = AgentConfig::from_toml(AGENT_TOML, Path::new("seed")).expect("the seed loads");
+    c.nats_creds = Some("/etc/nodemaint/node1.creds".into());
+    c.nats_ca = Some("/etc/nodemaint/ca.pem".into());
+    c.migration_libvirt_uri = Some("qemu+tcp://10.0.0.1/system".into());
+    c.state_dir = Some("/var/lib/nodemaint".into());
+    c.guest_template = Some("/etc/nodemaint/guest.xml".into());
+    c.to_toml()
+}
+
+/// Like [`rendered_agent`], for the coordinator.
+fn rendered_coordinator() -> String {
+    let mut c =
+        CoordinatorConfig::from_toml(COORDINATOR_TOML, Path::new("seed")).expect("the seed loads");
+    c.nats_creds = Some("/etc/nodemaint/coordinator.creds".into());
+    c.nats_ca = Some("/etc/nodemaint/ca.pem".into());
+    c.to_toml()
+}
+
+/// `base` and every key (at any depth) of the TOML `rendered`: the fuzz
+/// vocabulary knows each setting the struct has, also one added later.
+fn with_rendered_keys(base: &[&'static str], rendered: &str) -> Vec<&'static str> {
+    fn walk(v: &toml::Value, out: &mut Vec<String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    out.push(k.clone());
+                    walk(v, out);
+                }
+            }
+            toml::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut keys = Vec::new();
+    let doc: toml::Table = rendered.parse().expect("a rendered config is TOML");
+    walk(&toml::Value::Table(doc), &mut keys);
+    let mut vocab = base.to_vec();
+    for k in keys {
+        if !vocab.contains(&k.as_str()) {
+            vocab.push(Box::leak(k.into_boxed_str()));
+        }
+    }
+    vocab
+}
+
+fn agent_keys() -> &'static [&'static str] {
+    static KEYS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| with_rendered_keys(AGENT_KEYS, &rendered_agent()))
+}
+
+fn coordinator_keys() -> &'static [&'static str] {
+    static KEYS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| with_rendered_keys(COORDINATOR_KEYS, &rendered_coordinator()))
+}
+
 const COORDINATOR_KEYS: &[&str] = &[
     "nats_url",
     "subject_prefix",
@@ -1590,5 +1653,23 @@ pub fn show_input(b: &[u8]) -> String {
             let hex: String = b.iter().take(MAX / 2).map(|x| format!("{x:02x}")).collect();
             format!("hex {hex}{}", if b.len() > MAX / 2 { "…" } else { "" })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Settings the hand-written vocabularies miss come from the structs.
+    #[test]
+    fn the_fuzz_vocabulary_knows_every_setting() {
+        for key in ["nats_creds", "nats_ca", "nats_replicas", "state_dir"] {
+            assert!(agent_keys().contains(&key), "{key}");
+        }
+        for key in ["lease_ttl_s", "nats_replicas", "nats_creds"] {
+            assert!(coordinator_keys().contains(&key), "{key}");
+        }
+        AgentConfig::from_toml(&rendered_agent(), Path::new("a")).unwrap();
+        CoordinatorConfig::from_toml(&rendered_coordinator(), Path::new("c")).unwrap();
     }
 }

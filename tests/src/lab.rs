@@ -151,6 +151,12 @@ impl Lab {
                 "/var/cache/nodemaint-lab-caps".into(),
             ),
         ];
+        // The binaries this test process was built with (CARGO_TARGET_DIR
+        // honoured), unless the caller chose others.
+        if std::env::var_os("NODEMAINT_BIN_DIR").is_none() {
+            let bin_dir = crate::bin("lab-config").parent().unwrap().to_path_buf();
+            env.push(("NODEMAINT_BIN_DIR".into(), bin_dir.display().to_string()));
+        }
         env.extend(
             extra_env
                 .iter()
