@@ -31,23 +31,15 @@ pub fn init(format: LogFormat, default: &str) {
 }
 
 /// The span a job's executor runs in: `job{job_id, kind, node}`. The node is
-/// the job's node, the node its single command goes to, or for a rolling
-/// job the node set (each node's pipeline has its own `node` span inside).
+/// the job's node, or for a rolling job the node set (each node's pipeline
+/// has its own `node` span inside).
 pub fn job_span(job: &Job) -> tracing::Span {
-    let node = job
-        .node
-        .clone()
-        .or_else(|| job.params["command_node"].as_str().map(str::to_string))
-        .or_else(|| {
-            job.params["nodes"].as_array().map(|a| {
-                a.iter()
-                    .filter_map(|n| n.as_str())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-        })
-        .unwrap_or_default();
-    tracing::info_span!("job", job_id = %job.id, kind = %job.kind, node = %node)
+    let node = match (&job.node, &job.spec) {
+        (Some(n), _) => n.clone(),
+        (None, crate::jobs::JobSpec::Rolling(r)) => r.nodes.join(","),
+        (None, _) => String::new(),
+    };
+    tracing::info_span!("job", job_id = %job.id, kind = %job.kind(), node = %node)
 }
 
 /// Logs how a job's executor left it (inside the job span).

@@ -185,7 +185,7 @@ pub async fn render(c: &Coordinator) -> String {
     match c.list_jobs().await {
         Ok(jobs) => reg.replace(
             &JOBS,
-            jobs_by_state(jobs.iter().map(|j| (j.kind.as_str(), state_word(j.state)))),
+            jobs_by_state(jobs.iter().map(|j| (j.kind(), state_word(j.state)))),
         ),
         Err(e) => tracing::warn!(error = %e, "metrics: cannot list jobs"),
     }

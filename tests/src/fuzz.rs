@@ -297,7 +297,7 @@ fn job_json(b: &[u8]) -> Result<(), String> {
     for rec in &job.commands {
         let _ = jobs::journaled_command(&rec.payload);
     }
-    let _ = job.params["command"].as_str().map(jobs::journaled_command);
+    let _ = job.spec.command(job.node.as_deref().unwrap_or_default());
     // A resumed drain reads its machine from the journal.
     if let Some(m) = job
         .engine
@@ -306,8 +306,8 @@ fn job_json(b: &[u8]) -> Result<(), String> {
     {
         let _ = m.report();
     }
-    let _ = serde_json::from_value::<Vec<Vec<String>>>(job.params["groups"].clone());
-    let _ = serde_json::from_value::<planner::DrainPlan>(job.params["plan"].clone());
+    let _ = job.rolling.as_ref().map(|r| r.child_ids().count());
+    let _ = job.kind();
     let _ = nodemaint_coordinator::logs::job_span(&job);
     // How the CLI and the portal show it.
     let _ = nodemaint_coordinator::cli::output::short(&job.id);
@@ -1314,16 +1314,16 @@ const COORDINATOR_KEYS: &[&str] = &[
 ];
 
 fn job_seed() -> String {
-    let mut job = Job::new(
-        "maintenance.start",
-        "alice",
-        Some("node1"),
-        serde_json::json!({
-            "node": "node1", "mode": "move", "groups": [["node1"], ["node2"]],
-            "plan": {"node": "node1", "moves": [
-                {"vm": "vm1", "from": "node1", "to": "node2", "wave": 0, "kind": "USER"}]},
-        }),
-    );
+    let plan: planner::DrainPlan = serde_json::from_value(serde_json::json!(
+        {"node": "node1", "moves": [
+            {"vm": "vm1", "from": "node1", "to": "node2", "wave": 0, "kind": "USER"}]}
+    ))
+    .unwrap();
+    let spec = jobs::JobSpec::Drain(jobs::Drain {
+        plan: Some(plan),
+        ..Default::default()
+    });
+    let mut job = Job::new(spec, "alice", Some("node1"));
     let cmd = pb::AgentCommand::decode(agent_command_seeds()[3].as_slice()).unwrap();
     job.commands.push(jobs::CommandRecord {
         id: cmd.id.clone(),
@@ -1370,6 +1370,16 @@ const JOB_KEYS: &[&str] = &[
     "groups",
     "plan",
     "moves",
+    "mode",
+    "move",
+    "fallback",
+    "maintenance.start",
+    "rolling",
+    "progress",
+    "children",
+    "drain",
+    "stop_reason",
+    "deadline_ms",
     "RUNNING",
     "FAILED",
     "migrate",

@@ -446,7 +446,7 @@ impl Lab {
     /// journaled in its `rolling.node` child job.
     pub fn hooks_per_node(&self, job: &Value) -> BTreeMap<String, usize> {
         let mut m = BTreeMap::new();
-        for (node, children) in job["params"]["children"].as_object().unwrap() {
+        for (node, children) in job["rolling"]["children"].as_object().unwrap() {
             let node_job = self.cli_json(
                 "viewer",
                 &["job", "show", children["node"].as_str().unwrap()],

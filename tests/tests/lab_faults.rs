@@ -159,7 +159,7 @@ fn cluster_faults() {
     assert!(
         wait_until(Duration::from_secs(120), || {
             faults::job(&lab, &id).is_some_and(|j| {
-                j["params"]["progress"]
+                j["rolling"]["progress"]
                     .as_object()
                     .is_some_and(|p| p.values().any(|v| v != "pending" && v != "draining"))
             })

@@ -136,7 +136,7 @@ fn lab_rolling_suite() {
         "a node to reach its reboot",
         || {
             let j = lab.cli_json("viewer", &["rolling", "show", &id]);
-            j["params"]["progress"]
+            j["rolling"]["progress"]
                 .as_object()
                 .unwrap()
                 .values()

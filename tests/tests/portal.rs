@@ -897,10 +897,9 @@ async fn a_running_job_can_be_aborted_by_operators_only() {
     // A job the executor is not running (so it stays RUNNING while the
     // page and the action are checked); the abort goes through the API.
     let job = nodemaint_coordinator::jobs::Job::new(
-        "maintenance.start",
+        nodemaint_coordinator::jobs::JobSpec::Drain(Default::default()),
         "carol",
         Some("node3"),
-        serde_json::json!({ "node": "node3", "mode": "move" }),
     );
     c.create_job(&job).await.unwrap();
     let bob = login(app, "bob").await; // Level1
@@ -927,7 +926,7 @@ async fn a_running_job_can_be_aborted_by_operators_only() {
     .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
     let j = c.get_job(&job.id).await.unwrap();
-    assert_eq!(j.params["stop_reason"], "aborted by carol");
+    assert_eq!(j.stop_reason.as_deref(), Some("aborted by carol"));
     assert!(
         j.steps
             .iter()

@@ -8,10 +8,10 @@
 //! none ended it SUCCEEDED having done nothing.
 
 use async_nats::jetstream;
-use nodemaint_coordinator::jobs::{hex, CommandRecord, Job, JobState};
+use nodemaint_coordinator::jobs::{hex, CommandRecord, Job, JobSpec, JobState, StartVm};
 use nodemaint_proto::pb;
-use nodemaint_proto::subjects::Subjects;
 use nodemaint_proto::Message as _;
+use nodemaint_proto::subjects::Subjects;
 use nodemaint_tests::*;
 use serde_json::Value;
 use std::time::Duration;
@@ -24,25 +24,11 @@ fn vm_state(f: &Fleet, name: &str) -> Option<String> {
         .and_then(|x| x["state"].as_str().map(str::to_string))
 }
 
-/// A `vm start` job as the API records it (`single_command_job`): RUNNING,
-/// the prepared command in its params, nothing journaled yet.
+/// A `vm start` job as the API records it: RUNNING, its command follows
+/// from its spec, nothing journaled yet.
 fn start_job(vm: &str, node: &str) -> Job {
-    let cmd = pb::AgentCommand {
-        kind: Some(pb::agent_command::Kind::Start(pb::StartVm {
-            vm: vm.into(),
-        })),
-        ..Default::default()
-    };
-    let mut job = Job::new(
-        "vm.start",
-        "alice",
-        Some(node),
-        serde_json::json!({ "vm": vm }),
-    );
-    job.params["command"] = hex(&cmd.encode_to_vec()).into();
-    job.params["command_node"] = node.into();
-    job.params["vm"] = vm.into();
-    job
+    let spec = JobSpec::Start(StartVm { vm: vm.into() });
+    Job::new(spec, "alice", Some(node))
 }
 
 /// Writes job records into the jobs bucket (the coordinator is down).
@@ -165,23 +151,13 @@ fn a_job_journaled_as_finished_ends_when_resumed() {
     f.wait_registered();
     f.coordinator.take().unwrap().kill();
 
-    let mut stop_all = Job::new(
-        "maintenance.start",
-        "alice",
-        Some("node1"),
-        serde_json::json!({ "mode": "stop", "node": "node1" }),
-    );
+    let mut stop_all = Job::new(JobSpec::StopAll(Default::default()), "alice", Some("node1"));
     stop_all.engine = Some(serde_json::json!({
         "job": stop_all.id, "node": "node1", "parallel": 4,
         "vms": [{ "vm": "web-1", "vfw": false, "phase": { "Done": { "Stopped": "shut off" } } }],
         "finished": true
     }));
-    let mut enable = Job::new(
-        "node.enable",
-        "alice",
-        Some("node1"),
-        serde_json::json!({ "node": "node1" }),
-    );
+    let mut enable = Job::new(JobSpec::Enable(Default::default()), "alice", Some("node1"));
     enable.engine = Some(serde_json::json!({
         "job": enable.id, "node": "node1", "which": "Enable",
         "vms": [{ "vm": "cs1-vfw", "vfw": true, "found": "Running",
@@ -229,12 +205,7 @@ fn a_resumed_enable_finds_out_its_journaled_start_and_restarts_every_recorded_vm
     });
     f.coordinator.take().unwrap().kill();
 
-    let mut enable = Job::new(
-        "node.enable",
-        "carol",
-        Some("node1"),
-        serde_json::json!({ "node": "node1" }),
-    );
+    let mut enable = Job::new(JobSpec::Enable(Default::default()), "carol", Some("node1"));
     enable.engine = Some(serde_json::json!({
         "job": enable.id, "node": "node1", "which": "Enable",
         "vms": [

@@ -83,14 +83,14 @@ fn roll(f: &Fleet, k: usize) -> (Value, Duration) {
 
 fn check_after(f: &Fleet, sim: &Proc, job: &Value, nodes: usize, vms_total: usize) {
     assert_eq!(job["state"], "SUCCEEDED", "{job}");
-    let progress = job["params"]["progress"].as_object().unwrap();
+    let progress = job["rolling"]["progress"].as_object().unwrap();
     assert_eq!(progress.len(), nodes);
     assert!(progress.values().all(|p| p == "done"), "{progress:?}");
     let list = f.cli_json("bob", &["node", "list"]);
     for n in list.as_array().unwrap() {
         assert_eq!(n["status"], "ENABLED", "{n}");
         assert_eq!(n["reachable"], true, "{n}");
-        let before = job["params"]["boot_before"][n["name"].as_str().unwrap()]
+        let before = job["rolling"]["boot_before"][n["name"].as_str().unwrap()]
             .as_str()
             .unwrap();
         assert_ne!(
@@ -210,7 +210,7 @@ fn a_rolling_deadline_fails_the_rolling_loudly_and_loses_nothing() {
         "the expiry is in the journal: {job}"
     );
     // The drained node stays in maintenance; every VM still runs once.
-    let waiting: Vec<&str> = job["params"]["progress"]
+    let waiting: Vec<&str> = job["rolling"]["progress"]
         .as_object()
         .unwrap()
         .iter()

@@ -3,7 +3,7 @@
 
 pub mod preflight;
 
-use crate::jobs::Job;
+use crate::jobs::{self, Job, JobSpec};
 use crate::server::Coordinator;
 use nodemaint_planner as planner;
 use nodemaint_proto::model::{NodeRecord, NodeStatus, Vm, VmKind, VmState};
@@ -280,7 +280,7 @@ fn list_vfws(c: &Coordinator) -> Reply {
 async fn launch(c: &Arc<Coordinator>, job: Job) -> Result<Reply> {
     let from_seq = c.events_seq().await;
     c.create_job(&job).await.map_err(internal)?;
-    let message = format!("{} accepted as job {}", job.kind, job.id);
+    let message = format!("{} accepted as job {}", job.kind(), job.id);
     let op_id = job.id.clone();
     crate::driver::executor::spawn(c.clone(), job, false);
     Ok(Reply::Accepted(pb::Accepted {
@@ -288,26 +288,6 @@ async fn launch(c: &Arc<Coordinator>, job: Job) -> Result<Reply> {
         events_from_seq: from_seq,
         message,
     }))
-}
-
-/// A job of one agent command, prepared here and executed (journaled) by
-/// the executor.
-async fn single_command_job(
-    c: &Arc<Coordinator>,
-    mut job: Job,
-    node: &str,
-    vm: &str,
-    kind: pb::agent_command::Kind,
-) -> Result<Reply> {
-    use nodemaint_proto::Message as _;
-    let cmd = pb::AgentCommand {
-        kind: Some(kind),
-        ..Default::default()
-    };
-    job.params["command"] = crate::jobs::hex(&cmd.encode_to_vec()).into();
-    job.params["command_node"] = node.into();
-    job.params["vm"] = vm.into();
-    launch(c, job).await
 }
 
 async fn start_vm(c: &Arc<Coordinator>, user: &str, r: &pb::VmAction) -> Result<Reply> {
@@ -328,16 +308,10 @@ async fn start_vm(c: &Arc<Coordinator>, user: &str, r: &pb::VmAction) -> Result<
             format!("VM {} is already running on {}", vm.name, n.name),
         );
     }
-    let job = Job::new(
-        "vm.start",
-        user,
-        Some(&n.name),
-        serde_json::json!({ "vm": vm.name }),
-    );
-    let kind = pb::agent_command::Kind::Start(pb::StartVm {
+    let spec = JobSpec::Start(jobs::StartVm {
         vm: vm.name.clone(),
     });
-    single_command_job(c, job, &n.name, &vm.name, kind).await
+    launch(c, Job::new(spec, user, Some(&n.name))).await
 }
 
 async fn stop_vm(c: &Arc<Coordinator>, user: &str, r: &pb::VmAction) -> Result<Reply> {
@@ -354,17 +328,11 @@ async fn stop_vm(c: &Arc<Coordinator>, user: &str, r: &pb::VmAction) -> Result<R
     } else {
         c.cfg.stop_graceful_timeout_s
     };
-    let job = Job::new(
-        "vm.stop",
-        user,
-        Some(&n.name),
-        serde_json::json!({ "vm": vm.name, "graceful_timeout_s": timeout }),
-    );
-    let kind = pb::agent_command::Kind::Stop(pb::StopVm {
+    let spec = JobSpec::Stop(jobs::StopVm {
         vm: vm.name.clone(),
         graceful_timeout_s: timeout,
     });
-    single_command_job(c, job, &n.name, &vm.name, kind).await
+    launch(c, Job::new(spec, user, Some(&n.name))).await
 }
 
 /// The destination's migration endpoints, or a refusal saying what is missing.
@@ -416,17 +384,20 @@ async fn move_vm(c: &Arc<Coordinator>, user: &str, r: &pb::MoveVm) -> Result<Rep
     let kind = c
         .migrate_kind(&vm.name, &dest, r.timeout_s, r.max_speed_mibs)
         .map_err(|e| Refusal(Code::Unavailable, e))?;
-    let timeout = match &kind {
-        pb::agent_command::Kind::Migrate(m) => m.timeout_s,
-        _ => 0,
+    let pb::agent_command::Kind::Migrate(m) = kind else {
+        return Err(internal("the migrate command is not a migration"));
     };
-    let job = Job::new(
-        "vm.move",
-        user,
-        Some(&src.name),
-        serde_json::json!({ "vm": vm.name, "from": src.name, "to": dest.name, "timeout_s": timeout }),
-    );
-    single_command_job(c, job, &src.name, &vm.name, kind).await
+    let spec = JobSpec::Move(jobs::MoveVm {
+        vm: m.vm,
+        from: src.name.clone(),
+        to: m.dest_node,
+        dest_libvirt_uri: m.dest_libvirt_uri,
+        dest_migrate_uri: m.dest_migrate_uri,
+        timeout_s: m.timeout_s,
+        progress_timeout_s: m.progress_timeout_s,
+        max_speed_mibs: m.max_speed_mibs,
+    });
+    launch(c, Job::new(spec, user, Some(&src.name))).await
 }
 
 fn plan_drain(c: &Coordinator, r: &pb::PlanDrain) -> Result<Reply> {
@@ -607,13 +578,19 @@ async fn start_maintenance(
         }));
     }
     refuse_failed(&n.name, &checks)?;
-    let mut params = opts.params(&n.name, mode);
-    match mode {
-        "stop" => params["vfw_cloudspaces_down"] = vfw_cloudspaces(&n).into(),
-        "move" => params["plan"] = serde_json::to_value(&plan).map_err(internal)?,
-        _ => {}
-    }
-    let job = Job::new("maintenance.start", user, Some(&n.name), params);
+    let spec = match mode {
+        "stop" => JobSpec::StopAll(jobs::StopAll {
+            vfw_cloudspaces_down: vfw_cloudspaces(&n),
+            ack_vfw_downtime: opts.ack_vfw_downtime,
+            deadline_s: opts.deadline_s,
+        }),
+        "move" => JobSpec::Drain(jobs::Drain {
+            plan,
+            ..opts.drain()
+        }),
+        _ => JobSpec::Cordon(jobs::Cordon {}),
+    };
+    let job = Job::new(spec, user, Some(&n.name));
     take_and_launch(
         c,
         &n.name,
@@ -646,27 +623,27 @@ struct DrainOptions {
     max_parallel: u32,
     max_speed_mibs: u64,
     deadline_s: u32,
-    fallback: crate::driver::executor::Fallback,
+    fallback: jobs::Fallback,
     ack_vfw_downtime: bool,
 }
 
 impl DrainOptions {
-    fn params(&self, node: &str, mode: &str) -> serde_json::Value {
-        let mut p = serde_json::json!({
-            "node": node, "mode": mode, "ack_vfw_downtime": self.ack_vfw_downtime,
-            "max_parallel": self.max_parallel, "fallback": self.fallback.as_str(),
-            "max_speed_mibs": self.max_speed_mibs,
-        });
-        if self.deadline_s > 0 {
-            p["deadline_s"] = self.deadline_s.into();
-            p["deadline_ms"] = (now() + i64::from(self.deadline_s) * 1000).into();
+    fn drain(&self) -> jobs::Drain {
+        jobs::Drain {
+            plan: None,
+            fallback: self.fallback,
+            ack_vfw_downtime: self.ack_vfw_downtime,
+            max_parallel: self.max_parallel,
+            max_speed_mibs: self.max_speed_mibs,
+            deadline_s: self.deadline_s,
+            retry: false,
+            parent: None,
         }
-        p
     }
 }
 
-fn fallback_of(f: i32) -> crate::driver::executor::Fallback {
-    use crate::driver::executor::Fallback;
+fn fallback_of(f: i32) -> jobs::Fallback {
+    use jobs::Fallback;
     match pb::Fallback::try_from(f).unwrap_or(pb::Fallback::Fail) {
         pb::Fallback::Fail => Fallback::Fail,
         pb::Fallback::Stop => Fallback::Stop,
@@ -828,10 +805,10 @@ async fn retry_maintenance(
     };
     let (checks, plan) = preflight(c, &n, "move", &opts, true).await?;
     refuse_failed(&n.name, &checks)?;
-    let mut params = opts.params(&n.name, "move");
-    params["plan"] = serde_json::to_value(&plan).map_err(internal)?;
-    params["retry"] = true.into();
-    let job = Job::new("maintenance.start", user, Some(&n.name), params);
+    let mut drain = opts.drain();
+    drain.plan = plan;
+    drain.retry = true;
+    let job = Job::new(JobSpec::Drain(drain), user, Some(&n.name));
     take_and_launch(
         c,
         &n.name,
@@ -862,7 +839,8 @@ async fn abort_job(c: &Arc<Coordinator>, user: &str, r: &pb::AbortJob) -> Result
         events_from_seq: 0,
         message: format!(
             "abort of {} {} requested: nothing new starts, migrations in flight are cancelled",
-            job.kind, job.id
+            job.kind(),
+            job.id
         ),
     }))
 }
@@ -873,12 +851,11 @@ async fn enable_node(c: &Arc<Coordinator>, user: &str, r: &pb::EnableNode) -> Re
         require_reachable(&n)?;
     }
     let restart: Vec<String> = n.stopped_by.keys().cloned().collect();
-    let job = Job::new(
-        "node.enable",
-        user,
-        Some(&n.name),
-        serde_json::json!({ "node": n.name, "restart": restart }),
-    );
+    let spec = JobSpec::Enable(jobs::Enable {
+        restart,
+        parent: None,
+    });
+    let job = Job::new(spec, user, Some(&n.name));
     take_and_launch(
         c,
         &n.name,
@@ -914,12 +891,8 @@ async fn start_stopped(c: &Arc<Coordinator>, user: &str, r: &pb::StartStopped) -
             format!("node {} has no shut-off VM", n.name),
         );
     }
-    let job = Job::new(
-        "node.start-stopped",
-        user,
-        Some(&n.name),
-        serde_json::json!({ "node": n.name, "start": names }),
-    );
+    let spec = JobSpec::StartStopped(jobs::StartStopped { start: names });
+    let job = Job::new(spec, user, Some(&n.name));
     take_and_launch(c, &n.name, NodeStatus::Enabled, NodeStatus::Enabled, job).await
 }
 
@@ -964,41 +937,24 @@ async fn create_vm(c: &Arc<Coordinator>, user: &str, r: &pb::CreateVm) -> Result
     vm.cloudspace = (!r.cloudspace.is_empty()).then(|| r.cloudspace.clone());
     // The scheduler: never a node in maintenance (the planner only places on ENABLED, reachable nodes).
     let dest = planner::place_new(&f, &vm).map_err(plan_error)?;
-    let job = Job::new(
-        "vm.create",
-        user,
-        Some(&dest),
-        serde_json::json!({ "vm": r.name, "memory_mib": r.memory_mib, "vcpus": r.vcpus, "cloudspace": r.cloudspace, "vfw": r.vfw, "to": dest }),
-    );
-    let kind = pb::agent_command::Kind::Define(pb::DefineVm {
-        xml: String::new(),
-        start: true,
-        name: r.name.clone(),
+    let spec = JobSpec::Create(jobs::CreateVm {
+        vm: r.name.clone(),
         memory_mib: r.memory_mib,
         vcpus: r.vcpus,
-        kind: if r.vfw {
-            pb::VmKind::Vfw
-        } else {
-            pb::VmKind::User
-        } as i32,
         cloudspace: r.cloudspace.clone(),
+        vfw: r.vfw,
+        to: dest.clone(),
     });
-    single_command_job(c, job, &dest, &r.name, kind).await
+    launch(c, Job::new(spec, user, Some(&dest))).await
 }
 
 async fn check_node(c: &Arc<Coordinator>, user: &str, r: &pb::CheckNode) -> Result<Reply> {
     let n = node(c, &r.node)?;
     require_reachable(&n)?;
-    let job = Job::new(
-        "node.check",
-        user,
-        Some(&n.name),
-        serde_json::json!({ "node": n.name, "start_failed": r.start_failed }),
-    );
-    let kind = pb::agent_command::Kind::RunChecks(pb::RunChecks {
+    let spec = JobSpec::Check(jobs::Check {
         start_failed: r.start_failed,
     });
-    single_command_job(c, job, &n.name, "", kind).await
+    launch(c, Job::new(spec, user, Some(&n.name))).await
 }
 
 async fn start_rolling(c: &Arc<Coordinator>, user: &str, r: &pb::StartRolling) -> Result<Reply> {
@@ -1021,7 +977,7 @@ async fn start_rolling(c: &Arc<Coordinator>, user: &str, r: &pb::StartRolling) -
     if let Ok(jobs) = c.list_jobs().await {
         if let Some(j) = jobs
             .iter()
-            .find(|j| j.kind == "rolling" && !j.state.is_terminal())
+            .find(|j| matches!(j.spec, JobSpec::Rolling(_)) && !j.state.is_terminal())
         {
             return refuse(
                 Code::Conflict,
@@ -1045,28 +1001,21 @@ async fn start_rolling(c: &Arc<Coordinator>, user: &str, r: &pb::StartRolling) -
             ),
         );
     }
-    let progress: serde_json::Map<String, serde_json::Value> = nodes
-        .iter()
-        .map(|n| (n.clone(), "pending".into()))
-        .collect();
-    let job = Job::new(
-        "rolling",
-        user,
-        None,
-        serde_json::json!({
-            "nodes": nodes, "groups": plan.groups, "max_unavailable": k,
-            "reboot_command": r.reboot_command, "wait_for_continue": r.wait_for_continue,
-            "checks_must_pass": r.checks_must_pass,
-            "reboot_timeout_s": if r.reboot_timeout_s > 0 { r.reboot_timeout_s } else { 900 },
-            "progress": progress, "continued": {}, "boot_before": {}, "children": {},
-        }),
-    );
-    let mut job = job;
-    if r.deadline_s > 0 {
-        job.params["deadline_s"] = r.deadline_s.into();
-        job.params["deadline_ms"] = (now() + i64::from(r.deadline_s) * 1000).into();
-    }
-    launch(c, job).await
+    let spec = JobSpec::Rolling(jobs::Rolling {
+        nodes,
+        groups: plan.groups,
+        max_unavailable: k as u32,
+        reboot_command: r.reboot_command.clone(),
+        wait_for_continue: r.wait_for_continue,
+        checks_must_pass: r.checks_must_pass,
+        reboot_timeout_s: if r.reboot_timeout_s > 0 {
+            r.reboot_timeout_s
+        } else {
+            900
+        },
+        deadline_s: r.deadline_s,
+    });
+    launch(c, Job::new(spec, user, None)).await
 }
 
 async fn control_rolling(
@@ -1081,9 +1030,10 @@ async fn control_rolling(
     let node_name = r.node.clone();
     let res = nodemaint_proto::bus::cas_update::<Job, Refusal>(&c.jobs, &id, |j| {
         let mut j = j.ok_or_else(|| Refusal(Code::NotFound, format!("unknown job {id:?}")))?;
-        if j.kind != "rolling" {
-            return Err(Refusal(Code::InvalidArgument, format!("job {id} is a {}, not a rolling maintenance", j.kind)));
-        }
+        let JobSpec::Rolling(spec) = &j.spec else {
+            return Err(Refusal(Code::InvalidArgument, format!("job {id} is a {}, not a rolling maintenance", j.kind())));
+        };
+        let wait_for_continue = spec.wait_for_continue;
         let state = j.state;
         let wrong = |what: &str| Refusal(Code::WrongState, format!("cannot {what} rolling maintenance {id}: it is {state:?}"));
         match action {
@@ -1093,17 +1043,18 @@ async fn control_rolling(
             Action::Resume => return Err(wrong("resume")),
             Action::Abort if !state.is_terminal() => {
                 j.state = JobState::Aborted;
-                j.params["stop_reason"] = format!("aborted by {user}").into();
+                j.stop_reason = Some(format!("aborted by {user}"));
             }
             Action::Abort => return Err(wrong("abort")),
             Action::Continue => {
-                if j.params["progress"][node_name.as_str()].as_str() != Some("rebooting") || !j.params["wait_for_continue"].as_bool().unwrap_or(false) {
+                let rolling = j.rolling.get_or_insert_with(Default::default);
+                if rolling.phase(&node_name) != jobs::Phase::Rebooting || !wait_for_continue {
                     return Err(Refusal(
                         Code::WrongState,
                         format!("node {node_name:?} is not waiting for a continue in rolling maintenance {id}"),
                     ));
                 }
-                j.params["continued"][node_name.as_str()] = true.into();
+                rolling.continued.insert(node_name.clone());
             }
             Action::Unspecified => return Err(Refusal(Code::InvalidArgument, "give an action: pause, resume, abort or continue".into())),
         }
@@ -1120,11 +1071,11 @@ async fn control_rolling(
         // Its drains in flight stop too (nothing new, migrations cancelled).
         let reason = format!("aborted by {user}");
         c.stops.request(&job.id, &reason);
-        for child in job.params["children"]
-            .as_object()
-            .into_iter()
-            .flat_map(|m| m.values())
-            .filter_map(|c| c["drain"].as_str())
+        for child in job
+            .rolling
+            .iter()
+            .flat_map(|r| r.children.values())
+            .filter_map(|c| c.drain.as_deref())
         {
             let _ = c.stop_job(child, &reason).await;
         }

@@ -197,17 +197,21 @@ pub fn evaluate(i: &Input) -> Vec<Check> {
         .iter()
         .filter(|j| !(i.retry && j.node.as_deref() == Some(i.node.name.as_str())))
         .filter_map(|j| {
-            if let Some(vm) = j.params["vm"].as_str().filter(|vm| vms.contains(vm)) {
-                return Some(format!("job {} ({}) is acting on {vm}", j.id, j.kind));
+            if let Some(vm) = j.spec.vm().filter(|vm| vms.contains(vm)) {
+                return Some(format!("job {} ({}) is acting on {vm}", j.id, j.kind()));
             }
-            let onto = j.params["plan"]["moves"]
-                .as_array()
-                .is_some_and(|ms| ms.iter().any(|m| m["to"] == i.node.name.as_str()));
+            let onto = match &j.spec {
+                crate::jobs::JobSpec::Drain(d) => d
+                    .plan
+                    .as_ref()
+                    .is_some_and(|p| p.moves.iter().any(|m| m.to == i.node.name)),
+                _ => false,
+            };
             onto.then(|| {
                 format!(
                     "job {} ({} of {}) is moving VMs onto {}",
                     j.id,
-                    j.kind,
+                    j.kind(),
                     j.node.as_deref().unwrap_or("?"),
                     i.node.name
                 )
@@ -392,12 +396,13 @@ mod tests {
             node("n4", NodeStatus::Maintenance, 9_500),
         ];
         let p = plan("n2");
-        let mut job = Job::new(
-            "vm.move",
-            "u",
-            Some("n1"),
-            serde_json::json!({"vm": "n1-vm"}),
-        );
+        let spec = crate::jobs::JobSpec::Move(crate::jobs::MoveVm {
+            vm: "n1-vm".into(),
+            from: "n1".into(),
+            to: "n3".into(),
+            ..Default::default()
+        });
+        let mut job = Job::new(spec, "u", Some("n1"));
         job.id = "J".into();
         let jobs = [job];
         let probes = [("n2".to_string(), Err("connection refused".to_string()))];

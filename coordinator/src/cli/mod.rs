@@ -1479,7 +1479,7 @@ async fn job_list(cli: &Cli, c: &Client) -> CliResult {
         .map(|j| {
             vec![
                 j.id.clone(),
-                j.kind.clone(),
+                j.kind().to_string(),
                 format!("{:?}", j.state).to_uppercase(),
                 j.node.clone().unwrap_or_else(|| "-".into()),
                 j.user.clone(),
@@ -1512,12 +1512,17 @@ async fn job_show(cli: &Cli, c: &Client, id: &str) -> CliResult {
     if cli.output == Output::Json {
         return print_json(&job);
     }
-    println!("Job:     {} ({})", job.id, job.kind);
+    println!("Job:     {} ({})", job.id, job.kind());
     println!("State:   {:?}", job.state);
     println!("User:    {}", job.user);
     println!("Node:    {}", job.node.as_deref().unwrap_or("-"));
     println!("Created: {}", fmt_ts(job.created_ms));
-    println!("Params:  {}", job.params);
+    println!(
+        "Params:  {}",
+        serde_json::to_value(&job.spec)
+            .map(|v| v["params"].to_string())
+            .unwrap_or_default()
+    );
     println!("Journal:");
     for s in &job.steps {
         let mark = match s.ok {
@@ -1691,18 +1696,18 @@ async fn rolling_show(cli: &Cli, c: &Client, id: &str) -> CliResult {
         "Rolling maintenance {} ({:?}), started by {}",
         job.id, job.state, job.user
     );
-    let groups: Vec<Vec<String>> =
-        serde_json::from_value(job.params["groups"].clone()).unwrap_or_default();
+    let groups = match &job.spec {
+        crate::jobs::JobSpec::Rolling(r) => r.groups.clone(),
+        _ => Vec::new(),
+    };
+    let rolling = job.rolling.clone().unwrap_or_default();
     let mut rows = Vec::new();
     for (i, g) in groups.iter().enumerate() {
         for n in g {
             rows.push(vec![
                 (i + 1).to_string(),
                 n.clone(),
-                job.params["progress"][n.as_str()]
-                    .as_str()
-                    .unwrap_or("?")
-                    .to_string(),
+                rolling.phase(n).to_string(),
             ]);
         }
     }

@@ -7,9 +7,9 @@
 use crate::driver::executor::{record_stopped, stopped};
 use crate::driver::slots::Priority;
 use crate::driver::stop_all::{answer, journal, stop_reason};
-use crate::engine::drain::{Action, Drain, Event, Fallback, Planned};
+use crate::engine::drain::{Action, Drain, Event, Planned};
 use crate::engine::{Answer, Ending};
-use crate::jobs::{Job, JobState, Report};
+use crate::jobs::{Job, JobSpec, JobState, Report};
 use crate::server::Coordinator;
 use nodemaint_planner as planner;
 use nodemaint_proto::model::{NodeRecord, VmState};
@@ -25,15 +25,13 @@ const FIND_OUT_WAIT: Duration = Duration::from_secs(30);
 /// plans a group's drains jointly), or one made now; VMs maintenance
 /// already stopped and recorded stay where they are.
 fn new_machine(c: &Coordinator, job: &Job, node: &str, resumed: bool) -> Result<Drain, String> {
-    let max_parallel = job.params["max_parallel"].as_u64().unwrap_or(0) as u32;
-    let limits = crate::fleet::limits(&c.cfg.limits, max_parallel);
+    let JobSpec::Drain(spec) = &job.spec else {
+        return Err(format!("job {} is a {}, not a drain", job.id, job.kind()));
+    };
+    let limits = crate::fleet::limits(&c.cfg.limits, spec.max_parallel);
     // After a restart with nothing journaled, nothing was done: re-plan
     // from the fleet as it is now.
-    let accepted: Option<planner::DrainPlan> = if resumed {
-        None
-    } else {
-        serde_json::from_value(job.params["plan"].clone()).ok()
-    };
+    let accepted: Option<planner::DrainPlan> = if resumed { None } else { spec.plan.clone() };
     let plan = match accepted {
         Some(p) => p,
         None => {
@@ -60,8 +58,8 @@ fn new_machine(c: &Coordinator, job: &Job, node: &str, resumed: bool) -> Result<
     Ok(Drain::new(
         &job.id,
         node,
-        Fallback::parse(job.params["fallback"].as_str()),
-        job.params["ack_vfw_downtime"].as_bool().unwrap_or(false),
+        spec.fallback,
+        spec.ack_vfw_downtime,
         moves,
     ))
 }
@@ -265,7 +263,10 @@ async fn migrate(
             vm,
             &dest,
             0,
-            job.params["max_speed_mibs"].as_u64().unwrap_or(0),
+            match &job.spec {
+                JobSpec::Drain(d) => d.max_speed_mibs,
+                _ => 0,
+            },
         ),
         None => Err(format!("unknown node {to}")),
     };

@@ -85,7 +85,7 @@ pub async fn run(c: Arc<Coordinator>, job: Job, resumed: bool, which: Which) {
             }
         };
         if actions.first() == Some(&Action::Journal) && !journal(&c, &job.id, &state).await {
-            tracing::error!(job = %job.id, "job record unwritable; {} halted", job.kind);
+            tracing::error!(job = %job.id, "job record unwritable; {} halted", job.kind());
             return;
         }
         machine = state;

@@ -10,7 +10,7 @@
 
 use crate::driver::slots::Priority;
 use crate::engine::enable::Which;
-use crate::jobs::{hex, CommandRecord, Job, JobState, Report};
+use crate::jobs::{hex, CommandRecord, Job, JobSpec, JobState, Report};
 use crate::server::Coordinator;
 use nodemaint_planner as planner;
 use nodemaint_proto::model::{NodeRecord, VmKind, VmState};
@@ -24,7 +24,7 @@ use tokio::sync::watch;
 /// Stop requests of running jobs (an operator's abort, an expired
 /// deadline). Executors watch their job's entry: nothing new starts once it
 /// is set, and in-flight migrations are cancelled. The reason is also
-/// journaled in the job (`params.stop_reason`), so a resumed job honours it.
+/// journaled in the job (`Job::stop_reason`), so a resumed job honours it.
 #[derive(Default)]
 pub struct Stops(Mutex<HashMap<String, watch::Sender<Option<String>>>>);
 
@@ -580,10 +580,10 @@ impl Coordinator {
             if j.state.is_terminal() {
                 return Err(format!("job {id} already ended ({:?})", j.state));
             }
-            if j.params.get("stop_reason").is_none() {
-                j.params["stop_reason"] = reason.into();
+            if j.stop_reason.is_none() {
+                j.stop_reason = Some(reason.to_string());
             }
-            if j.kind == "rolling" {
+            if matches!(j.spec, JobSpec::Rolling(_)) {
                 j.state = JobState::Aborted;
             }
             j.updated_ms = nodemaint_proto::now_ms();
@@ -598,8 +598,8 @@ impl Coordinator {
         self.stops.request(id, reason);
         self.job_step(id, None, None, format!("stop requested: {reason}"))
             .await;
-        if let Some(children) = job.params.get("children").and_then(|c| c.as_object()) {
-            for child in children.values().filter_map(|c| c["drain"].as_str()) {
+        if let Some(rolling) = &job.rolling {
+            for child in rolling.children.values().filter_map(|c| c.drain.as_deref()) {
                 if self
                     .get_job(child)
                     .await
@@ -616,14 +616,14 @@ impl Coordinator {
 /// Arms a job's stop signal: a journaled stop reason (a job resumed after
 /// an abort) fires at once, a deadline when it expires.
 fn arm_stops(c: &Arc<Coordinator>, job: &Job) {
-    if let Some(reason) = job.params["stop_reason"].as_str() {
+    if let Some(reason) = &job.stop_reason {
         c.stops.request(&job.id, reason);
     }
-    let Some(deadline_ms) = job.params["deadline_ms"].as_i64() else {
+    let Some(deadline_ms) = job.deadline_ms else {
         return;
     };
     let (c, id) = (c.clone(), job.id.clone());
-    let secs = job.params["deadline_s"].as_u64().unwrap_or(0);
+    let secs = job.spec.deadline_s();
     tokio::spawn(async move {
         let wait = (deadline_ms - nodemaint_proto::now_ms()).max(0) as u64;
         tokio::time::sleep(Duration::from_millis(wait)).await;
@@ -642,19 +642,24 @@ pub fn spawn(c: Arc<Coordinator>, job: Job, resumed: bool) {
     tokio::spawn(tracing::Instrument::instrument(
         async move {
             tracing::info!(resumed, "job running");
-            let kind = job.kind.clone();
-            match kind.as_str() {
-                "maintenance.start" => match job.params["mode"].as_str() {
-                    Some("stop") => crate::driver::stop_all::stop_all(c, job).await,
-                    Some("none") => cordon(c, job).await,
-                    _ => crate::driver::drain::drain(c, job, resumed).await,
-                },
-                "node.enable" => crate::driver::enable::run(c, job, resumed, Which::Enable).await,
-                "node.start-stopped" => {
+            match &job.spec {
+                JobSpec::StopAll(_) => crate::driver::stop_all::stop_all(c, job).await,
+                JobSpec::Cordon(_) => cordon(c, job).await,
+                JobSpec::Drain(_) => crate::driver::drain::drain(c, job, resumed).await,
+                JobSpec::Enable(_) => {
+                    crate::driver::enable::run(c, job, resumed, Which::Enable).await
+                }
+                JobSpec::StartStopped(_) => {
                     crate::driver::enable::run(c, job, resumed, Which::StartStopped).await
                 }
-                "rolling" => crate::driver::rolling::run(c, job, resumed).await,
-                _ => crate::driver::single::run(c, job).await,
+                JobSpec::Rolling(_) => crate::driver::rolling::run(c, job, resumed).await,
+                JobSpec::Move(_)
+                | JobSpec::Start(_)
+                | JobSpec::Stop(_)
+                | JobSpec::Create(_)
+                | JobSpec::Check(_) => crate::driver::single::run(c, job).await,
+                // Settled by its rolling maintenance, never run on its own.
+                JobSpec::RollingNode(_) => {}
             }
             c2.stops.forget(&id);
             crate::logs::job_ended(&c2, &id).await;
@@ -673,7 +678,7 @@ async fn cordon(c: Arc<Coordinator>, job: Job) {
     finish_node_job(&c, &job, &node, Report::default(), msg.clone(), msg).await;
 }
 
-pub use crate::engine::drain::Fallback;
+pub use crate::jobs::Fallback;
 
 /// Sets (`Some(job)`) or clears a VM's `stopped_by` entry on a node.
 pub async fn record_stopped(
@@ -764,7 +769,8 @@ pub async fn resume_jobs(c: Arc<Coordinator>) {
     // Paused jobs get their executor back too; it waits at its checkpoint.
     // `rolling.node` jobs belong to their rolling job, which settles them.
     for job in jobs.into_iter().filter(|j| {
-        matches!(j.state, JobState::Running | JobState::Paused) && j.kind != "rolling.node"
+        matches!(j.state, JobState::Running | JobState::Paused)
+            && !matches!(j.spec, JobSpec::RollingNode(_))
     }) {
         crate::logs::job_span(&job).in_scope(|| tracing::info!("resuming job after restart"));
         c.job_step(

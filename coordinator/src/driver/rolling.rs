@@ -2,7 +2,7 @@
 //! (`crate::engine::rolling`, where every decision is and where the
 //! simulator checks them) and feeds back what happened. The machine is
 //! journaled into the job's `engine` field before each of its acts; the
-//! operator-facing mirror (`params.progress`, `boot_before`, `children`)
+//! operator-facing mirror (`rolling.progress`, `boot_before`, `children`)
 //! is written in the same update.
 //!
 //! Drains and enables are child jobs with ids derived from the rolling's
@@ -14,7 +14,7 @@
 use crate::driver::executor::{await_job, describe, launch_child};
 use crate::engine::rolling::{Action, Command, Event, Hook, Inspection, Phase, Progress, Rolling};
 use crate::engine::{Answer, Ending, StopReason};
-use crate::jobs::{Job, JobState, Report};
+use crate::jobs::{self, Job, JobSpec, JobState, Report};
 use crate::server::Coordinator;
 use nodemaint_planner as planner;
 use nodemaint_proto::bus;
@@ -59,28 +59,31 @@ pub fn plan_group(
 
 /// The machine of a job that has none journaled yet, from its parameters.
 fn machine_of(job: &Job) -> Rolling {
-    let p = &job.params;
-    let groups: Vec<Vec<String>> = serde_json::from_value(p["groups"].clone()).unwrap_or_default();
-    let hook = if p["wait_for_continue"].as_bool().unwrap_or(false) {
+    let p = match &job.spec {
+        JobSpec::Rolling(r) => r.clone(),
+        _ => Default::default(),
+    };
+    let hook = if p.wait_for_continue {
         Hook::Continue
     } else {
-        Hook::Command(p["reboot_command"].as_str().unwrap_or_default().to_string())
+        Hook::Command(p.reboot_command.clone())
     };
     let mut m = Rolling::new(
         &job.id,
-        &groups,
-        p["max_unavailable"].as_u64().unwrap_or(1) as usize,
+        &p.groups,
+        p.max_unavailable.max(1) as usize,
         hook,
-        p["checks_must_pass"].as_bool().unwrap_or(false),
-        p["reboot_timeout_s"].as_u64().unwrap_or(900),
-        p["deadline_s"].as_u64(),
+        p.checks_must_pass,
+        u64::from(p.reboot_timeout_s),
+        (p.deadline_s > 0).then_some(u64::from(p.deadline_s)),
     );
+    let progress = job.rolling.clone().unwrap_or_default();
     // A rolling journaled by an older coordinator (no machine): the nodes
     // it finished stay finished; any other is started afresh (one that was
     // mid-way is still held by its old child, so its drain is refused and
     // it fails loudly rather than reboot twice).
     for t in &mut m.nodes {
-        if p["progress"][t.node.as_str()].as_str() == Some("done") {
+        if progress.phase(&t.node) == jobs::Phase::Done {
             t.phase = Phase::Done;
         }
     }
@@ -170,7 +173,10 @@ async fn operator_events(c: &Coordinator, id: &str, m: &Rolling) -> Vec<Event> {
     }
     for t in &m.nodes {
         if t.phase == Phase::AwaitingContinue
-            && job.params["continued"][t.node.as_str()].as_bool() == Some(true)
+            && job
+                .rolling
+                .as_ref()
+                .is_some_and(|r| r.continued.contains(&t.node))
         {
             out.push(Event::Continued {
                 node: t.node.clone(),
@@ -192,13 +198,16 @@ async fn journal(c: &Coordinator, id: &str, m: &Rolling) -> bool {
                 for (i, t) in m.nodes.iter().enumerate() {
                     let n = t.node.as_str();
                     let progress = t.phase.progress();
-                    j.params["progress"][n] = progress.as_str().into();
+                    let r = j.rolling.get_or_insert_with(Default::default);
+                    let phase = jobs::Phase::parse(progress.as_str()).unwrap_or_default();
+                    r.progress.insert(n.to_string(), phase);
                     if let Some(b) = &t.boot_before {
-                        j.params["boot_before"][n] = b.clone().into();
+                        r.boot_before.insert(n.to_string(), b.clone());
                     }
+                    let children = r.children.entry(n.to_string()).or_default();
                     if progress > Progress::Pending {
-                        j.params["children"][n]["drain"] = m.drain_id(i).into();
-                        j.params["children"][n]["node"] = m.node_job_id(i).into();
+                        children.drain = Some(m.drain_id(i));
+                        children.node = Some(m.node_job_id(i));
                     }
                     if progress >= Progress::Checked
                         && !matches!(
@@ -206,7 +215,7 @@ async fn journal(c: &Coordinator, id: &str, m: &Rolling) -> bool {
                             Phase::Checked | Phase::Failed { .. } | Phase::Stopped { .. }
                         )
                     {
-                        j.params["children"][n]["enable"] = m.enable_id(i).into();
+                        children.enable = Some(m.enable_id(i));
                     }
                 }
             })
@@ -248,12 +257,10 @@ async fn node_job(c: &Coordinator, m: &Rolling, parent: &Job, node: &str) -> Res
     if let Some(j) = c.get_job(&id).await {
         return Ok(j);
     }
-    let mut j = Job::new(
-        "rolling.node",
-        &parent.user,
-        Some(node),
-        serde_json::json!({ "parent": parent.id }),
-    );
+    let spec = JobSpec::RollingNode(jobs::RollingNode {
+        parent: parent.id.clone(),
+    });
+    let mut j = Job::new(spec, &parent.user, Some(node));
     j.id = id;
     c.create_job(&j).await.map_err(|e| e.to_string())?;
     Ok(j)
@@ -390,12 +397,11 @@ async fn perform(
                     &child,
                 )
                 .await?;
-                let j = Job::new(
-                    "node.enable",
-                    &job.user,
-                    Some(&node),
-                    serde_json::json!({ "node": node, "parent": job.id }),
-                );
+                let spec = JobSpec::Enable(jobs::Enable {
+                    restart: Vec::new(),
+                    parent: Some(job.id.clone()),
+                });
+                let j = Job::new(spec, &job.user, Some(&node));
                 child_job(c, j, &child).await
             }
             .await;
@@ -500,16 +506,15 @@ async fn drain(
         }
     };
     for ((node, child), plan) in launch.into_iter().zip(plans) {
-        let j = Job::new(
-            "maintenance.start",
-            &job.user,
-            Some(&node),
-            serde_json::json!({
-                "node": node, "mode": "move", "plan": plan, "parent": job.id,
-                // The rolling's deadline bounds its drains too.
-                "deadline_ms": job.params["deadline_ms"], "deadline_s": job.params["deadline_s"],
-            }),
-        );
+        let spec = JobSpec::Drain(jobs::Drain {
+            plan: Some(plan),
+            parent: Some(job.id.clone()),
+            deadline_s: job.spec.deadline_s(),
+            ..Default::default()
+        });
+        let mut j = Job::new(spec, &job.user, Some(&node));
+        // The rolling's deadline bounds its drains too.
+        j.deadline_ms = job.deadline_ms;
         let launched = match take(
             c,
             &node,
@@ -734,17 +739,21 @@ mod tests {
 
     #[test]
     fn a_job_without_a_machine_starts_one_from_its_parameters() {
-        let mut job = Job::new(
-            "rolling",
-            "alice",
-            None,
-            serde_json::json!({
-                "groups": [["a", "b"], ["c"]], "max_unavailable": 2,
-                "reboot_command": "reboot {node}", "wait_for_continue": false,
-                "checks_must_pass": true, "reboot_timeout_s": 60,
-                "progress": {"a": "done", "b": "pending", "c": "pending"},
-            }),
-        );
+        let abc: Vec<String> = ["a", "b", "c"].map(String::from).into();
+        let spec = JobSpec::Rolling(jobs::Rolling {
+            nodes: abc.clone(),
+            groups: vec![abc[..2].to_vec(), abc[2..].to_vec()],
+            max_unavailable: 2,
+            reboot_command: "reboot {node}".into(),
+            wait_for_continue: false,
+            checks_must_pass: true,
+            reboot_timeout_s: 60,
+            deadline_s: 0,
+        });
+        let mut job = Job::new(spec, "alice", None);
+        if let Some(r) = job.rolling.as_mut() {
+            r.progress.insert("a".into(), jobs::Phase::Done);
+        }
         job.id = "r".into();
         let m = machine_of(&job);
         assert_eq!(m.hook, Hook::Command("reboot {node}".into()));

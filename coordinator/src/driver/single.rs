@@ -1,6 +1,6 @@
 //! Driver of the one-command jobs ([`crate::engine::single`]: vm start,
-//! stop, move, create, vfw move, node check). The API prepared the command
-//! (`params.command`, hex); this journals the machine into `Job.engine`
+//! stop, move, create, vfw move, node check). The command follows from the
+//! job's spec ([`crate::jobs::JobSpec::command`]); this journals the machine into `Job.engine`
 //! before sending it with an id of the job, finds out an unknown outcome,
 //! and ends the job as the machine says. A move ends only once the
 //! registry shows the VM where the agent put it (read-your-writes).
@@ -11,7 +11,7 @@ use crate::driver::slots::Priority;
 use crate::driver::stop_all::{answer, stop_reason};
 use crate::engine::single::{Event, Phase, Single};
 use crate::engine::{Action, Answer, Ending};
-use crate::jobs::{Job, JobState};
+use crate::jobs::{Job, JobSpec, JobState};
 use crate::server::Coordinator;
 use nodemaint_proto::pb::{self, agent_command::Kind};
 use std::sync::Arc;
@@ -22,8 +22,7 @@ use tokio::sync::mpsc;
 /// command is given up as not sent.
 const SEND_JOURNAL_WITHIN: Duration = Duration::from_secs(20);
 
-/// What the API prepared: where the command goes, about which VM, and
-/// the command.
+/// Where the command goes, about which VM, and the command.
 struct Prepared {
     node: String,
     vm: String,
@@ -32,15 +31,16 @@ struct Prepared {
 }
 
 fn prepared(job: &Job) -> Option<Prepared> {
-    let p = &job.params;
-    let kind = p["command"]
-        .as_str()
-        .and_then(crate::jobs::journaled_command)
-        .map(|(_, k)| k)?;
+    let (node, kind) = job.spec.command(job.node.as_deref().unwrap_or_default())?;
+    let to = match &job.spec {
+        JobSpec::Move(m) => Some(m.to.clone()),
+        JobSpec::Create(c) => Some(c.to.clone()),
+        _ => None,
+    };
     Some(Prepared {
-        node: p["command_node"].as_str()?.to_string(),
-        vm: p["vm"].as_str().unwrap_or_default().to_string(),
-        to: p["to"].as_str().map(str::to_string),
+        node,
+        vm: job.spec.vm().unwrap_or_default().to_string(),
+        to,
         kind,
     })
 }
@@ -113,7 +113,7 @@ pub async fn run(c: Arc<Coordinator>, job: Job) {
                     return;
                 }
             } else if !journal(&c, &job.id, &state).await {
-                tracing::error!(job = %job.id, "job record unwritable; {} halted", job.kind);
+                tracing::error!(job = %job.id, "job record unwritable; {} halted", job.kind());
                 return;
             }
         }

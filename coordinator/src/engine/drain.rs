@@ -20,31 +20,7 @@
 use super::{Answer, Ending, Invalid, StopReason};
 use serde::{Deserialize, Serialize};
 
-/// What a move-mode drain does with a VM that cannot live-migrate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Fallback {
-    Fail,
-    Stop,
-    Cold,
-}
-
-impl Fallback {
-    pub fn parse(s: Option<&str>) -> Fallback {
-        match s {
-            Some("stop") => Fallback::Stop,
-            Some("cold") => Fallback::Cold,
-            _ => Fallback::Fail,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Fallback::Fail => "fail",
-            Fallback::Stop => "stop",
-            Fallback::Cold => "cold",
-        }
-    }
-}
+pub use crate::jobs::Fallback;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Drain {

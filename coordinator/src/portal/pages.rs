@@ -854,7 +854,7 @@ pub fn jobs_rows(jobs: &[Job]) -> String {
                 r#"<tr data-job="{id}"><td>{link}</td><td>{kind}</td><td>{node}</td><td>{user}</td><td>{state}</td><td>{created}</td><td>{outcome}</td></tr>"#,
                 id = esc(&j.id),
                 link = job_link(&j.id),
-                kind = esc(&j.kind),
+                kind = esc(j.kind()),
                 node = j.node.as_deref().map(node_link).unwrap_or_default(),
                 user = esc(&j.user),
                 state = job_badge(&state_word(j)),
@@ -895,7 +895,7 @@ pub fn job_facts(j: &Job) -> String {
     let fact = |k: &str, v: String| format!("<div><dt>{k}</dt><dd>{v}</dd></div>");
     let mut s = vec![
         fact("State", job_badge(&state_word(j))),
-        fact("Kind", esc(&j.kind)),
+        fact("Kind", esc(j.kind())),
         fact(
             "Stack",
             j.node.as_deref().map(node_link).unwrap_or_default(),
@@ -904,19 +904,14 @@ pub fn job_facts(j: &Job) -> String {
         fact("Started", esc(&fmt_ts(j.created_ms))),
         fact("Updated", esc(&fmt_ts(j.updated_ms))),
     ];
-    if let Some(m) = j.params.get("mode").and_then(|m| m.as_str()) {
+    if let Some(m) = j.spec.mode() {
         s.push(fact("Mode", esc(m)));
     }
-    if let Some(cs) = j
-        .params
-        .get("vfw_cloudspaces_down")
-        .and_then(|v| v.as_array())
-    {
-        if !cs.is_empty() {
-            let names: Vec<&str> = cs.iter().filter_map(|c| c.as_str()).collect();
+    if let crate::jobs::JobSpec::StopAll(stop) = &j.spec {
+        if !stop.vfw_cloudspaces_down.is_empty() {
             s.push(fact(
                 "VFW downtime acknowledged for",
-                esc(&names.join(", ")),
+                esc(&stop.vfw_cloudspaces_down.join(", ")),
             ));
         }
     }
@@ -954,18 +949,19 @@ pub fn job_progress_rows(j: &Job, live: &LiveProgress) -> String {
         }
     }
     // Planned moves not started yet.
-    if let Some(moves) = j.params.pointer("/plan/moves").and_then(|m| m.as_array()) {
-        for m in moves {
-            let vm = m["vm"].as_str().unwrap_or("").to_string();
-            if !vm.is_empty() && !rows.iter().any(|r| r.vm == vm) {
-                rows.push(Row {
-                    vm,
-                    action: "migrate".into(),
-                    target: m["to"].as_str().unwrap_or("").into(),
-                    ok: None,
-                    message: String::new(),
-                });
-            }
+    let planned = match &j.spec {
+        crate::jobs::JobSpec::Drain(d) => d.plan.as_ref().map(|p| p.moves.as_slice()),
+        _ => None,
+    };
+    for m in planned.unwrap_or_default() {
+        if !m.vm.is_empty() && !rows.iter().any(|r| r.vm == m.vm) {
+            rows.push(Row {
+                vm: m.vm.clone(),
+                action: "migrate".into(),
+                target: m.to.clone(),
+                ok: None,
+                message: String::new(),
+            });
         }
     }
     // The end report is the last word on what happened.
@@ -1115,7 +1111,7 @@ pub async fn job(State(st): State<Arc<Portal>>, auth: Auth, Path(id): Path<Strin
 <ol class="journal" id="job-journal">{journal}</ol>
 </div>"#,
         id = esc(&j.id),
-        kind = esc(&j.kind),
+        kind = esc(j.kind()),
         badge = job_badge(&state_word(&j)),
         live_word = if j.state.is_terminal() {
             "ended"

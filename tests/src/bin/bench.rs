@@ -2096,7 +2096,7 @@ async fn bench_rolling(a: &Args) -> Result<Report> {
     // VMs each node actually had to move (its drain child's migrate commands).
     let mut moved: HashMap<String, Vec<String>> = HashMap::new();
     for n in groups.iter().flatten() {
-        if let Some(cid) = job["params"]["children"][n.as_str()]["drain"].as_str() {
+        if let Some(cid) = job["rolling"]["children"][n.as_str()]["drain"].as_str() {
             let child = api.job(cid).await?;
             let vms: Vec<String> = child["commands"]
                 .as_array()
