@@ -196,6 +196,8 @@ struct SimNode {
     recorded: BTreeSet<String>,
     hooks: u32,
     operator_rebooted: bool,
+    /// Commands waiting in its durable queue while it is down.
+    queued: Vec<Pending>,
 }
 
 #[derive(Clone, Debug)]
@@ -914,14 +916,14 @@ impl World {
             } => {
                 if !self.nodes[&node].up {
                     // The durable queue keeps it until the agent is back.
-                    let t = self.now + 10;
                     let p = Pending::Deliver {
-                        node,
+                        node: node.clone(),
                         cmd,
                         what,
                         reply_epoch,
                     };
-                    return self.at(t, p);
+                    self.nodes.get_mut(&node).expect("node").queued.push(p);
+                    return;
                 }
                 let answer = match self.results.get(&cmd) {
                     Some(a) => a.clone(),
@@ -962,6 +964,10 @@ impl World {
                 let n = self.nodes.get_mut(&node).expect("node");
                 n.up = true;
                 n.boot += 1;
+                for p in std::mem::take(&mut n.queued) {
+                    let t = self.now + 1 + self.rng.below(5);
+                    self.at(t, p);
+                }
             }
             _ => {}
         }
@@ -1149,6 +1155,16 @@ mod tests {
                 );
             }
             Err(f) => panic!("{f}"),
+        }
+    }
+
+    /// Seed 17114: a node that never came back kept a command in its queue
+    /// (a simulator bug: the queue was polled forever, so the run never
+    /// ended); the queue is now held until the node is back.
+    #[test]
+    fn regression_seed_of_a_queue_for_a_node_that_never_returns() {
+        if let Err(f) = run(17114) {
+            panic!("{f}");
         }
     }
 
