@@ -133,33 +133,9 @@ pub struct User {
     pub password_hash: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Limits {
-    #[serde(default = "two")]
-    pub per_source: usize,
-    #[serde(default = "two")]
-    pub per_destination: usize,
-    #[serde(default = "five")]
-    pub global: usize,
-}
+/// Migration concurrency limits: the planner's type (`[limits]`).
+pub use nodemaint_planner::Limits;
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            per_source: 2,
-            per_destination: 2,
-            global: 5,
-        }
-    }
-}
-
-fn two() -> usize {
-    2
-}
-fn five() -> usize {
-    5
-}
 fn default_nats_url() -> String {
     "nats://127.0.0.1:4222".into()
 }
@@ -279,6 +255,19 @@ mod tests {
         assert_eq!(c.limits.global, 5);
         assert!(c.users.is_empty());
         assert_eq!(c.preflight.max_nodes_in_maintenance, 0);
+    }
+
+    #[test]
+    fn limits_are_the_planners_with_defaults_per_field() {
+        let c: CoordinatorConfig = toml::from_str("[limits]\nglobal = 3\n").unwrap();
+        let want = nodemaint_planner::Limits {
+            global: 3,
+            ..Default::default()
+        };
+        assert_eq!(c.limits, want);
+        assert_eq!((c.limits.per_source, c.limits.per_destination), (2, 2));
+        let typo = toml::from_str::<CoordinatorConfig>("[limits]\nglobl = 3\n");
+        assert!(typo.is_err(), "an unknown key is refused");
     }
 
     #[test]

@@ -2,19 +2,14 @@
 //! `coordinator fleet export`).
 
 use nodemaint_planner as planner;
-use nodemaint_proto::model::{NodeRecord, NodeStatus, VmKind, VmState};
+use nodemaint_proto::model::{NodeRecord, VmKind, VmState};
 
 /// Builds the planner's snapshot of the live fleet at `now_ms`.
 pub fn snapshot(nodes: &[NodeRecord], now_ms: i64) -> planner::Fleet {
     let mut fleet = planner::Fleet::default();
     for n in nodes {
         let mut node = planner::Node::new(n.name.clone(), n.capacity.memory_mib, n.capacity.vcpus);
-        node.status = match n.status {
-            NodeStatus::Enabled => planner::NodeStatus::Enabled,
-            NodeStatus::Maintenance => planner::NodeStatus::Maintenance,
-            NodeStatus::Error => planner::NodeStatus::Error,
-            NodeStatus::Decommissioned => planner::NodeStatus::Decommissioned,
-        };
+        node.status = n.status;
         node.reachable = n.reachable_at(now_ms);
         fleet.nodes.push(node);
         for d in &n.domains {
@@ -39,11 +34,7 @@ pub fn snapshot(nodes: &[NodeRecord], now_ms: i64) -> planner::Fleet {
 }
 
 pub fn limits(l: &crate::config::Limits, max_parallel: u32) -> planner::Limits {
-    let mut out = planner::Limits {
-        per_source: l.per_source,
-        per_destination: l.per_destination,
-        global: l.global,
-    };
+    let mut out = *l;
     if max_parallel > 0 {
         // --max-parallel sets the drained node's outbound concurrency; the
         // fleet-wide limit still caps it.

@@ -26,15 +26,9 @@ pub enum VmState {
     Other,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum NodeStatus {
-    #[default]
-    Enabled,
-    Maintenance,
-    Error,
-    Decommissioned,
-}
+/// A node's status: the planner's type, so the registry and the planner
+/// share one.
+pub use nodemaint_planner::NodeStatus;
 
 /// One VM (libvirt domain).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -10,8 +10,8 @@
 use async_nats::jetstream;
 use nodemaint_coordinator::jobs::{hex, CommandRecord, Job, JobSpec, JobState, StartVm};
 use nodemaint_proto::pb;
-use nodemaint_proto::Message as _;
 use nodemaint_proto::subjects::Subjects;
+use nodemaint_proto::Message as _;
 use nodemaint_tests::*;
 use serde_json::Value;
 use std::time::Duration;

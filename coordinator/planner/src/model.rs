@@ -170,8 +170,10 @@ pub enum VmState {
     Other,
 }
 
-/// Concurrency limits for the migrations of one plan.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+/// Concurrency limits for the migrations of one plan (also the
+/// coordinator config's `[limits]`: a missing field takes its default).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// At most this many migrations leave one node at once.
     pub per_source: usize,
