@@ -264,7 +264,7 @@ fn a_coordinator_killed_mid_rolling_resumes_and_reboots_each_node_once() {
     let show = |f: &Fleet| f.cli_json("bob", &["rolling", "show", &id]);
     wait_for(Duration::from_secs(120), "a node past pending", || {
         let j = show(&f);
-        j["params"]["progress"]
+        j["rolling"]["progress"]
             .as_object()
             .is_some_and(|p| p.values().any(|v| v != "pending" && v != "done"))
     });
@@ -288,7 +288,7 @@ fn a_coordinator_killed_mid_rolling_resumes_and_reboots_each_node_once() {
     );
     assert!(job["engine"].is_object(), "the machine is journaled: {job}");
     // Each node's hook ran once: one hook command in its node job.
-    for (node, children) in job["params"]["children"].as_object().unwrap() {
+    for (node, children) in job["rolling"]["children"].as_object().unwrap() {
         let node_job = f.cli_json("bob", &["job", "show", children["node"].as_str().unwrap()]);
         let hooks = node_job["commands"]
             .as_array()
