@@ -1,0 +1,511 @@
+//! The command line's arguments: every command, its options and their
+//! help texts (clap), and the parsers of their values.
+
+use super::*;
+
+/// nodemaint coordinator: maintenance mode for libvirt/KVM clouds.
+///
+/// Runs the coordinator daemon (`serve`) and is the operators' CLI: list
+/// nodes (stacks), VMs and virtual firewalls (VFWs), start, stop and move
+/// VMs, plan drains and rolling maintenance, follow the event stream.
+///
+/// Examples:
+///   coordinator serve --config deploy/coordinator.toml
+///   coordinator node list
+///   coordinator vfw list --output json
+///   coordinator vm move cs1-vm1 --to node2
+///   coordinator events --since 10m --follow
+#[derive(Parser, Debug)]
+#[command(version, verbatim_doc_comment, propagate_version = true)]
+pub struct Cli {
+    /// NATS server URL, or every member of a cluster, comma-separated.
+    #[arg(
+        long,
+        global = true,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+    /// Output format: human tables or JSON (one document, or JSON lines for streams).
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Operator name sent with requests; fleet changes need group Level2 or Level3.
+    /// With --creds the credentials' user is used (and must match if given).
+    #[arg(long, global = true, env = "NODEMAINT_USER")]
+    pub user: Option<String>,
+    /// NATS credentials file of this operator (mode 0600; see deploy/nats/gen-auth).
+    #[arg(long, global = true, env = "NATS_CREDS")]
+    pub creds: Option<PathBuf>,
+    /// CA certificate of the NATS servers (turns TLS on).
+    #[arg(long, global = true, env = "NATS_CA")]
+    pub ca: Option<PathBuf>,
+    /// Idempotency key of a changing request: a repeat with the same id
+    /// (a script retrying after a timeout) gets the first request's job.
+    #[arg(long, global = true, env = "NODEMAINT_REQUEST_ID", value_name = "ID")]
+    pub request_id: Option<String>,
+    /// Subject prefix of this installation.
+    #[arg(
+        long,
+        global = true,
+        env = "NODEMAINT_PREFIX",
+        default_value = "nodemaint"
+    )]
+    pub prefix: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the coordinator daemon: node registry, API, jobs.
+    Serve {
+        /// Coordinator config (TOML): users and groups, migration limits.
+        #[arg(long, short, env = "NODEMAINT_CONFIG")]
+        config: Option<PathBuf>,
+        /// Also serve the operator web portal on this address (e.g. 127.0.0.1:8080).
+        #[arg(long, value_name = "ADDR", env = "NODEMAINT_HTTP")]
+        http: Option<std::net::SocketAddr>,
+        /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9464); off when unset.
+        #[arg(long, value_name = "ADDR", env = "NODEMAINT_METRICS_LISTEN")]
+        metrics_listen: Option<std::net::SocketAddr>,
+        /// Log lines as text or as JSON objects (with the job id and node of job lines).
+        #[arg(long, value_enum, default_value = "text", env = "NODEMAINT_LOG_FORMAT")]
+        log_format: crate::logs::LogFormat,
+    },
+    /// Print an argon2 hash of the password read from standard input, for
+    /// `password_hash` of a user in the coordinator config (portal login).
+    HashPassword,
+    /// Nodes (stacks): list, show.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Virtual machines: list, start, stop, move.
+    #[command(subcommand)]
+    Vm(VmCmd),
+    /// Virtual firewalls (one system VM per cloudspace).
+    #[command(subcommand)]
+    Vfw(VfwCmd),
+    /// Replay, then optionally follow, the event stream.
+    Events(EventsArgs),
+    /// What-if plans; nothing is changed.
+    #[command(subcommand)]
+    Plan(PlanCmd),
+    /// The live fleet as a fleet file (for `plan --fleet`).
+    #[command(subcommand)]
+    Fleet(FleetCmd),
+    /// Jobs: every start, stop, move and maintenance, with its journal.
+    #[command(subcommand)]
+    Job(JobCmd),
+    /// Put a node in maintenance (move all VMs away, or stop them all).
+    #[command(subcommand)]
+    Maintenance(MaintenanceCmd),
+    /// Rolling maintenance across many nodes: drain, reboot, check, enable, next.
+    #[command(subcommand)]
+    Rolling(RollingCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RollingCmd {
+    /// Start a rolling maintenance over NODES (or --all).
+    ///
+    /// Groups of at most --max-unavailable nodes, whose VMs the rest of the
+    /// fleet can absorb, go through: maintenance with move → the reboot hook
+    /// (a command each node's agent runs; {node} is replaced) or an operator's
+    /// `rolling continue` → wait for a new boot id → service checks (failed
+    /// services started once) → enable → verify; then the next group.
+    ///
+    /// Examples:
+    ///   coordinator rolling start --all --reboot-command 'systemctl reboot' --yes
+    ///   coordinator rolling start node1 node2 --wait-for-continue --checks-must-pass
+    #[command(verbatim_doc_comment)]
+    Start {
+        nodes: Vec<String>,
+        #[arg(long, conflicts_with = "nodes")]
+        all: bool,
+        #[arg(long, default_value_t = 1)]
+        max_unavailable: u32,
+        /// Reboot/upgrade command run by each node's agent.
+        #[arg(long, conflicts_with = "wait_for_continue")]
+        reboot_command: Option<String>,
+        /// Instead of a command, wait for `rolling continue JOB NODE`.
+        #[arg(long)]
+        wait_for_continue: bool,
+        /// Stop the rolling if a node's post-reboot checks fail.
+        #[arg(long)]
+        checks_must_pass: bool,
+        /// Seconds to wait for a node to come back with a new boot id.
+        #[arg(long, default_value_t = 900)]
+        reboot_timeout: u32,
+        /// Fail the whole rolling after this long (e.g. 4h); its drains in
+        /// flight stop as with an abort.
+        #[arg(long, value_name = "DURATION", value_parser = parse_deadline)]
+        deadline: Option<u32>,
+        /// Don't ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Progress of a rolling maintenance: each node's phase and the journal.
+    Show { id: String },
+    /// Pause at the next phase boundary.
+    Pause { id: String },
+    /// Resume a paused rolling maintenance.
+    Resume { id: String },
+    /// Stop at the next phase boundary; nodes already down stay in maintenance.
+    Abort { id: String },
+    /// Tell a --wait-for-continue rolling that NODE's reboot is done.
+    Continue { id: String, node: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Live-migrate every VM (VFWs first) to nodes the planner picks. Preferred.
+    Move,
+    /// Stop every VM, VFWs included; `node enable` restarts exactly these.
+    Stop,
+    /// Cordon: only mark NODE unschedulable; nothing is moved or stopped.
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FallbackArg {
+    /// The drain fails for that VM, with a report (default).
+    Fail,
+    /// Stop it and record it; `node enable` restarts it on this node.
+    Stop,
+    /// Stop it, move its definition to the planned node, start it there.
+    Cold,
+}
+
+impl FallbackArg {
+    pub fn wire(self) -> i32 {
+        let f = match self {
+            FallbackArg::Fail => pb::Fallback::Fail,
+            FallbackArg::Stop => pb::Fallback::Stop,
+            FallbackArg::Cold => pb::Fallback::Cold,
+        };
+        f as i32
+    }
+}
+
+/// How a drain goes (maintenance start and retry).
+#[derive(Args, Debug, Clone)]
+pub struct DrainArgs {
+    /// Accept that the cloudspaces whose VFW runs on NODE lose their
+    /// firewall (stop mode; a VFW taking the stop or cold fallback).
+    #[arg(long)]
+    pub ack_vfw_downtime: bool,
+    /// Concurrent outbound migrations from NODE (default: the configured per-node limit).
+    #[arg(long, default_value_t = 0)]
+    pub max_parallel: u32,
+    /// Give up after this long (e.g. 30m): nothing new starts, migrations
+    /// in flight are cancelled, the report says where every VM is.
+    #[arg(long, value_name = "DURATION", value_parser = parse_deadline)]
+    pub deadline: Option<u32>,
+    /// What to do with a VM that cannot live-migrate (its migration failed
+    /// twice, or it is marked not migratable). VFWs take stop or cold only
+    /// with --ack-vfw-downtime.
+    #[arg(long, value_enum, default_value_t = FallbackArg::Fail)]
+    pub fallback: FallbackArg,
+    /// Bandwidth cap of each migration, MiB/s (default: unlimited).
+    #[arg(long, value_name = "MIBS", default_value_t = 0)]
+    pub max_speed: u64,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MaintenanceCmd {
+    /// Mark NODE unschedulable (MAINTENANCE) at once, then empty it.
+    ///
+    /// Pre-flight first (every time; --dry-run shows it and stops there):
+    /// the plan fits with the configured headroom, the agents involved answer
+    /// and speak this protocol version, NODE's libvirt reaches every
+    /// destination's, the nodes-in-maintenance limit holds, and no other job
+    /// touches these VMs. A failed check refuses the start and changes nothing.
+    ///
+    /// --mode move: migrates in waves (VFWs first) within the fleet-wide
+    /// migration slots; a failed move is retried once on another node, then
+    /// --fallback applies. --mode stop: stops every VM; refused while VFWs run
+    /// on the node unless --ack-vfw-downtime is given. --mode none: cordon.
+    ///
+    /// Examples:
+    ///   coordinator maintenance start node2 --mode move --dry-run
+    ///   coordinator maintenance start node2 --mode move --deadline 30m --fallback stop
+    ///   coordinator maintenance start node2 --mode stop --ack-vfw-downtime
+    ///   coordinator maintenance start node2 --mode none
+    ///   coordinator job abort JOB_ID
+    #[command(verbatim_doc_comment)]
+    Start {
+        node: String,
+        #[arg(long, value_enum)]
+        mode: ModeArg,
+        /// Only run the pre-flight checks and show the plan (exit 1 if a check fails).
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        drain: DrainArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Continue the drain of NODE (in maintenance) with just the VMs it left
+    /// behind; moved VMs are not touched, VMs maintenance stopped stay stopped.
+    ///
+    /// Example:
+    ///   coordinator maintenance retry node2 --fallback cold
+    #[command(verbatim_doc_comment)]
+    Retry {
+        node: String,
+        #[command(flatten)]
+        drain: DrainArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCmd {
+    /// Every node with status, reachability, VMs and memory.
+    List,
+    /// One node's details and its VMs, VFWs marked as such.
+    Show { node: String },
+    /// End maintenance: the node takes VMs again and the VMs maintenance
+    /// stopped are started on it, VFWs first.
+    Enable {
+        node: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Run NODE's post-reboot service checks (storage, agent services,
+    /// systemd units, ports) and show every service; exit 1 if any failed.
+    Check {
+        node: String,
+        /// Run the start command of each failed check once, then check again.
+        #[arg(long)]
+        start_failed: bool,
+    },
+    /// Wait until NODE's agent is back with a different boot id (it rebooted).
+    WaitRebooted {
+        node: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// The boot id before the reboot (default: the current one).
+        #[arg(long)]
+        boot_id: Option<String>,
+    },
+    /// Start every shut-off VM of NODE, VFWs first (the seed's `virsh start` loop).
+    StartStopped {
+        node: String,
+        /// Only list what would be started.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KindArg {
+    User,
+    Vfw,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StateArg {
+    Running,
+    Shutoff,
+    Paused,
+    Crashed,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VmCmd {
+    /// VMs across the fleet, optionally filtered.
+    List {
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        cloudspace: Option<String>,
+        #[arg(long, value_enum)]
+        kind: Option<KindArg>,
+        #[arg(long, value_enum)]
+        state: Option<StateArg>,
+    },
+    /// Start a shut-off VM on its node.
+    Start {
+        vm: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Stop a VM: graceful shutdown, then destroy after the timeout.
+    Stop {
+        vm: String,
+        /// Seconds to wait for a graceful shutdown before destroying.
+        #[arg(long)]
+        timeout: Option<u32>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Live-migrate a VM (VFWs too) to another node.
+    Move {
+        vm: String,
+        /// Destination node.
+        #[arg(long)]
+        to: String,
+        /// Abort the migration after this many seconds; the VM stays on its node.
+        #[arg(long)]
+        timeout: Option<u32>,
+        /// Cap the migration bandwidth (MiB/s).
+        #[arg(long)]
+        max_speed: Option<u64>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Create a VM; the scheduler picks the node (never one in maintenance).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Memory in MiB.
+        #[arg(long)]
+        memory: u64,
+        #[arg(long, default_value_t = 1)]
+        vcpus: u32,
+        #[arg(long)]
+        cloudspace: Option<String>,
+        /// Create the cloudspace's virtual firewall (system VM).
+        #[arg(long)]
+        vfw: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+}
+
+#[derive(Args, Debug, Clone, Copy)]
+pub struct WaitArgs {
+    /// Return once the request is accepted; follow it with `job watch ID`.
+    #[arg(long)]
+    pub detach: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VfwCmd {
+    /// Every cloudspace's firewall and where it runs.
+    List,
+    /// Move a cloudspace's VFW to another node (the portal's "Move VFW").
+    Move {
+        cloudspace: String,
+        /// Destination node; the planner picks the best one when omitted.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        timeout: Option<u32>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    /// Only this node's events ("coordinator" for job events).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Only this kind: heartbeat, inventory, progress, result, checks, job, error.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Start this far back (30s, 10m, 2h, 1d) or `all`.
+    #[arg(long, default_value = "1h")]
+    pub since: String,
+    /// Keep following new events after the replay.
+    #[arg(long, short)]
+    pub follow: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PlanCmd {
+    /// Where the VMs of NODE would go if it were drained, in which waves.
+    Drain {
+        node: String,
+        /// Plan against a fleet file instead of the live fleet.
+        #[arg(long)]
+        fleet: Option<PathBuf>,
+        /// Concurrent outbound migrations from NODE.
+        #[arg(long, default_value_t = 0)]
+        max_parallel: u32,
+    },
+    /// In which groups NODES can be taken down for rolling maintenance.
+    Rolling {
+        nodes: Vec<String>,
+        /// All nodes of the fleet.
+        #[arg(long, conflicts_with = "nodes")]
+        all: bool,
+        /// Nodes down at the same time.
+        #[arg(long, default_value_t = 1)]
+        max_unavailable: u32,
+        #[arg(long)]
+        fleet: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FleetCmd {
+    /// Print the live fleet as a fleet file (JSON).
+    Export,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobCmd {
+    /// Recent jobs, newest first.
+    List,
+    /// A job with its journal.
+    Show { id: String },
+    /// Follow a running job until it ends.
+    Watch { id: String },
+    /// Stop a running job cleanly: nothing new starts, migrations in flight
+    /// are cancelled (or finish if past the point of no return), the report
+    /// says where every VM is. A node in maintenance stays in maintenance.
+    Abort {
+        id: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+}
+
+pub(super) fn parse_since(s: &str) -> anyhow::Result<Option<Duration>> {
+    if s == "all" {
+        return Ok(None);
+    }
+    parse_duration(s)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("--since {s:?}: {e}, or `all`"))
+}
+
+/// `90`, `90s`, `10m`, `2h`, `1d`.
+pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| "use a number with s, m, h or d (e.g. 10m)".to_string())?;
+    let secs = match unit {
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("unknown unit {unit:?} (use s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// `--deadline`: a positive duration, in whole seconds.
+pub(super) fn parse_deadline(s: &str) -> Result<u32, String> {
+    let d = parse_duration(s)?;
+    match u32::try_from(d.as_secs()) {
+        Ok(0) => Err("the deadline must be positive".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err("deadline too long".into()),
+    }
+}
