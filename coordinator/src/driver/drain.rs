@@ -337,6 +337,7 @@ async fn finish(
     ending: Ending,
     summary: String,
 ) {
+    let summary = super::name_the_deadline(c, &job.id, summary);
     let mut report = Report::default();
     for (vm, line) in m.report() {
         report.record(vm, line);

@@ -220,6 +220,7 @@ async fn perform(
         }
         Action::Note { vm, ok, message } => c.job_step(&job.id, vm.as_deref(), ok, message).await,
         Action::Finish { ending, summary } => {
+            let summary = super::name_the_deadline(c, &job.id, summary);
             let mut report = Report::default();
             for (vm, o) in m.outcomes() {
                 let detail = o.detail(vm, node);

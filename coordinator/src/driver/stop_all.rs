@@ -184,6 +184,7 @@ async fn perform(
             tracing::error!(job = %job.id, action = ?a, "not a stop-all action; ignored")
         }
         Action::Finish { ending, summary } => {
+            let summary = super::name_the_deadline(c, &job.id, summary);
             let mut report = Report::default();
             for (vm, o) in m.outcomes() {
                 let detail = o.detail(vm, node);
