@@ -511,9 +511,13 @@ impl World {
     }
 }
 
-/// Runs `seeds` consecutive seeds from `first`; the first failure, or the
-/// summed figures.
-pub fn run_many(first: u64, seeds: u64) -> Result<Stats, Failure> {
+/// Runs `seeds` consecutive seeds from `first` of one job kind's
+/// simulation (`run`); the first failure, or the summed figures.
+pub fn run_many(
+    run: fn(u64) -> Result<Stats, Failure>,
+    first: u64,
+    seeds: u64,
+) -> Result<Stats, Failure> {
     let mut total = Stats::default();
     for seed in first..first + seeds {
         let s = run(seed)?;
@@ -531,7 +535,7 @@ mod tests {
 
     #[test]
     fn ten_thousand_seeds_keep_every_invariant() {
-        match run_many(0, 10_000) {
+        match run_many(run, 0, 10_000) {
             Ok(s) => {
                 assert!(
                     s.crashes > 100 && s.faults > 10_000,

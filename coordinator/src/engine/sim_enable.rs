@@ -600,27 +600,13 @@ impl World {
     }
 }
 
-/// Runs `seeds` consecutive seeds from `first`; the first failure, or the
-/// summed figures.
-pub fn run_many(first: u64, seeds: u64) -> Result<Stats, Failure> {
-    let mut total = Stats::default();
-    for seed in first..first + seeds {
-        let s = run(seed)?;
-        total.events += s.events;
-        total.faults += s.faults;
-        total.crashes += s.crashes;
-        total.refused += s.refused;
-    }
-    Ok(total)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn ten_thousand_seeds_keep_every_invariant() {
-        match run_many(0, 10_000) {
+        match crate::engine::sim::run_many(run, 0, 10_000) {
             Ok(s) => {
                 assert!(
                     s.crashes > 100 && s.faults > 10_000,

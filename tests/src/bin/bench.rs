@@ -2328,15 +2328,14 @@ struct FuzzRow {
 fn bench_sim(a: &Args) -> Result<Report> {
     use nodemaint_coordinator::engine::{sim, sim_drain, sim_enable, sim_rolling, sim_single};
     type Run = fn(u64) -> std::result::Result<sim::Stats, sim::Failure>;
-    type RunMany = fn(u64, u64) -> std::result::Result<sim::Stats, sim::Failure>;
     a.known(&["seeds", "first", "seed", "job"])?;
     let job: String = a.get("job", "stop-all".to_string())?;
-    let (run, run_many): (Run, RunMany) = match job.as_str() {
-        "stop-all" => (sim::run, sim::run_many),
-        "enable" => (sim_enable::run, sim_enable::run_many),
-        "single" => (sim_single::run, sim_single::run_many),
-        "drain" => (sim_drain::run, sim_drain::run_many),
-        "rolling" => (sim_rolling::run, sim_rolling::run_many),
+    let run: Run = match job.as_str() {
+        "stop-all" => sim::run,
+        "enable" => sim_enable::run,
+        "single" => sim_single::run,
+        "drain" => sim_drain::run,
+        "rolling" => sim_rolling::run,
         other => bail!("unknown --job {other:?}: stop-all, enable, single, drain or rolling"),
     };
     if let Some(seed) = a.opt::<u64>("seed")? {
@@ -2350,7 +2349,7 @@ fn bench_sim(a: &Args) -> Result<Report> {
     let seeds: u64 = a.get("seeds", 1_000_000)?;
     let first: u64 = a.get("first", 0)?;
     let started = Instant::now();
-    let stats = run_many(first, seeds).map_err(|f| anyhow!("{f}"))?;
+    let stats = sim::run_many(run, first, seeds).map_err(|f| anyhow!("{f}"))?;
     let t = secs(started.elapsed());
     let per = |n: usize| n as f64 / seeds.max(1) as f64;
     let md = format!(
