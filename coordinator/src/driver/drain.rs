@@ -6,7 +6,7 @@
 
 use crate::driver::executor::{record_stopped, stopped};
 use crate::driver::slots::Priority;
-use crate::driver::stop_all::{answer, journal, stop_reason};
+use crate::driver::stop_all::{answer, journal, stop_reason, FIND_OUT_WAIT};
 use crate::engine::drain::{Action, Drain, Event, Planned};
 use crate::engine::{Answer, Ending};
 use crate::jobs::{Job, JobSpec, JobState, Report};
@@ -15,11 +15,7 @@ use nodemaint_planner as planner;
 use nodemaint_proto::model::{NodeRecord, VmState};
 use nodemaint_proto::pb::{self, agent_command::Kind};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::mpsc;
-
-/// How long one find-out waits for the agent before the engine asks again.
-const FIND_OUT_WAIT: Duration = Duration::from_secs(30);
 
 /// The machine for a new drain: the plan accepted with the job (rolling
 /// plans a group's drains jointly), or one made now; VMs maintenance

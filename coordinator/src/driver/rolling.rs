@@ -12,8 +12,9 @@
 //! rolling finds, never repeats, what it launched or sent.
 
 use crate::driver::executor::{await_job, describe, launch_child};
+use crate::driver::stop_all::{stop_reason, FIND_OUT_WAIT};
 use crate::engine::rolling::{Action, Command, Event, Hook, Inspection, Phase, Progress, Rolling};
-use crate::engine::{Answer, Ending, StopReason};
+use crate::engine::{Answer, Ending};
 use crate::jobs::{self, Job, JobSpec, JobState, Report};
 use crate::server::Coordinator;
 use nodemaint_planner as planner;
@@ -24,8 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// How long one find-out waits for the agent before the engine asks again.
-const FIND_OUT_WAIT: Duration = Duration::from_secs(30);
 /// How often the driver looks at the job for pause, resume and continue.
 const POLL: Duration = Duration::from_millis(500);
 
@@ -88,14 +87,6 @@ fn machine_of(job: &Job) -> Rolling {
         }
     }
     m
-}
-
-fn stop_reason(reason: String) -> StopReason {
-    if reason.starts_with("deadline") {
-        StopReason::Deadline
-    } else {
-        StopReason::Abort(reason)
-    }
 }
 
 pub async fn run(c: Arc<Coordinator>, job: Job, resumed: bool) {
