@@ -44,7 +44,7 @@ pub fn job_span(job: &Job) -> tracing::Span {
 
 /// Logs how a job's executor left it (inside the job span).
 pub async fn job_ended(c: &crate::server::Coordinator, id: &str) {
-    match c.get_job(id).await {
+    match c.jobs.get(id).await {
         Some(j) => tracing::info!(
             state = ?j.state,
             outcome = j.outcome.as_deref().unwrap_or(""),

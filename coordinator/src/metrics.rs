@@ -182,7 +182,7 @@ fn state_word(s: crate::jobs::JobState) -> &'static str {
 /// Refreshes the scrape-time values and renders everything.
 pub async fn render(c: &Coordinator) -> String {
     let reg = registry();
-    match c.list_jobs().await {
+    match c.jobs.list().await {
         Ok(jobs) => reg.replace(
             &JOBS,
             jobs_by_state(jobs.iter().map(|j| (j.kind(), state_word(j.state)))),

@@ -13,6 +13,7 @@ use nodemaint_proto::pb;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
+/// Cheap to clone: clones share the mirror.
 #[derive(Clone)]
 pub struct Registry {
     kv: kv::Store,

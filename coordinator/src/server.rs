@@ -7,6 +7,8 @@
 //! - the API responder (`<prefix>.v1.api.>`, queue group, so replicas share load).
 
 use crate::config::CoordinatorConfig;
+use crate::jobs::JobStore;
+use crate::link::AgentLink;
 use crate::registry::{self, Registry};
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
@@ -14,28 +16,21 @@ use nodemaint_proto::bus;
 use nodemaint_proto::pb::{self, event::Body};
 use nodemaint_proto::subjects::{EventKind, Subjects, COORDINATOR_NODE};
 use nodemaint_proto::Message as _;
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
+/// The coordinator: three parts that do not know each other (the node
+/// registry, the job store, the agent link), composed with this process's
+/// leadership and the drivers' shared limits.
 pub struct Coordinator {
     pub cfg: CoordinatorConfig,
-    pub client: async_nats::Client,
-    pub js: jetstream::Context,
-    pub subjects: Subjects,
     pub registry: Registry,
-    pub jobs: kv::Store,
-    /// Agents' record of executed command ids: the truth about a command
-    /// whose result a restarted coordinator did not see.
-    pub agent_results: kv::Store,
+    pub jobs: JobStore,
+    pub link: AgentLink,
     /// True while this coordinator holds the leader lease: only the leader
     /// changes the fleet (the portal checks it too).
     pub leader: std::sync::atomic::AtomicBool,
-    /// This leadership's fencing token ([`crate::lease::Elector::epoch`]),
-    /// stamped on every agent command: agents refuse a deposed leader's.
-    pub epoch: std::sync::atomic::AtomicU64,
     /// API request ids (idempotency) → job ids.
     pub requests: kv::Store,
     /// The leader lease's bucket.
@@ -44,8 +39,6 @@ pub struct Coordinator {
     pub slots: crate::driver::slots::MigrationSlots,
     /// Abort and deadline requests of running jobs.
     pub stops: crate::driver::executor::Stops,
-    /// Command id → channel of that command's progress and result events.
-    waiters: Mutex<HashMap<String, mpsc::UnboundedSender<pb::Event>>>,
 }
 
 /// Connects to NATS within 5 s, naming the URL when it can't.
@@ -103,21 +96,17 @@ impl Coordinator {
             .await
             .map_err(|err| e("registry", err))?;
         let cfg_limits = cfg.limits;
+        let link = AgentLink::new(client, js.clone(), subjects.clone(), agent_results);
         let coord = Arc::new(Coordinator {
             cfg,
-            client,
-            js,
-            subjects,
+            jobs: JobStore::new(jobs, js, subjects, registry.clone()),
             registry,
-            jobs,
-            agent_results,
+            link,
             requests,
             leader_store: leader,
             slots: crate::driver::slots::MigrationSlots::new(cfg_limits),
             stops: Default::default(),
             leader: Default::default(),
-            epoch: Default::default(),
-            waiters: Default::default(),
         });
         coord.clone().spawn_event_loops().await?;
         Ok(coord)
@@ -134,13 +123,15 @@ impl Coordinator {
             until = elector.acquire() => until,
             _ = &mut shutdown => return Ok(()),
         };
-        self.epoch
+        self.link
+            .epoch
             .store(elector.epoch(), std::sync::atomic::Ordering::SeqCst);
         self.leader.store(true, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(crate::driver::executor::resume_jobs(self.clone()));
         let mut api = self
+            .link
             .client
-            .queue_subscribe(self.subjects.api_all(), "nodemaint-coordinator".into())
+            .queue_subscribe(self.link.subjects.api_all(), "nodemaint-coordinator".into())
             .await?;
         tracing::info!(url = %self.cfg.nats_url, "coordinator serving");
         let serve = async {
@@ -180,6 +171,7 @@ impl Coordinator {
             },
         };
         if let Err(e) = self
+            .link
             .client
             .publish(reply_to, reply.encode_to_vec().into())
             .await
@@ -195,7 +187,7 @@ impl Coordinator {
     /// only allow `read` cannot smuggle a change through it.
     fn caller(&self, subject: &str, req: &pb::ApiRequest) -> Result<String, pb::Error> {
         use pb::error::Code;
-        let Some(api) = self.subjects.parse_api(subject) else {
+        let Some(api) = self.link.subjects.parse_api(subject) else {
             return Err(pb::Error::new(
                 Code::Malformed,
                 format!("{subject:?} is not an API subject (<prefix>.v1.api.<user>.<read|change>.<method>)"),
@@ -222,7 +214,7 @@ impl Coordinator {
                     } else {
                         "does not change"
                     },
-                    self.subjects.api_user(api.user, req.is_mutating())
+                    self.link.subjects.api_user(api.user, req.is_mutating())
                 ),
             ));
         }
@@ -234,20 +226,24 @@ impl Coordinator {
     }
 
     async fn spawn_event_loops(self: Arc<Self>) -> anyhow::Result<()> {
-        let s = &self.subjects;
+        let s = &self.link.subjects;
         let mut state = self
+            .link
             .client
             .subscribe(s.events_filter(None, Some(EventKind::Heartbeat)))
             .await?;
         let mut inventory = self
+            .link
             .client
             .subscribe(s.events_filter(None, Some(EventKind::Inventory)))
             .await?;
         let mut results = self
+            .link
             .client
             .subscribe(s.events_filter(None, Some(EventKind::Result)))
             .await?;
         let mut progress = self
+            .link
             .client
             .subscribe(s.events_filter(None, Some(EventKind::Progress)))
             .await?;
@@ -270,7 +266,7 @@ impl Coordinator {
                     Some(m) = progress.next() => m,
                     else => break,
                 };
-                me.route_to_waiter(msg);
+                me.link.route_to_waiter(msg);
             }
         });
         Ok(())
@@ -283,11 +279,19 @@ impl Coordinator {
             subject: subject.to_string(),
             error: Some(pb::Error::new(pb::error::Code::Malformed, reason)),
         });
-        let _ = bus::publish_event(&self.js, &self.subjects, COORDINATOR_NODE, "", body).await;
+        let _ = bus::publish_event(
+            &self.link.js,
+            &self.link.subjects,
+            COORDINATOR_NODE,
+            "",
+            body,
+        )
+        .await;
     }
 
     fn decode_event(&self, msg: &async_nats::Message) -> Result<(String, pb::Event), String> {
         let (node, _) = self
+            .link
             .subjects
             .parse_event(&msg.subject)
             .ok_or_else(|| "not an event subject".to_string())?;
@@ -350,8 +354,13 @@ impl Coordinator {
     }
 
     async fn reload_inventory(&self, node: &str) {
-        let subject = self.subjects.event(node, EventKind::Inventory);
-        let Ok(stream) = self.js.get_stream(self.subjects.events_stream()).await else {
+        let subject = self.link.subjects.event(node, EventKind::Inventory);
+        let Ok(stream) = self
+            .link
+            .js
+            .get_stream(self.link.subjects.events_stream())
+            .await
+        else {
             return;
         };
         match stream.get_last_raw_message_by_subject(&subject).await {
@@ -366,124 +375,6 @@ impl Coordinator {
                 }
             },
             Err(e) => tracing::debug!(node, error = %e, "no stored inventory yet"),
-        }
-    }
-
-    fn route_to_waiter(&self, msg: async_nats::Message) {
-        let Ok(ev) = nodemaint_proto::decode::<pb::Event>(&msg.payload) else {
-            return;
-        };
-        let id = match &ev.body {
-            Some(Body::Result(r)) => r.command_id.clone(),
-            Some(Body::Progress(p)) => p.command_id.clone(),
-            _ => return,
-        };
-        let mut waiters = self.waiters.lock().unwrap();
-        let is_result = matches!(ev.body, Some(Body::Result(_)));
-        if let Some(tx) = waiters.get(&id) {
-            let _ = tx.send(ev);
-            if is_result {
-                waiters.remove(&id);
-            }
-        }
-    }
-
-    /// Sends a command to a node's agent through its durable stream, with
-    /// the command id as `Nats-Msg-Id`. The returned channel yields the
-    /// command's progress events and, last, its result.
-    pub async fn send_command(
-        &self,
-        node: &str,
-        cmd: &pb::AgentCommand,
-    ) -> anyhow::Result<mpsc::UnboundedReceiver<pb::Event>> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        // Registered before publishing, so even an instant result is caught.
-        self.waiters.lock().unwrap().insert(cmd.id.clone(), tx);
-        let sent = self
-            .publish_command(node, cmd, &cmd.id, Duration::from_secs(30))
-            .await;
-        if let Err(e) = sent {
-            self.waiters.lock().unwrap().remove(&cmd.id);
-            return Err(e.context(format!("cannot send command to node {node}")));
-        }
-        Ok(rx)
-    }
-
-    /// Publishes a command on the node's durable subject with `msg_id` as
-    /// `Nats-Msg-Id`, retrying for up to `patience` while NATS does not
-    /// acknowledge it (a server restarting, a cluster electing a stream
-    /// leader): the same message id makes a retry of a publish that did
-    /// land a no-op, so nothing runs twice and nothing is dropped.
-    pub async fn publish_command(
-        &self,
-        node: &str,
-        cmd: &pb::AgentCommand,
-        msg_id: &str,
-        patience: Duration,
-    ) -> anyhow::Result<()> {
-        // Stamped at each send: a command resent by a later leader (after a
-        // takeover) carries that leader's epoch.
-        let cmd = pb::AgentCommand {
-            epoch: self.epoch.load(std::sync::atomic::Ordering::SeqCst),
-            ..cmd.clone()
-        };
-        let payload: bytes::Bytes = cmd.encode_to_vec().into();
-        bus::Retry::within(format!("command {} to {node}", cmd.id), patience)
-            .run(|| async {
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-Msg-Id", msg_id);
-                self.js
-                    .publish_with_headers(self.subjects.agent_cmd(node), headers, payload.clone())
-                    .await?
-                    .await?;
-                Ok::<_, bus::BoxError>(())
-            })
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))
-    }
-
-    /// The result an agent recorded for a command in its results bucket,
-    /// `None` while it is not recorded (not claimed, or still executing).
-    /// The bucket is the truth when a result event was missed (published
-    /// while this coordinator was reconnecting, or before it restarted).
-    pub async fn recorded_result(
-        &self,
-        node: &str,
-        id: &str,
-    ) -> Result<Option<pb::CommandResult>, bus::BoxError> {
-        let key = format!("{node}.{id}");
-        match self.agent_results.get(&key).await? {
-            Some(v) if v.first() == Some(&b'R') => {
-                Ok(Some(pb::CommandResult::decode(&v[1..]).map_err(|e| {
-                    format!("unreadable recorded result of {key}: {e}")
-                })?))
-            }
-            _ => Ok(None),
-        }
-    }
-
-    /// Last sequence of the events stream: a watcher that replays from the
-    /// next one misses nothing of an operation accepted now.
-    pub async fn events_seq(&self) -> u64 {
-        match self.js.get_stream(self.subjects.events_stream()).await {
-            Ok(mut s) => s.info().await.map(|i| i.state.last_sequence).unwrap_or(0),
-            Err(_) => 0,
-        }
-    }
-
-    /// Publishes a job event (on the coordinator's subject).
-    pub async fn job_event(&self, job: pb::JobEvent) {
-        let op = job.job_id.clone();
-        if let Err(e) = bus::publish_event(
-            &self.js,
-            &self.subjects,
-            COORDINATOR_NODE,
-            &op,
-            Body::Job(job),
-        )
-        .await
-        {
-            tracing::warn!(error = %e, "cannot publish job event");
         }
     }
 }

@@ -364,7 +364,7 @@ async fn login_sessions_and_csrf() {
     );
 
     // CSRF: another session's token, or none, is refused and changes nothing.
-    let jobs_before = e.coord.list_jobs().await.unwrap().len();
+    let jobs_before = e.coord.jobs.list().await.unwrap().len();
     for token in ["", bob.csrf.as_str(), "0123"] {
         let r = post(
             app,
@@ -381,7 +381,7 @@ async fn login_sessions_and_csrf() {
         assert!(r.body.contains("CSRF"), "{}", r.body);
     }
     assert_eq!(status(&e.coord, "node1"), NodeStatus::Enabled);
-    assert_eq!(e.coord.list_jobs().await.unwrap().len(), jobs_before);
+    assert_eq!(e.coord.jobs.list().await.unwrap().len(), jobs_before);
 
     // Logout needs the token too, then ends the session.
     let r = post(app, Some(&alice), "/logout", &[]).await;
@@ -630,7 +630,7 @@ async fn stop_all_and_enable_with_refusals() {
     );
     assert!(r.body.contains("Nothing was changed"));
     assert_eq!(status(c, "node1"), NodeStatus::Enabled);
-    assert!(c.list_jobs().await.unwrap().is_empty());
+    assert!(c.jobs.list().await.unwrap().is_empty());
 
     // Stop All without the acknowledgement: 409 naming the cloudspaces.
     let r = post_f(
@@ -646,7 +646,7 @@ async fn stop_all_and_enable_with_refusals() {
         r.body
     );
     assert_eq!(status(c, "node1"), NodeStatus::Enabled);
-    assert!(c.list_jobs().await.unwrap().is_empty());
+    assert!(c.jobs.list().await.unwrap().is_empty());
 
     // No mode, or an unknown node: 400 and 404.
     let r = post(
@@ -675,7 +675,7 @@ async fn stop_all_and_enable_with_refusals() {
     .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     assert!(r.body.contains("not in maintenance"), "{}", r.body);
-    assert!(c.list_jobs().await.unwrap().is_empty());
+    assert!(c.jobs.list().await.unwrap().is_empty());
 
     // Stop All, acknowledged: accepted as a job recorded with alice.
     let r = post_f(
@@ -901,7 +901,7 @@ async fn a_running_job_can_be_aborted_by_operators_only() {
         "carol",
         Some("node3"),
     );
-    c.create_job(&job).await.unwrap();
+    c.jobs.create(&job).await.unwrap();
     let bob = login(app, "bob").await; // Level1
     let page = get(app, Some(&bob), &format!("/jobs/{}", job.id)).await;
     assert!(!page.body.contains(r#"id="abort-submit""#), "{}", page.body);
@@ -925,7 +925,7 @@ async fn a_running_job_can_be_aborted_by_operators_only() {
     )
     .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
-    let j = c.get_job(&job.id).await.unwrap();
+    let j = c.jobs.get(&job.id).await.unwrap();
     assert_eq!(j.stop_reason.as_deref(), Some("aborted by carol"));
     assert!(
         j.steps
@@ -936,12 +936,13 @@ async fn a_running_job_can_be_aborted_by_operators_only() {
     );
     assert_eq!(c.stops.reason(&job.id).as_deref(), Some("aborted by carol"));
     // A finished job: refused, saying so.
-    c.finish_job(
-        &job.id,
-        nodemaint_coordinator::jobs::JobState::Aborted,
-        "x".into(),
-    )
-    .await;
+    c.jobs
+        .finish(
+            &job.id,
+            nodemaint_coordinator::jobs::JobState::Aborted,
+            "x".into(),
+        )
+        .await;
     let r = post(
         app,
         Some(&carol),

@@ -179,7 +179,8 @@ pub(super) async fn preflight(
         _ => None,
     };
     let running: Vec<Job> = c
-        .list_jobs()
+        .jobs
+        .list()
         .await
         .map_err(internal)?
         .into_iter()

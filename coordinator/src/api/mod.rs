@@ -21,26 +21,7 @@ use nodemaint_proto::pb::{self, api_reply::Kind as Reply, api_request::Kind as R
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// A refusal: code and message, turned into an `ApiReply` error.
-#[derive(Debug)]
-pub struct Refusal(pub Code, pub String);
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.0.as_str_name(), self.1)
-    }
-}
-
-/// Status as operators read it: ENABLED, MAINTENANCE, …
-fn status_word(s: NodeStatus) -> String {
-    format!("{s:?}").to_uppercase()
-}
-
-impl From<Refusal> for pb::ApiReply {
-    fn from(r: Refusal) -> Self {
-        pb::ApiReply::error(r.0, r.1)
-    }
-}
+pub use crate::refusal::{status_word, Refusal};
 
 type Result<T> = std::result::Result<T, Refusal>;
 
@@ -80,7 +61,7 @@ pub async fn handle(c: &Arc<Coordinator>, user: &str, req: pb::ApiRequest) -> pb
         }
         if let Ok(Some(id)) = c.requests.get(key).await {
             let id = String::from_utf8_lossy(&id).to_string();
-            let state = c.get_job(&id).await.map(|j| j.state);
+            let state = c.jobs.get(&id).await.map(|j| j.state);
             tracing::info!(%user, %method, job = %id, "repeated request answered with its job");
             return pb::ApiReply {
                 kind: Some(Reply::Accepted(pb::Accepted {
@@ -115,11 +96,11 @@ pub async fn handle(c: &Arc<Coordinator>, user: &str, req: pb::ApiRequest) -> pb
         Req::ExportFleet(_) => json(&fleet(c)),
         Req::PlanDrain(r) => plan_drain(c, &r),
         Req::PlanRolling(r) => plan_rolling(c, &r),
-        Req::ListJobs(_) => match c.list_jobs().await {
+        Req::ListJobs(_) => match c.jobs.list().await {
             Ok(jobs) => json(&jobs),
             Err(e) => Err(internal(e)),
         },
-        Req::ShowJob(r) => match c.get_job(&r.job_id).await {
+        Req::ShowJob(r) => match c.jobs.get(&r.job_id).await {
             Some(job) => json(&job),
             None => refuse(Code::NotFound, format!("unknown job {:?}", r.job_id)),
         },
@@ -207,8 +188,8 @@ fn require_reachable(n: &NodeRecord) -> Result<()> {
 /// Records a job and runs it in the background; replies "accepted" with
 /// where its events start.
 async fn launch(c: &Arc<Coordinator>, job: Job) -> Result<Reply> {
-    let from_seq = c.events_seq().await;
-    c.create_job(&job).await.map_err(internal)?;
+    let from_seq = c.link.events_seq().await;
+    c.jobs.create(&job).await.map_err(internal)?;
     let message = format!("{} accepted as job {}", job.kind(), job.id);
     let op_id = job.id.clone();
     crate::driver::executor::spawn(c.clone(), job, false);
@@ -229,76 +210,6 @@ fn plan_error(e: planner::PlanError) -> Refusal {
     Refusal(code, e.to_string())
 }
 
-/// Takes the node for a job: status `from` → `to`, current job set, in one
-/// compare-and-set, so two requests cannot both win.
-pub(crate) async fn take_node(
-    c: &Coordinator,
-    name: &str,
-    from: NodeStatus,
-    to: NodeStatus,
-    job_id: &str,
-) -> Result<NodeRecord> {
-    // Claims of jobs that ended are stale (their release may have been cut
-    // short by a crash); anything else still lands VMs here.
-    let mut stale: Vec<String> = Vec::new();
-    for j in c
-        .registry
-        .get(name)
-        .map(|r| r.inbound)
-        .unwrap_or_default()
-        .into_values()
-    {
-        if c.get_job(&j).await.is_none_or(|j| j.state.is_terminal()) {
-            stale.push(j);
-        }
-    }
-    c.registry
-        .update(name, |r| {
-            let mut r =
-                r.ok_or_else(|| Refusal(Code::NotFound, format!("unknown node {name:?}")))?;
-            if let Some(j) = &r.current_job {
-                return Err(Refusal(
-                    Code::Conflict,
-                    format!("node {name} is held by job {j}; wait for it or check `job show {j}`"),
-                ));
-            }
-            if r.status != from {
-                return Err(Refusal(
-                    Code::WrongState,
-                    format!(
-                        "node {name} is {}, not {}",
-                        status_word(r.status),
-                        status_word(from)
-                    ),
-                ));
-            }
-            r.inbound.retain(|_, j| !stale.contains(j));
-            if to == NodeStatus::Maintenance {
-                if let Some((vm, j)) = r.inbound.iter().next() {
-                    return Err(Refusal(
-                        Code::Conflict,
-                        format!(
-                            "node {name} is receiving VMs ({vm} from job {j}{more}); \
-                             wait for it or `job abort {j}`",
-                            more = match r.inbound.len() - 1 {
-                                0 => String::new(),
-                                n => format!(" and {n} more"),
-                            }
-                        ),
-                    ));
-                }
-            }
-            r.status = to;
-            r.current_job = Some(job_id.to_string());
-            Ok(r)
-        })
-        .await
-        .map_err(|e| match e {
-            nodemaint_proto::bus::CasError::Rejected(r) => r,
-            other => internal(other),
-        })
-}
-
 /// Takes the node for the job and launches it; if the launch fails the
 /// node is given back in the status it had (a refusal leaves no trace).
 async fn take_and_launch(
@@ -309,7 +220,7 @@ async fn take_and_launch(
     job: Job,
 ) -> Result<Reply> {
     let id = job.id.clone();
-    take_node(c, name, from, to, &id).await?;
+    crate::driver::take_node(c, name, from, to, &id).await?;
     match launch(c, job).await {
         Ok(r) => Ok(r),
         Err(e) => {

@@ -35,7 +35,7 @@ pub(super) async fn start_rolling(
         }
         r.nodes.clone()
     };
-    if let Ok(jobs) = c.list_jobs().await {
+    if let Ok(jobs) = c.jobs.list().await {
         if let Some(j) = jobs
             .iter()
             .find(|j| matches!(j.spec, JobSpec::Rolling(_)) && !j.state.is_terminal())
@@ -89,7 +89,7 @@ pub(super) async fn control_rolling(
     let action = Action::try_from(r.action).unwrap_or(Action::Unspecified);
     let id = r.job_id.clone();
     let node_name = r.node.clone();
-    let res = nodemaint_proto::bus::cas_update::<Job, Refusal>(&c.jobs, &id, |j| {
+    let res = c.jobs.modify::<Refusal>(&id, |j| {
         let mut j = j.ok_or_else(|| Refusal(Code::NotFound, format!("unknown job {id:?}")))?;
         let JobSpec::Rolling(spec) = &j.spec else {
             return Err(Refusal(Code::InvalidArgument, format!("job {id} is a {}, not a rolling maintenance", j.kind())));
@@ -124,7 +124,7 @@ pub(super) async fn control_rolling(
     })
     .await;
     let job = match res {
-        Ok(u) => u.value,
+        Ok(j) => j,
         Err(nodemaint_proto::bus::CasError::Rejected(r)) => return Err(r),
         Err(e) => return Err(internal(e)),
     };
@@ -142,7 +142,8 @@ pub(super) async fn control_rolling(
         }
     }
     let word = format!("{action:?}").to_lowercase();
-    c.job_step(&job.id, None, None, format!("{word} requested"))
+    c.jobs
+        .step(&job.id, None, None, format!("{word} requested"))
         .await;
     Ok(Reply::Accepted(pb::Accepted {
         op_id: job.id.clone(),

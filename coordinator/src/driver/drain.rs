@@ -73,17 +73,18 @@ pub async fn drain(c: Arc<Coordinator>, job: Job, resumed: bool) {
         None => match new_machine(&c, &job, &node, resumed) {
             Ok(m) => {
                 let waves = m.vms.iter().map(|t| t.plan.wave + 1).max().unwrap_or(0);
-                c.job_step(
-                    &job.id,
-                    None,
-                    None,
-                    format!(
-                        "plan: {} VMs to move in {waves} waves (VFWs first), fallback {}",
-                        m.vms.len(),
-                        m.fallback.as_str()
-                    ),
-                )
-                .await;
+                c.jobs
+                    .step(
+                        &job.id,
+                        None,
+                        None,
+                        format!(
+                            "plan: {} VMs to move in {waves} waves (VFWs first), fallback {}",
+                            m.vms.len(),
+                            m.fallback.as_str()
+                        ),
+                    )
+                    .await;
                 m
             }
             Err(e) => {
@@ -92,7 +93,8 @@ pub async fn drain(c: Arc<Coordinator>, job: Job, resumed: bool) {
                     "cannot drain {node}: {e}; nothing was moved, the node stays in maintenance"
                 );
                 return c
-                    .finish_job_with(&job.id, JobState::Failed, msg, Some(Report::default()))
+                    .jobs
+                    .finish_with(&job.id, JobState::Failed, msg, Some(Report::default()))
                     .await;
             }
         },
@@ -219,7 +221,7 @@ async fn perform(
                 send(&tx, Event::Inventory(answer));
             });
         }
-        Action::Note { vm, ok, message } => c.job_step(&job.id, vm.as_deref(), ok, message).await,
+        Action::Note { vm, ok, message } => c.jobs.step(&job.id, vm.as_deref(), ok, message).await,
         Action::Finish { ending, summary } => finish(c, job, node, m, ending, summary).await,
     }
 }
@@ -277,26 +279,28 @@ async fn migrate(
         g = c.slots.acquire(from, to, Priority::Maintenance) => g,
     };
     let how = if live { "moving" } else { "moving (shut off)" };
-    c.job_step(
-        &job.id,
-        Some(vm),
-        None,
-        format!("{how} {vm} from {from} to {to}"),
-    )
-    .await;
+    c.jobs
+        .step(
+            &job.id,
+            Some(vm),
+            None,
+            format!("{how} {vm} from {from} to {to}"),
+        )
+        .await;
     let r = c.run_command_as(cmd, job, from, vm, Some(to), kind).await;
     // Logged before the slots are released: the journal's intervals
     // between "moving" and "ended" lie within the slot holding.
-    c.job_step(
-        &job.id,
-        Some(vm),
-        Some(r.ok),
-        format!(
-            "migration of {vm} from {from} to {to} ended: {}",
-            if r.ok { "ok" } else { "failed" }
-        ),
-    )
-    .await;
+    c.jobs
+        .step(
+            &job.id,
+            Some(vm),
+            Some(r.ok),
+            format!(
+                "migration of {vm} from {from} to {to} ended: {}",
+                if r.ok { "ok" } else { "failed" }
+            ),
+        )
+        .await;
     answer(&r)
 }
 
@@ -305,7 +309,7 @@ async fn migrate(
 /// results bucket what it did, the command being re-sent (same id) if the
 /// agent never claimed it.
 async fn find_out(c: &Coordinator, job_id: &str, vm: String, cmd: String) -> Event {
-    let Some(job) = c.get_job(job_id).await else {
+    let Some(job) = c.jobs.get(job_id).await else {
         let answer = Answer::Unknown("cannot read the job's journal".into());
         return Event::Answered { vm, cmd, answer };
     };
@@ -345,7 +349,8 @@ async fn finish(
         Ending::Aborted => JobState::Aborted,
     };
     c.release_node(node, &job.id).await;
-    c.finish_job_with(&job.id, state, summary, Some(report))
+    c.jobs
+        .finish_with(&job.id, state, summary, Some(report))
         .await;
 }
 

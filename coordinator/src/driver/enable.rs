@@ -101,13 +101,14 @@ pub(crate) async fn journal<T: Serialize>(c: &Coordinator, job: &str, state: &T)
     let value = serde_json::to_value(state).expect("serializable");
     let mut backoff = bus::Backoff::default();
     loop {
-        if c.update_job(job, |j| j.engine = Some(value.clone()))
+        if c.jobs
+            .update(job, |j| j.engine = Some(value.clone()))
             .await
             .is_some()
         {
             return true;
         }
-        if c.get_job(job).await.is_none() && c.jobs.status().await.is_ok() {
+        if c.jobs.vanished(job).await {
             return false;
         }
         tracing::warn!(
@@ -137,13 +138,14 @@ pub(crate) async fn find_out(
     let r = c.settle(node, &command, FIND_OUT_WAIT).await;
     if let crate::engine::Answer::Done(_) | crate::engine::Answer::Failed(_) = answer(&r) {
         let (ok, msg) = (r.ok, describe(&r));
-        c.update_job(&job.id, |j| {
-            if let Some(rec) = j.commands.iter_mut().find(|rec| rec.id == cmd) {
-                rec.ok = Some(ok);
-                rec.message = Some(msg.clone());
-            }
-        })
-        .await;
+        c.jobs
+            .update(&job.id, |j| {
+                if let Some(rec) = j.commands.iter_mut().find(|rec| rec.id == cmd) {
+                    rec.ok = Some(ok);
+                    rec.message = Some(msg.clone());
+                }
+            })
+            .await;
     }
     r
 }
@@ -160,7 +162,8 @@ async fn perform(
     match a {
         Action::Journal => {}
         Action::SendStart { vm, cmd } => {
-            c.job_step(&job.id, Some(&vm), None, format!("starting {vm}"))
+            c.jobs
+                .step(&job.id, Some(&vm), None, format!("starting {vm}"))
                 .await;
             let (c, job, node, tx, kind) = (
                 c.clone(),
@@ -203,22 +206,23 @@ async fn perform(
                     Ok(()) => break,
                     Err(e) if attempt >= 12 || c.registry.get(node).is_none() => {
                         tracing::error!(node, %vm, error = %e, "running, but its record stays:                             `vm list` shows it; a drain leaves it in place");
-                        c.job_step(
-                            &job.id,
-                            Some(&vm),
-                            Some(false),
-                            format!(
+                        c.jobs
+                            .step(
+                                &job.id,
+                                Some(&vm),
+                                Some(false),
+                                format!(
                                 "{vm} runs, but its stopped_by record could not be removed ({e})"
                             ),
-                        )
-                        .await;
+                            )
+                            .await;
                         break;
                     }
                     Err(_) => backoff.wait().await,
                 }
             }
         }
-        Action::Note { vm, ok, message } => c.job_step(&job.id, vm.as_deref(), ok, message).await,
+        Action::Note { vm, ok, message } => c.jobs.step(&job.id, vm.as_deref(), ok, message).await,
         Action::Finish { ending, summary } => {
             let summary = super::name_the_deadline(c, &job.id, summary);
             let mut report = Report::default();
@@ -235,7 +239,8 @@ async fn perform(
                 Ending::Aborted => JobState::Aborted,
             };
             c.release_node(node, &job.id).await;
-            c.finish_job_with(&job.id, state, summary, Some(report))
+            c.jobs
+                .finish_with(&job.id, state, summary, Some(report))
                 .await;
         }
         a @ (Action::Record { .. } | Action::SendStop { .. } | Action::SendCommand { .. }) => {

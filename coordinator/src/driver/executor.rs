@@ -174,7 +174,8 @@ impl Coordinator {
         // Journal before act: a command whose journal entry was not written
         // is not sent (a resumed job could not know about it).
         if self
-            .update_job(&job.id, |j| j.commands.push(rec.clone()))
+            .jobs
+            .update(&job.id, |j| j.commands.push(rec.clone()))
             .await
             .is_none()
         {
@@ -204,7 +205,7 @@ impl Coordinator {
             kind: Some(Kind::RefreshInventory(pb::RefreshInventory {})),
             ..Default::default()
         };
-        if let Err(e) = self.send_command(node, &cmd).await {
+        if let Err(e) = self.link.send_command(node, &cmd).await {
             tracing::warn!(node, error = %e, "cannot ask for an inventory refresh");
         }
     }
@@ -218,13 +219,14 @@ impl Coordinator {
     ) -> pb::CommandResult {
         let result = self.send_and_wait(node, cmd, wait).await;
         let (id, ok, msg) = (cmd.id.clone(), result.ok, describe(&result));
-        self.update_job(job_id, |j| {
-            if let Some(r) = j.commands.iter_mut().find(|r| r.id == id) {
-                r.ok = Some(ok);
-                r.message = Some(msg.clone());
-            }
-        })
-        .await;
+        self.jobs
+            .update(job_id, |j| {
+                if let Some(r) = j.commands.iter_mut().find(|r| r.id == id) {
+                    r.ok = Some(ok);
+                    r.message = Some(msg.clone());
+                }
+            })
+            .await;
         result
     }
 
@@ -249,13 +251,14 @@ impl Coordinator {
             let r = self.settle(&rec.node, &cmd, wait).await;
             let (id, ok, msg) = (cmd.id.clone(), r.ok, describe(&r));
             tracing::info!(job = %job.id, cmd = %cmd.id, vm = %rec.vm, ok, "settled a command left unfinished by the restart");
-            self.update_job(&job.id, |j| {
-                if let Some(c) = j.commands.iter_mut().find(|c| c.id == id) {
-                    c.ok = Some(ok);
-                    c.message = Some(msg.clone());
-                }
-            })
-            .await;
+            self.jobs
+                .update(&job.id, |j| {
+                    if let Some(c) = j.commands.iter_mut().find(|c| c.id == id) {
+                        c.ok = Some(ok);
+                        c.message = Some(msg.clone());
+                    }
+                })
+                .await;
             out.push((rec.clone(), r));
         }
         out
@@ -274,13 +277,14 @@ impl Coordinator {
         let deadline = tokio::time::Instant::now() + wait;
         let mut resent = false;
         loop {
-            match self.recorded_result(node, &cmd.id).await {
+            match self.link.recorded_result(node, &cmd.id).await {
                 Ok(Some(r)) => return r,
                 Err(e) => return failed(Code::Internal, e.to_string()),
                 Ok(None) if !resent => {
                     // Not recorded: claimed (executing) or never claimed.
-                    if let Ok(None) = self.agent_results.get(&key).await {
+                    if let Ok(None) = self.link.results.get(&key).await {
                         resent = self
+                            .link
                             .publish_command(
                                 node,
                                 cmd,
@@ -427,13 +431,14 @@ impl Coordinator {
             reason = stopped(&mut stop) => return Err(reason),
             g = self.slots.acquire(from, &to, priority) => g,
         };
-        self.job_step(
-            &job.id,
-            Some(&vm),
-            None,
-            format!("moving {vm} from {from} to {to}"),
-        )
-        .await;
+        self.jobs
+            .step(
+                &job.id,
+                Some(&vm),
+                None,
+                format!("moving {vm} from {from} to {to}"),
+            )
+            .await;
         let run = self.run_command_as(id, job, from, &vm, Some(&to), kind);
         tokio::pin!(run);
         let r = tokio::select! {
@@ -445,16 +450,17 @@ impl Coordinator {
         };
         // Logged before the slots are released: the journal's intervals
         // between "moving" and "ended" lie within the slot holding.
-        self.job_step(
-            &job.id,
-            Some(&vm),
-            Some(r.ok),
-            format!(
-                "migration of {vm} from {from} to {to} ended: {}",
-                if r.ok { "ok" } else { "failed" }
-            ),
-        )
-        .await;
+        self.jobs
+            .step(
+                &job.id,
+                Some(&vm),
+                Some(r.ok),
+                format!(
+                    "migration of {vm} from {from} to {to} ended: {}",
+                    if r.ok { "ok" } else { "failed" }
+                ),
+            )
+            .await;
         Ok(r)
     }
 
@@ -509,7 +515,7 @@ impl Coordinator {
         cmd: &pb::AgentCommand,
         wait: Duration,
     ) -> pb::CommandResult {
-        let mut rx = match self.send_command(node, cmd).await {
+        let mut rx = match self.link.send_command(node, cmd).await {
             Ok(rx) => rx,
             // Not acknowledged by NATS: it may still have landed.
             Err(e) => return failed(Code::OutcomeUnknown, format!("{e:#}")),
@@ -529,7 +535,7 @@ impl Coordinator {
                 Ok(Some(ev)) => crate::metrics::progress(&ev),
                 Ok(None) => return failed(Code::Internal, "result channel closed".into()),
                 Err(_) if tokio::time::Instant::now() < deadline => {
-                    if let Ok(Some(r)) = self.recorded_result(node, &cmd.id).await {
+                    if let Ok(Some(r)) = self.link.recorded_result(node, &cmd.id).await {
                         return r;
                     }
                 }
@@ -549,13 +555,14 @@ impl Coordinator {
     /// Asks the source agent to cancel a running migration (executed at
     /// once, beside it); the migration's own result tells how it ended.
     pub(crate) async fn cancel_migration(&self, job: &Job, node: &str, vm: &str, reason: &str) {
-        self.job_step(
-            &job.id,
-            Some(vm),
-            None,
-            format!("cancelling the migration of {vm} ({reason})"),
-        )
-        .await;
+        self.jobs
+            .step(
+                &job.id,
+                Some(vm),
+                None,
+                format!("cancelling the migration of {vm} ({reason})"),
+            )
+            .await;
         let cmd = pb::AgentCommand {
             id: uuid::Uuid::new_v4().to_string(),
             op_id: job.id.clone(),
@@ -566,7 +573,7 @@ impl Coordinator {
             })),
             ..Default::default()
         };
-        if let Err(e) = self.send_command(node, &cmd).await {
+        if let Err(e) = self.link.send_command(node, &cmd).await {
             tracing::warn!(node, vm, error = %e, "cannot send the cancel");
         }
     }
@@ -575,33 +582,37 @@ impl Coordinator {
     /// a rolling maintenance is marked aborted and its current drains are
     /// stopped too. Refused for a finished job.
     pub async fn stop_job(&self, id: &str, reason: &str) -> Result<Job, String> {
-        let res = nodemaint_proto::bus::cas_update::<Job, String>(&self.jobs, id, |j| {
-            let mut j = j.ok_or_else(|| format!("unknown job {id:?}"))?;
-            if j.state.is_terminal() {
-                return Err(format!("job {id} already ended ({:?})", j.state));
-            }
-            if j.stop_reason.is_none() {
-                j.stop_reason = Some(reason.to_string());
-            }
-            if matches!(j.spec, JobSpec::Rolling(_)) {
-                j.state = JobState::Aborted;
-            }
-            j.updated_ms = nodemaint_proto::now_ms();
-            Ok(j)
-        })
-        .await;
+        let res = self
+            .jobs
+            .modify::<String>(id, |j| {
+                let mut j = j.ok_or_else(|| format!("unknown job {id:?}"))?;
+                if j.state.is_terminal() {
+                    return Err(format!("job {id} already ended ({:?})", j.state));
+                }
+                if j.stop_reason.is_none() {
+                    j.stop_reason = Some(reason.to_string());
+                }
+                if matches!(j.spec, JobSpec::Rolling(_)) {
+                    j.state = JobState::Aborted;
+                }
+                j.updated_ms = nodemaint_proto::now_ms();
+                Ok(j)
+            })
+            .await;
         let job = match res {
-            Ok(u) => u.value,
+            Ok(j) => j,
             Err(nodemaint_proto::bus::CasError::Rejected(e)) => return Err(e),
             Err(e) => return Err(e.to_string()),
         };
         self.stops.request(id, reason);
-        self.job_step(id, None, None, format!("stop requested: {reason}"))
+        self.jobs
+            .step(id, None, None, format!("stop requested: {reason}"))
             .await;
         if let Some(rolling) = &job.rolling {
             for child in rolling.children.values().filter_map(|c| c.drain.as_deref()) {
                 if self
-                    .get_job(child)
+                    .jobs
+                    .get(child)
                     .await
                     .is_some_and(|j| !j.state.is_terminal())
                 {
@@ -725,7 +736,8 @@ async fn finish_node_job(
         None if report.not_done.is_empty() => (report.state(), done),
         None => (report.state(), partial),
     };
-    c.finish_job_with(&job.id, state, outcome, Some(report))
+    c.jobs
+        .finish_with(&job.id, state, outcome, Some(report))
         .await;
 }
 
@@ -743,7 +755,7 @@ pub fn shut_off(rec: &NodeRecord) -> Vec<String> {
 
 /// Records a job and starts it; used for jobs that other jobs spawn.
 pub async fn launch_child(c: &Arc<Coordinator>, job: Job) -> anyhow::Result<String> {
-    c.create_job(&job).await?;
+    c.jobs.create(&job).await?;
     let id = job.id.clone();
     spawn(c.clone(), job, false);
     Ok(id)
@@ -752,7 +764,7 @@ pub async fn launch_child(c: &Arc<Coordinator>, job: Job) -> anyhow::Result<Stri
 /// Waits until a job is terminal and returns it.
 pub async fn await_job(c: &Coordinator, id: &str) -> Option<Job> {
     loop {
-        match c.get_job(id).await {
+        match c.jobs.get(id).await {
             Some(j) if j.state.is_terminal() => return Some(j),
             Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             None => return None,
@@ -762,7 +774,7 @@ pub async fn await_job(c: &Coordinator, id: &str) -> Option<Job> {
 
 /// On start: resume every job the previous coordinator left running.
 pub async fn resume_jobs(c: Arc<Coordinator>) {
-    let jobs = match c.list_jobs().await {
+    let jobs = match c.jobs.list().await {
         Ok(j) => j,
         Err(e) => return tracing::warn!(error = %e, "cannot list jobs to resume"),
     };
@@ -773,13 +785,14 @@ pub async fn resume_jobs(c: Arc<Coordinator>) {
             && !matches!(j.spec, JobSpec::RollingNode(_))
     }) {
         crate::logs::job_span(&job).in_scope(|| tracing::info!("resuming job after restart"));
-        c.job_step(
-            &job.id,
-            None,
-            None,
-            "coordinator restarted; resuming from the journal".into(),
-        )
-        .await;
+        c.jobs
+            .step(
+                &job.id,
+                None,
+                None,
+                "coordinator restarted; resuming from the journal".into(),
+            )
+            .await;
         spawn(c.clone(), job, true);
     }
 }

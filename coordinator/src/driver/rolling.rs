@@ -96,13 +96,14 @@ pub async fn run(c: Arc<Coordinator>, job: Job, resumed: bool) {
         .and_then(|v| serde_json::from_value::<Rolling>(v).ok());
     let mut machine = journaled.unwrap_or_else(|| machine_of(&job));
     if resumed {
-        c.job_step(
-            &job.id,
-            None,
-            None,
-            "resuming rolling maintenance from its journal".into(),
-        )
-        .await;
+        c.jobs
+            .step(
+                &job.id,
+                None,
+                None,
+                "resuming rolling maintenance from its journal".into(),
+            )
+            .await;
     }
     if machine.finished {
         // Journaled as finished; the job's own end may not have been written.
@@ -153,7 +154,7 @@ pub async fn run(c: Arc<Coordinator>, job: Job, resumed: bool) {
 /// Pause, resume and continue come through the job record (the API writes
 /// them there, so they survive a restart).
 async fn operator_events(c: &Coordinator, id: &str, m: &Rolling) -> Vec<Event> {
-    let Some(job) = c.get_job(id).await else {
+    let Some(job) = c.jobs.get(id).await else {
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -184,7 +185,8 @@ async fn journal(c: &Coordinator, id: &str, m: &Rolling) -> bool {
     let mut backoff = bus::Backoff::default();
     loop {
         let written = c
-            .update_job(id, |j| {
+            .jobs
+            .update(id, |j| {
                 j.engine = Some(value.clone());
                 for (i, t) in m.nodes.iter().enumerate() {
                     let n = t.node.as_str();
@@ -215,7 +217,7 @@ async fn journal(c: &Coordinator, id: &str, m: &Rolling) -> bool {
         if written {
             return true;
         }
-        if c.get_job(id).await.is_none() && c.jobs.status().await.is_ok() {
+        if c.jobs.vanished(id).await {
             return false;
         }
         tracing::warn!(
@@ -230,14 +232,15 @@ async fn journal(c: &Coordinator, id: &str, m: &Rolling) -> bool {
 async fn announce(c: &Coordinator, id: &str, before: &Rolling, after: &Rolling) {
     for (b, a) in before.nodes.iter().zip(&after.nodes) {
         if b.phase.progress() != a.phase.progress() {
-            c.job_event(pb::JobEvent {
-                job_id: id.to_string(),
-                kind: "rolling".into(),
-                state: "RUNNING".into(),
-                message: format!("{}: {}", a.node, a.phase.progress().as_str()),
-                ..Default::default()
-            })
-            .await;
+            c.jobs
+                .event(pb::JobEvent {
+                    job_id: id.to_string(),
+                    kind: "rolling".into(),
+                    state: "RUNNING".into(),
+                    message: format!("{}: {}", a.node, a.phase.progress().as_str()),
+                    ..Default::default()
+                })
+                .await;
         }
     }
 }
@@ -245,7 +248,7 @@ async fn announce(c: &Coordinator, id: &str, before: &Rolling, after: &Rolling) 
 /// The per-node job that journals the node's agent commands.
 async fn node_job(c: &Coordinator, m: &Rolling, parent: &Job, node: &str) -> Result<Job, String> {
     let id = m.node_job_id(m.index(node).map_err(|e| e.to_string())?);
-    if let Some(j) = c.get_job(&id).await {
+    if let Some(j) = c.jobs.get(&id).await {
         return Ok(j);
     }
     let spec = JobSpec::RollingNode(jobs::RollingNode {
@@ -253,7 +256,7 @@ async fn node_job(c: &Coordinator, m: &Rolling, parent: &Job, node: &str) -> Res
     });
     let mut j = Job::new(spec, &parent.user, Some(node));
     j.id = id;
-    c.create_job(&j).await.map_err(|e| e.to_string())?;
+    c.jobs.create(&j).await.map_err(|e| e.to_string())?;
     Ok(j)
 }
 
@@ -271,7 +274,7 @@ async fn take(
             return Ok(());
         }
     }
-    crate::api::take_node(c, node, from, to, child)
+    super::take_node(c, node, from, to, child)
         .await
         .map(|_| ())
         .map_err(|r| r.1)
@@ -279,7 +282,7 @@ async fn take(
 
 /// Launches a child job with the given id, unless it exists.
 async fn child_job(c: &Arc<Coordinator>, mut job: Job, id: &str) -> Result<(), String> {
-    if c.get_job(id).await.is_some() {
+    if c.jobs.get(id).await.is_some() {
         return Ok(());
     }
     job.id = id.to_string();
@@ -377,7 +380,7 @@ async fn perform(
         }
         Action::Enable { node, child } => {
             let launched = async {
-                if c.get_job(&child).await.is_some() {
+                if c.jobs.get(&child).await.is_some() {
                     return Ok(());
                 }
                 take(
@@ -420,13 +423,14 @@ async fn perform(
             node: _,
             ok,
             message,
-        } => c.job_step(&job.id, None, ok, message).await,
+        } => c.jobs.step(&job.id, None, ok, message).await,
         Action::Finish { ending, summary } => {
             let mut report = Report::default();
             for (i, (node, r)) in m.report().into_iter().enumerate() {
                 // The node's command journal ends with the node.
                 let nid = m.node_job_id(i);
-                if c.get_job(&nid)
+                if c.jobs
+                    .get(&nid)
                     .await
                     .is_some_and(|j| !j.state.is_terminal())
                 {
@@ -434,7 +438,7 @@ async fn perform(
                         Ok(_) => (JobState::Succeeded, format!("{node} done")),
                         Err(e) => (JobState::Failed, e.clone()),
                     };
-                    c.finish_job(&nid, state, outcome).await;
+                    c.jobs.finish(&nid, state, outcome).await;
                 }
                 report.record(node, r);
             }
@@ -443,7 +447,8 @@ async fn perform(
                 Ending::Failed => JobState::Failed,
                 Ending::Aborted => JobState::Aborted,
             };
-            c.finish_job_with(&job.id, state, summary, Some(report))
+            c.jobs
+                .finish_with(&job.id, state, summary, Some(report))
                 .await;
         }
     }
@@ -468,7 +473,7 @@ async fn drain(
         if let Err(e) = node_job(c, m, job, &node).await {
             tracing::warn!(%node, error = %e, "cannot create the node's command journal");
         }
-        if c.get_job(&child).await.is_some() {
+        if c.jobs.get(&child).await.is_some() {
             await_child(c, child, tx, move |result| Event::DrainEnded {
                 node,
                 result,
@@ -615,13 +620,14 @@ async fn send(
                 let r = c.settle(&node, &command, FIND_OUT_WAIT).await;
                 let (ok, msg) = (r.ok, describe(&r));
                 let id = cmd.clone();
-                c.update_job(&nj.id, |j| {
-                    if let Some(rec) = j.commands.iter_mut().find(|rec| rec.id == id) {
-                        rec.ok = Some(ok);
-                        rec.message = Some(msg.clone());
-                    }
-                })
-                .await;
+                c.jobs
+                    .update(&nj.id, |j| {
+                        if let Some(rec) = j.commands.iter_mut().find(|rec| rec.id == id) {
+                            rec.ok = Some(ok);
+                            rec.message = Some(msg.clone());
+                        }
+                    })
+                    .await;
                 r
             } else {
                 c.run_command_as(&cmd, &nj, &node, "", None, kind).await

@@ -51,7 +51,8 @@ pub async fn run(c: Arc<Coordinator>, job: Job) {
         // External input (the jobs bucket): a job without a readable
         // command cannot have sent one.
         return c
-            .finish_job(
+            .jobs
+            .finish(
                 &job.id,
                 JobState::Failed,
                 "nothing was sent: the job has no readable command".into(),
@@ -182,7 +183,7 @@ async fn perform(
                 let _ = tx.send((Event::Answered(answer(&r)), Some(r)));
             });
         }
-        Action::Note { vm, ok, message } => c.job_step(&job.id, vm.as_deref(), ok, message).await,
+        Action::Note { vm, ok, message } => c.jobs.step(&job.id, vm.as_deref(), ok, message).await,
         Action::Finish { ending, summary } => {
             // Read-your-writes for the operator: the job ends once the
             // registry shows the VM where the agent says it is (a `vm list`
@@ -198,7 +199,7 @@ async fn perform(
                 Ending::Aborted => JobState::Aborted,
             };
             tracing::debug!(job = %job.id, phase = ?m.phase, "single-command job ends");
-            c.finish_job(&job.id, state, summary).await;
+            c.jobs.finish(&job.id, state, summary).await;
         }
         a @ (Action::Record { .. }
         | Action::Unrecord { .. }

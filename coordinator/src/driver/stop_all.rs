@@ -102,13 +102,14 @@ pub(crate) async fn journal(c: &Coordinator, job: &str, state: &impl serde::Seri
     let value = serde_json::to_value(state).expect("serializable");
     let mut backoff = bus::Backoff::default();
     loop {
-        if c.update_job(job, |j| j.engine = Some(value.clone()))
+        if c.jobs
+            .update(job, |j| j.engine = Some(value.clone()))
             .await
             .is_some()
         {
             return true;
         }
-        if c.get_job(job).await.is_none() && c.jobs.status().await.is_ok() {
+        if c.jobs.vanished(job).await {
             return false;
         }
         tracing::warn!(
@@ -152,7 +153,8 @@ async fn perform(
                 tx.clone(),
                 stop(&vm),
             );
-            c.job_step(&job.id, Some(&vm), None, format!("stopping {vm}"))
+            c.jobs
+                .step(&job.id, Some(&vm), None, format!("stopping {vm}"))
                 .await;
             tokio::spawn(async move {
                 let r = c.run_command_as(&cmd, &job, &node, &vm, None, kind).await;
@@ -179,7 +181,7 @@ async fn perform(
                 });
             });
         }
-        Action::Note { vm, ok, message } => c.job_step(&job.id, vm.as_deref(), ok, message).await,
+        Action::Note { vm, ok, message } => c.jobs.step(&job.id, vm.as_deref(), ok, message).await,
         a @ (Action::SendStart { .. } | Action::SendCommand { .. }) => {
             tracing::error!(job = %job.id, action = ?a, "not a stop-all action; ignored")
         }
@@ -199,7 +201,8 @@ async fn perform(
                 Ending::Aborted => JobState::Aborted,
             };
             c.release_node(node, &job.id).await;
-            c.finish_job_with(&job.id, state, summary, Some(report))
+            c.jobs
+                .finish_with(&job.id, state, summary, Some(report))
                 .await;
         }
     }

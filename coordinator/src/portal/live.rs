@@ -126,7 +126,7 @@ pub async fn job_json(
     _auth: Auth,
     Path(id): Path<String>,
 ) -> Response {
-    match st.c.get_job(&id).await {
+    match st.c.jobs.get(&id).await {
         Some(j) => Json(j).into_response(),
         None => (StatusCode::NOT_FOUND, format!("unknown job {id:?}")).into_response(),
     }
@@ -160,8 +160,9 @@ pub async fn stacks_sse(
     let c = st.c.clone();
     tokio::spawn(async move {
         let mut sub = c
+            .link
             .client
-            .subscribe(c.subjects.events_filter(None, None))
+            .subscribe(c.link.subjects.events_filter(None, None))
             .await
             .map_err(|e| tracing::warn!(error = %e, "portal: no event subscription; ticking only"))
             .ok();
@@ -200,9 +201,11 @@ pub async fn jobs_sse(State(st): State<Arc<Portal>>, _auth: Auth) -> Response {
     let c = st.c.clone();
     tokio::spawn(async move {
         let mut sub = c
+            .link
             .client
             .subscribe(
-                c.subjects
+                c.link
+                    .subjects
                     .events_filter(Some(COORDINATOR_NODE), Some(EventKind::Job)),
             )
             .await
@@ -218,7 +221,7 @@ pub async fn jobs_sse(State(st): State<Arc<Portal>>, _auth: Auth) -> Response {
                 _ = tick.tick() => {}
                 _ = tx.closed() => break,
             }
-            let Ok(jobs) = c.list_jobs().await else {
+            let Ok(jobs) = c.jobs.list().await else {
                 continue;
             };
             let v = serde_json::json!({ "fragments": { "jobs-body": pages::jobs_rows(&jobs) } });
@@ -236,8 +239,8 @@ pub async fn jobs_sse(State(st): State<Arc<Portal>>, _auth: Auth) -> Response {
 
 /// The events of one job, replayed from its start, then followed.
 async fn job_events(c: &Coordinator, created_ms: i64) -> anyhow::Result<consumer::pull::Ordered> {
-    let s = &c.subjects;
-    let stream = c.js.get_stream(s.events_stream()).await?;
+    let s = &c.link.subjects;
+    let stream = c.link.js.get_stream(s.events_stream()).await?;
     let start =
         time::OffsetDateTime::from_unix_timestamp_nanos((created_ms as i128 - 2_000) * 1_000_000)?;
     let consumer = stream
@@ -259,7 +262,7 @@ pub async fn job_sse(
     _auth: Auth,
     Path(id): Path<String>,
 ) -> Response {
-    let Some(mut job) = st.c.get_job(&id).await else {
+    let Some(mut job) = st.c.jobs.get(&id).await else {
         return (StatusCode::NOT_FOUND, format!("unknown job {id:?}")).into_response();
     };
     let (tx, rx) = mpsc::channel(16);
@@ -326,7 +329,7 @@ pub async fn job_sse(
                 _ = tx.closed() => return,
             }
             if refresh {
-                if let Some(j) = c.get_job(&id).await {
+                if let Some(j) = c.jobs.get(&id).await {
                     job = j;
                 }
                 dirty = true;

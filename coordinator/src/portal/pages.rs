@@ -866,7 +866,7 @@ pub fn jobs_rows(jobs: &[Job]) -> String {
 }
 
 pub async fn jobs(State(st): State<Arc<Portal>>, auth: Auth) -> Response {
-    let jobs = match st.c.list_jobs().await {
+    let jobs = match st.c.jobs.list().await {
         Ok(j) => j,
         Err(e) => {
             return html::error_page(
@@ -1083,7 +1083,7 @@ pub fn job_fragments(j: &Job, live: &LiveProgress) -> serde_json::Value {
 }
 
 pub async fn job(State(st): State<Arc<Portal>>, auth: Auth, Path(id): Path<String>) -> Response {
-    let Some(j) = st.c.get_job(&id).await else {
+    let Some(j) = st.c.jobs.get(&id).await else {
         return html::error_page(
             Some(&auth),
             StatusCode::NOT_FOUND,
