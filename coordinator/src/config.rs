@@ -19,6 +19,18 @@
 //! [preflight]
 //! max_nodes_in_maintenance = 2  # 0 = no limit
 //! headroom_percent = 10         # capacity to keep free after a drain
+//! [portal]                     # `serve --http`; every key optional
+//! header_timeout_s = 10        # a request's headers must arrive within this
+//! body_timeout_s = 30          # and its body within this
+//! max_connections = 256        # more wait in the listen queue
+//! session_idle_s = 28800       # a session ends after 8 h without a request
+//! session_lifetime_s = 43200   # and 12 h after login in any case
+//! login_failures_per_user = 5  # failed logins per window before 429
+//! login_failures_per_address = 20
+//! login_window_s = 300
+//! secure_cookies = false       # true behind a TLS-terminating proxy
+//! tls_cert = "/etc/nodemaint/portal.crt"  # serve HTTPS (PEM chain and key)
+//! tls_key = "/etc/nodemaint/portal.key"
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -62,6 +74,83 @@ pub struct CoordinatorConfig {
     /// the lease): 15 there; 6 on a single server.
     #[serde(default = "six")]
     pub lease_ttl_s: u64,
+    /// The operator portal's server, session and login settings.
+    #[serde(default)]
+    pub portal: PortalConfig,
+}
+
+/// The operator portal (`serve --http`): what a slow or hostile client may
+/// hold, how long a session lives, how many wrong passwords are tried, TLS.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortalConfig {
+    /// A connection whose request headers are not complete within this is
+    /// closed (also an idle keep-alive connection).
+    #[serde(default = "ten")]
+    pub header_timeout_s: u64,
+    /// A request body not complete within this is answered 408 and the
+    /// connection closed.
+    #[serde(default = "thirty")]
+    pub body_timeout_s: u64,
+    /// Connections served at once; further ones wait in the listen queue
+    /// until one ends (live pages hold one each).
+    #[serde(default = "max_connections")]
+    pub max_connections: usize,
+    /// A session ends after this long without a request…
+    #[serde(default = "eight_hours")]
+    pub session_idle_s: u64,
+    /// …and this long after its login, however active.
+    #[serde(default = "twelve_hours")]
+    pub session_lifetime_s: u64,
+    /// Failed logins of one user name within `login_window_s` after which
+    /// further attempts are answered 429 without checking the password.
+    #[serde(default = "five")]
+    pub login_failures_per_user: u32,
+    /// The same per client address (IPv6: per /64).
+    #[serde(default = "twenty")]
+    pub login_failures_per_address: u32,
+    #[serde(default = "five_minutes")]
+    pub login_window_s: u64,
+    /// Mark cookies `Secure` although the portal serves plain HTTP: behind
+    /// a proxy that terminates TLS. Always on with `tls_cert`.
+    #[serde(default)]
+    pub secure_cookies: bool,
+    /// PEM certificate chain and private key: the portal serves HTTPS.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for PortalConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults parse")
+    }
+}
+
+fn ten() -> u64 {
+    10
+}
+fn thirty() -> u64 {
+    30
+}
+fn max_connections() -> usize {
+    256
+}
+fn eight_hours() -> u64 {
+    8 * 3600
+}
+fn twelve_hours() -> u64 {
+    12 * 3600
+}
+fn five() -> u32 {
+    5
+}
+fn twenty() -> u32 {
+    20
+}
+fn five_minutes() -> u64 {
+    300
 }
 
 /// Migration timeouts: completion scaled by memory (Nova's and KubeVirt's

@@ -52,9 +52,15 @@ fn add_agents(f: &mut Fleet) {
 /// A coordinator in this process (so the router can be called directly),
 /// answering the API for the CLI too, with three test-driver agents.
 async fn env() -> Env {
+    env_with(|_| {}).await
+}
+
+/// [`env`] with the coordinator's config changed by `edit` first.
+async fn env_with(edit: impl FnOnce(&mut CoordinatorConfig)) -> Env {
     let mut fleet = Fleet::start_bare();
     let mut cfg = CoordinatorConfig::load(&fleet.config).expect("config");
     cfg.nats_url = fleet.nats.url.clone();
+    edit(&mut cfg);
     let coord = Coordinator::start(cfg).await.expect("coordinator starts");
     tokio::spawn(coord.clone().serve(std::future::pending::<()>()));
     tokio::task::block_in_place(|| {
@@ -151,16 +157,52 @@ fn csrf_of(page: &str) -> String {
     rest[..rest.find('"').unwrap()].to_string()
 }
 
+/// The login form's CSRF cookie (`name=value`) and hidden field, as a
+/// browser gets them from `GET /login`.
+async fn login_form_token(app: &Router) -> (String, String) {
+    let r = get(app, None, "/login").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let set = r.headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(set.starts_with("nodemaint_login="), "{set}");
+    let cookie = set.split(';').next().unwrap().to_string();
+    let i = r
+        .body
+        .find(r#"name="login_csrf" value=""#)
+        .expect("login CSRF field");
+    let rest = &r.body[i + r#"name="login_csrf" value=""#.len()..];
+    let token = rest[..rest.find('"').unwrap()].to_string();
+    assert_eq!(cookie, format!("nodemaint_login={token}"));
+    (cookie, token)
+}
+
+/// `POST /login` as the login page's form does (its CSRF cookie and
+/// field), from `peer` when given.
+async fn post_login(app: &Router, fields: &[(&str, &str)], peer: Option<&str>) -> Resp {
+    let (cookie, token) = login_form_token(app).await;
+    let mut fields = fields.to_vec();
+    fields.push(("login_csrf", &token));
+    let mut req = Request::post("/login")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::COOKIE, cookie)
+        .body(Body::from(form(&fields)))
+        .unwrap();
+    if let Some(p) = peer {
+        let addr: std::net::SocketAddr = p.parse().unwrap();
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(addr));
+    }
+    send(app, req).await
+}
+
 async fn login(app: &Router, user: &str) -> Sess {
-    let r = post(
+    let r = post_login(
         app,
-        None,
-        "/login",
         &[
             ("username", user),
             ("password", &format!("{user}-pw")),
             ("next", "/"),
         ],
+        None,
     )
     .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "login {user}: {}", r.body);
@@ -304,9 +346,13 @@ async fn login_sessions_and_csrf() {
 
     // Wrong password, unknown user, empty password: 401, no cookie.
     for (u, p) in [("alice", "wrong"), ("mallory", "mallory-pw"), ("alice", "")] {
-        let r = post(app, None, "/login", &[("username", u), ("password", p)]).await;
+        let r = post_login(app, &[("username", u), ("password", p)], None).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{u}/{p}");
-        assert!(r.headers.get(header::SET_COOKIE).is_none());
+        assert!(r
+            .headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .all(|c| !c.to_str().unwrap().starts_with("nodemaint_session")));
         assert!(
             r.body.contains("Unknown user name or wrong password"),
             "{}",
@@ -316,15 +362,14 @@ async fn login_sessions_and_csrf() {
 
     // Right password: an HttpOnly, SameSite=Strict session cookie and the
     // redirect to `next` (local paths only).
-    let r = post(
+    let r = post_login(
         app,
-        None,
-        "/login",
         &[
             ("username", "alice"),
             ("password", "alice-pw"),
             ("next", "/jobs"),
         ],
+        None,
     )
     .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
@@ -334,15 +379,14 @@ async fn login_sessions_and_csrf() {
     for flag in ["HttpOnly", "SameSite=Strict", "Path=/"] {
         assert!(set.contains(flag), "{flag} missing: {set}");
     }
-    let r = post(
+    let r = post_login(
         app,
-        None,
-        "/login",
         &[
             ("username", "bob"),
             ("password", "bob-pw"),
             ("next", "//evil.example/"),
         ],
+        None,
     )
     .await;
     assert_eq!(r.location(), "/");
@@ -400,6 +444,121 @@ async fn login_sessions_and_csrf() {
     // Bob's session is unaffected.
     assert_eq!(get(app, Some(&bob), "/").await.status, StatusCode::OK);
     drop(e.fleet);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_needs_its_csrf_token_is_throttled_and_redirects_locally_only() {
+    let e = env_with(|c| {
+        c.portal.login_failures_per_user = 5;
+        c.portal.login_failures_per_address = 8;
+    })
+    .await;
+    let app = &e.app;
+    let no_session = |r: &Resp| {
+        r.headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .all(|c| !c.to_str().unwrap().starts_with("nodemaint_session"))
+    };
+    let right = |u: &'static str| [("username", u), ("password", leak(format!("{u}-pw")))];
+
+    // CSRF: a right password posted without the login page's token (a
+    // cross-site form), with a token but no cookie, or with another
+    // browser's cookie, is refused 403 and logs no one in.
+    let r = post(app, None, "/login", &right("alice")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert!(no_session(&r) && r.body.contains("CSRF"), "{}", r.body);
+    let (cookie_a, token_a) = login_form_token(app).await;
+    let (cookie_b, _) = login_form_token(app).await;
+    assert_ne!(cookie_a, cookie_b);
+    let mut with_token = right("alice").to_vec();
+    with_token.push(("login_csrf", &token_a));
+    for cookie in [None, Some(cookie_b.as_str())] {
+        let mut b = Request::post("/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(c) = cookie {
+            b = b.header(header::COOKIE, c);
+        }
+        let r = send(app, b.body(Body::from(form(&with_token))).unwrap()).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "cookie {cookie:?}");
+        assert!(no_session(&r));
+    }
+    let r = send(
+        app,
+        Request::post("/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::COOKIE, &cookie_a)
+            .body(Body::from(form(&with_token)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+
+    // next= leaves this origin in no spelling: `/<tab>/host` is `//host`
+    // to a browser.
+    for next in [
+        "/\t/evil.example",
+        "/%09/evil.example",
+        "//evil.example",
+        "/\\evil.example",
+        "https://evil.example/",
+    ] {
+        let next = next.to_string();
+        let r = post_login(
+            app,
+            &[("username", "bob"), ("password", "bob-pw"), ("next", &next)],
+            None,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER);
+        assert_eq!(r.location(), "/", "next={next:?}");
+        let page = get(app, None, &format!("/login?next={}", enc(&next))).await;
+        assert!(page.body.contains(r#"name="next" value="/""#), "{next:?}");
+    }
+    let page = get(app, None, "/login?next=/%09/evil.example").await;
+    assert!(page.body.contains(r#"name="next" value="/""#));
+
+    // Throttling per user: five wrong passwords, then even the right one
+    // is refused 429 with Retry-After, without a session.
+    let me = Some("10.1.1.1:5000");
+    for _ in 0..5 {
+        let r = post_login(app, &[("username", "alice"), ("password", "guess")], me).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    let r = post_login(app, &right("alice"), me).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    let retry: u64 = r.headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=300).contains(&retry), "Retry-After {retry}");
+    assert!(no_session(&r) && r.body.contains("Too many failed logins"));
+    // From another address too: it is the user name that is throttled.
+    let r = post_login(app, &right("alice"), Some("10.2.2.2:5000")).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    // Other users from the same address may still log in.
+    let r = post_login(app, &right("bob"), me).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+
+    // Throttling per address: three more failures under other names make
+    // eight from 10.1.1.1; then carol (right password) is refused from
+    // there, but not from elsewhere.
+    for u in ["bob", "carol", "mallory"] {
+        let r = post_login(app, &[("username", u), ("password", "guess")], me).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{u}");
+    }
+    let r = post_login(app, &right("carol"), me).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers.contains_key(header::RETRY_AFTER));
+    let r = post_login(app, &right("carol"), Some("10.3.3.3:5000")).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    drop(e.fleet);
+}
+
+/// A `&'static str` for a test's field tables.
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

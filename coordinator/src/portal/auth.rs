@@ -13,16 +13,18 @@
 //! - Groups are read from the config on every request, so the actions a
 //!   user may take follow the config, not the login.
 
+use super::guard::safe_next;
 use super::html::{self, esc, Nav};
 use super::Portal;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use axum::extract::{FromRequestParts, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
 use axum::http::{header, request::Parts, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
+use axum::{Extension, Form};
 use serde::Deserialize;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -133,14 +135,7 @@ impl Sessions {
 
 /// The session cookie's value, if the request has one.
 pub fn cookie_token(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_string())
+    cookie_value(headers, COOKIE)
 }
 
 /// The logged-in user of a request.
@@ -224,21 +219,47 @@ impl FromRequestParts<Arc<Portal>> for Auth {
     }
 }
 
-/// Where to go after login: a local path only (no open redirect).
-fn safe_next(next: Option<&str>) -> String {
-    match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
-        _ => "/".to_string(),
-    }
-}
-
 #[derive(Deserialize, Default)]
 pub struct NextQuery {
     #[serde(default)]
     next: Option<String>,
 }
 
-fn login_form(next: &str, error: Option<&str>, user: &str) -> String {
+/// The login form's own CSRF token (double submit): a random value in this
+/// cookie, scoped to `/login`, and the same value in a hidden field. A page
+/// of another site can make a browser post the form but can neither read
+/// nor set the cookie, so it cannot log a victim in to the attacker's
+/// account.
+pub const LOGIN_COOKIE: &str = "nodemaint_login";
+
+/// One `Set-Cookie` value: HttpOnly, SameSite=Strict, `Secure` when the
+/// portal is reached over TLS.
+pub fn set_cookie(name: &str, value: &str, path: &str, max_age_s: u64, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{name}={value}; Path={path}; HttpOnly; SameSite=Strict; Max-Age={max_age_s}{secure}")
+}
+
+/// A cookie's value among the request's cookies.
+pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+/// The login token of this browser: its cookie's when well-formed, else a
+/// new one.
+fn login_token(headers: &HeaderMap) -> String {
+    cookie_value(headers, LOGIN_COOKIE)
+        .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(random_token)
+}
+
+fn login_form(next: &str, error: Option<&str>, user: &str, token: &str) -> String {
     let alert = error
         .map(|e| {
             format!(
@@ -254,21 +275,42 @@ fn login_form(next: &str, error: Option<&str>, user: &str) -> String {
 {alert}
 <form method="post" action="/login" class="stack-form">
 <input type="hidden" name="next" value="{next}">
+<input type="hidden" name="login_csrf" value="{token}">
 <label>User name <input name="username" id="username" autocomplete="username" required autofocus value="{user}"></label>
 <label>Password <input name="password" id="password" type="password" autocomplete="current-password" required></label>
 <button type="submit" class="primary" id="login">Log in</button>
 </form></div>"#,
         next = esc(next),
         user = esc(user),
+        token = esc(token),
     );
     html::page(None, Nav::None, "Log in", &body)
 }
 
-pub async fn login_page(Query(q): Query<NextQuery>) -> Response {
-    html::respond(
-        StatusCode::OK,
-        login_form(&safe_next(q.next.as_deref()), None, ""),
-    )
+/// The login page (status, optional error) with its CSRF cookie.
+fn login_response(
+    st: &Portal,
+    status: StatusCode,
+    next: &str,
+    error: Option<&str>,
+    user: &str,
+    token: &str,
+) -> Response {
+    let mut res = html::respond(status, login_form(next, error, user, token));
+    let cookie = set_cookie(LOGIN_COOKIE, token, "/login", 3600, st.secure);
+    if let Ok(v) = header::HeaderValue::from_str(&cookie) {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+    res
+}
+
+pub async fn login_page(
+    State(st): State<Arc<Portal>>,
+    headers: HeaderMap,
+    Query(q): Query<NextQuery>,
+) -> Response {
+    let next = safe_next(q.next.as_deref());
+    login_response(&st, StatusCode::OK, &next, None, "", &login_token(&headers))
 }
 
 #[derive(Deserialize, Default)]
@@ -279,10 +321,49 @@ pub struct LoginForm {
     password: String,
     #[serde(default)]
     next: Option<String>,
+    #[serde(default)]
+    login_csrf: String,
 }
 
-pub async fn login(State(st): State<Arc<Portal>>, Form(f): Form<LoginForm>) -> Response {
+pub async fn login(
+    State(st): State<Arc<Portal>>,
+    headers: HeaderMap,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    Form(f): Form<LoginForm>,
+) -> Response {
     let next = safe_next(f.next.as_deref());
+    // Cross-site login attempts first: no throttle entry, no hash.
+    let cookie = cookie_value(&headers, LOGIN_COOKIE).unwrap_or_default();
+    if cookie.is_empty() || !same(&cookie, &f.login_csrf) {
+        tracing::info!(user = %f.username, "portal login refused: no or wrong login CSRF token");
+        return html::error_page(
+            None,
+            StatusCode::FORBIDDEN,
+            "Stale or foreign login form",
+            "the login form's security token (CSRF) is missing or does not match this \
+             browser's: it was not sent from this portal's login page, or the page is older \
+             than an hour. Open /login and try again.",
+        );
+    }
+    let addr = peer.map(|Extension(ConnectInfo(a))| a.ip());
+    let started = Instant::now();
+    if let Err(wait) = st.throttle.begin(&f.username, addr, started) {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        tracing::warn!(user = %f.username, addr = ?addr, "portal login throttled");
+        let mut res = login_response(
+            &st,
+            StatusCode::TOO_MANY_REQUESTS,
+            &next,
+            Some(&format!(
+                "Too many failed logins for this user name or from this address: try again in {secs} s."
+            )),
+            &f.username,
+            &cookie,
+        );
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        return res;
+    }
     let hash =
         st.c.cfg
             .users
@@ -291,33 +372,37 @@ pub async fn login(State(st): State<Arc<Portal>>, Form(f): Form<LoginForm>) -> R
     let known = hash.is_some();
     let hash = hash.unwrap_or_else(|| dummy_hash().to_string());
     let password = f.password.clone();
-    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-        .await
-        .unwrap_or(false);
+    // A few hashes at a time: each costs argon2's memory and a blocking thread.
+    let ok = match st.verify_slots.acquire().await {
+        Ok(_slot) => tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+            .await
+            .unwrap_or(false),
+        Err(_) => false,
+    };
     if !(known && ok) {
-        tracing::info!(user = %f.username, "portal login refused");
-        return html::respond(
+        tracing::info!(user = %f.username, addr = ?addr, "portal login refused");
+        return login_response(
+            &st,
             StatusCode::UNAUTHORIZED,
-            login_form(
-                &next,
-                Some("Unknown user name or wrong password (a user needs a password_hash in the coordinator's config)."),
-                &f.username,
-            ),
+            &next,
+            Some("Unknown user name or wrong password (a user needs a password_hash in the coordinator's config)."),
+            &f.username,
+            &cookie,
         );
     }
+    st.throttle.succeeded(&f.username, addr, started);
     let (token, _) = st.sessions.create(&f.username);
     tracing::info!(user = %f.username, "portal login");
-    (
-        [(
-            header::SET_COOKIE,
-            format!(
-                "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
-                SESSION_IDLE.as_secs()
-            ),
-        )],
-        Redirect::to(&next),
-    )
-        .into_response()
+    let mut res = Redirect::to(&next).into_response();
+    for c in [
+        set_cookie(COOKIE, &token, "/", SESSION_IDLE.as_secs(), st.secure),
+        set_cookie(LOGIN_COOKIE, "", "/login", 0, st.secure),
+    ] {
+        if let Ok(v) = header::HeaderValue::from_str(&c) {
+            res.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    res
 }
 
 #[derive(Deserialize, Default)]
@@ -338,7 +423,7 @@ pub async fn logout(
     (
         [(
             header::SET_COOKIE,
-            format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+            set_cookie(COOKIE, "", "/", 0, st.secure),
         )],
         Redirect::to("/login"),
     )
@@ -395,11 +480,13 @@ mod tests {
     }
 
     #[test]
-    fn next_is_local_only() {
-        assert_eq!(safe_next(Some("/stacks/n1")), "/stacks/n1");
-        assert_eq!(safe_next(Some("//evil.example/")), "/");
-        assert_eq!(safe_next(Some("https://evil.example/")), "/");
-        assert_eq!(safe_next(None), "/");
+    fn cookies_are_secure_under_tls_only() {
+        let plain = set_cookie(COOKIE, "t", "/", 60, false);
+        assert_eq!(
+            plain,
+            "nodemaint_session=t; Path=/; HttpOnly; SameSite=Strict; Max-Age=60"
+        );
+        assert!(set_cookie(COOKIE, "t", "/", 60, true).ends_with("; Secure"));
     }
 
     #[test]

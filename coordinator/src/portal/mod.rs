@@ -26,6 +26,7 @@
 mod actions;
 mod assets;
 pub mod auth;
+pub mod guard;
 pub mod html;
 mod live;
 mod pages;
@@ -45,6 +46,12 @@ use std::sync::Arc;
 pub struct Portal {
     pub c: Arc<Coordinator>,
     pub sessions: auth::Sessions,
+    /// Failed logins per user name and address.
+    pub throttle: guard::Throttle,
+    /// Password checks running at once.
+    pub verify_slots: tokio::sync::Semaphore,
+    /// Cookies carry `Secure` (TLS here or at a proxy in front).
+    pub secure: bool,
 }
 
 /// An API refusal as the portal shows it.
@@ -108,9 +115,17 @@ impl Portal {
 
 /// The portal's routes, ready to serve or to test with `oneshot`.
 pub fn router(c: Arc<Coordinator>) -> Router {
+    let p = &c.cfg.portal;
     let st = Arc::new(Portal {
-        c,
         sessions: auth::Sessions::new(auth::SESSION_IDLE),
+        throttle: guard::Throttle::new(
+            std::time::Duration::from_secs(p.login_window_s),
+            p.login_failures_per_user,
+            p.login_failures_per_address,
+        ),
+        verify_slots: tokio::sync::Semaphore::new(4),
+        secure: p.secure_cookies || p.tls_cert.is_some(),
+        c,
     });
     Router::new()
         .route("/login", get(auth::login_page).post(auth::login))
@@ -175,7 +190,10 @@ pub async fn serve_on(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!("operator portal on http://{addr}/");
-    axum::serve(listener, router(c))
-        .await
-        .map_err(|e| anyhow::anyhow!("portal on {addr} stopped: {e}"))
+    axum::serve(
+        listener,
+        router(c).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("portal on {addr} stopped: {e}"))
 }
