@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/nodemaint/v1/types.proto",
         "proto/nodemaint/v1/agent.proto",
         "proto/nodemaint/v1/events.proto",
+        "proto/nodemaint/v1/jobs.proto",
         "proto/nodemaint/v1/api.proto",
     ];
     for f in &files {

@@ -2,7 +2,7 @@
 //! `coordinator fleet export`).
 
 use nodemaint_planner as planner;
-use nodemaint_proto::model::{NodeRecord, VmKind, VmState};
+use nodemaint_proto::model::{NodeRecord, VmState};
 
 /// Builds the planner's snapshot of the live fleet at `now_ms`.
 pub fn snapshot(nodes: &[NodeRecord], now_ms: i64) -> planner::Fleet {
@@ -14,10 +14,7 @@ pub fn snapshot(nodes: &[NodeRecord], now_ms: i64) -> planner::Fleet {
         fleet.nodes.push(node);
         for d in &n.domains {
             let mut vm = planner::Vm::new(d.name.clone(), n.name.clone(), d.memory_mib, d.vcpus);
-            vm.kind = match d.kind {
-                VmKind::User => planner::VmKind::User,
-                VmKind::Vfw => planner::VmKind::Vfw,
-            };
+            vm.kind = d.kind;
             vm.cloudspace = d.cloudspace.clone();
             vm.anti_affinity = d.anti_affinity.clone();
             vm.not_migratable = d.not_migratable.clone();

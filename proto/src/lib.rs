@@ -7,6 +7,8 @@
 
 #[cfg(feature = "nats")]
 pub mod bus;
+pub mod job;
+pub mod job_wire;
 pub mod metrics;
 pub mod model;
 pub mod subjects;

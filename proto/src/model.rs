@@ -6,13 +6,8 @@ use crate::pb;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum VmKind {
-    #[default]
-    User,
-    Vfw,
-}
+/// A VM's kind: the planner's type (user VM or a cloudspace's VFW).
+pub use nodemaint_planner::VmKind;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]

@@ -279,6 +279,14 @@ fn api_reply(b: &[u8]) -> Result<(), String> {
         Kind::Json(doc) => {
             serde_json::from_str::<serde_json::Value>(&doc).map_err(|e| e.to_string())?;
         }
+        Kind::Job(j) => {
+            nodemaint_proto::job::Job::try_from(j).map_err(|e| e.to_string())?;
+        }
+        Kind::Jobs(l) => {
+            for j in l.jobs {
+                nodemaint_proto::job::Job::try_from(j).map_err(|e| e.to_string())?;
+            }
+        }
         _ => {}
     }
     Ok(())
@@ -877,6 +885,11 @@ fn api_reply_seeds() -> Vec<Vec<u8>> {
             message: "accepted".into(),
         }),
         Kind::Json(r#"{"nodes":[],"vms":[]}"#.into()),
+        Kind::Job(pb::Job::from(&nodemaint_proto::job::Job::new(
+            nodemaint_proto::job::JobSpec::Start(nodemaint_proto::job::StartVm { vm: "v".into() }),
+            "alice",
+            Some("n1"),
+        ))),
     ];
     kinds
         .into_iter()

@@ -286,7 +286,6 @@ fn a_coordinator_killed_mid_rolling_resumes_and_reboots_each_node_once() {
             .any(|s| s["message"] == "resuming rolling maintenance from its journal"),
         "{job}"
     );
-    assert!(job["engine"].is_object(), "the machine is journaled: {job}");
     // Each node's hook ran once: one hook command in its node job.
     for (node, children) in job["rolling"]["children"].as_object().unwrap() {
         let node_job = f.cli_json("bob", &["job", "show", children["node"].as_str().unwrap()]);

@@ -97,11 +97,13 @@ pub async fn handle(c: &Arc<Coordinator>, user: &str, req: pb::ApiRequest) -> pb
         Req::PlanDrain(r) => plan_drain(c, &r),
         Req::PlanRolling(r) => plan_rolling(c, &r),
         Req::ListJobs(_) => match c.jobs.list().await {
-            Ok(jobs) => json(&jobs),
+            Ok(jobs) => Ok(Reply::Jobs(pb::JobList {
+                jobs: jobs.iter().map(pb::Job::from).collect(),
+            })),
             Err(e) => Err(internal(e)),
         },
         Req::ShowJob(r) => match c.jobs.get(&r.job_id).await {
-            Some(job) => json(&job),
+            Some(job) => Ok(Reply::Job(pb::Job::from(&job))),
             None => refuse(Code::NotFound, format!("unknown job {:?}", r.job_id)),
         },
     };

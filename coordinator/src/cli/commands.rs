@@ -626,8 +626,14 @@ pub(super) fn print_plan(cli: &Cli, p: &PlanCmd, doc: &str) -> CliResult {
 }
 
 pub(super) async fn job_list(cli: &Cli, c: &Client) -> CliResult {
-    let doc = json_reply(c.call(Req::ListJobs(pb::ListJobs {})).await?)?;
-    let jobs: Vec<crate::jobs::Job> = serde_json::from_str(&doc)?;
+    let Reply::Jobs(list) = c.call(Req::ListJobs(pb::ListJobs {})).await? else {
+        anyhow::bail!("unexpected reply to ListJobs");
+    };
+    let jobs = list
+        .jobs
+        .into_iter()
+        .map(crate::jobs::Job::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
     if cli.output == Output::Json {
         return print_json(&jobs);
     }
@@ -657,11 +663,13 @@ pub(super) async fn job_list(cli: &Cli, c: &Client) -> CliResult {
 
 /// A job record with its journal, as the API returns it.
 pub(super) async fn fetch_job(c: &Client, id: &str) -> anyhow::Result<crate::jobs::Job> {
-    let doc = json_reply(
-        c.call(Req::ShowJob(pb::ShowJob { job_id: id.into() }))
-            .await?,
-    )?;
-    Ok(serde_json::from_str(&doc)?)
+    match c
+        .call(Req::ShowJob(pb::ShowJob { job_id: id.into() }))
+        .await?
+    {
+        Reply::Job(job) => Ok(job.try_into()?),
+        other => anyhow::bail!("unexpected reply to ShowJob: {other:?}"),
+    }
 }
 
 pub(super) async fn job_show(cli: &Cli, c: &Client, id: &str) -> CliResult {

@@ -192,8 +192,7 @@ async fn journal(c: &Coordinator, id: &str, m: &Rolling) -> bool {
                     let n = t.node.as_str();
                     let progress = t.phase.progress();
                     let r = j.rolling.get_or_insert_with(Default::default);
-                    let phase = jobs::Phase::parse(progress.as_str()).unwrap_or_default();
-                    r.progress.insert(n.to_string(), phase);
+                    r.progress.insert(n.to_string(), progress);
                     if let Some(b) = &t.boot_before {
                         r.boot_before.insert(n.to_string(), b.clone());
                     }

@@ -101,33 +101,9 @@ pub enum Phase {
     },
 }
 
-/// The coarse phase operators see (`params.progress`, `rolling show`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Progress {
-    Pending,
-    Draining,
-    Drained,
-    Rebooting,
-    Rebooted,
-    Checked,
-    Enabled,
-    Done,
-}
-
-impl Progress {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Progress::Pending => "pending",
-            Progress::Draining => "draining",
-            Progress::Drained => "drained",
-            Progress::Rebooting => "rebooting",
-            Progress::Rebooted => "rebooted",
-            Progress::Checked => "checked",
-            Progress::Enabled => "enabled",
-            Progress::Done => "done",
-        }
-    }
-}
+/// The coarse phase operators see (`rolling.progress`, `rolling show`):
+/// the job model's, journaled in the machine too.
+pub use crate::jobs::Phase as Progress;
 
 impl Phase {
     pub fn progress(&self) -> Progress {

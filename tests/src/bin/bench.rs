@@ -694,8 +694,15 @@ impl Api {
     }
 
     async fn job(&self, id: &str) -> Result<Value> {
-        self.json(Req::ShowJob(pb::ShowJob { job_id: id.into() }))
-            .await
+        match self
+            .ok(Req::ShowJob(pb::ShowJob { job_id: id.into() }))
+            .await?
+        {
+            Reply::Job(j) => Ok(serde_json::to_value(nodemaint_proto::job::Job::try_from(
+                j,
+            )?)?),
+            other => bail!("expected a job, got {other:?}"),
+        }
     }
 
     async fn nodes(&self) -> Result<Vec<pb::NodeSummary>> {
