@@ -4,6 +4,7 @@
 //! nats_url = "nats://127.0.0.1:4222"   # or a list: "nats://a:4222,nats://b:4222"
 //! nats_replicas = 1                     # 3 on a 3-node JetStream cluster
 //! lease_ttl_s = 6                       # 15 on a cluster (outlasts a stream leader election)
+//! job_retention_s = 2592000             # finished jobs are deleted after 30 days
 //! [users.alice]
 //! groups = ["Level2"]
 //! [users.bob]
@@ -74,6 +75,10 @@ pub struct CoordinatorConfig {
     /// the lease): 15 there; 6 on a single server.
     #[serde(default = "six")]
     pub lease_ttl_s: u64,
+    /// A finished job's record is deleted this long after it ended (its
+    /// events stay in the events stream, whose own limits apply).
+    #[serde(default = "thirty_days")]
+    pub job_retention_s: u64,
     /// The operator portal's server, session and login settings.
     #[serde(default)]
     pub portal: PortalConfig,
@@ -201,6 +206,9 @@ fn one() -> usize {
 }
 fn six() -> u64 {
     6
+}
+fn thirty_days() -> u64 {
+    30 * 24 * 3600
 }
 fn default_per_gib() -> u32 {
     800

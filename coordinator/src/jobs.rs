@@ -4,34 +4,190 @@
 
 use crate::registry::Registry;
 use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
 use nodemaint_proto::bus::{self, CasError};
 use nodemaint_proto::pb::{self, event::Body};
 use nodemaint_proto::subjects::{Subjects, COORDINATOR_NODE};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 pub use nodemaint_proto::job::*;
 
 /// The `jobs` bucket and the job events: where every job is recorded,
 /// journaled and ended. Ending a job releases its inbound claims in the
 /// registry, so no caller can forget to.
+///
+/// Listing reads an in-memory mirror of the bucket kept by a KV watch (as
+/// the registry does), not every record: pre-flight, metrics scrapes and the
+/// portal list jobs often. `get` reads the bucket itself: drivers decide on
+/// the stored journal.
 pub struct JobStore {
     kv: kv::Store,
     js: jetstream::Context,
     subjects: Subjects,
     registry: Registry,
+    /// Every job record but the engine's journal.
+    mirror: Arc<RwLock<HashMap<String, Job>>>,
+}
+
+/// The key of "one rolling maintenance at a time": holds the running
+/// rolling job's id, taken with a create so two starts cannot both win.
+const ROLLING_LOCK: &str = "lock.rolling";
+
+/// A listing: the newest jobs first, and how many there are in all.
+pub struct Listing {
+    pub jobs: Vec<Job>,
+    pub total: usize,
 }
 
 impl JobStore {
-    pub fn new(
+    /// Opens the store; returns once the mirror holds every stored job.
+    pub async fn open(
         kv: kv::Store,
         js: jetstream::Context,
         subjects: Subjects,
         registry: Registry,
-    ) -> Self {
-        JobStore {
+    ) -> Result<Self, bus::BoxError> {
+        let store = JobStore {
             kv,
             js,
             subjects,
             registry,
+            mirror: Arc::default(),
+        };
+        // Watch first, then read: a change landing in between is replayed
+        // by the watch rather than missed.
+        let mut watch = store.kv.watch_all().await?;
+        let mut keys = Vec::new();
+        let mut listed = store.kv.keys().await?;
+        while let Some(k) = listed.next().await {
+            keys.push(k?);
+        }
+        for k in keys.into_iter().filter(|k| is_job_key(k)) {
+            if let Some(j) = store.get(&k).await {
+                store.mirror.write().unwrap().insert(k, mirrored(j));
+            }
+        }
+        let mirror = store.mirror.clone();
+        tokio::spawn(async move {
+            while let Some(entry) = watch.next().await {
+                let Ok(entry) = entry else { continue };
+                if !is_job_key(&entry.key) {
+                    continue;
+                }
+                let mut m = mirror.write().unwrap();
+                match entry.operation {
+                    kv::Operation::Put => {
+                        if let Ok(j) = serde_json::from_slice::<Job>(&entry.value) {
+                            m.insert(entry.key, mirrored(j));
+                        }
+                    }
+                    kv::Operation::Delete | kv::Operation::Purge => {
+                        m.remove(&entry.key);
+                    }
+                }
+            }
+        });
+        Ok(store)
+    }
+
+    /// The newest `limit` jobs (0: all), from the mirror.
+    pub fn list(&self, limit: usize) -> Listing {
+        let mut jobs: Vec<Job> = self.mirror.read().unwrap().values().cloned().collect();
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.created_ms));
+        let total = jobs.len();
+        if limit > 0 {
+            jobs.truncate(limit);
+        }
+        Listing { jobs, total }
+    }
+
+    /// Jobs not ended (running or paused), from the mirror.
+    pub fn running(&self) -> Vec<Job> {
+        let mut jobs: Vec<Job> = self
+            .mirror
+            .read()
+            .unwrap()
+            .values()
+            .filter(|j| !j.state.is_terminal())
+            .cloned()
+            .collect();
+        jobs.sort_by_key(|j| j.created_ms);
+        jobs
+    }
+
+    /// Deletes the records of jobs that ended more than `retention_ms` ago;
+    /// returns how many. Their events stay in the events stream.
+    pub async fn expire(&self, now_ms: i64, retention_ms: i64) -> usize {
+        let old: Vec<String> = self
+            .mirror
+            .read()
+            .unwrap()
+            .values()
+            .filter(|j| j.state.is_terminal() && j.updated_ms < now_ms - retention_ms)
+            .map(|j| j.id.clone())
+            .collect();
+        let mut n = 0;
+        for id in old {
+            match self.kv.purge(&id).await {
+                Ok(()) => {
+                    self.mirror.write().unwrap().remove(&id);
+                    n += 1
+                }
+                Err(e) => tracing::warn!(job = %id, error = %e, "cannot delete an expired job"),
+            }
+        }
+        n
+    }
+
+    /// Takes "the" rolling maintenance for job `id` (put-if-absent; a lock
+    /// left by a job that has ended is taken over by compare-and-set).
+    /// Refused with the id of the rolling that holds it.
+    pub async fn lock_rolling(&self, id: &str) -> Result<(), String> {
+        loop {
+            match self.kv.create(ROLLING_LOCK, id.to_string().into()).await {
+                Ok(_) => return Ok(()),
+                Err(e) if !bus::create_conflict(&e) => return Err(format!("cannot lock: {e}")),
+                Err(_) => {}
+            }
+            let Ok(Some(entry)) = self.kv.entry(ROLLING_LOCK).await else {
+                continue;
+            };
+            if entry.operation != kv::Operation::Put {
+                continue;
+            }
+            let holder = String::from_utf8_lossy(&entry.value).into_owned();
+            if self
+                .get(&holder)
+                .await
+                .is_some_and(|j| !j.state.is_terminal())
+            {
+                return Err(holder);
+            }
+            match self
+                .kv
+                .update(ROLLING_LOCK, id.to_string().into(), entry.revision)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                // Someone else took it meanwhile: look again.
+                Err(_) => continue,
+            }
+        }
+    }
+
+    /// Gives the rolling lock back if job `id` holds it.
+    pub async fn unlock_rolling(&self, id: &str) {
+        if let Ok(Some(entry)) = self.kv.entry(ROLLING_LOCK).await {
+            if entry.operation == kv::Operation::Put && entry.value.as_ref() == id.as_bytes() {
+                if let Err(e) = self
+                    .kv
+                    .delete_expect_revision(ROLLING_LOCK, Some(entry.revision))
+                    .await
+                {
+                    tracing::warn!(job = id, error = %e, "cannot release the rolling lock");
+                }
+            }
         }
     }
 
@@ -65,17 +221,6 @@ impl JobStore {
 
     pub async fn get(&self, id: &str) -> Option<Job> {
         bus::get_json(&self.kv, id).await.ok().flatten()
-    }
-
-    pub async fn list(&self) -> anyhow::Result<Vec<Job>> {
-        let mut jobs: Vec<Job> = bus::all_json(&self.kv)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .into_iter()
-            .map(|(_, j)| j)
-            .collect();
-        jobs.sort_by_key(|j| std::cmp::Reverse(j.created_ms));
-        Ok(jobs)
     }
 
     /// Appends a journal step (CAS) and publishes it as a job event.
@@ -173,7 +318,12 @@ impl JobStore {
         // maintenance.
         self.registry.release_inbound(id).await;
         let kind = match res {
-            Ok(j) => j.value.kind().to_string(),
+            Ok(j) => {
+                if matches!(j.value.spec, JobSpec::Rolling(_)) {
+                    self.unlock_rolling(id).await;
+                }
+                j.value.kind().to_string()
+            }
             Err(CasError::Rejected(e)) => {
                 tracing::warn!(job = id, error = %e, "cannot finish job");
                 String::new()
@@ -211,4 +361,15 @@ impl JobStore {
             tracing::warn!(error = %e, "cannot publish job event");
         }
     }
+}
+
+/// Job records are keyed by their id (a UUID); other keys are the store's
+/// own (the rolling lock).
+fn is_job_key(k: &str) -> bool {
+    !k.starts_with("lock.")
+}
+
+fn mirrored(mut j: Job) -> Job {
+    j.engine = None;
+    j
 }

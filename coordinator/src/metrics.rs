@@ -182,13 +182,11 @@ fn state_word(s: crate::jobs::JobState) -> &'static str {
 /// Refreshes the scrape-time values and renders everything.
 pub async fn render(c: &Coordinator) -> String {
     let reg = registry();
-    match c.jobs.list().await {
-        Ok(jobs) => reg.replace(
-            &JOBS,
-            jobs_by_state(jobs.iter().map(|j| (j.kind(), state_word(j.state)))),
-        ),
-        Err(e) => tracing::warn!(error = %e, "metrics: cannot list jobs"),
-    }
+    let jobs = c.jobs.list(0).jobs;
+    reg.replace(
+        &JOBS,
+        jobs_by_state(jobs.iter().map(|j| (j.kind(), state_word(j.state)))),
+    );
     let now = nodemaint_proto::now_ms();
     let nodes = c.registry.all();
     let age = |last: i64| {

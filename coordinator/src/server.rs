@@ -96,10 +96,13 @@ impl Coordinator {
             .await
             .map_err(|err| e("registry", err))?;
         let cfg_limits = cfg.limits;
+        let jobs = JobStore::open(jobs, js.clone(), subjects.clone(), registry.clone())
+            .await
+            .map_err(|err| e("job store", err))?;
         let link = AgentLink::new(client, js.clone(), subjects.clone(), agent_results);
         let coord = Arc::new(Coordinator {
             cfg,
-            jobs: JobStore::new(jobs, js, subjects, registry.clone()),
+            jobs,
             registry,
             link,
             requests,
@@ -128,6 +131,7 @@ impl Coordinator {
             .store(elector.epoch(), std::sync::atomic::Ordering::SeqCst);
         self.leader.store(true, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(crate::driver::executor::resume_jobs(self.clone()));
+        tokio::spawn(self.clone().expire_jobs());
         let mut api = self
             .link
             .client
@@ -147,6 +151,28 @@ impl Coordinator {
                 anyhow::bail!("lost the leader lease; exiting so that only one coordinator acts")
             }
             _ = shutdown => Ok(()),
+        }
+    }
+
+    /// While leader: deletes finished jobs older than the retention, at
+    /// a quarter of it (at most hourly, at least every second).
+    async fn expire_jobs(self: Arc<Self>) {
+        let retention = Duration::from_secs(self.cfg.job_retention_s);
+        let every = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            if !self.leader.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+            let n = self
+                .jobs
+                .expire(nodemaint_proto::now_ms(), retention_ms)
+                .await;
+            if n > 0 {
+                tracing::info!(jobs = n, "deleted finished jobs past their retention");
+            }
         }
     }
 

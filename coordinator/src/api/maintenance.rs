@@ -178,14 +178,7 @@ pub(super) async fn preflight(
         }
         _ => None,
     };
-    let running: Vec<Job> = c
-        .jobs
-        .list()
-        .await
-        .map_err(internal)?
-        .into_iter()
-        .filter(|j| !j.state.is_terminal())
-        .collect();
+    let running: Vec<Job> = c.jobs.running();
     let nodes = c.registry.all();
     let cs = vfw_cloudspaces(n);
     let checks = crate::api::preflight::evaluate(&crate::api::preflight::Input {

@@ -59,20 +59,25 @@ pub async fn handle(c: &Arc<Coordinator>, user: &str, req: pb::ApiRequest) -> pb
                 "request id: at most 128 characters",
             );
         }
-        if let Ok(Some(id)) = c.requests.get(key).await {
-            let id = String::from_utf8_lossy(&id).to_string();
-            let state = c.jobs.get(&id).await.map(|j| j.state);
-            tracing::info!(%user, %method, job = %id, "repeated request answered with its job");
-            return pb::ApiReply {
-                kind: Some(Reply::Accepted(pb::Accepted {
-                    op_id: id.clone(),
-                    events_from_seq: 0,
-                    message: format!(
-                        "request {} was already accepted as job {id} ({state:?}); not repeated",
-                        req.request_id
-                    ),
-                })),
-            };
+        // Claimed with a create, so of two concurrent duplicates exactly one
+        // runs; the other waits for its job id.
+        match claim_request(c, key).await {
+            Claim::Ours => {}
+            Claim::Done(id) => {
+                let state = c.jobs.get(&id).await.map(|j| j.state);
+                tracing::info!(%user, %method, job = %id, "repeated request answered with its job");
+                return pb::ApiReply {
+                    kind: Some(Reply::Accepted(pb::Accepted {
+                        op_id: id.clone(),
+                        events_from_seq: 0,
+                        message: format!(
+                            "request {} was already accepted as job {id} ({state:?}); not repeated",
+                            req.request_id
+                        ),
+                    })),
+                };
+            }
+            Claim::Refused(r) => return r.into(),
         }
     }
     let res = match req.kind.expect("method() checked the kind") {
@@ -96,21 +101,23 @@ pub async fn handle(c: &Arc<Coordinator>, user: &str, req: pb::ApiRequest) -> pb
         Req::ExportFleet(_) => json(&fleet(c)),
         Req::PlanDrain(r) => plan_drain(c, &r),
         Req::PlanRolling(r) => plan_rolling(c, &r),
-        Req::ListJobs(_) => match c.jobs.list().await {
-            Ok(jobs) => Ok(Reply::Jobs(pb::JobList {
-                jobs: jobs.iter().map(pb::Job::from).collect(),
-            })),
-            Err(e) => Err(internal(e)),
-        },
+        Req::ListJobs(r) => {
+            let l = c.jobs.list(match r.limit {
+                0 => 100,
+                n => n as usize,
+            });
+            Ok(Reply::Jobs(pb::JobList {
+                jobs: l.jobs.iter().map(pb::Job::from).collect(),
+                total: l.total as u64,
+            }))
+        }
         Req::ShowJob(r) => match c.jobs.get(&r.job_id).await {
             Some(job) => Ok(Reply::Job(pb::Job::from(&job))),
             None => refuse(Code::NotFound, format!("unknown job {:?}", r.job_id)),
         },
     };
-    if let (Some(key), Ok(Reply::Accepted(a))) = (&request_key, &res) {
-        if let Err(e) = c.requests.create(key, a.op_id.clone().into()).await {
-            tracing::warn!(error = %e, "cannot record the request id");
-        }
+    if let Some(key) = &request_key {
+        settle_request(c, key, &res).await;
     }
     match res {
         Ok(kind) => pb::ApiReply { kind: Some(kind) },
@@ -118,6 +125,80 @@ pub async fn handle(c: &Arc<Coordinator>, user: &str, req: pb::ApiRequest) -> pb
             tracing::info!(%user, %method, code = ?r.0, reason = %r.1, "request refused");
             r.into()
         }
+    }
+}
+
+/// What a request id's record says: this call runs it, or it already ran.
+enum Claim {
+    Ours,
+    Done(String),
+    Refused(Refusal),
+}
+
+/// A request id's record while its first call runs.
+const IN_FLIGHT: &[u8] = b"-";
+
+/// Claims a request id for this call (put-if-absent), or returns the job an
+/// earlier call with the same id started. A duplicate arriving while the
+/// first call still runs waits for its answer.
+async fn claim_request(c: &Coordinator, key: &str) -> Claim {
+    use futures::StreamExt;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(25);
+    loop {
+        match c.requests.create(key, IN_FLIGHT.into()).await {
+            Ok(_) => return Claim::Ours,
+            Err(e) if !nodemaint_proto::bus::create_conflict(&e) => {
+                return Claim::Refused(internal(format!("cannot record the request id: {e}")))
+            }
+            Err(_) => {}
+        }
+        // Watch before reading, so an answer landing in between is seen.
+        let mut watch = match c.requests.watch(key).await {
+            Ok(w) => w,
+            Err(e) => return Claim::Refused(internal(e)),
+        };
+        match c.requests.get(key).await {
+            Ok(Some(v)) if v.as_ref() != IN_FLIGHT => {
+                return Claim::Done(String::from_utf8_lossy(&v).into_owned())
+            }
+            // Deleted (the first call was refused) since our create: retry.
+            Ok(None) => continue,
+            Ok(Some(_)) => {}
+            Err(e) => return Claim::Refused(internal(e)),
+        }
+        match tokio::time::timeout_at(deadline, watch.next()).await {
+            Ok(Some(Ok(e))) if e.operation == async_nats::jetstream::kv::Operation::Put => {
+                if e.value.as_ref() != IN_FLIGHT {
+                    return Claim::Done(String::from_utf8_lossy(&e.value).into_owned());
+                }
+            }
+            Ok(_) => continue,
+            Err(_) => {
+                return Claim::Refused(Refusal(
+                    Code::Unavailable,
+                    "an earlier call with this request id is still running (or its coordinator \
+                     died before answering); ask `job list`, or retry with a new request id"
+                        .into(),
+                ))
+            }
+        }
+    }
+}
+
+/// Records what a claimed request id led to: its job, or nothing (a refused
+/// request may be sent again with the same id once fixed).
+async fn settle_request(c: &Coordinator, key: &str, res: &Result<Reply>) {
+    let done = match res {
+        Ok(Reply::Accepted(a)) => c
+            .requests
+            .put(key, a.op_id.clone().into())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        _ => c.requests.delete(key).await.map_err(|e| e.to_string()),
+    };
+    if let Err(e) = done {
+        tracing::warn!(error = %e, "cannot record the request id's outcome");
     }
 }
 

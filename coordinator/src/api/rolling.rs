@@ -35,16 +35,17 @@ pub(super) async fn start_rolling(
         }
         r.nodes.clone()
     };
-    if let Ok(jobs) = c.jobs.list().await {
-        if let Some(j) = jobs
-            .iter()
-            .find(|j| matches!(j.spec, JobSpec::Rolling(_)) && !j.state.is_terminal())
-        {
-            return refuse(
-                Code::Conflict,
-                format!("rolling maintenance {} is already in progress", j.id),
-            );
-        }
+    // A cheap early answer; the lock below is what makes it atomic.
+    if let Some(j) = c
+        .jobs
+        .running()
+        .iter()
+        .find(|j| matches!(j.spec, JobSpec::Rolling(_)))
+    {
+        return refuse(
+            Code::Conflict,
+            format!("rolling maintenance {} is already in progress", j.id),
+        );
     }
     let k = r.max_unavailable.max(1) as usize;
     let plan = planner::plan_rolling(&f, &nodes, k).map_err(plan_error)?;
@@ -76,7 +77,19 @@ pub(super) async fn start_rolling(
         },
         deadline_s: r.deadline_s,
     });
-    launch(c, Job::new(spec, user, None)).await
+    let job = Job::new(spec, user, None);
+    let id = job.id.clone();
+    if let Err(holder) = c.jobs.lock_rolling(&id).await {
+        return refuse(
+            Code::Conflict,
+            format!("rolling maintenance {holder} is already in progress"),
+        );
+    }
+    let res = launch(c, job).await;
+    if res.is_err() {
+        c.jobs.unlock_rolling(&id).await;
+    }
+    res
 }
 
 pub(super) async fn control_rolling(

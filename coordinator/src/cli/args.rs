@@ -460,7 +460,14 @@ pub enum FleetCmd {
 #[derive(Subcommand, Debug)]
 pub enum JobCmd {
     /// Recent jobs, newest first.
-    List,
+    ///
+    /// Example: `coordinator job list --limit 20 --output json`
+    List {
+        /// How many of the newest jobs (finished ones are deleted after the
+        /// coordinator's `job_retention_s`, 30 days by default).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        limit: u32,
+    },
     /// A job with its journal.
     Show { id: String },
     /// Follow a running job until it ends.

@@ -625,10 +625,11 @@ pub(super) fn print_plan(cli: &Cli, p: &PlanCmd, doc: &str) -> CliResult {
     Ok(())
 }
 
-pub(super) async fn job_list(cli: &Cli, c: &Client) -> CliResult {
-    let Reply::Jobs(list) = c.call(Req::ListJobs(pb::ListJobs {})).await? else {
+pub(super) async fn job_list(cli: &Cli, c: &Client, limit: u32) -> CliResult {
+    let Reply::Jobs(list) = c.call(Req::ListJobs(pb::ListJobs { limit })).await? else {
         anyhow::bail!("unexpected reply to ListJobs");
     };
+    let total = list.total;
     let jobs = list
         .jobs
         .into_iter()
@@ -658,6 +659,12 @@ pub(super) async fn job_list(cli: &Cli, c: &Client) -> CliResult {
             &rows
         )
     );
+    if total > rows.len() as u64 {
+        eprintln!(
+            "the newest {} of {total} jobs; `--limit N` shows more",
+            rows.len()
+        );
+    }
     Ok(())
 }
 

@@ -288,7 +288,7 @@ pub async fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Command::Rolling(r) => rolling(&cli, &client, r).await,
-        Command::Job(JobCmd::List) => job_list(&cli, &client).await,
+        Command::Job(JobCmd::List { limit }) => job_list(&cli, &client, *limit).await,
         Command::Job(JobCmd::Show { id }) => job_show(&cli, &client, id).await,
         Command::Job(JobCmd::Watch { id }) => job_watch(&cli, &client, id).await,
     }

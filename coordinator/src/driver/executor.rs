@@ -774,10 +774,7 @@ pub async fn await_job(c: &Coordinator, id: &str) -> Option<Job> {
 
 /// On start: resume every job the previous coordinator left running.
 pub async fn resume_jobs(c: Arc<Coordinator>) {
-    let jobs = match c.jobs.list().await {
-        Ok(j) => j,
-        Err(e) => return tracing::warn!(error = %e, "cannot list jobs to resume"),
-    };
+    let jobs = c.jobs.running();
     // Paused jobs get their executor back too; it waits at its checkpoint.
     // `rolling.node` jobs belong to their rolling job, which settles them.
     for job in jobs.into_iter().filter(|j| {

@@ -221,9 +221,7 @@ pub async fn jobs_sse(State(st): State<Arc<Portal>>, _auth: Auth) -> Response {
                 _ = tick.tick() => {}
                 _ = tx.closed() => break,
             }
-            let Ok(jobs) = c.jobs.list().await else {
-                continue;
-            };
+            let jobs = c.jobs.list(pages::PORTAL_JOBS).jobs;
             let v = serde_json::json!({ "fragments": { "jobs-body": pages::jobs_rows(&jobs) } });
             let data = v.to_string();
             if data != last {

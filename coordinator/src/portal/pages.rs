@@ -865,18 +865,12 @@ pub fn jobs_rows(jobs: &[Job]) -> String {
         .collect()
 }
 
+/// The jobs page shows the newest this many (the CLI's `job list --limit`
+/// reaches further back).
+pub const PORTAL_JOBS: usize = 200;
+
 pub async fn jobs(State(st): State<Arc<Portal>>, auth: Auth) -> Response {
-    let jobs = match st.c.jobs.list().await {
-        Ok(j) => j,
-        Err(e) => {
-            return html::error_page(
-                Some(&auth),
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Cannot list jobs",
-                &e.to_string(),
-            )
-        }
-    };
+    let jobs = st.c.jobs.list(PORTAL_JOBS).jobs;
     let body = format!(
         r#"<div id="live-root" data-live="/events/jobs">
 <div class="titlebar"><h1>Jobs</h1><span class="live" id="live">live</span></div>
