@@ -36,6 +36,9 @@ impl Registry {
             mirror: Arc::default(),
             seen: Arc::default(),
         };
+        // Watch first, then read: a change landing in between is replayed
+        // by the watch rather than missed until the node's next change.
+        let mut watch = reg.kv.watch_all().await?;
         let initial = bus::all_json::<NodeRecord>(&reg.kv).await?;
         {
             let mut m = reg.mirror.write().unwrap();
@@ -43,7 +46,6 @@ impl Registry {
                 m.insert(k, v);
             }
         }
-        let mut watch = reg.kv.watch_all().await?;
         let mirror = reg.mirror.clone();
         tokio::spawn(async move {
             while let Some(entry) = watch.next().await {
