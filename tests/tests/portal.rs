@@ -556,6 +556,136 @@ async fn login_needs_its_csrf_token_is_throttled_and_redirects_locally_only() {
     drop(e.fleet);
 }
 
+/// Reads until the server closes the connection; what it sent and how long
+/// it took. Panics when it is still open after `within`.
+async fn read_until_closed(
+    s: &mut tokio::net::TcpStream,
+    started: Instant,
+    within: Duration,
+) -> (String, Duration) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = within.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!(
+                "connection still open after {within:?}; got {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    (
+        String::from_utf8_lossy(&got).into_owned(),
+        started.elapsed(),
+    )
+}
+
+/// The portal's server (not the router): a client that never finishes its
+/// headers or its body is disconnected after the configured time, and
+/// clients beyond the connection limit wait for a free place instead of
+/// being served, so slow clients hold at most `max_connections` sockets
+/// for at most the timeout each, and a normal request still gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_cannot_hold_the_portal() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let e = env_with(|c| {
+        c.portal.header_timeout_s = 1;
+        c.portal.body_timeout_s = 1;
+        c.portal.max_connections = 2;
+    })
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(portal::serve_on(e.coord.clone(), listener));
+    let limit = Duration::from_secs(8);
+
+    // Half the headers, then nothing: closed after ~1 s.
+    let t = Instant::now();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /login HTTP/1.1\r\nHost: portal\r\nUser-Agent: slo")
+        .await
+        .unwrap();
+    let (_, took) = read_until_closed(&mut s, t, limit).await;
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+
+    // Nothing at all: closed too.
+    let t = Instant::now();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    read_until_closed(&mut s, t, limit).await;
+
+    // Headers, then only part of the promised body: 408, then closed.
+    let t = Instant::now();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"POST /login HTTP/1.1\r\nHost: portal\r\n\
+          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nusername=al",
+    )
+    .await
+    .unwrap();
+    let (reply, took) = read_until_closed(&mut s, t, limit).await;
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+
+    // A body larger than any form: 413, closed.
+    let t = Instant::now();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let big = vec![b'a'; 70 * 1024];
+    s.write_all(
+        format!(
+            "POST /login HTTP/1.1\r\nHost: portal\r\nContent-Length: {}\r\n\r\n",
+            big.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let _ = s.write_all(&big).await;
+    let (reply, _) = read_until_closed(&mut s, t, limit).await;
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+
+    // Connection limit 2: two slow clients take both places; a third
+    // client's complete request waits until the server cuts one of them
+    // off, then is answered (queued, not served beyond the limit, not
+    // starved).
+    let t = Instant::now();
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: por").await.unwrap();
+        slow.push(s);
+    }
+    let normal = tokio::spawn(async move {
+        let asked = Instant::now();
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /login HTTP/1.1\r\nHost: portal\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        read_until_closed(&mut s, asked, Duration::from_secs(8)).await
+    });
+    for s in &mut slow {
+        read_until_closed(s, t, limit).await;
+    }
+    let (reply, waited) = normal.await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(
+        waited >= Duration::from_millis(500),
+        "answered after {waited:?}: served beyond the connection limit"
+    );
+    // The places are free again.
+    let asked = Instant::now();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /login HTTP/1.1\r\nHost: portal\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (reply, _) = read_until_closed(&mut s, asked, limit).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    drop(e.fleet);
+}
+
 /// A `&'static str` for a test's field tables.
 fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())

@@ -28,6 +28,7 @@ mod assets;
 pub mod auth;
 pub mod guard;
 pub mod html;
+pub mod listen;
 mod live;
 mod pages;
 
@@ -116,6 +117,7 @@ impl Portal {
 /// The portal's routes, ready to serve or to test with `oneshot`.
 pub fn router(c: Arc<Coordinator>) -> Router {
     let p = &c.cfg.portal;
+    let body_timeout_s = p.body_timeout_s;
     let st = Arc::new(Portal {
         sessions: auth::Sessions::new(auth::SESSION_IDLE),
         throttle: guard::Throttle::new(
@@ -150,6 +152,10 @@ pub fn router(c: Arc<Coordinator>) -> Router {
         .route("/static/portal.js", get(assets::js))
         .fallback(pages::not_found)
         .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::from_fn_with_state(
+            std::time::Duration::from_secs(body_timeout_s.max(1)),
+            listen::body_deadline,
+        ))
         .with_state(st)
 }
 
@@ -183,17 +189,12 @@ pub async fn serve(c: Arc<Coordinator>, addr: SocketAddr) -> anyhow::Result<()> 
 }
 
 /// Serves the portal on a bound listener (so a caller can fail fast on a
-/// busy port, or bind port 0).
+/// busy port, or bind port 0), with the timeouts, connection limit and TLS
+/// of the coordinator's `[portal]` config.
 pub async fn serve_on(
     c: Arc<Coordinator>,
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<()> {
-    let addr = listener.local_addr()?;
-    tracing::info!("operator portal on http://{addr}/");
-    axum::serve(
-        listener,
-        router(c).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("portal on {addr} stopped: {e}"))
+    let cfg = c.cfg.portal.clone();
+    listen::serve(router(c), listener, &cfg).await
 }
