@@ -104,6 +104,7 @@ pub fn permissions(s: &Subjects, p: &Principal) -> Permissions {
                 kv(s.jobs_bucket()),
                 kv(s.leader_bucket()),
                 kv(s.requests_bucket()),
+                kv(s.portal_sessions_bucket()),
                 kv(results.clone()),
                 // Replies to every principal's inbox.
                 "_INBOX.>".into(),

@@ -237,6 +237,11 @@ impl Subjects {
         format!("{}_requests", self.lower())
     }
 
+    /// The operator portal's sessions (every coordinator's portal reads them).
+    pub fn portal_sessions_bucket(&self) -> String {
+        format!("{}_portal_sessions", self.lower())
+    }
+
     /// Agents' record of executed command ids (at-most-once across restarts).
     pub fn agent_results_bucket(&self) -> String {
         format!("{}_agent_results", self.lower())

@@ -70,7 +70,7 @@ async fn env_with(edit: impl FnOnce(&mut CoordinatorConfig)) -> Env {
         add_agents(&mut fleet);
         fleet.wait_registered();
     });
-    let app = portal::router(coord.clone());
+    let app = portal::router(coord.clone()).await.expect("portal router");
     Env { fleet, coord, app }
 }
 
@@ -553,6 +553,102 @@ async fn login_needs_its_csrf_token_is_throttled_and_redirects_locally_only() {
     assert!(r.headers.contains_key(header::RETRY_AFTER));
     let r = post_login(app, &right("carol"), Some("10.3.3.3:5000")).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
+    drop(e.fleet);
+}
+
+/// Sessions live in a KV bucket: a login on one coordinator's portal is a
+/// session on another coordinator's (sharing the NATS server), as after a
+/// leader change; logging out on either ends it on both. With
+/// `secure_cookies` the cookies are `Secure`; a session ends at its
+/// absolute lifetime however active it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_shared_by_coordinators_secure_and_end_at_their_lifetime() {
+    let e = env_with(|c| {
+        c.portal.secure_cookies = true;
+        c.portal.session_lifetime_s = 3;
+    })
+    .await;
+    let a = &e.app;
+    // A second coordinator on the same NATS (a standby: it does not serve
+    // the API, its portal reads).
+    let cfg_b = e.coord.cfg.clone();
+    let coord_b = Coordinator::start(cfg_b).await.expect("second coordinator");
+    let b = &portal::router(coord_b.clone()).await.unwrap();
+
+    let (cookie, token) = login_form_token(a).await;
+    let r = send(
+        a,
+        Request::post("/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::COOKIE, &cookie)
+            .body(Body::from(form(&[
+                ("username", "alice"),
+                ("password", "alice-pw"),
+                ("login_csrf", &token),
+            ])))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let logged_in = Instant::now();
+    let cookies: Vec<String> = r
+        .headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    let session = cookies
+        .iter()
+        .find(|c| c.starts_with("nodemaint_session="))
+        .expect("session cookie");
+    for flag in ["HttpOnly", "SameSite=Strict", "Secure", "Max-Age=3"] {
+        assert!(session.contains(flag), "{flag} missing: {session}");
+    }
+    assert!(
+        cookies.iter().all(|c| c.contains("; Secure")),
+        "{cookies:?}"
+    );
+    let sess = Sess {
+        cookie: session.split(';').next().unwrap().to_string(),
+        csrf: String::new(),
+    };
+    // The other coordinator's portal knows the session, CSRF token included.
+    let on_a = get(a, Some(&sess), "/").await;
+    let on_b = get(b, Some(&sess), "/").await;
+    assert_eq!(on_b.status, StatusCode::OK, "{}", on_b.body);
+    assert!(on_b.body.contains("alice"));
+    assert_eq!(csrf_of(&on_a.body), csrf_of(&on_b.body));
+    // The bucket's key is not the cookie's token.
+    let kv = e
+        .coord
+        .link
+        .js
+        .get_key_value(e.coord.link.subjects.portal_sessions_bucket())
+        .await
+        .unwrap();
+    let token = sess.cookie.split_once('=').unwrap().1;
+    assert!(kv.get(token).await.unwrap().is_none());
+
+    // Absolute lifetime (3 s here): used all along, it still ends.
+    loop {
+        let r = get(b, Some(&sess), "/").await;
+        let age = logged_in.elapsed();
+        if r.status == StatusCode::SEE_OTHER {
+            assert!(age >= Duration::from_millis(2500), "ended after {age:?}");
+            break;
+        }
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(age < Duration::from_secs(10), "session alive after {age:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(get(a, Some(&sess), "/").await.status, StatusCode::SEE_OTHER);
+
+    // Logout on one portal ends the session on the other.
+    let bob = login(a, "bob").await;
+    assert_eq!(get(b, Some(&bob), "/").await.status, StatusCode::OK);
+    let r = post(b, Some(&bob), "/logout", &[("csrf", &bob.csrf)]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(get(a, Some(&bob), "/").await.status, StatusCode::SEE_OTHER);
     drop(e.fleet);
 }
 

@@ -3,10 +3,11 @@
 //! - Operators are the coordinator config's `[users.NAME]` entries with a
 //!   `password_hash` (argon2 PHC string, `coordinator hash-password` makes
 //!   one). A user without a hash cannot log in to the portal.
-//! - A successful login creates a session: a random 256-bit token in the
-//!   cookie `nodemaint_session` (HttpOnly, SameSite=Strict, Path=/), kept
-//!   in memory with an idle expiry; logging out or restarting the
-//!   coordinator ends it.
+//! - A successful login creates a session ([`super::session`]): a random
+//!   256-bit token in the cookie `nodemaint_session` (HttpOnly,
+//!   SameSite=Strict, Path=/, `Secure` under TLS), kept in a KV bucket that
+//!   every coordinator's portal reads, with an idle and an absolute expiry;
+//!   logging out ends it everywhere.
 //! - Each session has its own random CSRF token, embedded in every form and
 //!   compared (in constant time) on every POST; a missing or different token
 //!   is refused with 403 and changes nothing.
@@ -23,14 +24,11 @@ use axum::http::{header, request::Parts, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 pub const COOKIE: &str = "nodemaint_session";
-/// A session ends after this long without a request.
-pub const SESSION_IDLE: Duration = Duration::from_secs(8 * 3600);
 
 /// An argon2id hash (PHC string) of `password` with a random salt and the
 /// crate's default cost.
@@ -73,64 +71,6 @@ pub fn random_token() -> String {
 pub fn same(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[derive(Clone, Debug)]
-pub struct Session {
-    pub user: String,
-    pub csrf: String,
-    expires: Instant,
-}
-
-/// The in-memory session store.
-pub struct Sessions {
-    idle: Duration,
-    map: Mutex<HashMap<String, Session>>,
-}
-
-impl Sessions {
-    pub fn new(idle: Duration) -> Self {
-        Sessions {
-            idle,
-            map: Mutex::default(),
-        }
-    }
-
-    /// A new session for `user`: (cookie token, session). Drops expired ones.
-    pub fn create(&self, user: &str) -> (String, Session) {
-        let now = Instant::now();
-        let token = random_token();
-        let s = Session {
-            user: user.to_string(),
-            csrf: random_token(),
-            expires: now + self.idle,
-        };
-        let mut m = self.map.lock().unwrap();
-        m.retain(|_, s| s.expires > now);
-        m.insert(token.clone(), s.clone());
-        (token, s)
-    }
-
-    /// The live session of `token`, its expiry pushed back.
-    pub fn get(&self, token: &str) -> Option<Session> {
-        let now = Instant::now();
-        let mut m = self.map.lock().unwrap();
-        match m.get_mut(token) {
-            Some(s) if s.expires > now => {
-                s.expires = now + self.idle;
-                Some(s.clone())
-            }
-            Some(_) => {
-                m.remove(token);
-                None
-            }
-            None => None,
-        }
-    }
-
-    pub fn remove(&self, token: &str) {
-        self.map.lock().unwrap().remove(token);
-    }
 }
 
 /// The session cookie's value, if the request has one.
@@ -177,8 +117,10 @@ impl FromRequestParts<Arc<Portal>> for Auth {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, st: &Arc<Portal>) -> Result<Self, Response> {
-        let session =
-            cookie_token(&parts.headers).and_then(|t| st.sessions.get(&t).map(|s| (t, s)));
+        let session = match cookie_token(&parts.headers) {
+            Some(t) => st.sessions.get(&t).await.map(|s| (t, s)),
+            None => None,
+        };
         // A user removed from the config loses access at once.
         let found = session.and_then(|(token, s)| {
             let groups = st.c.cfg.users.get(&s.user)?.groups.clone();
@@ -391,11 +333,28 @@ pub async fn login(
         );
     }
     st.throttle.succeeded(&f.username, addr, started);
-    let (token, _) = st.sessions.create(&f.username);
+    let token = match st.sessions.create(&f.username).await {
+        Ok((token, _)) => token,
+        Err(e) => {
+            tracing::error!(error = %e, "portal login: no session");
+            return html::error_page(
+                None,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Cannot log in now",
+                &format!("the session could not be stored: {e}"),
+            );
+        }
+    };
     tracing::info!(user = %f.username, "portal login");
     let mut res = Redirect::to(&next).into_response();
     for c in [
-        set_cookie(COOKIE, &token, "/", SESSION_IDLE.as_secs(), st.secure),
+        set_cookie(
+            COOKIE,
+            &token,
+            "/",
+            st.sessions.lifetime.as_secs(),
+            st.secure,
+        ),
         set_cookie(LOGIN_COOKIE, "", "/login", 0, st.secure),
     ] {
         if let Ok(v) = header::HeaderValue::from_str(&c) {
@@ -419,7 +378,7 @@ pub async fn logout(
     if let Err(r) = auth.check_csrf(&f.csrf) {
         return r;
     }
-    st.sessions.remove(&auth.token);
+    st.sessions.remove(&auth.token).await;
     (
         [(
             header::SET_COOKIE,
@@ -451,21 +410,6 @@ mod tests {
         assert!(!verify_password("s3cret ", &h));
         assert!(!verify_password("s3cret", "not a hash"));
         assert!(!verify_password("", ""));
-    }
-
-    #[test]
-    fn sessions_expire_and_can_be_removed() {
-        let s = Sessions::new(Duration::from_millis(50));
-        let (t, sess) = s.create("alice");
-        assert_eq!(t.len(), 64);
-        assert_ne!(t, sess.csrf);
-        assert_eq!(s.get(&t).unwrap().user, "alice");
-        std::thread::sleep(Duration::from_millis(80));
-        assert!(s.get(&t).is_none(), "expired session still valid");
-        let (t2, _) = s.create("bob");
-        s.remove(&t2);
-        assert!(s.get(&t2).is_none());
-        assert!(s.get("forged").is_none());
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod html;
 pub mod listen;
 mod live;
 mod pages;
+pub mod session;
 
 pub use auth::{hash_password, verify_password};
 
@@ -46,7 +47,7 @@ use std::sync::Arc;
 /// Shared state of the portal's handlers.
 pub struct Portal {
     pub c: Arc<Coordinator>,
-    pub sessions: auth::Sessions,
+    pub sessions: session::Sessions,
     /// Failed logins per user name and address.
     pub throttle: guard::Throttle,
     /// Password checks running at once.
@@ -114,12 +115,21 @@ impl Portal {
     }
 }
 
-/// The portal's routes, ready to serve or to test with `oneshot`.
-pub fn router(c: Arc<Coordinator>) -> Router {
+/// The portal's routes, ready to serve or to test with `oneshot`. Opens
+/// (creating when missing) the sessions bucket.
+pub async fn router(c: Arc<Coordinator>) -> anyhow::Result<Router> {
     let p = &c.cfg.portal;
     let body_timeout_s = p.body_timeout_s;
+    let sessions = session::Sessions::open(
+        &c.link.js,
+        &c.link.subjects.portal_sessions_bucket(),
+        c.cfg.nats_replicas,
+        std::time::Duration::from_secs(p.session_idle_s.max(1)),
+        std::time::Duration::from_secs(p.session_lifetime_s.max(1)),
+    )
+    .await?;
     let st = Arc::new(Portal {
-        sessions: auth::Sessions::new(auth::SESSION_IDLE),
+        sessions,
         throttle: guard::Throttle::new(
             std::time::Duration::from_secs(p.login_window_s),
             p.login_failures_per_user,
@@ -129,7 +139,7 @@ pub fn router(c: Arc<Coordinator>) -> Router {
         secure: p.secure_cookies || p.tls_cert.is_some(),
         c,
     });
-    Router::new()
+    Ok(Router::new()
         .route("/login", get(auth::login_page).post(auth::login))
         .route("/logout", post(auth::logout))
         .route("/", get(pages::stacks))
@@ -156,7 +166,7 @@ pub fn router(c: Arc<Coordinator>) -> Router {
             std::time::Duration::from_secs(body_timeout_s.max(1)),
             listen::body_deadline,
         ))
-        .with_state(st)
+        .with_state(st))
 }
 
 /// Scripts and styles from the portal only, no framing, no sniffing.
@@ -196,5 +206,5 @@ pub async fn serve_on(
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<()> {
     let cfg = c.cfg.portal.clone();
-    listen::serve(router(c), listener, &cfg).await
+    listen::serve(router(c).await?, listener, &cfg).await
 }
