@@ -782,6 +782,174 @@ async fn slow_clients_are_cut_off_and_cannot_hold_the_portal() {
     drop(e.fleet);
 }
 
+/// One HTTP/1.1 exchange over TLS with the portal at `addr`, trusting only
+/// the CA in `ca`; the whole response.
+async fn https(addr: std::net::SocketAddr, ca: &std::path::Path, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::{self, pki_types::pem::PemObject, pki_types::CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with the portal");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out))
+        .await
+        .expect("portal answers over TLS");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The `Set-Cookie` values of a raw HTTP response.
+fn set_cookies(reply: &str) -> Vec<String> {
+    reply
+        .split("\r\n\r\n")
+        .next()
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("set-cookie")
+                .then(|| v.trim().to_string())
+        })
+        .collect()
+}
+
+/// `[portal] tls_cert`/`tls_key`: the portal serves HTTPS (rustls) with a
+/// certificate of a CA made by `deploy/nats/gen-tls` (openssl) in the test;
+/// every cookie is `Secure`; the TLS handshake is bounded by the header
+/// timeout; a half configuration or a missing file is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_portal_serves_tls_with_secure_cookies() {
+    let tls = tempfile::tempdir().unwrap();
+    let gen = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats/gen-tls");
+    let out = std::process::Command::new(gen)
+        .arg(tls.path())
+        .arg("127.0.0.1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (cert, key, ca) = (
+        tls.path().join("server.pem"),
+        tls.path().join("server.key"),
+        tls.path().join("ca.pem"),
+    );
+    let e = env_with(|c| {
+        c.portal.tls_cert = Some(cert.clone());
+        c.portal.tls_key = Some(key.clone());
+        c.portal.header_timeout_s = 1;
+    })
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(portal::serve_on(e.coord.clone(), listener));
+
+    // The login page over TLS: its CSRF cookie is Secure.
+    let reply = https(
+        addr,
+        &ca,
+        "GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let cookies = set_cookies(&reply);
+    let login_cookie = cookies
+        .iter()
+        .find(|c| c.starts_with("nodemaint_login="))
+        .unwrap_or_else(|| panic!("no login cookie: {cookies:?}"));
+    assert!(login_cookie.contains("; Secure"), "{login_cookie}");
+    let pair = login_cookie.split(';').next().unwrap();
+    let token = pair.split_once('=').unwrap().1;
+
+    // Logging in: the session cookie is Secure, HttpOnly, SameSite=Strict.
+    let body = form(&[
+        ("username", "alice"),
+        ("password", "alice-pw"),
+        ("login_csrf", token),
+    ]);
+    let reply = https(
+        addr,
+        &ca,
+        &format!(
+            "POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nCookie: {pair}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 303"), "{reply}");
+    let cookies = set_cookies(&reply);
+    let session = cookies
+        .iter()
+        .find(|c| c.starts_with("nodemaint_session="))
+        .unwrap_or_else(|| panic!("no session cookie: {cookies:?}"));
+    for flag in ["; Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(session.contains(flag), "{flag} missing: {session}");
+    }
+    let session = session.split(';').next().unwrap();
+    let reply = https(
+        addr,
+        &ca,
+        &format!(
+            "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nCookie: {session}\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(
+        reply.starts_with("HTTP/1.1 200") && reply.contains("alice"),
+        "{reply}"
+    );
+
+    // Plain HTTP on the TLS port gets no page; a client that never starts
+    // the handshake is cut off after the header timeout.
+    {
+        use tokio::io::AsyncWriteExt;
+        let t = Instant::now();
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /login HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (reply, _) = read_until_closed(&mut s, t, Duration::from_secs(8)).await;
+        assert!(!reply.contains("HTTP/1.1 200"), "{reply}");
+        let t = Instant::now();
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        read_until_closed(&mut s, t, Duration::from_secs(8)).await;
+    }
+
+    // A certificate without its key, or a file that is not there: no start.
+    let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
+    let mut half = e.coord.cfg.portal.clone();
+    half.tls_key = None;
+    let err = portal::listen::serve(axum::Router::new(), bind().await, &half)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("tls_cert and tls_key"), "{err}");
+    let mut missing = e.coord.cfg.portal.clone();
+    missing.tls_cert = Some(tls.path().join("nope.pem"));
+    let err = portal::listen::serve(axum::Router::new(), bind().await, &missing)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nope.pem"), "{err}");
+    drop(e.fleet);
+}
+
 /// A `&'static str` for a test's field tables.
 fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())

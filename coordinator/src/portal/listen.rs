@@ -88,19 +88,35 @@ pub fn tls_acceptor(
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
-/// Serves `app` on `listener` with the limits of `cfg` until the process
-/// ends.
+/// The TLS acceptor of the config, `None` for plain HTTP; an error names
+/// what is wrong with the certificate or key.
+pub fn tls_of(cfg: &PortalConfig) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(c), Some(k)) => Ok(Some(tls_acceptor(c, k)?)),
+        (None, None) => Ok(None),
+        _ => anyhow::bail!("portal: tls_cert and tls_key go together (one is missing)"),
+    }
+}
+
+/// Serves `app` on `listener` with the limits and TLS of `cfg` until the
+/// process ends.
 pub async fn serve(
     app: Router,
     listener: tokio::net::TcpListener,
     cfg: &PortalConfig,
 ) -> anyhow::Result<()> {
+    let tls = tls_of(cfg)?;
+    serve_with(app, listener, cfg, tls).await
+}
+
+/// [`serve`] with the TLS acceptor already made.
+pub async fn serve_with(
+    app: Router,
+    listener: tokio::net::TcpListener,
+    cfg: &PortalConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
-        (Some(c), Some(k)) => Some(tls_acceptor(c, k)?),
-        (None, None) => None,
-        _ => anyhow::bail!("portal: tls_cert and tls_key go together (one is missing)"),
-    };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("operator portal on {scheme}://{addr}/");
     let header_timeout = secs(cfg.header_timeout_s);

@@ -205,6 +205,17 @@ pub async fn serve_on(
     c: Arc<Coordinator>,
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<()> {
+    start(c, listener).await?.await
+}
+
+/// Everything that can fail at start (the sessions bucket, the TLS
+/// certificate and key) done; the returned future serves.
+pub async fn start(
+    c: Arc<Coordinator>,
+    listener: tokio::net::TcpListener,
+) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {
     let cfg = c.cfg.portal.clone();
-    listen::serve(router(c).await?, listener, &cfg).await
+    let tls = listen::tls_of(&cfg)?;
+    let app = router(c).await?;
+    Ok(async move { listen::serve_with(app, listener, &cfg, tls).await })
 }
