@@ -134,7 +134,7 @@ start_coordinator_n() { # i
   setsid env -u NATS_CREDS -u NATS_CA NATS_URL="$NATS_URL" $(security_env coordinator) \
     bash -c 'echo $$ >"$1"; shift; exec "$@"' coordinator \
     "$(coord_pidfile "$i")" "$BIN_DIR/coordinator" serve --nats-url "$NATS_URL" \
-    --config "$LAB_DIR/coordinator.toml" \
+    --config "$LAB_DIR/coordinator.toml" $(insecure_flag) \
     </dev/null >>"$(coord_logfile "$i")" 2>&1 9<&- &
   disown || true
 }

@@ -49,6 +49,11 @@ struct Args {
     #[arg(long, value_name = "ADDR", env = "NODEMAINT_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
     /// Log lines as text or as JSON objects (command lines carry job_id and node).
+    /// Run without NATS credentials and TLS (a lab or test bus). Without it
+    /// the agent refuses to start unsecured; with it, every start logs a
+    /// warning.
+    #[arg(long, env = "NODEMAINT_INSECURE", value_parser = clap::builder::FalseyValueParser::new())]
+    insecure: bool,
     #[arg(long, value_name = "text|json", default_value = "text", env = "NODEMAINT_LOG_FORMAT",
           value_parser = ["text", "json"])]
     log_format: String,
@@ -113,6 +118,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         cfg.metrics_listen = Some(v);
     }
     cfg.validate()?;
+    let sec = nodemaint_proto::bus::Security::from_env().or(nodemaint_proto::bus::Security {
+        creds: cfg.nats_creds.clone(),
+        ca: cfg.nats_ca.clone(),
+    });
+    let who = format!("the agent of {}", cfg.node);
+    if let Some(warning) = sec
+        .require(args.insecure, &who)
+        .map_err(|e| anyhow::anyhow!(e))?
+    {
+        tracing::warn!("{warning}");
+    }
     let uri = cfg.libvirt_uri.clone();
     let hv = tokio::task::spawn_blocking(move || LibvirtHypervisor::open(&uri)).await??;
     let shutdown = async {

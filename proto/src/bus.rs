@@ -54,6 +54,40 @@ impl Security {
         }
     }
 
+    /// What a daemon lacks to run on a secured bus (credentials, a CA for
+    /// TLS); empty when it has both.
+    pub fn missing(&self) -> Vec<&'static str> {
+        let mut m = Vec::new();
+        if self.creds.is_none() {
+            m.push("a credentials file (nats_creds, NATS_CREDS or --creds)");
+        }
+        if self.ca.is_none() {
+            m.push("the servers' CA for TLS (nats_ca, NATS_CA or --ca)");
+        }
+        m
+    }
+
+    /// Closed by default: a daemon without credentials and TLS refuses to
+    /// start unless its operator said `--insecure`. Returns the warning to
+    /// log at every start of an insecure daemon.
+    pub fn require(&self, insecure: bool, who: &str) -> Result<Option<String>, String> {
+        let missing = self.missing();
+        match (missing.is_empty(), insecure) {
+            (true, _) => Ok(None),
+            (false, true) => Ok(Some(format!(
+                "{who} runs WITHOUT {} (--insecure): anyone who can reach the NATS \
+                 server can read and command this fleet",
+                missing.join(" and ")
+            ))),
+            (false, false) => Err(format!(
+                "{who} refuses to run without {}: anyone who can reach the NATS server \
+                 could command the fleet. Set them up (README, \"Security\"), or pass \
+                 --insecure (NODEMAINT_INSECURE=1) for a lab or test bus",
+                missing.join(" and ")
+            )),
+        }
+    }
+
     /// Each setting of `self`, else `fallback`'s (environment over config).
     pub fn or(self, fallback: Security) -> Security {
         Security {

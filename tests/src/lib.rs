@@ -35,6 +35,10 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// True under CI, where tests needing root, KVM or the lab must not skip.
+/// The environment form of the daemons' `--insecure` flag, for tests that
+/// run them on a plain (test) NATS server.
+pub const INSECURE: (&str, &str) = ("NODEMAINT_INSECURE", "1");
+
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
@@ -504,6 +508,15 @@ impl Fleet {
             .unwrap_or_default()
     }
 
+    /// `NODEMAINT_INSECURE=1` (the `--insecure` flag) for a plain fleet's
+    /// daemons, which refuse an unsecured bus without it.
+    pub fn insecure_env(&self) -> Vec<(&'static str, &'static str)> {
+        match self.secure {
+            Some(_) => vec![],
+            None => vec![(INSECURE.0, INSECURE.1)],
+        }
+    }
+
     pub fn start_coordinator(&mut self) {
         let log = self.dir.path().join("coordinator.log");
         let p = Proc::spawn(
@@ -513,6 +526,7 @@ impl Fleet {
                 .arg(&self.config)
                 .env("NATS_URL", &self.nats.url)
                 .envs(self.security_env("coordinator"))
+                .envs(self.insecure_env())
                 .env("RUST_LOG", "info"),
             log,
         );
@@ -562,6 +576,7 @@ impl Fleet {
             Command::new(bin("node-agent"))
                 .arg("--config")
                 .arg(cfg)
+                .envs(self.insecure_env())
                 .env("RUST_LOG", "info"),
             log,
         );
@@ -759,6 +774,7 @@ impl Fleet {
                 .arg(&f.config)
                 .args(["--http", &format!("127.0.0.1:{port}")])
                 .env("NATS_URL", &f.nats.url)
+                .envs(f.insecure_env())
                 .env("RUST_LOG", "info"),
             log,
         );

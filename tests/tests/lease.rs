@@ -15,6 +15,7 @@ fn only_the_lease_holder_acts_and_a_standby_takes_over() {
         "standby coordinator",
         Command::new(bin("coordinator"))
             .args(["serve", "--config"])
+            .env(INSECURE.0, INSECURE.1)
             .arg(&f.config)
             .env("NATS_URL", &f.nats.url)
             .env("RUST_LOG", "info"),
@@ -98,6 +99,7 @@ fn a_standby_whose_clock_runs_ahead_does_not_take_a_renewed_lease() {
             .args(["-f", "+1h"])
             .arg(bin("coordinator"))
             .args(["serve", "--config"])
+            .env(INSECURE.0, INSECURE.1)
             .arg(&f.config)
             .env("NATS_URL", &f.nats.url)
             .env("RUST_LOG", "info"),

@@ -69,6 +69,7 @@ fn start_coordinator(f: &mut Fleet) -> u16 {
         "coordinator",
         Command::new(bin("coordinator"))
             .args(["serve", "--config"])
+            .env(INSECURE.0, INSECURE.1)
             .arg(&f.config)
             .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
             .args(["--log-format", "json"])
@@ -105,6 +106,7 @@ fn start_agent(f: &mut Fleet, node: &str, doms: &[Dom], checks: Vec<CheckConfig>
         &format!("agent {node}"),
         Command::new(bin("node-agent"))
             .arg("--config")
+            .env(INSECURE.0, INSECURE.1)
             .arg(cfg)
             .env("NODEMAINT_LOG_FORMAT", "json")
             .env("RUST_LOG", "info"),

@@ -190,10 +190,72 @@ fn refused_credentials_end_the_agent_with_a_clear_message() {
     let cfg = f.agent_config("node1");
     let out = std::process::Command::new(bin("node-agent"))
         .arg("--config")
+        .env(INSECURE.0, INSECURE.1)
         .arg(&cfg)
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refused these credentials"), "{err}");
+}
+
+/// Closed by default: without credentials and TLS the coordinator and the
+/// agent refuse to start, naming what is missing and the way out; with
+/// `--insecure` they run and say so at every start. (Before, both connected
+/// anonymously and in plain text without a word.)
+#[test]
+fn daemons_refuse_an_unsecured_bus_unless_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("coordinator.toml");
+    write_coordinator_config(&config, &coordinator_config());
+    let agent = dir.path().join("node1.toml");
+    write_agent_config(
+        &agent,
+        &test_agent_config(dir.path(), "node1", "nats://127.0.0.1:1", None),
+    );
+    let bare = |c: &mut std::process::Command| {
+        c.env_remove("NATS_CREDS")
+            .env_remove("NATS_CA")
+            .env_remove(INSECURE.0)
+            .env("NATS_URL", "nats://127.0.0.1:1")
+            .output()
+            .unwrap()
+    };
+    let coordinator = bare(
+        std::process::Command::new(bin("coordinator"))
+            .args(["serve", "--config"])
+            .arg(&config),
+    );
+    let agent_out = bare(
+        std::process::Command::new(bin("node-agent"))
+            .arg("--config")
+            .arg(&agent),
+    );
+    for (who, out) in [("coordinator", coordinator), ("agent of node1", agent_out)] {
+        assert!(!out.status.success(), "the {who} started unsecured");
+        let err = stderr(&out);
+        for needle in [
+            format!("the {who} refuses to run without a credentials file"),
+            "the servers' CA for TLS".into(),
+            "--insecure".into(),
+        ] {
+            assert!(err.contains(&needle), "{who}: {needle:?} in {err}");
+        }
+    }
+
+    // Told: they run, and the warning is in every start's log.
+    let mut f = Fleet::start();
+    f.add_agent("node1", &[Dom::user("vm1", "cs1")]);
+    f.wait_registered();
+    assert!(
+        f.coordinator_log()
+            .contains("runs WITHOUT a credentials file"),
+        "{}",
+        f.coordinator_log()
+    );
+    assert!(
+        f.agent_log("node1").contains("(--insecure)"),
+        "{}",
+        f.agent_log("node1")
+    );
 }

@@ -77,6 +77,11 @@ pub enum Command {
         /// Log lines as text or as JSON objects (with the job id and node of job lines).
         #[arg(long, value_enum, default_value = "text", env = "NODEMAINT_LOG_FORMAT")]
         log_format: crate::logs::LogFormat,
+        /// Run without NATS credentials and TLS (a lab or test bus). Without
+        /// it, serve refuses to start unsecured; with it, every start logs a
+        /// warning.
+        #[arg(long, env = "NODEMAINT_INSECURE", value_parser = clap::builder::FalseyValueParser::new())]
+        insecure: bool,
     },
     /// Print an argon2 hash of the password read from standard input, for
     /// `password_hash` of a user in the coordinator config (portal login).

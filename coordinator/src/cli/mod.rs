@@ -37,10 +37,11 @@ pub async fn run(cli: Cli) -> CliResult {
         config,
         http,
         metrics_listen,
+        insecure,
         ..
     } = &cli.command
     {
-        return serve(&cli, config.clone(), *http, *metrics_listen).await;
+        return serve(&cli, config.clone(), *http, *metrics_listen, *insecure).await;
     }
     if let Command::HashPassword = &cli.command {
         let mut pw = String::new();
@@ -299,6 +300,7 @@ async fn serve(
     config: Option<PathBuf>,
     http: Option<std::net::SocketAddr>,
     metrics_listen: Option<std::net::SocketAddr>,
+    insecure: bool,
 ) -> CliResult {
     let mut cfg = match config {
         Some(p) => crate::config::CoordinatorConfig::load(&p)?,
@@ -314,6 +316,13 @@ async fn serve(
     let sec = security(cli);
     cfg.nats_creds = sec.creds.or(cfg.nats_creds);
     cfg.nats_ca = sec.ca.or(cfg.nats_ca);
+    if let Some(warning) = cfg
+        .nats_security()
+        .require(insecure, "the coordinator")
+        .map_err(|e| anyhow::anyhow!(e))?
+    {
+        tracing::warn!("{warning}");
+    }
     if cfg.users.is_empty() {
         tracing::warn!("no users configured: every fleet change will be refused");
     }

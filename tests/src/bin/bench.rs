@@ -52,7 +52,7 @@ use nodemaint_coordinator::config::{CoordinatorConfig, User};
 use nodemaint_proto::pb::{self, api_reply::Kind as Reply, api_request::Kind as Req, event::Body};
 use nodemaint_proto::subjects::{EventKind, Subjects, COORDINATOR_NODE};
 use nodemaint_proto::Message as _;
-use nodemaint_tests::{bin, write_coordinator_config, Nats, Proc};
+use nodemaint_tests::{bin, write_coordinator_config, Nats, Proc, INSECURE};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -1646,6 +1646,7 @@ impl SimStack {
             "coordinator",
             std::process::Command::new(bin("coordinator"))
                 .args(["serve", "--config"])
+                .env(INSECURE.0, INSECURE.1)
                 .arg(&cfg)
                 .env("NATS_URL", &nats.url)
                 .env_remove("RUST_LOG")
