@@ -947,6 +947,23 @@ async fn the_portal_serves_tls_with_secure_cookies() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("nope.pem"), "{err}");
+    // The daemon does not start without its certificate either.
+    let mut cfg = e.coord.cfg.clone();
+    cfg.portal = missing;
+    let path = e.fleet.dir.path().join("bad-tls.toml");
+    write_coordinator_config(&path, &cfg);
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new(bin("coordinator"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .args(["--http", "127.0.0.1:0"])
+            .env("NATS_URL", &e.fleet.nats.url)
+            .env(INSECURE.0, INSECURE.1)
+            .output()
+            .unwrap()
+    });
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("nope.pem"), "{}", stderr(&out));
     drop(e.fleet);
 }
 

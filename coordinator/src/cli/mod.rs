@@ -335,7 +335,8 @@ async fn serve(
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("portal: cannot listen on {addr}: {e}"))?;
-        let portal = crate::portal::serve_on(coord.clone(), listener);
+        // A bad TLS certificate or key fails the start too.
+        let portal = crate::portal::start(coord.clone(), listener).await?;
         tokio::spawn(async move {
             if let Err(e) = portal.await {
                 tracing::error!(error = %e, "operator portal stopped");
