@@ -34,6 +34,10 @@ pub struct JobStore {
 /// rolling job's id, taken with a create so two starts cannot both win.
 const ROLLING_LOCK: &str = "lock.rolling";
 
+/// How long the record of a read-only job (`node check` without
+/// `--start-failed`) outlives its end, at most.
+pub const READ_ONLY_RETENTION_MS: i64 = 3600 * 1000;
+
 /// A listing: the newest jobs first, and how many there are in all.
 pub struct Listing {
     pub jobs: Vec<Job>,
@@ -124,7 +128,7 @@ impl JobStore {
             .read()
             .unwrap()
             .values()
-            .filter(|j| j.state.is_terminal() && j.updated_ms < now_ms - retention_ms)
+            .filter(|j| expired(j, now_ms, retention_ms))
             .map(|j| j.id.clone())
             .collect();
         let mut n = 0;
@@ -372,4 +376,77 @@ fn is_job_key(k: &str) -> bool {
 fn mirrored(mut j: Job) -> Job {
     j.engine = None;
     j
+}
+
+/// Whether a job's record is past its retention: ended, and ended longer
+/// ago than the retention (a read-only check: at most an hour).
+pub fn expired(j: &Job, now_ms: i64, retention_ms: i64) -> bool {
+    let keep = match j.spec {
+        JobSpec::Check(Check {
+            start_failed: false,
+        }) => retention_ms.min(READ_ONLY_RETENTION_MS),
+        _ => retention_ms,
+    };
+    j.state.is_terminal() && j.updated_ms < now_ms.saturating_sub(keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_ended_jobs_expire_and_reads_sooner() {
+        let day = 24 * 3600 * 1000;
+        let job = |spec: JobSpec, state: JobState, ended: i64| Job {
+            state,
+            updated_ms: ended,
+            ..Job::new(spec, "u", None)
+        };
+        let check = |start_failed| JobSpec::Check(Check { start_failed });
+        let now = 100 * day;
+        let cases = [
+            (
+                job(check(false), JobState::Succeeded, now - 2 * 3600 * 1000),
+                true,
+            ),
+            (
+                job(check(false), JobState::Succeeded, now - 600 * 1000),
+                false,
+            ),
+            (
+                job(check(true), JobState::Succeeded, now - 2 * 3600 * 1000),
+                false,
+            ),
+            (job(check(true), JobState::Failed, now - 31 * day), true),
+            (
+                job(
+                    JobSpec::Cordon(Cordon {}),
+                    JobState::Running,
+                    now - 90 * day,
+                ),
+                false,
+            ),
+            (
+                job(JobSpec::Cordon(Cordon {}), JobState::Paused, now - 90 * day),
+                false,
+            ),
+            (
+                job(
+                    JobSpec::Cordon(Cordon {}),
+                    JobState::Aborted,
+                    now - 29 * day,
+                ),
+                false,
+            ),
+        ];
+        for (j, want) in cases {
+            assert_eq!(
+                expired(&j, now, 30 * day),
+                want,
+                "{:?} {:?}",
+                j.spec,
+                j.state
+            );
+        }
+    }
 }

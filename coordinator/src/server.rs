@@ -39,6 +39,8 @@ pub struct Coordinator {
     pub slots: crate::driver::slots::MigrationSlots,
     /// Abort and deadline requests of running jobs.
     pub stops: crate::driver::executor::Stops,
+    /// Pre-flight probes, cached and single-flight per source node.
+    pub probes: crate::driver::probes::Probes,
 }
 
 /// Connects to NATS within 5 s, naming the URL when it can't.
@@ -109,6 +111,7 @@ impl Coordinator {
             leader_store: leader,
             slots: crate::driver::slots::MigrationSlots::new(cfg_limits),
             stops: Default::default(),
+            probes: Default::default(),
             leader: Default::default(),
         });
         coord.clone().spawn_event_loops().await?;

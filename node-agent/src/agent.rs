@@ -34,6 +34,9 @@ const RESULT: u8 = b'R';
 /// power cycle); returns `None` to fall back to the shell.
 pub type HookHandler = Arc<dyn Fn(&pb::RunHook) -> Option<pb::CommandResult> + Send + Sync>;
 
+/// libvirt connections a node's probes may hold at once.
+const PROBES_AT_ONCE: usize = 2;
+
 pub struct Agent {
     cfg: AgentConfig,
     hooks: Option<HookHandler>,
@@ -47,6 +50,11 @@ pub struct Agent {
     /// Cancellation handles of the migrations running now, by VM.
     migrations: Mutex<std::collections::HashMap<String, Cancel>>,
     slots: Arc<Semaphore>,
+    /// Probes run outside the command slots (a pre-flight must not wait
+    /// behind migrations), so they have their own bound: a probe's permit is
+    /// held by its libvirt call until that call really ends, so connections
+    /// that hang past the timeout cannot pile up.
+    probe_slots: Arc<Semaphore>,
     capacity: nodemaint_proto::model::Capacity,
     boot_time_ms: i64,
     /// The highest leader epoch seen on a command (see [`admit_epoch`]);
@@ -144,6 +152,7 @@ pub async fn run_with(
     let agent = Arc::new(Agent {
         hooks,
         slots: Arc::new(Semaphore::new(cfg.max_concurrent_commands)),
+        probe_slots: Arc::new(Semaphore::new(PROBES_AT_ONCE)),
         cfg,
         hv,
         js,
@@ -884,12 +893,21 @@ impl Agent {
         let mut services = Vec::new();
         for uri in uris {
             let u = uri.clone();
-            let res = tokio::time::timeout(
-                Duration::from_secs(8),
-                self.blocking(move |hv| hv.probe(&u)),
-            )
+            let slots = self.probe_slots.clone();
+            let res = tokio::time::timeout(Duration::from_secs(8), async move {
+                let permit = slots.acquire_owned().await.expect("semaphore");
+                self.blocking(move |hv| {
+                    let _held = permit;
+                    hv.probe(&u)
+                })
+                .await
+            })
             .await
-            .unwrap_or_else(|_| Err(HvError::Other("no answer within 8 s".into())));
+            .unwrap_or_else(|_| {
+                Err(HvError::Other(format!(
+                    "no answer within 8 s (at most {PROBES_AT_ONCE} probes run at once)"
+                )))
+            });
             services.push(pb::ServiceStatus {
                 check: "libvirt".into(),
                 service: uri.clone(),

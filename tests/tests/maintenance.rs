@@ -459,3 +459,35 @@ fn a_vm_that_arrives_during_the_drain_makes_it_partial_not_succeeded() {
     );
     assert_eq!(node_status(&f, "node1"), "MAINTENANCE");
 }
+
+/// A dry run is a read: repeating it must not make the node open libvirt
+/// connections each time. The pre-flight's probe is single-flight and its
+/// clean answer reused for 30 s (before, every dry run sent a probe).
+#[test]
+fn repeated_dry_runs_probe_once() {
+    let mut f = Fleet::start();
+    f.add_agent("n1", &[Dom::user("vm-a", "cs1")]);
+    f.add_agent("n2", &[Dom::user("vm-b", "cs2")]);
+    f.wait_registered();
+    for _ in 0..3 {
+        let out = f.cli(
+            "bob",
+            &["maintenance", "start", "n1", "--mode", "move", "--dry-run"],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stdout(&out).contains("libvirt"), "{}", stdout(&out));
+    }
+    let probes = || {
+        let out = f.cli(
+            "bob",
+            &[
+                "events", "--node", "n1", "--kind", "result", "--since", "1h", "--output", "json",
+            ],
+        );
+        stdout(&out).matches("reaches 1 libvirt URIs").count()
+    };
+    wait_for(Duration::from_secs(10), "the probe's result event", || {
+        probes() >= 1
+    });
+    assert_eq!(probes(), 1, "one probe for three dry runs");
+}

@@ -174,7 +174,7 @@ pub(super) async fn preflight(
     }
     let probes = match &plan {
         Some(Ok(p)) if !p.moves.is_empty() && n.reachable_at(now()) => {
-            Some(c.probe_destinations(&n.name, p).await)
+            Some(c.probes.probe(c, &n.name, p).await)
         }
         _ => None,
     };

@@ -5,6 +5,7 @@
 pub mod drain;
 pub mod enable;
 pub mod executor;
+pub mod probes;
 pub mod rolling;
 pub mod single;
 pub mod slots;
