@@ -15,9 +15,12 @@ pub const FRESH: Duration = Duration::from_secs(30);
 
 type Results = Vec<(String, Result<(), String>)>;
 
+/// One source node's last clean answer, locked while a probe runs.
+type Slot = Arc<tokio::sync::Mutex<Option<(Instant, Results)>>>;
+
 #[derive(Default)]
 pub struct Probes {
-    per_source: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<(Instant, Results)>>>>>,
+    per_source: Mutex<HashMap<String, Slot>>,
 }
 
 impl Probes {
