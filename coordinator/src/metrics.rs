@@ -48,6 +48,11 @@ pub static LEADER: Desc = Desc::gauge(
     "1 while this coordinator holds the leader lease, else 0.",
 );
 
+pub static FOREIGN_REPLIES: Desc = Desc::counter(
+    "nodemaint_api_foreign_reply_refused_total",
+    "API requests refused unanswered because their reply subject is not the caller's own inbox.",
+);
+
 const JOB_STATES: [&str; 5] = ["RUNNING", "PAUSED", "SUCCEEDED", "FAILED", "ABORTED"];
 
 /// This process's registry.
@@ -65,6 +70,7 @@ pub fn registry() -> &'static Registry {
         r.zero(&MIGRATIONS_IN_FLIGHT);
         r.zero(&MIGRATED_BYTES);
         r.zero(&LEADER);
+        r.zero(&FOREIGN_REPLIES);
         r
     })
 }

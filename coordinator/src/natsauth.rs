@@ -151,17 +151,11 @@ pub fn permissions(s: &Subjects, p: &Principal) -> Permissions {
             if *change {
                 publish.push(format!("{}.>", s.api_user(name, true)));
             }
-            // Reading the events stream (job progress, `events`): ephemeral
-            // consumers on that stream only.
-            publish.extend([
-                format!("{api}.INFO"),
-                format!("{api}.STREAM.INFO.{events}"),
-                format!("{api}.CONSUMER.CREATE.{events}"),
-                format!("{api}.CONSUMER.CREATE.{events}.>"),
-                format!("{api}.CONSUMER.INFO.{events}.*"),
-                format!("{api}.CONSUMER.DELETE.{events}.*"),
-                format!("{api}.CONSUMER.MSG.NEXT.{events}.*"),
-            ]);
+            // No JetStream: the events stream is read through the API
+            // (`event.read`). Any consumer or pull would let an operator
+            // choose where the server delivers (a deliver subject is in the
+            // request's body, a pull's reply subject is the requester's
+            // choice; permissions see neither).
             Permissions {
                 publish,
                 subscribe: vec![format!("{}.>", inbox_prefix(name))],
@@ -300,6 +294,13 @@ mod tests {
                         "nodemaint.v1.api.admin2.change.node.enable"
                     ));
                     assert!(!allowed(&perms.publish, "nodemaint.v1.agent.node1.cmd"));
+                    // No JetStream at all: no consumer (its deliver subject),
+                    // no pull or direct get (their reply subject).
+                    assert!(
+                        perms.publish.iter().all(|p| !p.starts_with("$JS")),
+                        "{name}: {:?}",
+                        perms.publish
+                    );
                 }
                 Principal::Coordinator(_) => {
                     assert!(allowed(&perms.publish, "nodemaint.v1.agent.node1.cmd"));

@@ -184,6 +184,24 @@ impl Coordinator {
             tracing::warn!(subject = %msg.subject, "API request without reply subject ignored");
             return;
         };
+        // Answer only into the authenticated caller's own inbox (its user is
+        // the subject's token). The reply subject is the requester's choice
+        // and the coordinator may publish where the requester may not
+        // (agents' commands, others' inboxes): a request asking for its
+        // answer anywhere else is not run and gets no reply at all.
+        let user = self
+            .link
+            .subjects
+            .parse_api(&msg.subject)
+            .map(|a| a.user)
+            .unwrap_or_default();
+        if !nodemaint_proto::subjects::is_own_inbox(user, &reply_to) {
+            tracing::warn!(subject = %msg.subject, reply = %reply_to,
+                expected = %format!("{}.…", nodemaint_proto::subjects::inbox_prefix(user)),
+                "API request refused: its reply subject is not the caller's inbox; nothing sent");
+            crate::metrics::registry().add(&crate::metrics::FOREIGN_REPLIES, &[], 1.0);
+            return;
+        }
         let reply = match nodemaint_proto::decode::<pb::ApiRequest>(&msg.payload) {
             Err(e) => {
                 tracing::warn!(subject = %msg.subject, error = %e, "malformed API request");

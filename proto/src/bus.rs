@@ -239,6 +239,19 @@ pub async fn connect_watching(
     name: &str,
     sec: &Security,
 ) -> Result<(async_nats::Client, tokio::sync::broadcast::Sender<String>), BoxError> {
+    connect_watching_as(urls, name, sec, None).await
+}
+
+/// [`connect_watching`] for an API client acting as `user`: its reply
+/// inboxes are `_INBOX.<user>.…` even without credentials, the only replies
+/// the coordinator sends (with credentials, the credentials' user, which
+/// the CLI checks is the same).
+pub async fn connect_watching_as(
+    urls: &str,
+    name: &str,
+    sec: &Security,
+    user: Option<&str>,
+) -> Result<(async_nats::Client, tokio::sync::broadcast::Sender<String>), BoxError> {
     let servers = server_list(urls)?;
     let url = urls;
     let (errors, _) = tokio::sync::broadcast::channel(16);
@@ -277,6 +290,10 @@ pub async fn connect_watching(
             Secret::NkeySeed(s) => opts.nkey(s.clone()),
         }
         .custom_inbox_prefix(crate::subjects::inbox_prefix(&c.user));
+    }
+    if let Some(u) = user {
+        crate::subjects::validate_token(u).map_err(|e| format!("user: {e}"))?;
+        opts = opts.custom_inbox_prefix(crate::subjects::inbox_prefix(u));
     }
     if let Some(ca) = &sec.ca {
         std::fs::File::open(ca)

@@ -118,6 +118,7 @@ impl pb::ApiRequest {
             ControlRolling(_) => "rolling.control",
             AbortJob(_) => "job.abort",
             RetryMaintenance(_) => "maintenance.retry",
+            ReadEvents(_) => "event.read",
         })
     }
 

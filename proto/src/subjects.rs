@@ -79,6 +79,23 @@ pub fn inbox_prefix(principal: &str) -> String {
     format!("_INBOX.{principal}")
 }
 
+/// Whether `reply` is one of `principal`'s own inboxes (`_INBOX.<principal>.…`,
+/// no wildcards). The coordinator answers API requests only there: a reply
+/// subject is the requester's choice, and the coordinator may publish where
+/// the requester may not (agents' command subjects, others' inboxes).
+pub fn is_own_inbox(principal: &str, reply: &str) -> bool {
+    let Some(rest) = reply
+        .strip_prefix(inbox_prefix(principal).as_str())
+        .and_then(|r| r.strip_prefix('.'))
+    else {
+        return false;
+    };
+    validate_token(principal).is_ok()
+        && rest
+            .split('.')
+            .all(|t| !t.is_empty() && t != "*" && t != ">" && !t.contains(char::is_whitespace))
+}
+
 /// A name that is not usable as one subject token.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid name {0:?}: use letters, digits, '-' and '_' only (no dots, spaces, '*' or '>')")]
@@ -251,6 +268,27 @@ impl Subjects {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_inboxes_only() {
+        assert!(is_own_inbox("alice", "_INBOX.alice.abc"));
+        assert!(is_own_inbox("alice", "_INBOX.alice.abc.17"));
+        for bad in [
+            "_INBOX.bob.abc",
+            "_INBOX.alice",
+            "_INBOX.alice.",
+            "_INBOX.alicea.x",
+            "_INBOX.alice.>",
+            "_INBOX.alice.*.x",
+            "_INBOX.alice..x",
+            "_INBOX.abc",
+            "nodemaint.v1.agent.n1.cmd",
+        ] {
+            assert!(!is_own_inbox("alice", bad), "{bad}");
+        }
+        // A user name that is not one token never owns anything.
+        assert!(!is_own_inbox("a.b", "_INBOX.a.b.c"));
+    }
 
     #[test]
     fn subjects_are_versioned_and_prefixed() {

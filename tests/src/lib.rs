@@ -694,6 +694,16 @@ pub fn cli_in(url: &str, dir: &Path, user: &str, args: &[&str]) -> Output {
         .expect("run coordinator CLI")
 }
 
+/// A plain (unsecured) connection that calls the API as `user`: its reply
+/// inboxes are `_INBOX.<user>.…`, the only ones the coordinator answers.
+pub async fn api_client(url: &str, user: &str) -> async_nats::Client {
+    async_nats::ConnectOptions::new()
+        .custom_inbox_prefix(nodemaint_proto::subjects::inbox_prefix(user))
+        .connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url} as {user}: {e}"))
+}
+
 /// Asserts that a command succeeded, showing its stdout and stderr if not.
 pub fn ok(out: &Output) {
     assert!(

@@ -386,7 +386,8 @@ async fn malformed_messages_are_reported_acked_and_survived() {
     assert_eq!((info.num_ack_pending, info.num_pending), (0, 0), "{info:?}");
 
     // Garbage on the API: a typed error reply.
-    let reply = client
+    let reply = api_client(&f.nats.url, "alice")
+        .await
         .request(s.api("alice", false, "node.list"), vec![0xff, 0xff].into())
         .await
         .unwrap();

@@ -8,6 +8,7 @@
 //! certificate are refused with a clear error.
 
 use async_nats::jetstream;
+use futures::StreamExt;
 use nodemaint_proto::bus::{self, Security};
 use nodemaint_proto::pb::{self, api_reply::Kind as Reply, api_request::Kind as Req};
 use nodemaint_proto::subjects::Subjects;
@@ -335,6 +336,86 @@ fn the_coordinator_acts_as_the_authenticated_caller_not_the_claimed_one() {
 }
 
 #[test]
+fn the_coordinator_answers_only_into_the_callers_own_inbox() {
+    // A reply subject is the requester's choice, and the coordinator may
+    // publish where a Level1 user may not: another user's inbox, an agent's
+    // command subject (captured by the commands stream).
+    let f = fleet();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let s = Subjects::default();
+        let (bob, _) = connect_as(&f, "bob").await;
+        let (alice, _) = connect_as(&f, "alice").await;
+        let mut alices_inbox = alice.subscribe("_INBOX.alice.>".to_string()).await.unwrap();
+        alice.flush().await.unwrap();
+        let list = pb::ApiRequest {
+            kind: Some(Req::ListNodes(pb::ListNodes {})),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let subject = s.api("bob", false, "node.list");
+        let good = || async {
+            let t = std::time::Instant::now();
+            let msg = tokio::time::timeout(
+                Duration::from_secs(10),
+                bob.request(subject.clone(), list.clone().into()),
+            )
+            .await
+            .expect("reply in time")
+            .expect("reply");
+            let reply = nodemaint_proto::decode::<pb::ApiReply>(&msg.payload).unwrap();
+            assert!(matches!(reply.kind, Some(Reply::Nodes(_))), "{reply:?}");
+            t.elapsed()
+        };
+        // The control: bob's own inbox is answered; how long that takes.
+        let round_trip = good().await;
+
+        let foreign = ["_INBOX.alice.stolen".to_string(), s.agent_cmd("node1")];
+        for reply in &foreign {
+            bob.publish_with_reply(subject.clone(), reply.clone(), list.clone().into())
+                .await
+                .unwrap();
+        }
+        // The coordinator takes requests in order but answers each in its own
+        // task, so a later good answer alone does not prove the bad ones were
+        // handled: wait for the good one, then a generous multiple of the
+        // round trip, then the coordinator's own word that it refused them.
+        good().await;
+        let quiet = (round_trip * 5).max(Duration::from_millis(200));
+        if let Ok(Some(m)) = tokio::time::timeout(quiet, alices_inbox.next()).await {
+            panic!(
+                "bob's request was answered into alice's inbox: {:?}",
+                m.subject
+            );
+        }
+        wait_for(Duration::from_secs(5), "the refusals logged", || {
+            let log = f.coordinator_log();
+            foreign.iter().all(|r| {
+                log.lines().any(|l| {
+                    l.contains("reply subject is not the caller's inbox") && l.contains(r.as_str())
+                })
+            })
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), alices_inbox.next())
+                .await
+                .is_err(),
+            "an answer reached alice's inbox"
+        );
+        let (coord, _) = connect_as(&f, "coordinator").await;
+        let mut commands = jetstream::new(coord)
+            .get_stream(s.commands_stream())
+            .await
+            .unwrap();
+        assert_eq!(
+            commands.info().await.unwrap().state.messages,
+            0,
+            "an API reply was stored as a command for node1"
+        );
+    });
+}
+
+#[test]
 fn when_the_server_permissions_are_too_wide_the_coordinator_still_refuses() {
     // auth.conf generated from a stale config where bob was Level2; the
     // coordinator's config says Level1.
@@ -459,36 +540,101 @@ fn bad_credentials_plain_connections_and_untrusted_certificates_are_refused() {
 }
 
 #[test]
-fn an_operator_cannot_make_the_server_deliver_events_as_commands() {
-    // A push consumer on the events stream whose deliver subject is an
-    // agent's command subject would have the server itself publish there.
-    // (nats-server 2.15 accepts creating it, but nothing reaches the
-    // commands stream; this pins that down.)
+fn an_operator_cannot_make_the_server_deliver_events_anywhere() {
+    // A push consumer's deliver subject is in the request body, a pull's or
+    // direct get's reply subject is the requester's choice: the server would
+    // publish events wherever a Level1 user says (an agent's command subject,
+    // the coordinator's event subjects, another user's inbox). Operators
+    // therefore have no JetStream permissions at all and read the events
+    // stream through the API, which answers only into their own inbox.
     let f = fleet();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let s = Subjects::default();
-        let (alice, _errs) = connect_as(&f, "alice").await;
-        let js = jetstream::new(alice);
-        let events = js.get_stream(s.events_stream()).await.unwrap();
-        let created = events
-            .create_consumer(jetstream::consumer::push::Config {
-                deliver_subject: s.agent_cmd("node1"),
-                ..Default::default()
-            })
-            .await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (bob, mut errs) = connect_as(&f, "bob").await;
+        let create = format!("$JS.API.CONSUMER.CREATE.{}", s.events_stream());
+        let body = serde_json::json!({
+            "stream_name": s.events_stream(),
+            "config": { "deliver_subject": s.agent_cmd("node1"), "deliver_policy": "all" },
+        })
+        .to_string();
+        let _ = bob.publish(create.clone(), body.into()).await;
+        refused(&bob, &mut errs, &create).await;
+        // The library's way, with the same deliver subject: refused too.
+        let created = tokio::time::timeout(
+            Duration::from_secs(10),
+            jetstream::new(bob.clone()).create_consumer_on_stream(
+                jetstream::consumer::push::Config {
+                    deliver_subject: s.agent_cmd("node1"),
+                    ..Default::default()
+                },
+                s.events_stream(),
+            ),
+        )
+        .await;
+        assert!(
+            !matches!(created, Ok(Ok(_))),
+            "push consumer created: {created:?}"
+        );
+        // Pulls and direct gets answer to a reply subject of the caller's choosing.
+        for subject in [
+            format!("$JS.API.CONSUMER.MSG.NEXT.{}.any", s.events_stream()),
+            format!("$JS.API.DIRECT.GET.{}", s.events_stream()),
+        ] {
+            let _ = bob
+                .publish_with_reply(subject.clone(), s.agent_cmd("node1"), "{}".into())
+                .await;
+            refused(&bob, &mut errs, &subject).await;
+        }
         let (coord, _) = connect_as(&f, "coordinator").await;
         let mut stream = jetstream::new(coord)
             .get_stream(s.commands_stream())
             .await
             .unwrap();
         let stored = stream.info().await.unwrap().state.messages;
-        assert_eq!(
-            stored, 0,
-            "events were delivered into the commands stream (consumer: {created:?})"
-        );
+        assert_eq!(stored, 0, "events were delivered into the commands stream");
     });
+
+    // Replay and job following still work for operators, Level1 included.
+    let acc = f.cli_json("alice", &["vm", "stop", "vm-b", "--detach"]);
+    let id = acc["job_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{acc}"))
+        .to_string();
+    let watched = f.cli("bob", &["job", "watch", &id, "--output", "json"]);
+    ok(&watched);
+    assert!(
+        stdout(&watched).contains("SUCCEEDED"),
+        "{}",
+        stdout(&watched)
+    );
+    // alice follows a job to its end (event.read pages, not a consumer).
+    ok(&f.cli("alice", &["vm", "start", "vm-b"]));
+    let out = f.cli("bob", &["events", "--since", "1h", "--output", "json"]);
+    ok(&out);
+    let ops: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        ops.iter().any(|e| e.to_string().contains(&id)),
+        "bob's replay lacks job {id}: {}",
+        stdout(&out)
+    );
+    let kinds = f.cli(
+        "bob",
+        &[
+            "events",
+            "--since",
+            "1h",
+            "--kind",
+            "job",
+            "--node",
+            "coordinator",
+        ],
+    );
+    ok(&kinds);
+    assert!(!stdout(&kinds).is_empty(), "{}", stderr(&kinds));
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! API handlers: one function per method, each validating everything before
 //! changing anything, so a refused request leaves the fleet as it was.
 
+pub mod events;
 mod maintenance;
 mod nodes;
 pub mod preflight;
@@ -111,6 +112,7 @@ pub async fn handle(c: &Arc<Coordinator>, user: &str, req: pb::ApiRequest) -> pb
                 total: l.total as u64,
             }))
         }
+        Req::ReadEvents(r) => events::read_events(c, &r).await,
         Req::ShowJob(r) => match c.jobs.get(&r.job_id).await {
             Some(job) => Ok(Reply::Job(pb::Job::from(&job))),
             None => refuse(Code::NotFound, format!("unknown job {:?}", r.job_id)),

@@ -1,8 +1,7 @@
 //! The CLI's side of the API: requests with typed errors, and watchers of
 //! the events stream (an operation's progress, or the whole stream).
 
-use async_nats::jetstream::{self, consumer};
-use futures::StreamExt;
+use async_nats::jetstream;
 use nodemaint_proto::bus::Security;
 use nodemaint_proto::pb::{self, api_reply::Kind as Reply, api_request::Kind as Req, event::Body};
 use nodemaint_proto::subjects::{EventKind, Subjects, COORDINATOR_NODE};
@@ -88,7 +87,7 @@ impl Client {
         )
         .map_err(ClientError::Connect)?;
         let (nats, server_errors) =
-            nodemaint_proto::bus::connect_watching(url, "nodemaint-cli", sec)
+            nodemaint_proto::bus::connect_watching_as(url, "nodemaint-cli", sec, Some(&user))
                 .await
                 .map_err(|e| ClientError::Connect(e.to_string()))?;
         Ok(Client {
@@ -200,37 +199,15 @@ impl Client {
         }
     }
 
-    /// An ordered consumer over the events stream.
-    pub async fn event_stream(
-        &self,
-        filters: Vec<String>,
-        deliver: consumer::DeliverPolicy,
-    ) -> Result<consumer::pull::Ordered, ClientError> {
-        // While a cluster elects the stream's new leader (a server died),
-        // JetStream requests time out for a few seconds: try again.
-        let opened =
-            nodemaint_proto::bus::Retry::within("events consumer", Duration::from_secs(20))
-                .run(|| async {
-                    let stream = self
-                        .js
-                        .get_stream(self.subjects.events_stream())
-                        .await
-                        .map_err(|e| format!("events stream unavailable on {}: {e}", self.url))?;
-                    let consumer = stream
-                        .create_consumer(consumer::pull::OrderedConfig {
-                            filter_subjects: filters.clone(),
-                            deliver_policy: deliver,
-                            ..Default::default()
-                        })
-                        .await
-                        .map_err(|e| format!("cannot read events: {e}"))?;
-                    consumer
-                        .messages()
-                        .await
-                        .map_err(|e| format!("cannot read events: {e}"))
-                })
-                .await;
-        opened.map_err(|e| ClientError::Other(e.to_string()))
+    /// One page of the events stream, read by the coordinator for us (see
+    /// `api::events`: operators have no JetStream permissions).
+    pub async fn read_events(&self, req: pb::ReadEvents) -> Result<pb::EventPage, ClientError> {
+        match self.call(Req::ReadEvents(req)).await? {
+            Reply::Events(page) => Ok(page),
+            other => Err(ClientError::Other(format!(
+                "unexpected reply to event.read: {other:?}"
+            ))),
+        }
     }
 
     /// Follows one operation's events from `from_seq` until its terminal job
@@ -242,36 +219,40 @@ impl Client {
         from_seq: u64,
         mut on_event: impl FnMut(&pb::Event),
     ) -> Result<pb::JobEvent, ClientError> {
-        let s = &self.subjects;
-        let filters = vec![
-            s.events_filter(None, Some(EventKind::Progress)),
-            s.events_filter(None, Some(EventKind::Result)),
-            s.events_filter(None, Some(EventKind::Checks)),
-            s.events_filter(Some(COORDINATOR_NODE), Some(EventKind::Job)),
-        ];
-        let mut msgs = self
-            .event_stream(
-                filters,
-                consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: from_seq + 1,
-                },
-            )
-            .await?;
-        while let Some(msg) = msgs.next().await {
-            let msg = msg.map_err(|e| ClientError::Other(format!("event stream error: {e}")))?;
-            let Ok(ev) = nodemaint_proto::decode::<pb::Event>(&msg.payload) else {
-                continue;
-            };
-            if ev.op_id != op_id {
-                continue;
-            }
-            on_event(&ev);
-            if let Some(Body::Job(j)) = &ev.body {
-                if j.terminal {
-                    return Ok(j.clone());
+        let f = |node: &str, kind: EventKind| pb::EventFilter {
+            node: node.into(),
+            kind: kind.as_str().into(),
+        };
+        let mut req = pb::ReadEvents {
+            filters: vec![
+                f("", EventKind::Progress),
+                f("", EventKind::Result),
+                f("", EventKind::Checks),
+                // Job events only from the coordinator (agents cannot forge an end).
+                f(COORDINATOR_NODE, EventKind::Job),
+            ],
+            start_seq: from_seq + 1,
+            op_id: op_id.into(),
+            wait_ms: 5_000,
+            ..Default::default()
+        };
+        loop {
+            let page = self.read_events(req.clone()).await?;
+            req.start_seq = page.next_seq;
+            for stored in page.events {
+                let Ok(ev) = nodemaint_proto::decode::<pb::Event>(&stored.event) else {
+                    continue;
+                };
+                if ev.op_id != op_id {
+                    continue;
+                }
+                on_event(&ev);
+                if let Some(Body::Job(j)) = &ev.body {
+                    if j.terminal && ev.node == COORDINATOR_NODE {
+                        return Ok(j.clone());
+                    }
                 }
             }
         }
-        Err(ClientError::Other("event stream ended".into()))
     }
 }

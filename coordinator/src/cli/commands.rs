@@ -471,51 +471,46 @@ pub(super) async fn events(cli: &Cli, c: &Client, a: &EventsArgs) -> CliResult {
     if let Some(n) = &a.node {
         nodemaint_proto::subjects::validate_token(n)?;
     }
-    let deliver = match parse_since(&a.since)? {
-        None => DeliverPolicy::All,
-        Some(d) => DeliverPolicy::ByStartTime {
-            start_time: time::OffsetDateTime::now_utc() - d,
-        },
+    let since_ms = match parse_since(&a.since)? {
+        None => 0,
+        Some(d) => (nodemaint_proto::now_ms() - d.as_millis() as i64).max(1),
     };
-    let filter = c.subjects.events_filter(a.node.as_deref(), kind);
-    let mut msgs = c.event_stream(vec![filter], deliver).await?;
-    // Without --follow, stop when the replay has caught up (nothing
-    // pending), or when nothing arrives for a moment (no matching events).
-    let idle = (!a.follow).then_some(Duration::from_millis(1500));
-    let mut caught_up = false;
+    let mut req = pb::ReadEvents {
+        filters: vec![pb::EventFilter {
+            node: a.node.clone().unwrap_or_default(),
+            kind: kind.map(|k| k.as_str().to_string()).unwrap_or_default(),
+        }],
+        since_ms,
+        // Without --follow, stop when the replay has caught up.
+        wait_ms: if a.follow { 5_000 } else { 0 },
+        ..Default::default()
+    };
     loop {
-        if caught_up {
-            break;
-        }
-        let next = match idle {
-            Some(d) => tokio::time::timeout(d, msgs.next()).await.ok().flatten(),
-            None => msgs.next().await,
-        };
-        let Some(msg) = next else { break };
-        let msg = msg.map_err(|e| ClientError::Other(format!("event stream error: {e}")))?;
-        let (seq, pending) = msg
-            .info()
-            .map(|i| (i.stream_sequence, i.pending))
-            .unwrap_or((0, 1));
-        let line = match nodemaint_proto::decode::<pb::Event>(&msg.payload) {
-            Ok(ev) if cli.output == Output::Json => Some(output::event_json(seq, &ev).to_string()),
-            Ok(ev) => Some(output::event_line(&ev)),
-            Err(e) => {
-                eprintln!("(seq {seq}: {e})");
-                None
-            }
-        };
-        // A reader that went away (`| head`) ends the stream quietly.
-        if let Some(line) = line {
-            if writeln!(std::io::stdout(), "{line}").is_err() {
-                return Ok(());
+        let page = c.read_events(req.clone()).await?;
+        req.start_seq = page.next_seq;
+        for stored in page.events {
+            let seq = stored.seq;
+            let line = match nodemaint_proto::decode::<pb::Event>(&stored.event) {
+                Ok(ev) if cli.output == Output::Json => {
+                    Some(output::event_json(seq, &ev).to_string())
+                }
+                Ok(ev) => Some(output::event_line(&ev)),
+                Err(e) => {
+                    eprintln!("(seq {seq}: {e})");
+                    None
+                }
+            };
+            // A reader that went away (`| head`) ends the stream quietly.
+            if let Some(line) = line {
+                if writeln!(std::io::stdout(), "{line}").is_err() {
+                    return Ok(());
+                }
             }
         }
-        if pending == 0 && !a.follow {
-            caught_up = true;
+        if page.pending == 0 && !a.follow {
+            return Ok(());
         }
     }
-    Ok(())
 }
 
 /// Computes a plan locally when `--fleet FILE` is given.

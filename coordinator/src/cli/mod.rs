@@ -9,10 +9,8 @@ pub mod output;
 pub use args::*;
 use commands::*;
 
-use async_nats::jetstream::consumer::DeliverPolicy;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use client::{Client, ClientError};
-use futures::StreamExt;
+use client::Client;
 use nodemaint_planner as planner;
 use nodemaint_proto::model::{NodeView, Vm, VmView};
 use nodemaint_proto::pb::{self, api_reply::Kind as Reply, api_request::Kind as Req, event::Body};

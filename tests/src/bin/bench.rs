@@ -646,7 +646,10 @@ struct Api {
 
 impl Api {
     async fn connect(url: &str, user: &str) -> Result<Api> {
-        let nats = async_nats::connect(url)
+        // Replies come only into the caller's own inbox prefix.
+        let nats = async_nats::ConnectOptions::new()
+            .custom_inbox_prefix(nodemaint_proto::subjects::inbox_prefix(user))
+            .connect(url)
             .await
             .with_context(|| format!("cannot connect to {url}"))?;
         Ok(Api {
