@@ -172,6 +172,7 @@ async fn read_page(
             page.events.push(pb::StoredEvent {
                 seq,
                 event: m.payload.to_vec(),
+                subject: m.subject.to_string(),
             });
         }
         if left == 0 || page.events.len() >= p.max || bytes >= MAX_BYTES {

@@ -236,6 +236,7 @@ impl Client {
             wait_ms: 5_000,
             ..Default::default()
         };
+        let job_subject = self.subjects.event(COORDINATOR_NODE, EventKind::Job);
         loop {
             let page = self.read_events(req.clone()).await?;
             req.start_seq = page.next_seq;
@@ -246,11 +247,16 @@ impl Client {
                 if ev.op_id != op_id {
                     continue;
                 }
+                // A job's end only from the coordinator's job subject (the
+                // body's node is the publisher's claim; the subject is not).
+                let job = match &ev.body {
+                    Some(Body::Job(_)) if stored.subject != job_subject => continue,
+                    Some(Body::Job(j)) => Some(j.clone()),
+                    _ => None,
+                };
                 on_event(&ev);
-                if let Some(Body::Job(j)) = &ev.body {
-                    if j.terminal && ev.node == COORDINATOR_NODE {
-                        return Ok(j.clone());
-                    }
+                if let Some(j) = job.filter(|j| j.terminal) {
+                    return Ok(j);
                 }
             }
         }
