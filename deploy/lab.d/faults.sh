@@ -20,10 +20,16 @@ nats_urls() { # comma-separated client URLs of every member
 nats_replicas() { if ((${NATS_CLUSTER:-1} >= 3)); then echo 3; else echo 1; fi; }
 
 write_nats_cluster_config() { # i -> $LAB_DIR/nats/nI.conf (same shape as deploy/nats/cluster/)
-  local i=$1 j routes=""
+  local i=$1 j routes="" route_tls="" client_sec=""
   for ((j = 1; j <= NATS_CLUSTER; j++)); do
     ((j == i)) || routes+="    nats-route://$HOST_ADDR:$(nats_route_port "$j")"$'\n'
   done
+  if ((${SECURE:-0})); then
+    # As the shipped configs: clients need nkeys and TLS, routes mutual TLS.
+    # (nats-server resolves includes relative to the including file only.)
+    route_tls='  include "../secure/tls/cluster-tls.conf"'
+    client_sec='include "../secure/auth/auth.conf"'$'\n''include "../secure/tls/tls.conf"'
+  fi
   mkdir -p "$LAB_DIR/nats/s$i"
   cat >"$LAB_DIR/nats/n$i.conf" <<EOF
 # nodemaint lab: JetStream cluster member $i of $NATS_CLUSTER
@@ -35,10 +41,11 @@ jetstream {
 cluster {
   name: ${PREFIX}
   listen: $HOST_ADDR:$(nats_route_port "$i")
+$route_tls
   routes: [
 $routes  ]
 }
-# Authentication, TLS and permissions (deploy/nats/auth.conf) would be included here.
+$client_sec
 EOF
 }
 
@@ -46,7 +53,7 @@ start_nats_member() { # i (store and config kept across restarts)
   local i=$1 nats
   nats=$(nats_bin)
   mkdir -p "$LAB_DIR/nats"
-  if ((${SECURE:-0})); then
+  if ((${SECURE:-0})) && ((${NATS_CLUSTER:-1} <= 1)); then
     setsid "$nats" -c "$SECURE_DIR/nats.conf" \
       -P "$(nats_pidfile 1)" -l "$(nats_logfile 1)" </dev/null >/dev/null 2>&1 9<&- &
   elif ((${NATS_CLUSTER:-1} <= 1)); then

@@ -26,6 +26,7 @@ fn member_config(i: usize, ports: &[(u16, u16)], dir: &std::path::Path) -> std::
         // security files, which this test does not make.
         .replace("include ./auth.conf", "")
         .replace("include ./tls.conf", "")
+        .replace("include ./cluster-tls.conf", "")
         .replace(
             "store_dir: /var/lib/nats",
             &format!("store_dir: \"{}\"", dir.join(format!("s{i}")).display()),
@@ -171,4 +172,112 @@ fn nodemaint_runs_on_the_shipped_three_node_cluster_and_survives_a_lost_member()
         .collect();
     assert!(done.len() >= 2, "a stop and a start succeeded: {jobs}");
     drop(servers);
+}
+
+/// Routes between the members are authenticated and encrypted as shipped
+/// (`include ./cluster-tls.conf`, written by `gen-tls`): two members with
+/// the CA's certificates form their route; a server routing in without TLS,
+/// or with a certificate of another CA, is refused. (Before, the shipped
+/// cluster configs accepted any route.)
+#[test]
+fn routes_admit_only_servers_with_the_cas_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let gen_tls = |sub: &str| {
+        let out = Command::new(lab::repo().join("deploy/nats/gen-tls"))
+            .arg(dir.path().join(sub))
+            .arg("127.0.0.1")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    gen_tls("tls");
+    gen_tls("other/tls");
+    let ports: Vec<(u16, u16)> = (0..4).map(|_| (free_port(), free_port())).collect();
+    let config = |i: usize, at: &std::path::Path| {
+        // The shipped member config, its cluster TLS kept (relative to the
+        // config file, as nats-server resolves includes).
+        let p = member_config(i, &ports[..3], at);
+        let text = std::fs::read_to_string(
+            &lab::repo().join(format!("deploy/nats/cluster/nats-{i}.conf")),
+        )
+        .unwrap();
+        assert!(text.contains("include ./cluster-tls.conf"), "{text}");
+        let mine = std::fs::read_to_string(&p).unwrap().replace(
+            "  listen: 127.0.0.1",
+            "  include \"tls/cluster-tls.conf\"\n  listen: 127.0.0.1",
+        );
+        std::fs::write(&p, mine).unwrap();
+        p
+    };
+    let log = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+    // Member 1's monitoring port answers which servers it is routed to.
+    let monitor = free_port();
+    let _members: Vec<Proc> = (1..=2)
+        .map(|i| {
+            let conf = config(i, dir.path());
+            if i == 1 {
+                let text = std::fs::read_to_string(&conf).unwrap();
+                std::fs::write(&conf, format!("http: 127.0.0.1:{monitor}\n{text}")).unwrap();
+            }
+            Proc::spawn(
+                &format!("nats-server {i}"),
+                Command::new("nats-server").arg("-c").arg(&conf),
+                dir.path().join(format!("nats-{i}.log")),
+            )
+        })
+        .collect();
+    wait_for(Duration::from_secs(20), "members 1 and 2 routed", || {
+        log("nats-1.log").contains("Route connection created")
+    });
+
+    // Intruders on member 1's route port: plain, then TLS from another CA.
+    let route1 = ports[0].1;
+    for (name, tls, refusal) in [
+        ("plain", "", "TLS route handshake error"),
+        (
+            "other-ca",
+            "  include \"other/tls/cluster-tls.conf\"\n",
+            "certificate signed by unknown authority",
+        ),
+    ] {
+        let (client, route) = ports[3];
+        let conf = dir.path().join(format!("{name}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "server_name: {name}\nlisten: 127.0.0.1:{client}\ncluster {{\n  name: nodemaint\n  \
+                 listen: 127.0.0.1:{route}\n{tls}  routes: [ nats-route://127.0.0.1:{route1} ]\n}}\n"
+            ),
+        )
+        .unwrap();
+        let mut intruder = Proc::spawn(
+            name,
+            Command::new("nats-server").arg("-c").arg(&conf),
+            dir.path().join(format!("{name}.log")),
+        );
+        wait_for(
+            Duration::from_secs(20),
+            &format!("member 1 refusing {name}"),
+            || log("nats-1.log").contains(refusal) || log(&format!("{name}.log")).contains(refusal),
+        );
+
+        let routes = routez(monitor);
+        assert!(routes.contains("\"remote_name\": \"nats-2\""), "{routes}");
+        assert!(
+            !routes.contains(&format!("\"remote_name\": \"{name}\"")),
+            "{routes}"
+        );
+        intruder.kill();
+    }
+}
+
+/// nats-server's `/routez` (its current routes, with each remote's name).
+fn routez(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /routez HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
 }

@@ -98,7 +98,13 @@ fn cluster_faults() {
         4,
         2,
         2,
-        &[("LAB_NATS_CLUSTER", "3"), ("LAB_COORDINATORS", "2")],
+        // Secured as in production: nkeys, TLS for clients, mutual TLS for
+        // the routes between the members.
+        &[
+            ("LAB_NATS_CLUSTER", "3"),
+            ("LAB_COORDINATORS", "2"),
+            ("LAB_SECURE", "1"),
+        ],
     ) else {
         return;
     };
