@@ -197,10 +197,9 @@ fn routes_admit_only_servers_with_the_cas_certificate() {
         // The shipped member config, its cluster TLS kept (relative to the
         // config file, as nats-server resolves includes).
         let p = member_config(i, &ports[..3], at);
-        let text = std::fs::read_to_string(
-            &lab::repo().join(format!("deploy/nats/cluster/nats-{i}.conf")),
-        )
-        .unwrap();
+        let text =
+            std::fs::read_to_string(lab::repo().join(format!("deploy/nats/cluster/nats-{i}.conf")))
+                .unwrap();
         assert!(text.contains("include ./cluster-tls.conf"), "{text}");
         let mine = std::fs::read_to_string(&p).unwrap().replace(
             "  listen: 127.0.0.1",
