@@ -26,7 +26,8 @@ pub struct JobStore {
     js: jetstream::Context,
     subjects: Subjects,
     registry: Registry,
-    /// Every job record but the engine's journal.
+    /// Every job record, as of the watch's last update: for listings only;
+    /// decisions read the bucket (`get`).
     mirror: Arc<RwLock<HashMap<String, Job>>>,
 }
 
@@ -69,7 +70,7 @@ impl JobStore {
         }
         for k in keys.into_iter().filter(|k| is_job_key(k)) {
             if let Some(j) = store.get(&k).await {
-                store.mirror.write().unwrap().insert(k, mirrored(j));
+                store.mirror.write().unwrap().insert(k, j);
             }
         }
         let mirror = store.mirror.clone();
@@ -83,7 +84,7 @@ impl JobStore {
                 match entry.operation {
                     kv::Operation::Put => {
                         if let Ok(j) = serde_json::from_slice::<Job>(&entry.value) {
-                            m.insert(entry.key, mirrored(j));
+                            m.insert(entry.key, j);
                         }
                     }
                     kv::Operation::Delete | kv::Operation::Purge => {
@@ -371,11 +372,6 @@ impl JobStore {
 /// own (the rolling lock).
 fn is_job_key(k: &str) -> bool {
     !k.starts_with("lock.")
-}
-
-fn mirrored(mut j: Job) -> Job {
-    j.engine = None;
-    j
 }
 
 /// Whether a job's record is past its retention: ended, and ended longer

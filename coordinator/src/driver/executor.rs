@@ -774,13 +774,19 @@ pub async fn await_job(c: &Coordinator, id: &str) -> Option<Job> {
 
 /// On start: resume every job the previous coordinator left running.
 pub async fn resume_jobs(c: Arc<Coordinator>) {
-    let jobs = c.jobs.running();
     // Paused jobs get their executor back too; it waits at its checkpoint.
     // `rolling.node` jobs belong to their rolling job, which settles them.
-    for job in jobs.into_iter().filter(|j| {
+    for listed in c.jobs.running().into_iter().filter(|j| {
         matches!(j.state, JobState::Running | JobState::Paused)
             && !matches!(j.spec, JobSpec::RollingNode(_))
     }) {
+        // The stored record, not the listing: a job resumes from its latest
+        // journal (a machine rebuilt from scratch would reuse command ids
+        // whose recorded results belong to other VMs).
+        let Some(job) = c.jobs.get(&listed.id).await else {
+            tracing::warn!(job = %listed.id, "cannot read the job to resume it");
+            continue;
+        };
         crate::logs::job_span(&job).in_scope(|| tracing::info!("resuming job after restart"));
         c.jobs
             .step(
