@@ -185,7 +185,20 @@ impl Coordinator {
             );
         }
         let timer = crate::metrics::CommandTimer::start(action, &cmd.id);
-        let r = self.send_and_await(&job.id, node, &cmd, wait).await;
+        let mut r = self.send_and_await(&job.id, node, &cmd, wait).await;
+        // Agents execute an id once and answer repeats with its record: a
+        // record about another VM answers another command that had this id,
+        // and this one will never run. Said so, never taken as done.
+        if r.ok && !r.vm.is_empty() && !vm.is_empty() && r.vm != vm {
+            r = failed(
+                Code::Internal,
+                format!(
+                    "{action} of {vm} not done: command id {} was already used for {} \
+                     (its record answers for that VM)",
+                    cmd.id, r.vm
+                ),
+            );
+        }
         timer.finish(&r);
         // The destination's inventory changed either way: the VM arrived,
         // or the paused incoming copy of a failed migration went away.
