@@ -496,20 +496,26 @@ pub(super) fn parse_since(s: &str) -> anyhow::Result<Option<Duration>> {
         .map_err(|e| anyhow::anyhow!("--since {s:?}: {e}, or `all`"))
 }
 
-/// `90`, `90s`, `10m`, `2h`, `1d`.
+/// The longest duration any option takes: ten years.
+const MAX_DURATION_S: u64 = 3650 * 86_400;
+
+/// `90`, `90s`, `10m`, `2h`, `1d`, at most `3650d`.
 pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num
         .parse()
         .map_err(|_| "use a number with s, m, h or d (e.g. 10m)".to_string())?;
-    let secs = match unit {
-        "s" | "" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+    let per = match unit {
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         _ => return Err(format!("unknown unit {unit:?} (use s, m, h or d)")),
     };
-    Ok(Duration::from_secs(secs))
+    match n.checked_mul(per) {
+        Some(secs) if secs <= MAX_DURATION_S => Ok(Duration::from_secs(secs)),
+        _ => Err(format!("{s} is too long (at most 3650d)")),
+    }
 }
 
 /// `--deadline`: a positive duration, in whole seconds.

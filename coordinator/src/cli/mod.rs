@@ -366,6 +366,22 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("unknown unit"));
+        // Huge values are refused, not overflowed (they panicked before).
+        for huge in [
+            "999999999999999999d",
+            "5000000d",
+            "18446744073709551615s",
+            "3651d",
+        ] {
+            let e = parse_since(huge).unwrap_err().to_string();
+            assert!(e.contains("too long"), "{huge}: {e}");
+        }
+        assert_eq!(
+            parse_since("3650d").unwrap(),
+            Some(Duration::from_secs(3650 * 86_400))
+        );
+        assert!(parse_since("99999999999999999999999d").is_err());
+        assert!(args::parse_deadline("0s").is_err());
     }
 
     #[test]
