@@ -17,6 +17,9 @@
 //! timeout_per_gib_s = 800  # completion timeout per GiB of VM memory
 //! timeout_floor_s = 60     # never less than this
 //! progress_timeout_s = 150 # abort when no progress for this long
+//! libvirt_uri = "qemu+tcp://{address}/system"  # where a destination's libvirt is reached
+//! migrate_uri = "tcp://{address}"              # and its hypervisor's migration stream
+//! addresses = { node1 = "10.0.0.11" }          # win over the address a node reports
 //! [preflight]
 //! max_nodes_in_maintenance = 2  # 0 = no limit
 //! headroom_percent = 10         # capacity to keep free after a drain
@@ -158,9 +161,12 @@ fn five_minutes() -> u64 {
     300
 }
 
-/// Migration timeouts: completion scaled by memory (Nova's and KubeVirt's
-/// completion timeout per GiB) and a progress timeout (KubeVirt's 150 s).
-#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+/// Migrations: timeouts (completion scaled by memory, Nova's and
+/// KubeVirt's completion timeout per GiB, and a progress timeout,
+/// KubeVirt's 150 s), and where a destination is reached. The URIs come from
+/// here, never from the node: a node reports only its address, which must be
+/// a plain host (see [`nodemaint_proto::guard`]), and `addresses` pins it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MigrationTimeouts {
     #[serde(default = "default_per_gib")]
@@ -169,6 +175,22 @@ pub struct MigrationTimeouts {
     pub timeout_floor_s: u32,
     #[serde(default = "default_progress")]
     pub progress_timeout_s: u32,
+    /// Template of a destination's libvirt URI (`{address}`, `{node}`):
+    /// what the source's libvirt opens to migrate, and what pre-flight probes.
+    #[serde(default = "default_libvirt_uri")]
+    pub libvirt_uri: String,
+    /// Template of the hypervisor's migration stream URI.
+    #[serde(default = "default_migrate_uri")]
+    pub migrate_uri: String,
+    /// Node addresses that win over the ones nodes report in heartbeats.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub addresses: BTreeMap<String, String>,
+    /// Test fleets only (the fast tests on libvirt's `test:` driver and
+    /// `sim-fleet`'s `sim:`): a node's reported libvirt URI of one of these
+    /// two drivers, which open no connection and run nothing, is used as
+    /// it is (a test-driver node's URI names its own XML file).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub test_drivers: bool,
 }
 
 impl Default for MigrationTimeouts {
@@ -177,11 +199,88 @@ impl Default for MigrationTimeouts {
             timeout_per_gib_s: default_per_gib(),
             timeout_floor_s: default_floor(),
             progress_timeout_s: default_progress(),
+            libvirt_uri: default_libvirt_uri(),
+            migrate_uri: default_migrate_uri(),
+            addresses: BTreeMap::new(),
+            test_drivers: false,
         }
     }
 }
 
+fn default_libvirt_uri() -> String {
+    "qemu+tcp://{address}/system".into()
+}
+fn default_migrate_uri() -> String {
+    "tcp://{address}".into()
+}
+
 impl MigrationTimeouts {
+    /// The templates and addresses are usable: each renders to an allowed
+    /// URI (checked with a sample node), each pinned address is plain.
+    pub fn validate(&self) -> Result<(), String> {
+        use nodemaint_proto::guard;
+        for t in [&self.libvirt_uri, &self.migrate_uri] {
+            if !t.contains("{address}") && !t.contains("{node}") {
+                return Err(format!(
+                    "migration template {t:?} names no {{address}} or {{node}}"
+                ));
+            }
+        }
+        let sample = |t: &str| guard::render(t, "node1", "192.0.2.1");
+        guard::check_libvirt_uri(&sample(&self.libvirt_uri), self.test_drivers)
+            .map_err(|e| format!("migration.libvirt_uri {:?}: {e}", self.libvirt_uri))?;
+        guard::check_migrate_uri(&sample(&self.migrate_uri))
+            .map_err(|e| format!("migration.migrate_uri {:?}: {e}", self.migrate_uri))?;
+        for (node, addr) in &self.addresses {
+            nodemaint_proto::subjects::validate_token(node)
+                .map_err(|e| format!("migration.addresses: {e}"))?;
+            guard::validate_address(addr)
+                .map_err(|e| format!("migration.addresses.{node}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Where `node` is reached for migrations and probes: (libvirt URI,
+    /// migration URI) from the templates, over its pinned address or else
+    /// the one it reports, both checked; `Err` says why not. The libvirt
+    /// URI the node reports is used only with `test_drivers`, and only when
+    /// it is a `test:` or `sim:` one.
+    pub fn destination(
+        &self,
+        node: &str,
+        reported: &str,
+        reported_uri: &str,
+    ) -> Result<(String, String), String> {
+        use nodemaint_proto::guard;
+        let address = self
+            .addresses
+            .get(node)
+            .map(String::as_str)
+            .unwrap_or(reported);
+        if address.is_empty() {
+            return Err(format!(
+                "node {node} has no migration address (set `address` in its agent config, \
+                 or migration.addresses in the coordinator's)"
+            ));
+        }
+        nodemaint_proto::subjects::validate_token(node).map_err(|e| e.to_string())?;
+        guard::validate_address(address).map_err(|e| format!("node {node}: {e}"))?;
+        let test_uri = self.test_drivers
+            && guard::TEST_DRIVERS
+                .iter()
+                .any(|d| reported_uri.starts_with(&format!("{d}:")));
+        let libvirt = if test_uri {
+            reported_uri.to_string()
+        } else {
+            guard::render(&self.libvirt_uri, node, address)
+        };
+        let migrate = guard::render(&self.migrate_uri, node, address);
+        guard::check_libvirt_uri(&libvirt, self.test_drivers)
+            .and_then(|()| guard::check_migrate_uri(&migrate))
+            .map_err(|e| format!("node {node}: {e}"))?;
+        Ok((libvirt, migrate))
+    }
+
     /// The completion timeout of a VM of `memory_mib`.
     pub fn completion_s(&self, memory_mib: u64) -> u32 {
         let scaled = (memory_mib * u64::from(self.timeout_per_gib_s)).div_ceil(1024);
@@ -286,10 +385,13 @@ impl CoordinatorConfig {
 
     /// Parses a config file's text; `path` only names it in errors.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let parse = |message: String| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+            message,
+        };
+        let cfg: Self = toml::from_str(text).map_err(|e| parse(e.to_string()))?;
+        cfg.migration.validate().map_err(parse)?;
+        Ok(cfg)
     }
 
     /// `Ok` when `user` may change the fleet; otherwise the refusal text.
@@ -373,6 +475,7 @@ mod tests {
             timeout_per_gib_s: 800,
             timeout_floor_s: 60,
             progress_timeout_s: 150,
+            ..Default::default()
         };
         assert_eq!(t.completion_s(64), 60); // 50 s scaled: the floor wins
         assert_eq!(t.completion_s(4096), 3200);
@@ -398,6 +501,93 @@ mod tests {
         assert!(
             !text.contains("nats_creds"),
             "unset options are left out: {text}"
+        );
+    }
+
+    #[test]
+    fn destinations_come_from_the_templates_over_a_plain_address() {
+        let mut m = MigrationTimeouts::default();
+        assert_eq!(
+            m.destination("n2", "10.0.0.2", "qemu+ext:///system?command=/bin/sh")
+                .unwrap(),
+            ("qemu+tcp://10.0.0.2/system".into(), "tcp://10.0.0.2".into())
+        );
+        // What a compromised node reports as its address is not used.
+        for evil in [
+            "x/system?command=/bin/touch",
+            "10.0.0.2/system?socket=/tmp/s",
+            "-oProxyCommand=id",
+            "10.0.0.2 extra",
+        ] {
+            let e = m.destination("n2", evil, "").unwrap_err();
+            assert!(e.contains("invalid address"), "{evil}: {e}");
+        }
+        assert!(m
+            .destination("n2", "", "")
+            .unwrap_err()
+            .contains("no migration address"));
+        // A pinned address wins over the reported one.
+        m.addresses.insert("n2".into(), "10.9.9.2".into());
+        assert_eq!(
+            m.destination("n2", "x/system?command=/bin/touch", "")
+                .unwrap()
+                .0,
+            "qemu+tcp://10.9.9.2/system"
+        );
+        // Test drivers only when allowed: a template of one, or the URI a
+        // node reports when it is a test-driver one.
+        let sim = "sim://n2";
+        assert_eq!(
+            m.destination("n2", "n2", sim).unwrap().0,
+            "qemu+tcp://10.9.9.2/system"
+        );
+        m.test_drivers = true;
+        assert_eq!(m.destination("n2", "n2", sim).unwrap().0, sim);
+        let evil = "qemu+ext:///system?command=/bin/sh";
+        assert_eq!(
+            m.destination("n2", "n2", evil).unwrap().0,
+            "qemu+tcp://10.9.9.2/system"
+        );
+        m.test_drivers = false;
+        m.libvirt_uri = "sim://{node}".into();
+        assert!(m.validate().unwrap_err().contains("sim"));
+        m.test_drivers = true;
+        m.validate().unwrap();
+    }
+
+    #[test]
+    fn unsafe_migration_templates_are_refused_when_the_config_loads() {
+        for (text, needle) in [
+            (
+                "[migration]\nlibvirt_uri = 'qemu+ext://{address}/system?command=/bin/sh'",
+                "refused",
+            ),
+            (
+                "[migration]\nlibvirt_uri = 'qemu+tcp://{address}/system?socket=/x'",
+                "refused",
+            ),
+            (
+                "[migration]\nlibvirt_uri = 'qemu+unix://{address}/system'",
+                "qemu+unix",
+            ),
+            ("[migration]\nlibvirt_uri = 'test:///default'", "names no"),
+            ("[migration]\nmigrate_uri = 'unix://{address}'", "unix"),
+            (
+                "[migration]\naddresses = { n1 = 'h/system?command=x' }",
+                "invalid address",
+            ),
+        ] {
+            let e = CoordinatorConfig::from_toml(text, Path::new("c.toml")).unwrap_err();
+            assert!(e.to_string().contains(needle), "{text}: {e}");
+        }
+        let ok = "[migration]\nlibvirt_uri = 'qemu+ssh://root@{address}/system'\n\
+                  addresses = { n1 = '10.0.0.1' }";
+        let c = CoordinatorConfig::from_toml(ok, Path::new("c.toml")).unwrap();
+        assert_eq!(
+            CoordinatorConfig::from_toml(&c.to_toml(), Path::new("c.toml"))
+                .unwrap()
+                .to_toml(),
+            c.to_toml()
         );
     }
 }

@@ -30,9 +30,10 @@ const CLAIMED: &[u8] = b"S";
 /// Prefix of a recorded result (followed by the protobuf CommandResult).
 const RESULT: u8 = b'R';
 
-/// Handles hook commands in-process instead of `sh -c` (the simulated fleet's
-/// power cycle); returns `None` to fall back to the shell.
-pub type HookHandler = Arc<dyn Fn(&pb::RunHook) -> Option<pb::CommandResult> + Send + Sync>;
+/// Handles hooks in-process instead of `sh -c` (the simulated fleet's power
+/// cycle), given the hook's name and configured command line; returns `None`
+/// to fall back to the shell.
+pub type HookHandler = Arc<dyn Fn(&str, &str) -> Option<pb::CommandResult> + Send + Sync>;
 
 /// libvirt connections a node's probes may hold at once.
 const PROBES_AT_ONCE: usize = 2;
@@ -708,10 +709,13 @@ impl Agent {
                 }
             };
             let (uri, name) = (m.dest_libvirt_uri.clone(), m.vm.clone());
-            let remote = self
-                .blocking(move |hv| hv.remote_state(&uri, &name))
-                .await
-                .map_err(|e| e.to_string());
+            let remote = match self.check_destination(m) {
+                Ok(()) => self
+                    .blocking(move |hv| hv.remote_state(&uri, &name))
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
             let verdict = migration(local, remote);
             let seen = format!("{local:?} {verdict:?}");
             if last_verdict.as_ref() != Some(&seen) {
@@ -810,23 +814,26 @@ impl Agent {
             },
             Cmd::Migrate(m) => self.migrate(&cmd, &m).await,
             Cmd::Define(d) => self.define(&d).await,
-            Cmd::RunHook(h) => {
-                // In-process hooks may block (a simulated reboot sleeps).
-                let handled = match self.hooks.clone() {
-                    Some(f) => {
-                        let h = h.clone();
-                        tokio::task::spawn_blocking(move || f(&h))
-                            .await
-                            .ok()
-                            .flatten()
+            Cmd::RunHook(h) => match crate::hook::resolve(&self.cfg.hooks, self.node(), &h) {
+                Err(refused) => refused,
+                Ok(command) => {
+                    // In-process hooks may block (a simulated reboot sleeps).
+                    let handled = match self.hooks.clone() {
+                        Some(f) => {
+                            let (name, line) = (h.name.clone(), command.to_string());
+                            tokio::task::spawn_blocking(move || f(&name, &line))
+                                .await
+                                .ok()
+                                .flatten()
+                        }
+                        None => None,
+                    };
+                    match handled {
+                        Some(r) => r,
+                        None => crate::hook::run(&h.name, command, h.timeout_s).await,
                     }
-                    None => None,
-                };
-                match handled {
-                    Some(r) => r,
-                    None => crate::hook::run(&h).await,
                 }
-            }
+            },
             Cmd::RunChecks(rc) => self.checks(&cmd.op_id, rc.start_failed).await,
             Cmd::CancelMigration(c) => {
                 let handle = self.migrations.lock().unwrap().get(&c.vm).cloned();
@@ -889,25 +896,33 @@ impl Agent {
 
     /// Whether this node's libvirt reaches each URI (pre-flight of a drain);
     /// one service line per URI in the result's check report.
+    /// A URI that is not an allowed transport to a plain address is not
+    /// opened (see [`Agent::check_destination`]).
     async fn probe(&self, uris: &[String]) -> pb::CommandResult {
         let mut services = Vec::new();
         for uri in uris {
             let u = uri.clone();
             let slots = self.probe_slots.clone();
-            let res = tokio::time::timeout(Duration::from_secs(8), async move {
-                let permit = slots.acquire_owned().await.expect("semaphore");
-                self.blocking(move |hv| {
-                    let _held = permit;
-                    hv.probe(&u)
+            let res = match nodemaint_proto::guard::check_libvirt_uri(uri, self.cfg.test_drivers) {
+                Err(e) => {
+                    tracing::warn!(error = %e, "probe refused");
+                    Err(HvError::Other(format!("{e}; not opened")))
+                }
+                Ok(()) => tokio::time::timeout(Duration::from_secs(8), async move {
+                    let permit = slots.acquire_owned().await.expect("semaphore");
+                    self.blocking(move |hv| {
+                        let _held = permit;
+                        hv.probe(&u)
+                    })
+                    .await
                 })
                 .await
-            })
-            .await
-            .unwrap_or_else(|_| {
-                Err(HvError::Other(format!(
-                    "no answer within 8 s (at most {PROBES_AT_ONCE} probes run at once)"
-                )))
-            });
+                .unwrap_or_else(|_| {
+                    Err(HvError::Other(format!(
+                        "no answer within 8 s (at most {PROBES_AT_ONCE} probes run at once)"
+                    )))
+                }),
+            };
             services.push(pb::ServiceStatus {
                 check: "libvirt".into(),
                 service: uri.clone(),
@@ -1038,6 +1053,16 @@ impl Agent {
         }
     }
 
+    /// The URIs of a migration are ones this agent may open: an allowed
+    /// transport to a plain address, no query (libvirt would run or read
+    /// what a `qemu+ext`/`?command=` URI says). Checked here again because
+    /// whoever can publish commands must not get a shell from a URI.
+    fn check_destination(&self, m: &pb::MigrateVm) -> Result<(), String> {
+        use nodemaint_proto::guard;
+        guard::check_libvirt_uri(&m.dest_libvirt_uri, self.cfg.test_drivers)?;
+        guard::check_migrate_uri(&m.dest_migrate_uri)
+    }
+
     async fn migrate(&self, cmd: &pb::AgentCommand, m: &pb::MigrateVm) -> pb::CommandResult {
         if m.dest_libvirt_uri.is_empty() || m.dest_node.is_empty() {
             return with_vm(
@@ -1055,6 +1080,13 @@ impl Agent {
                     Code::InvalidArgument,
                     format!("{} already runs on {}", m.vm, m.dest_node),
                 ),
+            );
+        }
+        if let Err(e) = self.check_destination(m) {
+            tracing::warn!(vm = %m.vm, error = %e, "migration refused");
+            return with_vm(
+                &m.vm,
+                err_result(Code::PermissionDenied, format!("{e}; nothing was opened")),
             );
         }
         let target = MigrateTarget {

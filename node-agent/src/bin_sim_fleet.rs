@@ -118,10 +118,13 @@ async fn main() -> anyhow::Result<()> {
         cfg.libvirt_uri = format!("{SCHEME}{node}");
         cfg.address = Some(node.clone());
         cfg.migration_libvirt_uri = Some(format!("{SCHEME}{node}"));
+        cfg.test_drivers = true;
         cfg.heartbeat_interval_ms = a.heartbeat_interval_ms;
         cfg.inventory_poll_ms = 1000;
         cfg.boot_id_file = boot.clone();
         cfg.subject_prefix = a.subject_prefix.clone();
+        // `rolling start --hook reboot` power-cycles the simulated node.
+        cfg.hooks.insert("reboot".into(), "sim-reboot".into());
         let hv = Arc::new(world.node(
             node,
             Capacity {
@@ -204,8 +207,8 @@ fn sim_vm(name: &str, kind: VmKind, cs: &str, memory_mib: u64) -> Vm {
 
 /// `sim-reboot`: every VM of the node shuts off, the boot id changes.
 fn reboot_hook(world: SimWorld, node: String, boot: PathBuf, secs: f64) -> HookHandler {
-    Arc::new(move |h: &pb::RunHook| {
-        if h.command.trim() != "sim-reboot" {
+    Arc::new(move |_name: &str, command: &str| {
+        if command.trim() != "sim-reboot" {
             return None;
         }
         std::thread::sleep(Duration::from_secs_f64(secs.max(0.0)));

@@ -13,9 +13,13 @@
 //! type = "ovs_services"
 //! command = "ovs monitor services"
 //! start = "ovs start services"
+//!
+//! [hooks]                                # what `rolling start --hook NAME` runs here
+//! reboot = "systemctl reboot"            # (sh -c, as the agent's user)
 //! ```
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -69,6 +73,16 @@ pub struct AgentConfig {
     /// Post-reboot service checks (see `checks`), run by `node check`.
     #[serde(default)]
     pub checks: Vec<crate::checks::CheckConfig>,
+    /// The hooks the coordinator may ask for by name (`RunHook`), e.g.
+    /// `reboot = "systemctl reboot"`: the coordinator never sends a
+    /// command line, so no API user can run one of their own here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hooks: BTreeMap<String, String>,
+    /// Also open libvirt's `test:` and the simulated `sim:` URIs as
+    /// migration destinations and probes (the fast tests, `sim-fleet`);
+    /// otherwise only `qemu+tcp`, `qemu+tls` and `qemu+ssh` to a plain address.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub test_drivers: bool,
     /// Commands executed at the same time (migrations, stops, …).
     #[serde(default = "default_max_concurrent")]
     pub max_concurrent_commands: usize,
@@ -167,6 +181,15 @@ impl AgentConfig {
         }
         crate::checks::validate(&self.checks)
             .map_err(|e| ConfigError::Invalid(format!("checks: {e}")))?;
+        for (name, command) in &self.hooks {
+            nodemaint_proto::guard::validate_hook_name(name)
+                .map_err(|e| ConfigError::Invalid(format!("hooks: {e}")))?;
+            if command.trim().is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "hooks: {name} has an empty command"
+                )));
+            }
+        }
         if self.max_concurrent_commands == 0 {
             return Err(ConfigError::Invalid(
                 "max_concurrent_commands must be at least 1".into(),
@@ -239,6 +262,7 @@ mod tests {
         c.nats_creds = Some("/etc/nodemaint/node1.creds".into());
         c.address = Some("10.0.0.11".into());
         c.metrics_listen = Some("127.0.0.1:9100".parse().unwrap());
+        c.hooks.insert("reboot".into(), "systemctl reboot".into());
         for cfg in [AgentConfig::for_node("node1"), c] {
             let text = cfg.to_toml();
             let back = AgentConfig::from_toml(&text, Path::new("rendered.toml"))
@@ -246,6 +270,21 @@ mod tests {
             back.validate().unwrap();
             assert_eq!(back.to_toml(), text);
             assert_eq!(back.checks, cfg.checks);
+            assert_eq!(back.hooks, cfg.hooks);
         }
+    }
+
+    #[test]
+    fn hook_names_are_checked() {
+        let c = AgentConfig::from_toml(
+            "node='a'\n[hooks]\nreboot='systemctl reboot'\n'Bad Name'='x'\n",
+            Path::new("a.toml"),
+        )
+        .unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("hooks") && e.contains("Bad Name"), "{e}");
+        let c =
+            AgentConfig::from_toml("node='a'\n[hooks]\nreboot=' '\n", Path::new("a.toml")).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("empty"));
     }
 }

@@ -239,9 +239,10 @@ pub struct Rolling {
     /// The planner's groups, drained one after another.
     pub groups: Vec<Vec<String>>,
     pub max_unavailable: u32,
-    /// Run by each node's agent (`{node}` replaced); empty with `wait_for_continue`.
+    /// The name of the hook each node's agent runs (its command line is in
+    /// the agent's config); empty with `wait_for_continue`.
     #[serde(default)]
-    pub reboot_command: String,
+    pub hook: String,
     #[serde(default)]
     pub wait_for_continue: bool,
     #[serde(default)]
@@ -763,7 +764,7 @@ pub(crate) mod tests {
                 nodes: vec!["n1".into(), "n2".into()],
                 groups: vec![vec!["n1".into()], vec!["n2".into()]],
                 max_unavailable: 1,
-                reboot_command: "reboot {node}".into(),
+                hook: "reboot".into(),
                 wait_for_continue: false,
                 checks_must_pass: true,
                 reboot_timeout_s: 900,

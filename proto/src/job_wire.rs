@@ -195,7 +195,7 @@ impl From<&JobSpec> for pb::JobSpec {
                     .map(|nodes| pb::NodeGroup { nodes })
                     .collect(),
                 max_unavailable: r.max_unavailable,
-                reboot_command: r.reboot_command,
+                hook: r.hook,
                 wait_for_continue: r.wait_for_continue,
                 checks_must_pass: r.checks_must_pass,
                 reboot_timeout_s: r.reboot_timeout_s,
@@ -263,7 +263,7 @@ impl TryFrom<pb::JobSpec> for JobSpec {
                 nodes: r.nodes,
                 groups: r.groups.into_iter().map(|g| g.nodes).collect(),
                 max_unavailable: r.max_unavailable,
-                reboot_command: r.reboot_command,
+                hook: r.hook,
                 wait_for_continue: r.wait_for_continue,
                 checks_must_pass: r.checks_must_pass,
                 reboot_timeout_s: r.reboot_timeout_s,

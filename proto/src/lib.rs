@@ -7,6 +7,7 @@
 
 #[cfg(feature = "nats")]
 pub mod bus;
+pub mod guard;
 pub mod job;
 pub mod job_wire;
 pub mod metrics;

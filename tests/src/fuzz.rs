@@ -704,7 +704,7 @@ fn agent_command_seeds() -> Vec<Vec<u8>> {
         }),
         Kind::RunChecks(pb::RunChecks { start_failed: true }),
         Kind::RunHook(pb::RunHook {
-            command: "reboot".into(),
+            name: "reboot".into(),
             timeout_s: 900,
         }),
         Kind::CancelMigration(pb::CancelMigration {

@@ -427,12 +427,13 @@ impl Lab {
         );
     }
 
-    /// `rolling start NODES... --reboot-command REBOOT --yes --detach` as
-    /// operator (NODES may be `--all`); returns the job id.
-    pub fn start_rolling(&self, nodes: &[&str], reboot: &str) -> String {
+    /// `rolling start NODES... --hook HOOK --yes --detach` as operator
+    /// (NODES may be `--all`; the lab's agents have the hook `reboot`);
+    /// returns the job id.
+    pub fn start_rolling(&self, nodes: &[&str], hook: &str) -> String {
         let mut args = vec!["rolling", "start"];
         args.extend(nodes);
-        args.extend(["--reboot-command", reboot, "--yes", "--detach"]);
+        args.extend(["--hook", hook, "--yes", "--detach"]);
         let out = self.cli("operator", &args);
         assert!(
             out.status.success(),

@@ -20,6 +20,76 @@ pub mod soak;
 
 pub use tempfile::TempDir;
 
+/// Commands sent to an agent straight over the bus, bypassing the
+/// coordinator (what a compromised or deposed coordinator could send), and
+/// their result events.
+pub mod raw {
+    use super::Fleet;
+    use futures::StreamExt;
+    use nodemaint_proto::pb::{self, event::Body};
+    use nodemaint_proto::subjects::Subjects;
+    use nodemaint_proto::Message as _;
+    use std::time::{Duration, Instant};
+
+    pub async fn js_client(f: &Fleet) -> (async_nats::Client, async_nats::jetstream::Context) {
+        let c = async_nats::connect(&f.nats.url).await.unwrap();
+        (c.clone(), async_nats::jetstream::new(c))
+    }
+
+    /// The tests' commands come from a leader newer than the fleet's own
+    /// coordinator (whose epoch is a small KV revision).
+    pub const EPOCH: u64 = 1 << 40;
+
+    pub fn command(id: &str, kind: pb::agent_command::Kind) -> pb::AgentCommand {
+        pb::AgentCommand {
+            id: id.into(),
+            op_id: format!("op-{id}"),
+            requested_by: "test".into(),
+            epoch: EPOCH,
+            kind: Some(kind),
+        }
+    }
+
+    pub async fn send(
+        js: &async_nats::jetstream::Context,
+        node: &str,
+        cmd: &pb::AgentCommand,
+        msg_id: bool,
+    ) {
+        let s = Subjects::default();
+        let mut h = async_nats::HeaderMap::new();
+        if msg_id {
+            h.insert("Nats-Msg-Id", cmd.id.as_str());
+        }
+        js.publish_with_headers(s.agent_cmd(node), h, cmd.encode_to_vec().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    /// Next result event for `command_id` on the subscription.
+    pub async fn next_result(
+        sub: &mut async_nats::Subscriber,
+        command_id: &str,
+    ) -> pb::CommandResult {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let msg = tokio::time::timeout(left, sub.next())
+                .await
+                .unwrap_or_else(|_| panic!("no result for {command_id}"))
+                .unwrap();
+            let ev: pb::Event = nodemaint_proto::decode(&msg.payload).unwrap();
+            if let Some(Body::Result(r)) = ev.body {
+                if r.command_id == command_id {
+                    return r;
+                }
+            }
+        }
+    }
+}
+
 /// Path of a workspace binary (`coordinator`, `node-agent`).
 pub fn bin(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -379,10 +449,14 @@ pub fn test_users() -> std::collections::BTreeMap<String, User> {
 /// The coordinator config of every test fleet: [`test_users`], defaults
 /// otherwise.
 pub fn coordinator_config() -> CoordinatorConfig {
-    CoordinatorConfig {
+    let mut cfg = CoordinatorConfig {
         users: test_users(),
         ..CoordinatorConfig::default()
-    }
+    };
+    // The agents run libvirt's test driver (or sim-fleet's): their own
+    // `test:`/`sim:` URIs are the migration and probe targets.
+    cfg.migration.test_drivers = true;
+    cfg
 }
 
 /// Writes `cfg` as the coordinator reads it and proves it does: the file
@@ -433,6 +507,7 @@ pub fn test_agent_config(
     cfg.libvirt_uri = uri.clone();
     cfg.migration_libvirt_uri = Some(uri);
     cfg.address = Some("127.0.0.1".into());
+    cfg.test_drivers = true;
     cfg.heartbeat_interval_ms = 300;
     cfg.inventory_poll_ms = 200;
     cfg.boot_id_file = dir.join(format!("{node}.boot_id"));

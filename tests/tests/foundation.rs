@@ -5,7 +5,7 @@
 use futures::StreamExt;
 use nodemaint_proto::pb::{self, event::Body};
 use nodemaint_proto::subjects::{EventKind, Subjects};
-use nodemaint_proto::Message as _;
+use nodemaint_tests::raw::*;
 use nodemaint_tests::*;
 use std::time::{Duration, Instant};
 
@@ -163,61 +163,6 @@ fn start_and_stop_reach_libvirt_and_are_jobs() {
     let out = f.cli("alice", &["vm", "start", "node1-vm1"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("already running"), "{}", stderr(&out));
-}
-
-async fn js_client(f: &Fleet) -> (async_nats::Client, async_nats::jetstream::Context) {
-    let c = async_nats::connect(&f.nats.url).await.unwrap();
-    (c.clone(), async_nats::jetstream::new(c))
-}
-
-/// The tests' commands come from a leader newer than the fleet's own
-/// coordinator (whose epoch is a small KV revision).
-const EPOCH: u64 = 1 << 40;
-
-fn command(id: &str, kind: pb::agent_command::Kind) -> pb::AgentCommand {
-    pb::AgentCommand {
-        id: id.into(),
-        op_id: format!("op-{id}"),
-        requested_by: "test".into(),
-        epoch: EPOCH,
-        kind: Some(kind),
-    }
-}
-
-async fn send(
-    js: &async_nats::jetstream::Context,
-    node: &str,
-    cmd: &pb::AgentCommand,
-    msg_id: bool,
-) {
-    let s = Subjects::default();
-    let mut h = async_nats::HeaderMap::new();
-    if msg_id {
-        h.insert("Nats-Msg-Id", cmd.id.as_str());
-    }
-    js.publish_with_headers(s.agent_cmd(node), h, cmd.encode_to_vec().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-}
-
-/// Next result event for `command_id` on the subscription.
-async fn next_result(sub: &mut async_nats::Subscriber, command_id: &str) -> pb::CommandResult {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let msg = tokio::time::timeout(left, sub.next())
-            .await
-            .unwrap_or_else(|_| panic!("no result for {command_id}"))
-            .unwrap();
-        let ev: pb::Event = nodemaint_proto::decode(&msg.payload).unwrap();
-        if let Some(Body::Result(r)) = ev.body {
-            if r.command_id == command_id {
-                return r;
-            }
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -608,6 +553,8 @@ fn every_rendered_config_loads_back_through_the_binaries_loaders() {
         &node_s,
         "--lab-dir",
         &lab_s,
+        "--lab-script",
+        "/repo/deploy/lab",
         "--nats-creds",
         "/lab/secure/auth/creds/node2.creds",
         "--nats-ca",
@@ -626,6 +573,11 @@ fn every_rendered_config_loads_back_through_the_binaries_loaders() {
     );
     let names: Vec<&str> = lab_agent.checks.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["ovs", "ays"]);
+    assert_eq!(
+        lab_agent.hooks.get("reboot").map(String::as_str),
+        Some("/repo/deploy/lab reboot node2"),
+        "rolling maintenance's hook, by name"
+    );
     assert_eq!(lab_agent.to_toml(), text);
     // The same from the library (what the lab suites' Rust side sees).
     let in_process = labcfg::agent_config(&LabAgent {
@@ -637,6 +589,7 @@ fn every_rendered_config_loads_back_through_the_binaries_loaders() {
         lab_dir: lab.clone(),
         nats_creds: Some("/lab/secure/auth/creds/node2.creds".into()),
         nats_ca: Some("/lab/secure/tls/ca.pem".into()),
+        lab_script: "/repo/deploy/lab".into(),
     });
     assert_eq!(in_process.to_toml(), text);
     // LAB_AGENT_CONFIG_EXTRA adds or replaces top-level settings.

@@ -9,7 +9,7 @@
 //! says exactly where libvirt has each VM.
 
 use nodemaint_tests::faults::{self, wait_until};
-use nodemaint_tests::lab::{repo, resumed, step, Lab};
+use nodemaint_tests::lab::{resumed, step, Lab};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -160,8 +160,7 @@ fn cluster_faults() {
     must(faults::enable(&lab, "node3"));
 
     step("kill -9 the leader coordinator mid-rolling; the standby finishes it");
-    let reboot = format!("{} reboot {{node}}", repo().join("deploy/lab").display());
-    let id = lab.start_rolling(&["node4"], &reboot);
+    let id = lab.start_rolling(&["node4"], "reboot");
     assert!(
         wait_until(Duration::from_secs(120), || {
             faults::job(&lab, &id).is_some_and(|j| {

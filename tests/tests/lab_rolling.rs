@@ -3,7 +3,7 @@
 //! stand-in `ovs`/`ays` services checked after each reboot, and a
 //! coordinator SIGKILLed mid-rolling.
 
-use nodemaint_tests::lab::{repo, step, Lab};
+use nodemaint_tests::lab::{step, Lab};
 use nodemaint_tests::{job_of, stderr, stdout, wait_for};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -50,7 +50,6 @@ fn lab_rolling_suite() {
         return;
     };
     let all = lab.vm_names();
-    let reboot = format!("{} reboot {{node}}", repo().join("deploy/lab").display());
 
     step("a rolling maintenance reboots every node once and ends with all ENABLED");
     let before = boot_ids(&lab);
@@ -60,8 +59,8 @@ fn lab_rolling_suite() {
             "rolling",
             "start",
             "--all",
-            "--reboot-command",
-            &reboot,
+            "--hook",
+            "reboot",
             "--checks-must-pass",
             "--yes",
             "--output",
@@ -94,8 +93,8 @@ fn lab_rolling_suite() {
             "rolling",
             "start",
             "--all",
-            "--reboot-command",
-            &reboot,
+            "--hook",
+            "reboot",
             "--checks-must-pass",
             "--yes",
             "--output",
@@ -129,7 +128,7 @@ fn lab_rolling_suite() {
 
     step("a coordinator SIGKILLed mid-rolling resumes where its journal says");
     let before = boot_ids(&lab);
-    let id = lab.start_rolling(&["--all"], &reboot);
+    let id = lab.start_rolling(&["--all"], "reboot");
     // Kill once the first node is past its drain.
     wait_for(
         Duration::from_secs(120),

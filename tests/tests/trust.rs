@@ -235,6 +235,19 @@ fn preflight_refuses_naming_the_check_and_changes_nothing() {
 /// Heartbeats like an agent older than the protocol-version field, with a
 /// lot of free memory so the planner picks it as a destination.
 fn fake_old_agent(url: &str, node: &str, stop: &std::sync::atomic::AtomicBool) {
+    fake_agent(url, node, 0, "test:///default", stop)
+}
+
+/// Heartbeats as `node` (no real agent behind it) speaking `protocol`,
+/// reporting `libvirt_uri` and address 127.0.0.9, with a lot of free memory
+/// so the planner picks it as a destination.
+fn fake_agent(
+    url: &str,
+    node: &str,
+    protocol: u32,
+    libvirt_uri: &str,
+    stop: &std::sync::atomic::AtomicBool,
+) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -252,9 +265,9 @@ fn fake_old_agent(url: &str, node: &str, stop: &std::sync::atomic::AtomicBool) {
                     memory_mib: 1 << 20,
                 }),
                 address: "127.0.0.9".into(),
-                libvirt_uri: "test:///default".into(),
+                libvirt_uri: libvirt_uri.into(),
                 interval_ms: 500,
-                protocol_version: 0,
+                protocol_version: protocol,
                 ..Default::default()
             };
             let _ = nodemaint_proto::bus::publish_event(
@@ -330,4 +343,254 @@ fn dry_run_of_a_pinned_vm_asks_for_a_fallback() {
         .find(|m| m["vm"] == "pinned")
         .unwrap();
     assert!(m["not_migratable"].is_string());
+}
+
+/// A hook is a name from the agent's own config (`[hooks]`), never a
+/// command line: a command line in the field where the old wire format
+/// carried one, an unknown name and a name that is a command are refused
+/// by the agent and nothing runs; the configured name runs its command.
+/// The API refuses a command line as a hook name, and the CLI's removed
+/// `--reboot-command` says what replaced it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_runs_only_the_hooks_named_in_its_own_config() {
+    use nodemaint_proto::subjects::{EventKind, Subjects};
+    use nodemaint_proto::Message as _;
+    use nodemaint_tests::raw;
+    let marks = tempfile::tempdir().unwrap();
+    let (ran, pwned) = (marks.path().join("ran"), marks.path().join("pwned"));
+    let f = tokio::task::block_in_place(|| {
+        let mut f = Fleet::start();
+        let touch = format!("touch {}", ran.display());
+        f.agent_edits.insert(
+            "node1".into(),
+            Box::new(move |c| {
+                c.hooks.insert("reboot".into(), touch.clone());
+            }),
+        );
+        f.add_agent("node1", &[Dom::user("vm-a", "cs1")]);
+        f.add_agent("node2", &[Dom::user("vm-b", "cs1")]);
+        f.wait_registered();
+        f
+    });
+    let (client, js) = raw::js_client(&f).await;
+    let mut results = client
+        .subscribe(Subjects::default().event("node1", EventKind::Result))
+        .await
+        .unwrap();
+    let hook = |id: &str, name: &str| {
+        raw::command(
+            id,
+            pb::agent_command::Kind::RunHook(pb::RunHook {
+                name: name.into(),
+                timeout_s: 10,
+            }),
+        )
+    };
+    let code = |r: &pb::CommandResult| r.error.as_ref().map(|e| e.code);
+
+    // The old wire format: RunHook's field 1, a command line run by `sh -c`.
+    let mut body = pb::AgentCommand {
+        kind: None,
+        ..raw::command("old", pb::agent_command::Kind::RunHook(Default::default()))
+    }
+    .encode_to_vec();
+    let line = format!("touch {}", pwned.display());
+    let mut inner = vec![0x0a, line.len() as u8];
+    inner.extend(line.as_bytes());
+    body.extend([0x82, 0x01, inner.len() as u8]); // field 16 (run_hook), bytes
+    body.extend(inner);
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Nats-Msg-Id", "old");
+    js.publish_with_headers(Subjects::default().agent_cmd("node1"), h, body.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let r = raw::next_result(&mut results, "old").await;
+    assert!(!r.ok, "{r:?}");
+    assert_eq!(
+        code(&r),
+        Some(pb::error::Code::InvalidArgument as i32),
+        "{r:?}"
+    );
+    assert!(!pwned.exists(), "a command line sent to the agent ran");
+
+    // A name the agent does not know: refused, naming the ones it knows.
+    raw::send(&js, "node1", &hook("unknown", "upgrade"), true).await;
+    let r = raw::next_result(&mut results, "unknown").await;
+    assert_eq!(code(&r), Some(pb::error::Code::NotFound as i32), "{r:?}");
+    assert!(
+        r.message.contains("\"upgrade\"") && r.message.contains("known hooks: reboot"),
+        "{}",
+        r.message
+    );
+    // A command line as the name: refused as a name.
+    raw::send(
+        &js,
+        "node1",
+        &hook("line", &format!("touch {}", pwned.display())),
+        true,
+    )
+    .await;
+    let r = raw::next_result(&mut results, "line").await;
+    assert_eq!(
+        code(&r),
+        Some(pb::error::Code::InvalidArgument as i32),
+        "{r:?}"
+    );
+    assert!(!pwned.exists() && !ran.exists(), "a refused hook ran");
+
+    // The configured name runs the configured command.
+    raw::send(&js, "node1", &hook("named", "reboot"), true).await;
+    let r = raw::next_result(&mut results, "named").await;
+    assert!(r.ok, "{r:?}");
+    assert!(ran.exists(), "the reboot hook did not run");
+
+    // The API takes a name only; the removed option points to --hook.
+    tokio::task::block_in_place(|| {
+        refused(
+            &f,
+            &[
+                "rolling",
+                "start",
+                "--all",
+                "--hook",
+                "touch /tmp/x",
+                "--yes",
+            ],
+            &["invalid hook name", "[hooks]"],
+            "node1",
+        );
+        refused(
+            &f,
+            &[
+                "rolling",
+                "start",
+                "--all",
+                "--reboot-command",
+                "id",
+                "--yes",
+            ],
+            &["--reboot-command was removed", "--hook"],
+            "node1",
+        );
+    });
+    assert!(!pwned.exists());
+}
+
+/// A node does not choose what another node's libvirt opens: a compromised
+/// node reporting a `qemu+ext` URI (libvirt runs its `command=`) as its
+/// own is probed and migrated to at the configured template over its
+/// address instead, even by a Level1 `--dry-run`; and an agent given such a
+/// URI straight on the bus (probe or migration) refuses it and opens nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cannot_choose_the_uri_another_nodes_libvirt_opens() {
+    use nodemaint_proto::subjects::{EventKind, Subjects};
+    use nodemaint_tests::raw;
+    use std::os::unix::fs::PermissionsExt;
+    let marks = tempfile::tempdir().unwrap();
+    let pwned = marks.path().join("pwned");
+    let script = marks.path().join("evil.sh");
+    std::fs::write(&script, format!("#!/bin/sh\ntouch {}\n", pwned.display())).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let evil_uri = format!("qemu+ext:///system?command={}", script.display());
+
+    let mut f = tokio::task::block_in_place(|| {
+        let mut f = Fleet::start();
+        f.add_agent("node1", &[Dom::user("vm-a", "cs1")]);
+        f.wait_registered();
+        f
+    });
+    let (url, uri) = (f.nats.url.clone(), evil_uri.clone());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let evil = std::thread::spawn(move || {
+        fake_agent(
+            &url,
+            "evil1",
+            nodemaint_proto::PROTOCOL_VERSION,
+            &uri,
+            &stop2,
+        )
+    });
+    tokio::task::block_in_place(|| {
+        wait_for(Duration::from_secs(10), "evil1 registered", || {
+            f.cli_json("bob", &["node", "list"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["name"] == "evil1" && n["reachable"] == true)
+        });
+        // A viewer's dry-run probes evil1 from node1: at the template over
+        // its address, not at the URI it reported.
+        let out = f.cli(
+            "bob",
+            &[
+                "maintenance",
+                "start",
+                "node1",
+                "--mode",
+                "move",
+                "--dry-run",
+            ],
+        );
+        let text = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(
+            !pwned.exists(),
+            "node1's libvirt ran the command evil1 reported: {text}"
+        );
+        assert!(
+            text.contains("evil1"),
+            "evil1 is not the destination: {text}"
+        );
+        assert!(!text.contains("qemu+ext"), "{text}");
+        assert!(text.contains("qemu+tcp://127.0.0.9/system"), "{text}");
+    });
+
+    // The same URI straight on the bus: refused, nothing opened.
+    let (client, js) = raw::js_client(&f).await;
+    let mut results = client
+        .subscribe(Subjects::default().event("node1", EventKind::Result))
+        .await
+        .unwrap();
+    let probe = raw::command(
+        "probe-evil",
+        pb::agent_command::Kind::ProbeLibvirt(pb::ProbeLibvirt {
+            uris: vec![evil_uri.clone()],
+        }),
+    );
+    raw::send(&js, "node1", &probe, true).await;
+    let r = raw::next_result(&mut results, "probe-evil").await;
+    assert!(!r.ok, "{r:?}");
+    let detail = &r.checks.as_ref().unwrap().services[0].detail;
+    assert!(
+        detail.contains("refused") && detail.contains("not opened"),
+        "{detail}"
+    );
+    let migrate = raw::command(
+        "migrate-evil",
+        pb::agent_command::Kind::Migrate(pb::MigrateVm {
+            vm: "vm-a".into(),
+            dest_node: "evil1".into(),
+            dest_libvirt_uri: evil_uri.clone(),
+            dest_migrate_uri: "tcp://127.0.0.9".into(),
+            timeout_s: 10,
+            ..Default::default()
+        }),
+    );
+    raw::send(&js, "node1", &migrate, true).await;
+    let r = raw::next_result(&mut results, "migrate-evil").await;
+    assert_eq!(
+        r.error.as_ref().map(|e| e.code),
+        Some(pb::error::Code::PermissionDenied as i32),
+        "{r:?}"
+    );
+    assert!(r.message.contains("qemu+ext"), "{}", r.message);
+    assert!(!pwned.exists(), "node1's libvirt ran the command of a URI");
+    tokio::task::block_in_place(|| {
+        assert_eq!(vm_node(&f, "vm-a"), "node1");
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        evil.join().unwrap();
+        f.stop_agent("node1");
+    });
 }

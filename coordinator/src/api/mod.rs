@@ -11,8 +11,8 @@ mod vms;
 use maintenance::*;
 use nodes::*;
 use rolling::*;
+pub use vms::vfw_cloudspaces;
 use vms::*;
-pub use vms::{migration_target, vfw_cloudspaces};
 
 use crate::jobs::{self, Job, JobSpec};
 use crate::server::Coordinator;

@@ -20,11 +20,17 @@ pub(super) async fn start_rolling(
     r: &pb::StartRolling,
 ) -> Result<Reply> {
     // Exactly one of the two.
-    if r.reboot_command.is_empty() != r.wait_for_continue {
+    if r.hook.is_empty() != r.wait_for_continue {
         return refuse(
             Code::InvalidArgument,
-            "give either --reboot-command CMD (run by each node's agent, {node} is replaced) or --wait-for-continue",
+            "give either --hook NAME (a hook in each node's agent config) or --wait-for-continue",
         );
+    }
+    // A name only: the command line it stands for lives in each agent's config.
+    if !r.wait_for_continue {
+        if let Err(e) = nodemaint_proto::guard::validate_hook_name(&r.hook) {
+            return refuse(Code::InvalidArgument, e);
+        }
     }
     let f = fleet(c);
     let nodes: Vec<String> = if r.nodes.is_empty() {
@@ -67,7 +73,7 @@ pub(super) async fn start_rolling(
         nodes,
         groups: plan.groups,
         max_unavailable: k as u32,
-        reboot_command: r.reboot_command.clone(),
+        hook: r.hook.clone(),
         wait_for_continue: r.wait_for_continue,
         checks_must_pass: r.checks_must_pass,
         reboot_timeout_s: if r.reboot_timeout_s > 0 {

@@ -113,20 +113,6 @@ pub(super) async fn stop_vm(c: &Arc<Coordinator>, user: &str, r: &pb::VmAction) 
     launch(c, Job::new(spec, user, Some(&n.name))).await
 }
 
-/// The destination's migration endpoints, or a refusal saying what is missing.
-pub fn migration_target(dest: &NodeRecord) -> Result<(String, String)> {
-    if dest.libvirt_uri.is_empty() || dest.address.is_empty() {
-        return refuse(
-            Code::Unavailable,
-            format!(
-                "node {} has no migration address (set `address` in its agent config)",
-                dest.name
-            ),
-        );
-    }
-    Ok((dest.libvirt_uri.clone(), format!("tcp://{}", dest.address)))
-}
-
 pub(super) async fn move_vm(c: &Arc<Coordinator>, user: &str, r: &pb::MoveVm) -> Result<Reply> {
     let (src, vm) = locate_vm(c, &r.vm)?;
     let dest = node(c, &r.to_node)?;
@@ -148,7 +134,6 @@ pub(super) async fn move_vm(c: &Arc<Coordinator>, user: &str, r: &pb::MoveVm) ->
             ),
         );
     }
-    migration_target(&dest)?;
     let kind = c
         .migrate_kind(&vm.name, &dest, r.timeout_s, r.max_speed_mibs)
         .map_err(|e| Refusal(Code::Unavailable, e))?;

@@ -120,12 +120,13 @@ pub enum RollingCmd {
     ///
     /// Groups of at most --max-unavailable nodes, whose VMs the rest of the
     /// fleet can absorb, go through: maintenance with move → the reboot hook
-    /// (a command each node's agent runs; {node} is replaced) or an operator's
+    /// (a hook named in each node's agent config, [hooks]) or an operator's
     /// `rolling continue` → wait for a new boot id → service checks (failed
     /// services started once) → enable → verify; then the next group.
     ///
     /// Examples:
-    ///   coordinator rolling start --all --reboot-command 'systemctl reboot' --yes
+    ///   coordinator rolling start --all --yes             # the agents' hook "reboot"
+    ///   coordinator rolling start --all --hook upgrade --yes
     ///   coordinator rolling start node1 node2 --wait-for-continue --checks-must-pass
     #[command(verbatim_doc_comment)]
     Start {
@@ -134,10 +135,14 @@ pub enum RollingCmd {
         all: bool,
         #[arg(long, default_value_t = 1)]
         max_unavailable: u32,
-        /// Reboot/upgrade command run by each node's agent.
-        #[arg(long, conflicts_with = "wait_for_continue")]
+        /// The hook each node's agent runs, by name: its command line is in
+        /// the agent's config (`[hooks] reboot = "systemctl reboot"`).
+        #[arg(long, default_value = "reboot", conflicts_with = "wait_for_continue")]
+        hook: String,
+        /// Removed: a command line is no longer sent to the agents (see --hook).
+        #[arg(long, hide = true)]
         reboot_command: Option<String>,
-        /// Instead of a command, wait for `rolling continue JOB NODE`.
+        /// Instead of a hook, wait for `rolling continue JOB NODE`.
         #[arg(long)]
         wait_for_continue: bool,
         /// Stop the rolling if a node's post-reboot checks fail.

@@ -788,6 +788,7 @@ pub(super) async fn rolling(cli: &Cli, c: &Client, r: &RollingCmd) -> CliResult 
             nodes,
             all,
             max_unavailable,
+            hook,
             reboot_command,
             wait_for_continue,
             checks_must_pass,
@@ -796,6 +797,13 @@ pub(super) async fn rolling(cli: &Cli, c: &Client, r: &RollingCmd) -> CliResult 
             yes,
             wait,
         } => {
+            if reboot_command.is_some() {
+                anyhow::bail!(
+                    "--reboot-command was removed: the agents run only hooks named in their \
+                     own config ([hooks] reboot = \"systemctl reboot\"); give --hook NAME \
+                     (default: reboot)"
+                );
+            }
             if nodes.is_empty() && !all {
                 anyhow::bail!("name the nodes to roll, or give --all");
             }
@@ -826,7 +834,11 @@ pub(super) async fn rolling(cli: &Cli, c: &Client, r: &RollingCmd) -> CliResult 
             let req = Req::StartRolling(pb::StartRolling {
                 nodes: nodes.clone(),
                 max_unavailable: *max_unavailable,
-                reboot_command: reboot_command.clone().unwrap_or_default(),
+                hook: if *wait_for_continue {
+                    String::new()
+                } else {
+                    hook.clone()
+                },
                 wait_for_continue: *wait_for_continue,
                 checks_must_pass: *checks_must_pass,
                 reboot_timeout_s: *reboot_timeout,

@@ -384,9 +384,7 @@ impl Coordinator {
         timeout_s: u32,
         max_speed_mibs: u64,
     ) -> Result<Kind, String> {
-        if dest.libvirt_uri.is_empty() || dest.address.is_empty() {
-            return Err(format!("node {} has no migration address", dest.name));
-        }
+        let (dest_libvirt_uri, dest_migrate_uri) = self.destination(dest)?;
         let memory = self
             .registry
             .find_vm(vm)
@@ -397,8 +395,8 @@ impl Coordinator {
         Ok(Kind::Migrate(pb::MigrateVm {
             vm: vm.to_string(),
             dest_node: dest.name.clone(),
-            dest_libvirt_uri: dest.libvirt_uri.clone(),
-            dest_migrate_uri: format!("tcp://{}", dest.address),
+            dest_libvirt_uri,
+            dest_migrate_uri,
             timeout_s: if timeout_s > 0 {
                 timeout_s
             } else {
@@ -477,6 +475,15 @@ impl Coordinator {
         Ok(r)
     }
 
+    /// Where `dest` is reached for migrations and probes: the configured
+    /// templates over its pinned or reported address, checked (never a URI
+    /// the node reports: another node's libvirt opens it).
+    pub fn destination(&self, dest: &NodeRecord) -> Result<(String, String), String> {
+        self.cfg
+            .migration
+            .destination(&dest.name, &dest.address, &dest.libvirt_uri)
+    }
+
     /// Pre-flight: asks the source's agent whether its libvirt reaches each
     /// destination's (10 s at most); one entry per destination.
     pub async fn probe_destinations(
@@ -484,39 +491,47 @@ impl Coordinator {
         source: &str,
         plan: &planner::DrainPlan,
     ) -> Vec<(String, Result<(), String>)> {
-        let mut dests: Vec<NodeRecord> = Vec::new();
+        // (node, its libvirt URI or why it has none)
+        let mut dests: Vec<(String, Result<String, String>)> = Vec::new();
         for m in &plan.moves {
-            if dests.iter().all(|d| d.name != m.to) {
+            if dests.iter().all(|(d, _)| *d != m.to) {
                 if let Some(d) = self.registry.get(&m.to) {
-                    dests.push(d);
+                    dests.push((d.name.clone(), self.destination(&d).map(|(uri, _)| uri)));
                 }
             }
         }
-        let cmd = pb::AgentCommand {
-            id: uuid::Uuid::new_v4().to_string(),
-            op_id: String::new(),
-            requested_by: "coordinator".into(),
-            kind: Some(Kind::ProbeLibvirt(pb::ProbeLibvirt {
-                uris: dests.iter().map(|d| d.libvirt_uri.clone()).collect(),
-            })),
-            ..Default::default()
-        };
-        let r = self
-            .send_and_wait(source, &cmd, Duration::from_secs(10))
-            .await;
-        dests
+        let uris: Vec<String> = dests
             .iter()
-            .map(|d| {
-                let status = r
-                    .checks
-                    .as_ref()
-                    .and_then(|c| c.services.iter().find(|s| s.service == d.libvirt_uri));
-                let res = match status {
-                    Some(s) if s.ok => Ok(()),
-                    Some(s) => Err(format!("{} ({})", d.libvirt_uri, s.detail)),
-                    None => Err(format!("no answer from {source}: {}", describe(&r))),
-                };
-                (d.name.clone(), res)
+            .filter_map(|(_, u)| u.as_ref().ok().cloned())
+            .collect();
+        let r = if uris.is_empty() {
+            pb::CommandResult::default()
+        } else {
+            let cmd = pb::AgentCommand {
+                id: uuid::Uuid::new_v4().to_string(),
+                op_id: String::new(),
+                requested_by: "coordinator".into(),
+                kind: Some(Kind::ProbeLibvirt(pb::ProbeLibvirt { uris })),
+                ..Default::default()
+            };
+            self.send_and_wait(source, &cmd, Duration::from_secs(10))
+                .await
+        };
+        dests
+            .into_iter()
+            .map(|(name, uri)| {
+                let res = uri.and_then(|uri| {
+                    let status = r
+                        .checks
+                        .as_ref()
+                        .and_then(|c| c.services.iter().find(|s| s.service == uri));
+                    match status {
+                        Some(s) if s.ok => Ok(()),
+                        Some(s) => Err(format!("{uri} ({})", s.detail)),
+                        None => Err(format!("no answer from {source}: {}", describe(&r))),
+                    }
+                });
+                (name, res)
             })
             .collect()
     }

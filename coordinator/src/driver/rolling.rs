@@ -65,7 +65,7 @@ fn machine_of(job: &Job) -> Rolling {
     let hook = if p.wait_for_continue {
         Hook::Continue
     } else {
-        Hook::Command(p.reboot_command.clone())
+        Hook::Named(p.hook.clone())
     };
     let mut m = Rolling::new(
         &job.id,
@@ -327,8 +327,8 @@ fn answer(r: &pb::CommandResult, unknown: &[Code]) -> Answer {
 
 fn kind_of(what: &Command) -> Kind {
     match what {
-        Command::Hook(command) => Kind::RunHook(pb::RunHook {
-            command: command.clone(),
+        Command::Hook(name) => Kind::RunHook(pb::RunHook {
+            name: name.clone(),
             timeout_s: 600,
         }),
         Command::Checks => Kind::RunChecks(pb::RunChecks { start_failed: true }),
@@ -740,7 +740,7 @@ mod tests {
             nodes: abc.clone(),
             groups: vec![abc[..2].to_vec(), abc[2..].to_vec()],
             max_unavailable: 2,
-            reboot_command: "reboot {node}".into(),
+            hook: "reboot".into(),
             wait_for_continue: false,
             checks_must_pass: true,
             reboot_timeout_s: 60,
@@ -752,7 +752,7 @@ mod tests {
         }
         job.id = "r".into();
         let m = machine_of(&job);
-        assert_eq!(m.hook, Hook::Command("reboot {node}".into()));
+        assert_eq!(m.hook, Hook::Named("reboot".into()));
         assert_eq!(m.nodes[0].phase, Phase::Done);
         assert_eq!(m.nodes[1].phase, Phase::Waiting);
         assert_eq!(m.reboot_timeout_s, 60);

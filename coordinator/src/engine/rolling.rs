@@ -30,8 +30,10 @@ use serde::{Deserialize, Serialize};
 /// What reboots a drained node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Hook {
-    /// A command the node's agent runs (`{node}` replaced).
-    Command(String),
+    /// A hook the node's agent runs, by name (the command line is in the
+    /// agent's config). Journaled as `Command` by older coordinators.
+    #[serde(alias = "Command")]
+    Named(String),
     /// The operator reboots it and says `rolling continue JOB NODE`.
     Continue,
 }
@@ -150,7 +152,7 @@ impl Phase {
 /// Which agent command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
-    /// The reboot hook (the command line, `{node}` replaced).
+    /// The reboot hook, by name.
     Hook(String),
     /// The post-reboot checks (starting failed services).
     Checks,
@@ -352,9 +354,9 @@ impl Rolling {
             .position(|g| g.iter().any(|&i| self.nodes[i].phase != Phase::Done))
     }
 
-    fn hook_command(&self, i: usize) -> Command {
+    fn hook_command(&self) -> Command {
         match &self.hook {
-            Hook::Command(c) => Command::Hook(c.replace("{node}", &self.nodes[i].node)),
+            Hook::Named(name) => Command::Hook(name.clone()),
             Hook::Continue => Command::Hook(String::new()),
         }
     }
@@ -400,12 +402,12 @@ impl Rolling {
                     Inspection::Empty { boot_id } => {
                         s.nodes[i].boot_before = Some(boot_id);
                         match s.hook {
-                            Hook::Command(_) => {
+                            Hook::Named(_) => {
                                 s.nodes[i].phase = Phase::Hook;
                                 out.push(Action::Send {
                                     node: node.clone(),
                                     cmd: s.hook_cmd(i),
-                                    what: s.hook_command(i),
+                                    what: s.hook_command(),
                                 });
                             }
                             Hook::Continue => {
@@ -588,7 +590,7 @@ impl Rolling {
                 Phase::Hook => out.push(Action::FindOut {
                     node,
                     cmd: self.hook_cmd(i),
-                    what: self.hook_command(i),
+                    what: self.hook_command(),
                 }),
                 Phase::WaitingBack => {
                     self.wait_back(i, out);
@@ -814,7 +816,7 @@ mod tests {
             "r",
             &groups(gs),
             k,
-            Hook::Command("reboot {node}".into()),
+            Hook::Named("reboot".into()),
             true,
             900,
             None,
@@ -979,7 +981,7 @@ mod tests {
             Action::Send {
                 node: "a".into(),
                 cmd: "r-hook-0".into(),
-                what: Command::Hook("reboot a".into())
+                what: Command::Hook("reboot".into())
             }
         );
         assert_eq!(s.nodes[0].boot_before.as_deref(), Some("b0"));
@@ -1063,7 +1065,7 @@ mod tests {
         assert!(out.contains(&Action::FindOut {
             node: "a".into(),
             cmd: "r-hook-0".into(),
-            what: Command::Hook("reboot a".into())
+            what: Command::Hook("reboot".into())
         }));
         assert!(sends(&out).is_empty());
     }

@@ -245,7 +245,7 @@ pub fn run(seed: u64) -> Result<Stats, Failure> {
     let hook = if rng.chance(200) {
         Hook::Continue
     } else {
-        Hook::Command("reboot {node}".into())
+        Hook::Named("reboot".into())
     };
     let checks_must_pass = rng.chance(500);
     let mut nodes = BTreeMap::new();

@@ -1643,6 +1643,8 @@ impl SimStack {
             password_hash: None,
         };
         config.users.insert("bench".into(), bench);
+        // sim-fleet's agents: their `sim:` URIs are the migration targets.
+        config.migration.test_drivers = true;
         edit(&mut config);
         write_coordinator_config(&cfg, &config);
         let coordinator = Proc::spawn(
@@ -2074,8 +2076,8 @@ async fn bench_rolling(a: &Args) -> Result<Report> {
             "--all",
             "--max-unavailable",
             &k.to_string(),
-            "--reboot-command",
-            "sim-reboot",
+            "--hook",
+            "reboot",
             "--yes",
         ],
     )

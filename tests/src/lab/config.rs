@@ -35,6 +35,10 @@ pub struct LabAgent {
     /// The NATS servers' CA (`up --secure`).
     #[arg(long)]
     pub nats_ca: Option<PathBuf>,
+    /// The `deploy/lab` script: the node's `reboot` hook is its
+    /// `reboot NODE`.
+    #[arg(long)]
+    pub lab_script: PathBuf,
 }
 
 /// The lab's coordinator; a limit not given keeps the coordinator's default.
@@ -57,7 +61,8 @@ pub struct LabCoordinator {
 /// The agent config of a lab node: quick heartbeats and polls, short
 /// stop and migration timeouts for the lab's tiny guests, the lab's guest
 /// template for `vm create`, and post-reboot checks against the node's
-/// stand-in services (deploy/lab.d/ovs, deploy/lab.d/ays).
+/// stand-in services (deploy/lab.d/ovs, deploy/lab.d/ays), and the hook
+/// `reboot` (`deploy/lab reboot NODE`, which rolling maintenance runs).
 pub fn agent_config(a: &LabAgent) -> AgentConfig {
     let mut cfg = AgentConfig::for_node(&a.node);
     cfg.nats_url = a.nats_url.clone();
@@ -73,6 +78,10 @@ pub fn agent_config(a: &LabAgent) -> AgentConfig {
     cfg.guest_template = Some(a.lab_dir.join("guest-template.xml"));
     cfg.stop_graceful_timeout_s = 10;
     cfg.migration_timeout_s = 120;
+    cfg.hooks.insert(
+        "reboot".into(),
+        format!("{} reboot {}", a.lab_script.display(), a.node),
+    );
     let check = |name: &str, kind: CheckKind, start: &str| CheckConfig {
         name: name.into(),
         kind,
