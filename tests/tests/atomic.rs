@@ -139,7 +139,9 @@ fn concurrent_duplicates_run_once() {
 
 #[test]
 fn finished_jobs_expire_and_listings_are_bounded() {
-    let mut f = Fleet::start_with_config(|c| c.job_retention_s = 3);
+    // Long enough that the first job outlives the second one's run even on
+    // a loaded machine (the listing below must see both).
+    let mut f = Fleet::start_with_config(|c| c.job_retention_s = 20);
     f.add_agent(
         "node1",
         &[
@@ -171,7 +173,7 @@ fn finished_jobs_expire_and_listings_are_bounded() {
     );
 
     // Expired: both records go once past the retention; their events stay.
-    wait_for(Duration::from_secs(60), "finished jobs deleted", || {
+    wait_for(Duration::from_secs(120), "finished jobs deleted", || {
         f.cli_json("bob", &["job", "list"])
             .as_array()
             .unwrap()
