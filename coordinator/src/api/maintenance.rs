@@ -55,7 +55,8 @@ pub(super) async fn start_maintenance(
     let opts = DrainOptions {
         max_parallel: r.max_parallel,
         deadline_s: r.deadline_s,
-        fallback: fallback_of(r.fallback),
+        // An unknown value reads as the default, FAIL (prost's accessor).
+        fallback: r.fallback().into(),
         ack_vfw_downtime: r.ack_vfw_downtime,
         max_speed_mibs: r.max_speed_mibs,
     };
@@ -128,15 +129,6 @@ impl DrainOptions {
             retry: false,
             parent: None,
         }
-    }
-}
-
-pub(super) fn fallback_of(f: i32) -> jobs::Fallback {
-    use jobs::Fallback;
-    match pb::Fallback::try_from(f).unwrap_or(pb::Fallback::Fail) {
-        pb::Fallback::Fail => Fallback::Fail,
-        pb::Fallback::Stop => Fallback::Stop,
-        pb::Fallback::Cold => Fallback::Cold,
     }
 }
 
@@ -252,7 +244,7 @@ pub(super) async fn retry_maintenance(
     let opts = DrainOptions {
         max_parallel: r.max_parallel,
         deadline_s: r.deadline_s,
-        fallback: fallback_of(r.fallback),
+        fallback: r.fallback().into(),
         ack_vfw_downtime: r.ack_vfw_downtime,
         max_speed_mibs: r.max_speed_mibs,
     };
