@@ -35,6 +35,9 @@ pub struct JobStore {
 /// rolling job's id, taken with a create so two starts cannot both win.
 const ROLLING_LOCK: &str = "lock.rolling";
 
+/// How long a rolling lock may wait for its job's record.
+const LOCK_START_S: i64 = 60;
+
 /// How long the record of a read-only job (`node check` without
 /// `--start-failed`) outlives its end, at most.
 pub const READ_ONLY_RETENTION_MS: i64 = 3600 * 1000;
@@ -63,16 +66,7 @@ impl JobStore {
         // Watch first, then read: a change landing in between is replayed
         // by the watch rather than missed.
         let mut watch = store.kv.watch_all().await?;
-        let mut keys = Vec::new();
-        let mut listed = store.kv.keys().await?;
-        while let Some(k) = listed.next().await {
-            keys.push(k?);
-        }
-        for k in keys.into_iter().filter(|k| is_job_key(k)) {
-            if let Some(j) = store.get(&k).await {
-                store.mirror.write().unwrap().insert(k, j);
-            }
-        }
+        store.reload().await?;
         let mirror = store.mirror.clone();
         tokio::spawn(async move {
             while let Some(entry) = watch.next().await {
@@ -94,6 +88,31 @@ impl JobStore {
             }
         });
         Ok(store)
+    }
+
+    /// Reads every job record into the mirror: at start, and when this
+    /// coordinator becomes the leader (a standby's watch may have stalled,
+    /// e.g. on a cluster member that died).
+    pub async fn reload(&self) -> Result<(), bus::BoxError> {
+        let mut keys = Vec::new();
+        let mut listed = self.kv.keys().await?;
+        while let Some(k) = listed.next().await {
+            keys.push(k?);
+        }
+        let mut fresh = HashMap::new();
+        for k in keys.into_iter().filter(|k| is_job_key(k)) {
+            if let Some(j) = self.get(&k).await {
+                fresh.insert(k, j);
+            }
+        }
+        *self.mirror.write().unwrap() = fresh;
+        Ok(())
+    }
+
+    /// The leader writes every job itself: its own writes enter the mirror
+    /// at once, whatever the watch does.
+    fn remember(&self, j: &Job) {
+        self.mirror.write().unwrap().insert(j.id.clone(), j.clone());
     }
 
     /// The newest `limit` jobs (0: all), from the mirror.
@@ -162,11 +181,18 @@ impl JobStore {
                 continue;
             }
             let holder = String::from_utf8_lossy(&entry.value).into_owned();
-            if self
-                .get(&holder)
-                .await
-                .is_some_and(|j| !j.state.is_terminal())
-            {
+            // The lock is taken before its job is recorded: a holder with no
+            // record yet is still starting, unless the lock is older than any
+            // start takes (its coordinator died in between).
+            let starting = || {
+                let age = time::OffsetDateTime::now_utc() - entry.created;
+                age < time::Duration::seconds(LOCK_START_S)
+            };
+            let live = match self.get(&holder).await {
+                Some(j) => !j.state.is_terminal(),
+                None => starting(),
+            };
+            if live {
                 return Err(holder);
             }
             match self
@@ -213,6 +239,7 @@ impl JobStore {
             })
             .await
             .map_err(|e| anyhow::anyhow!("cannot record job: {e}"))?;
+        self.remember(job);
         self.event(pb::JobEvent {
             job_id: job.id.clone(),
             kind: job.kind().into(),
@@ -238,13 +265,14 @@ impl JobStore {
             vm: step_vm.map(str::to_string),
             ok,
         };
-        let res = bus::cas_update::<Job, String>(&self.kv, id, |j| {
-            let mut j = j.ok_or_else(|| format!("job {id} vanished"))?;
-            j.steps.push(step.clone());
-            j.updated_ms = step.ts_ms;
-            Ok(j)
-        })
-        .await;
+        let res = self
+            .modify::<String>(id, |j| {
+                let mut j = j.ok_or_else(|| format!("job {id} vanished"))?;
+                j.steps.push(step.clone());
+                j.updated_ms = step.ts_ms;
+                Ok(j)
+            })
+            .await;
         if let Err(e) = res {
             tracing::warn!(job = id, error = %e, "cannot journal step");
         }
@@ -266,9 +294,9 @@ impl JobStore {
         id: &str,
         f: impl FnMut(Option<Job>) -> Result<Job, E>,
     ) -> Result<Job, CasError<E>> {
-        bus::cas_update::<Job, E>(&self.kv, id, f)
-            .await
-            .map(|u| u.value)
+        let j = bus::cas_update::<Job, E>(&self.kv, id, f).await?.value;
+        self.remember(&j);
+        Ok(j)
     }
 
     /// True when the job's record is gone while the bucket answers (a
@@ -279,15 +307,16 @@ impl JobStore {
 
     /// Read-modify-write of a job record.
     pub async fn update(&self, id: &str, mut f: impl FnMut(&mut Job)) -> Option<Job> {
-        let res = bus::cas_update::<Job, String>(&self.kv, id, |j| {
-            let mut j = j.ok_or_else(|| format!("job {id} vanished"))?;
-            f(&mut j);
-            j.updated_ms = nodemaint_proto::now_ms();
-            Ok(j)
-        })
-        .await;
+        let res = self
+            .modify::<String>(id, |j| {
+                let mut j = j.ok_or_else(|| format!("job {id} vanished"))?;
+                f(&mut j);
+                j.updated_ms = nodemaint_proto::now_ms();
+                Ok(j)
+            })
+            .await;
         match res {
-            Ok(u) => Some(u.value),
+            Ok(j) => Some(j),
             Err(e) => {
                 tracing::warn!(job = id, error = %e, "cannot update job");
                 None
@@ -308,26 +337,27 @@ impl JobStore {
         report: Option<Report>,
     ) {
         let now = nodemaint_proto::now_ms();
-        let res = bus::cas_update::<Job, String>(&self.kv, id, |j| {
-            let mut j = j.ok_or_else(|| format!("job {id} vanished"))?;
-            j.state = state;
-            j.outcome = Some(outcome.clone());
-            if report.is_some() {
-                j.report = report.clone();
-            }
-            j.updated_ms = now;
-            Ok(j)
-        })
-        .await;
+        let res = self
+            .modify::<String>(id, |j| {
+                let mut j = j.ok_or_else(|| format!("job {id} vanished"))?;
+                j.state = state;
+                j.outcome = Some(outcome.clone());
+                if report.is_some() {
+                    j.report = report.clone();
+                }
+                j.updated_ms = now;
+                Ok(j)
+            })
+            .await;
         // An ended job lands nothing any more: its destinations may enter
         // maintenance.
         self.registry.release_inbound(id).await;
         let kind = match res {
             Ok(j) => {
-                if matches!(j.value.spec, JobSpec::Rolling(_)) {
+                if matches!(j.spec, JobSpec::Rolling(_)) {
                     self.unlock_rolling(id).await;
                 }
-                j.value.kind().to_string()
+                j.kind().to_string()
             }
             Err(CasError::Rejected(e)) => {
                 tracing::warn!(job = id, error = %e, "cannot finish job");

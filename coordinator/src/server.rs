@@ -133,6 +133,9 @@ impl Coordinator {
             .epoch
             .store(elector.epoch(), std::sync::atomic::Ordering::SeqCst);
         self.leader.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Err(e) = self.jobs.reload().await {
+            tracing::warn!(error = %e, "cannot reload the job listing; it follows the watch");
+        }
         tokio::spawn(crate::driver::executor::resume_jobs(self.clone()));
         tokio::spawn(self.clone().expire_jobs());
         let mut api = self
