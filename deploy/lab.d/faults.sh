@@ -21,14 +21,18 @@ nats_replicas() { if ((${NATS_CLUSTER:-1} >= 3)); then echo 3; else echo 1; fi; 
 
 write_nats_cluster_config() { # i -> $LAB_DIR/nats/nI.conf (same shape as deploy/nats/cluster/)
   local i=$1 j routes="" route_tls="" client_sec=""
-  for ((j = 1; j <= NATS_CLUSTER; j++)); do
-    ((j == i)) || routes+="    nats-route://$HOST_ADDR:$(nats_route_port "$j")"$'\n'
-  done
   if ((${SECURE:-0})); then
-    # As the shipped configs: clients need nkeys and TLS, routes mutual TLS.
+    # As the shipped configs: clients need nkeys and TLS; routes mutual TLS and the route
+    # secret, the routes themselves listed (with that login) in gen-routes' cluster-routes.conf.
     # (nats-server resolves includes relative to the including file only.)
-    route_tls='  include "../secure/tls/cluster-tls.conf"'
+    route_tls='  include "../secure/tls/cluster-tls.conf"'$'\n''  include "../secure/tls/cluster-routes.conf"'
     client_sec='include "../secure/auth/auth.conf"'$'\n''include "../secure/tls/tls.conf"'
+  else
+    routes="  routes: ["$'\n'
+    for ((j = 1; j <= NATS_CLUSTER; j++)); do
+      ((j == i)) || routes+="    nats-route://$HOST_ADDR:$(nats_route_port "$j")"$'\n'
+    done
+    routes+="  ]"
   fi
   mkdir -p "$LAB_DIR/nats/s$i"
   cat >"$LAB_DIR/nats/n$i.conf" <<EOF
@@ -42,8 +46,7 @@ cluster {
   name: ${PREFIX}
   listen: $HOST_ADDR:$(nats_route_port "$i")
 $route_tls
-  routes: [
-$routes  ]
+$routes
 }
 $client_sec
 EOF

@@ -1089,6 +1089,8 @@ impl Agent {
                 err_result(Code::PermissionDenied, format!("{e}; nothing was opened")),
             );
         }
+        tracing::info!(vm = %m.vm, to = %m.dest_node, libvirt = %m.dest_libvirt_uri,
+            stream = %m.dest_migrate_uri, "migrating");
         let target = MigrateTarget {
             libvirt_uri: m.dest_libvirt_uri.clone(),
             migrate_uri: m.dest_migrate_uri.clone(),

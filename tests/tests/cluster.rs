@@ -9,10 +9,40 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// One shipped member config, pointed at loopback ports and a temp store.
-fn member_config(i: usize, ports: &[(u16, u16)], dir: &std::path::Path) -> std::path::PathBuf {
+/// `secured`: the directory (relative to `dir`) holding gen-tls's and
+/// gen-routes' output for the routes; `None` makes plain routes (a plain test
+/// bus: the shipped configs include generated security files).
+fn member_config(
+    i: usize,
+    ports: &[(u16, u16)],
+    dir: &std::path::Path,
+    secured: Option<&str>,
+) -> std::path::PathBuf {
     let shipped = lab::repo().join(format!("deploy/nats/cluster/nats-{i}.conf"));
     let mut text = std::fs::read_to_string(&shipped).unwrap();
+    for include in [
+        "include ./auth.conf",
+        "include ./tls.conf",
+        "include ./cluster-tls.conf",
+        "include ./cluster-routes.conf",
+    ] {
+        assert!(text.contains(include), "{shipped:?} lacks {include}");
+    }
     let (client, route) = ports[i - 1];
+    let routes = match secured {
+        // nats-server resolves includes relative to the including file.
+        Some(sub) => {
+            format!("include \"{sub}/cluster-tls.conf\"\n  include \"{sub}/cluster-routes.conf\"")
+        }
+        None => format!(
+            "routes: [ {} ]",
+            ports
+                .iter()
+                .map(|(_, r)| format!("nats-route://127.0.0.1:{r}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
     text = text
         .replace(
             "listen: 0.0.0.0:4222",
@@ -22,22 +52,14 @@ fn member_config(i: usize, ports: &[(u16, u16)], dir: &std::path::Path) -> std::
             "listen: 0.0.0.0:6222",
             &format!("listen: 127.0.0.1:{route}"),
         )
-        // A plain test bus: the shipped configs include the generated
-        // security files, which this test does not make.
         .replace("include ./auth.conf", "")
         .replace("include ./tls.conf", "")
         .replace("include ./cluster-tls.conf", "")
+        .replace("include ./cluster-routes.conf", &routes)
         .replace(
             "store_dir: /var/lib/nats",
             &format!("store_dir: \"{}\"", dir.join(format!("s{i}")).display()),
         );
-    for (j, (_, r)) in ports.iter().enumerate() {
-        text = text.replace(
-            &format!("nats-route://nats-{}.example.internal:6222", j + 1),
-            &format!("nats-route://127.0.0.1:{r}"),
-        );
-    }
-    assert!(!text.contains("nats-route://nats-"), "{text}");
     let path = dir.join(format!("nats-{i}.conf"));
     std::fs::write(&path, text).unwrap();
     path
@@ -61,7 +83,7 @@ fn nodemaint_runs_on_the_shipped_three_node_cluster_and_survives_a_lost_member()
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
     let mut servers: Vec<Option<Proc>> = (1..=3)
         .map(|i| {
-            let conf = member_config(i, &ports, dir.path());
+            let conf = member_config(i, &ports, dir.path(), None);
             Some(Proc::spawn(
                 &format!("nats-server {i}"),
                 Command::new("nats-server").arg("-c").arg(conf),
@@ -175,45 +197,48 @@ fn nodemaint_runs_on_the_shipped_three_node_cluster_and_survives_a_lost_member()
 }
 
 /// Routes between the members are authenticated and encrypted as shipped
-/// (`include ./cluster-tls.conf`, written by `gen-tls`): two members with
-/// the CA's certificates form their route; a server routing in without TLS,
-/// or with a certificate of another CA, is refused. (Before, the shipped
+/// (`include ./cluster-tls.conf` from `gen-tls`, `include
+/// ./cluster-routes.conf` from `gen-routes`): two members with the CA's
+/// certificates and the cluster's secret form their route; a server routing
+/// in without TLS, with a certificate of another CA, or with the right CA's
+/// certificate but not the route secret, is refused. (Before, the shipped
 /// cluster configs accepted any route.)
 #[test]
-fn routes_admit_only_servers_with_the_cas_certificate() {
+fn routes_admit_only_servers_with_the_cas_certificate_and_the_route_secret() {
     let dir = tempfile::tempdir().unwrap();
-    let gen_tls = |sub: &str| {
-        let out = Command::new(lab::repo().join("deploy/nats/gen-tls"))
-            .arg(dir.path().join(sub))
-            .arg("127.0.0.1")
+    let ports: Vec<(u16, u16)> = (0..4).map(|_| (free_port(), free_port())).collect();
+    let run = |script: &str, args: &[String]| {
+        let out = Command::new(lab::repo().join("deploy/nats").join(script))
+            .args(args)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(out.status.success(), "{script}: {}", stderr(&out));
     };
-    gen_tls("tls");
-    gen_tls("other/tls");
-    let ports: Vec<(u16, u16)> = (0..4).map(|_| (free_port(), free_port())).collect();
-    let config = |i: usize, at: &std::path::Path| {
-        // The shipped member config, its cluster TLS kept (relative to the
-        // config file, as nats-server resolves includes).
-        let p = member_config(i, &ports[..3], at);
-        let text =
-            std::fs::read_to_string(lab::repo().join(format!("deploy/nats/cluster/nats-{i}.conf")))
-                .unwrap();
-        assert!(text.contains("include ./cluster-tls.conf"), "{text}");
-        let mine = std::fs::read_to_string(&p).unwrap().replace(
-            "  listen: 127.0.0.1",
-            "  include \"tls/cluster-tls.conf\"\n  listen: 127.0.0.1",
-        );
-        std::fs::write(&p, mine).unwrap();
-        p
-    };
+    let at = |sub: &str| dir.path().join(sub).display().to_string();
+    run("gen-tls", &[at("tls"), "127.0.0.1".into()]);
+    run("gen-tls", &[at("other/tls"), "127.0.0.1".into()]);
+    let members: Vec<String> = ports[..3]
+        .iter()
+        .map(|(_, r)| format!("127.0.0.1:{r}"))
+        .collect();
+    run("gen-routes", &[&[at("tls")], &members[..]].concat());
+    let secret = std::fs::read_to_string(dir.path().join("tls/route.password")).unwrap();
+    let routes_conf = std::fs::read_to_string(dir.path().join("tls/cluster-routes.conf")).unwrap();
+    assert!(routes_conf.contains(&format!("nodemaint-route:{secret}@{}", members[2])));
+    // Re-running keeps the secret (adding a member must not cut the others off).
+    run("gen-routes", &[&[at("tls")], &members[..2]].concat());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("tls/route.password")).unwrap(),
+        secret
+    );
+    run("gen-routes", &[&[at("tls")], &members[..]].concat());
+
     let log = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
     // Member 1's monitoring port answers which servers it is routed to.
     let monitor = free_port();
     let _members: Vec<Proc> = (1..=2)
         .map(|i| {
-            let conf = config(i, dir.path());
+            let conf = member_config(i, &ports[..3], dir.path(), Some("tls"));
             if i == 1 {
                 let text = std::fs::read_to_string(&conf).unwrap();
                 std::fs::write(&conf, format!("http: 127.0.0.1:{monitor}\n{text}")).unwrap();
@@ -226,26 +251,42 @@ fn routes_admit_only_servers_with_the_cas_certificate() {
         })
         .collect();
     wait_for(Duration::from_secs(20), "members 1 and 2 routed", || {
-        log("nats-1.log").contains("Route connection created")
+        routez(monitor).contains("\"remote_name\": \"nats-2\"")
     });
 
-    // Intruders on member 1's route port: plain, then TLS from another CA.
+    // Intruders on member 1's route port: plain; TLS from another CA; the
+    // right CA's certificate without the route secret.
     let route1 = ports[0].1;
-    for (name, tls, refusal) in [
-        ("plain", "", "TLS route handshake error"),
+    for (name, cluster, refusal) in [
+        ("plain", String::new(), "TLS route handshake error"),
         (
             "other-ca",
-            "  include \"other/tls/cluster-tls.conf\"\n",
+            "  include \"other/tls/cluster-tls.conf\"\n".to_string(),
             "certificate signed by unknown authority",
+        ),
+        (
+            "no-secret",
+            "  include \"tls/cluster-tls.conf\"\n".to_string(),
+            "Authorization Violation",
+        ),
+        (
+            "wrong-secret",
+            "  include \"tls/cluster-tls.conf\"\n".to_string(),
+            "Authorization Violation",
         ),
     ] {
         let (client, route) = ports[3];
+        let login = if name == "wrong-secret" {
+            "nodemaint-route:0123456789abcdef0123@"
+        } else {
+            ""
+        };
         let conf = dir.path().join(format!("{name}.conf"));
         std::fs::write(
             &conf,
             format!(
                 "server_name: {name}\nlisten: 127.0.0.1:{client}\ncluster {{\n  name: nodemaint\n  \
-                 listen: 127.0.0.1:{route}\n{tls}  routes: [ nats-route://127.0.0.1:{route1} ]\n}}\n"
+                 listen: 127.0.0.1:{route}\n{cluster}  routes: [ nats-route://{login}127.0.0.1:{route1} ]\n}}\n"
             ),
         )
         .unwrap();
@@ -273,7 +314,10 @@ fn routes_admit_only_servers_with_the_cas_certificate() {
 /// nats-server's `/routez` (its current routes, with each remote's name).
 fn routez(port: u16) -> String {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // Not listening yet: no routes to tell of.
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
     s.write_all(b"GET /routez HTTP/1.0\r\nHost: localhost\r\n\r\n")
         .unwrap();
     let mut body = String::new();

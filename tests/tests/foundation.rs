@@ -622,6 +622,7 @@ fn every_rendered_config_loads_back_through_the_binaries_loaders() {
         "4",
         "--progress-timeout-s",
         "20",
+        "--libvirt-tls",
     ]);
     std::fs::write(path("lab-c2.toml"), &text).unwrap();
     let lab_c = CoordinatorConfig::load(&path("lab-c2.toml")).unwrap();
@@ -639,6 +640,7 @@ fn every_rendered_config_loads_back_through_the_binaries_loaders() {
         ),
         (3, 15, 20)
     );
+    assert_eq!(lab_c.migration.libvirt_uri, "qemu+tls://{address}/system");
     let same = labcfg::coordinator_config(&LabCoordinator {
         nats_replicas: 3,
         lease_ttl_s: Some(15),
@@ -646,6 +648,7 @@ fn every_rendered_config_loads_back_through_the_binaries_loaders() {
         per_destination: Some(3),
         global: Some(4),
         progress_timeout_s: Some(20),
+        libvirt_tls: true,
     });
     assert_eq!(same.to_toml(), text);
 }

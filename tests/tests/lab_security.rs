@@ -3,7 +3,9 @@
 //! principal). A live-migration drain, a power cycle (the agent reconnects
 //! with its own credentials), a coordinator crash and restart, and enable
 //! all work, each job recorded under the authenticated operator, and the
-//! NATS server refuses nothing but the viewer's change.
+//! NATS server refuses nothing but the viewer's change. The lab runs with
+//! `--libvirt-tls` too: the drain's migrations go over `qemu+tls` with the
+//! lab's libvirt CA (server and client certificates checked by libvirt).
 
 use nodemaint_tests::lab::{step, Lab};
 use nodemaint_tests::{ok, stderr, stdout, wait_for};
@@ -11,7 +13,14 @@ use std::time::Duration;
 
 #[test]
 fn lab_security_suite() {
-    let Some(lab) = Lab::up("security", 8, 2, 2, 1, &[("LAB_SECURE", "1")]) else {
+    let Some(lab) = Lab::up(
+        "security",
+        8,
+        2,
+        2,
+        1,
+        &[("LAB_SECURE", "1"), ("LAB_LIBVIRT_TLS", "1")],
+    ) else {
         return;
     };
     let all = lab.vm_names();
@@ -42,6 +51,12 @@ fn lab_security_suite() {
     assert!(!out.status.success(), "{}", stdout(&out));
 
     step("the operator drains node1 live over the secured bus");
+    let on_node1 = lab
+        .assert_each_vm_once(&all)
+        .values()
+        .filter(|(node, state)| node == "node1" && state == "running")
+        .count();
+    assert!(on_node1 > 0);
     ok(&lab.cli(
         "operator",
         &["maintenance", "start", "node1", "--mode", "move"],
@@ -53,6 +68,14 @@ fn lab_security_suite() {
             .all(|(node, state)| node == "node2" && state == "running"),
         "{placed:?}"
     );
+    // Over libvirt's TLS transport, from the coordinator's [migration]
+    // template: node1's libvirtd opened node2's with its client certificate.
+    let agent_log = std::fs::read_to_string(lab_dir.join("node1/agent.log")).unwrap();
+    let tls_moves = agent_log
+        .lines()
+        .filter(|l| l.contains("migrating") && l.contains("libvirt=qemu+tls://"))
+        .count();
+    assert_eq!(tls_moves, on_node1, "{agent_log}");
 
     step("power cycle node1: its agent comes back on its own credentials");
     let before = lab.cli_json("viewer", &["node", "show", "node1"])["node"]["boot_id"]

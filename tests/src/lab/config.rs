@@ -56,6 +56,9 @@ pub struct LabCoordinator {
     pub global: Option<usize>,
     #[arg(long)]
     pub progress_timeout_s: Option<u32>,
+    /// Migrations and probes over `qemu+tls` (`up --libvirt-tls`).
+    #[arg(long)]
+    pub libvirt_tls: bool,
 }
 
 /// The agent config of a lab node: quick heartbeats and polls, short
@@ -137,6 +140,9 @@ pub fn coordinator_config(c: &LabCoordinator) -> CoordinatorConfig {
     }
     if let Some(s) = c.progress_timeout_s {
         cfg.migration.progress_timeout_s = s;
+    }
+    if c.libvirt_tls {
+        cfg.migration.libvirt_uri = "qemu+tls://{address}/system".into();
     }
     cfg
 }
