@@ -594,3 +594,111 @@ async fn a_node_cannot_choose_the_uri_another_nodes_libvirt_opens() {
         f.stop_agent("node1");
     });
 }
+
+/// An agent's libvirt probes are bounded: however many probe commands
+/// arrive at once (they bypass the command slots, like cancels), at most two
+/// libvirt connections are open at a time, each probe answers within its
+/// 8 s bound even when the destination never does, and ordinary commands
+/// still run meanwhile. (Before, every probe opened its own connection on a
+/// blocking thread that no timeout stopped.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_probes_are_bounded_in_number_and_time() {
+    use futures::StreamExt as _;
+    use nodemaint_proto::subjects::{EventKind, Subjects};
+    use nodemaint_tests::raw;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+
+    // A "libvirtd" that accepts and never answers, counting open connections.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (open, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let (open, most, held) = (open.clone(), most.clone(), held.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { break };
+                let now = open.fetch_add(1, SeqCst) + 1;
+                most.fetch_max(now, SeqCst);
+                let open = open.clone();
+                let probe = conn.try_clone().unwrap();
+                held.lock().unwrap().push(conn);
+                // Count the connection closed when the client gives up.
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while std::io::Read::read(&mut &probe, &mut buf).is_ok_and(|n| n > 0) {}
+                    open.fetch_sub(1, SeqCst);
+                });
+            }
+        });
+    }
+
+    let mut f = tokio::task::block_in_place(|| {
+        let mut f = Fleet::start();
+        f.add_agent("node1", &[Dom::user("vm-a", "cs1")]);
+        f.wait_registered();
+        f
+    });
+    let (client, js) = raw::js_client(&f).await;
+    let mut results = client
+        .subscribe(Subjects::default().event("node1", EventKind::Result))
+        .await
+        .unwrap();
+    let uri = format!("qemu+tcp://127.0.0.1:{port}/system");
+    let ids: Vec<String> = (0..5).map(|i| format!("probe-{i}")).collect();
+    let sent = std::time::Instant::now();
+    for id in &ids {
+        let cmd = raw::command(
+            id,
+            pb::agent_command::Kind::ProbeLibvirt(pb::ProbeLibvirt {
+                uris: vec![uri.clone()],
+            }),
+        );
+        raw::send(&js, "node1", &cmd, true).await;
+    }
+    // An ordinary command meanwhile is not held up by the stuck probes.
+    let stop = raw::command(
+        "stop-a",
+        pb::agent_command::Kind::Stop(pb::StopVm {
+            vm: "vm-a".into(),
+            ..Default::default()
+        }),
+    );
+    raw::send(&js, "node1", &stop, true).await;
+
+    let mut answered = std::collections::BTreeMap::new();
+    let deadline = sent + Duration::from_secs(30);
+    while answered.len() < ids.len() + 1 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let msg = tokio::time::timeout(left, results.next())
+            .await
+            .unwrap_or_else(|_| panic!("unanswered after 30 s; answered: {answered:?}"))
+            .unwrap();
+        let ev: pb::Event = nodemaint_proto::decode(&msg.payload).unwrap();
+        if let Some(pb::event::Body::Result(r)) = ev.body {
+            answered.insert(r.command_id.clone(), (r, sent.elapsed()));
+        }
+    }
+    let (stopped, _) = &answered["stop-a"];
+    assert!(stopped.ok, "{stopped:?}");
+    for id in &ids {
+        let (r, _) = &answered[id];
+        assert!(!r.ok, "{r:?}");
+        let detail = &r.checks.as_ref().unwrap().services[0].detail;
+        assert!(
+            detail.contains("no answer within 8 s") && detail.contains("at most 2 probes"),
+            "{detail}"
+        );
+    }
+    assert!(
+        most.load(SeqCst) <= 2 && most.load(SeqCst) >= 1,
+        "{} libvirt connections open at once",
+        most.load(SeqCst)
+    );
+    // Release the stuck clients.
+    for c in held.lock().unwrap().drain(..) {
+        let _ = c.shutdown(std::net::Shutdown::Both);
+    }
+    tokio::task::block_in_place(|| f.stop_agent("node1"));
+}
