@@ -148,12 +148,13 @@ pub enum RollingCmd {
         /// Stop the rolling if a node's post-reboot checks fail.
         #[arg(long)]
         checks_must_pass: bool,
-        /// Seconds to wait for a node to come back with a new boot id.
-        #[arg(long, default_value_t = 900)]
+        /// How long to wait for a node to come back with a new boot id
+        /// (e.g. 15m; a bare number is seconds).
+        #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_secs)]
         reboot_timeout: u32,
-        /// Fail the whole rolling after this long (e.g. 4h); its drains in
-        /// flight stop as with an abort.
-        #[arg(long, value_name = "DURATION", value_parser = parse_deadline)]
+        /// Fail the whole rolling after this long (e.g. 4h, 1h30m); its
+        /// drains in flight stop as with an abort.
+        #[arg(long, value_name = "DURATION", value_parser = parse_secs)]
         deadline: Option<u32>,
         /// Don't ask for confirmation.
         #[arg(long, short)]
@@ -214,9 +215,9 @@ pub struct DrainArgs {
     /// Concurrent outbound migrations from NODE (default: the configured per-node limit).
     #[arg(long, default_value_t = 0)]
     pub max_parallel: u32,
-    /// Give up after this long (e.g. 30m): nothing new starts, migrations
-    /// in flight are cancelled, the report says where every VM is.
-    #[arg(long, value_name = "DURATION", value_parser = parse_deadline)]
+    /// Give up after this long (e.g. 30m, 1h30m): nothing new starts,
+    /// migrations in flight are cancelled, the report says where every VM is.
+    #[arg(long, value_name = "DURATION", value_parser = parse_secs)]
     pub deadline: Option<u32>,
     /// What to do with a VM that cannot live-migrate (its migration failed
     /// twice, or it is marked not migratable). VFWs take stop or cold only
@@ -301,9 +302,9 @@ pub enum NodeCmd {
     /// Wait until NODE's agent is back with a different boot id (it rebooted).
     WaitRebooted {
         node: String,
-        /// Give up after this many seconds.
-        #[arg(long, default_value_t = 600)]
-        timeout: u64,
+        /// Give up after this long (e.g. 10m; a bare number is seconds).
+        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_secs)]
+        timeout: u32,
         /// The boot id before the reboot (default: the current one).
         #[arg(long)]
         boot_id: Option<String>,
@@ -355,8 +356,9 @@ pub enum VmCmd {
     /// Stop a VM: graceful shutdown, then destroy after the timeout.
     Stop {
         vm: String,
-        /// Seconds to wait for a graceful shutdown before destroying.
-        #[arg(long)]
+        /// How long to wait for a graceful shutdown before destroying
+        /// (e.g. 90s, 5m; a bare number is seconds, as before).
+        #[arg(long, value_name = "DURATION", value_parser = parse_secs)]
         timeout: Option<u32>,
         #[command(flatten)]
         wait: WaitArgs,
@@ -367,8 +369,9 @@ pub enum VmCmd {
         /// Destination node.
         #[arg(long)]
         to: String,
-        /// Abort the migration after this many seconds; the VM stays on its node.
-        #[arg(long)]
+        /// Abort the migration after this long (e.g. 10m; a bare number is
+        /// seconds, as before); the VM stays on its node.
+        #[arg(long, value_name = "DURATION", value_parser = parse_secs)]
         timeout: Option<u32>,
         /// Cap the migration bandwidth (MiB/s).
         #[arg(long)]
@@ -412,7 +415,9 @@ pub enum VfwCmd {
         /// Destination node; the planner picks the best one when omitted.
         #[arg(long)]
         to: Option<String>,
-        #[arg(long)]
+        /// Abort the migration after this long (e.g. 10m; a bare number is
+        /// seconds, as before); the VFW stays on its node.
+        #[arg(long, value_name = "DURATION", value_parser = parse_secs)]
         timeout: Option<u32>,
         #[command(flatten)]
         wait: WaitArgs,
@@ -427,9 +432,9 @@ pub struct EventsArgs {
     /// Only this kind: heartbeat, inventory, progress, result, checks, job, error.
     #[arg(long)]
     pub kind: Option<String>,
-    /// Start this far back (30s, 10m, 2h, 1d) or `all`.
-    #[arg(long, default_value = "1h")]
-    pub since: String,
+    /// Start this far back (30s, 10m, 1h30m, 2d) or `all`.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_since)]
+    pub since: Since,
     /// Keep following new events after the replay.
     #[arg(long, short)]
     pub follow: bool,
@@ -492,43 +497,67 @@ pub enum JobCmd {
     },
 }
 
-pub(super) fn parse_since(s: &str) -> anyhow::Result<Option<Duration>> {
-    if s == "all" {
-        return Ok(None);
+/// `--since`: how far back the replay starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Since {
+    /// The whole stream.
+    All,
+    /// This long ago.
+    Back(Duration),
+}
+
+/// `--since`: a duration (see [`parse_duration`]) or `all`.
+pub fn parse_since(s: &str) -> Result<Since, String> {
+    if s.trim() == "all" {
+        return Ok(Since::All);
     }
-    parse_duration(s)
-        .map(Some)
-        .map_err(|e| anyhow::anyhow!("--since {s:?}: {e}, or `all`"))
+    parse_duration(s).map(Since::Back).map_err(|e| {
+        if e.starts_with("too long") {
+            e
+        } else {
+            format!("{e}, or `all`")
+        }
+    })
 }
 
 /// The longest duration any option takes: ten years.
-const MAX_DURATION_S: u64 = 3650 * 86_400;
+pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
 
-/// `90`, `90s`, `10m`, `2h`, `1d`, at most `3650d`.
-pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| "use a number with s, m, h or d (e.g. 10m)".to_string())?;
-    let per = match unit {
-        "s" | "" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("unknown unit {unit:?} (use s, m, h or d)")),
+/// Every duration option: humantime's units (`90s`, `1h30m`, `2d`, `1h 30m`,
+/// `500ms`), or a bare number of seconds (`90`, what `--timeout` always
+/// took); at most [`MAX_DURATION`] (`3650d`). Overflowing or malformed
+/// values are errors, never a panic; clap names the option and the value.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let d = if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        // Bare seconds; longer than u64 is too long as well.
+        s.parse::<u64>()
+            .map(Duration::from_secs)
+            .unwrap_or(Duration::MAX)
+    } else {
+        match humantime::parse_duration(s) {
+            Ok(d) => d,
+            Err(humantime::DurationError::NumberOverflow) => Duration::MAX,
+            Err(e) => return Err(format!("{e}; use e.g. 90s, 10m, 1h30m or 2d")),
+        }
     };
-    match n.checked_mul(per) {
-        Some(secs) if secs <= MAX_DURATION_S => Ok(Duration::from_secs(secs)),
-        _ => Err(format!("{s} is too long (at most 3650d)")),
+    if d > MAX_DURATION {
+        return Err("too long (at most 3650d)".into());
     }
+    Ok(d)
 }
 
-/// `--deadline`: a positive duration, in whole seconds.
-pub(super) fn parse_deadline(s: &str) -> Result<u32, String> {
+/// `--timeout`, `--deadline`, `--reboot-timeout`: a positive duration in
+/// whole seconds (the wire carries seconds; 0 there means "the default").
+pub fn parse_secs(s: &str) -> Result<u32, String> {
     let d = parse_duration(s)?;
+    if d.subsec_nanos() != 0 {
+        return Err("give whole seconds (e.g. 90s or 2m)".into());
+    }
     match u32::try_from(d.as_secs()) {
-        Ok(0) => Err("the deadline must be positive".into()),
+        Ok(0) => Err("must be positive".into()),
         Ok(n) => Ok(n),
-        Err(_) => Err("deadline too long".into()),
+        // Unreachable while MAX_DURATION < u32::MAX seconds; still an error.
+        Err(_) => Err("too long (at most 3650d)".into()),
     }
 }

@@ -471,9 +471,10 @@ pub(super) async fn events(cli: &Cli, c: &Client, a: &EventsArgs) -> CliResult {
     if let Some(n) = &a.node {
         nodemaint_proto::subjects::validate_token(n)?;
     }
-    let since_ms = match parse_since(&a.since)? {
-        None => 0,
-        Some(d) => (nodemaint_proto::now_ms() - d.as_millis() as i64).max(1),
+    let since_ms = match a.since {
+        Since::All => 0,
+        // At most MAX_DURATION (ten years): the millis fit an i64.
+        Since::Back(d) => (nodemaint_proto::now_ms() - d.as_millis() as i64).max(1),
     };
     let mut req = pb::ReadEvents {
         filters: vec![pb::EventFilter {
@@ -727,12 +728,12 @@ pub(super) async fn wait_rebooted(
     cli: &Cli,
     c: &Client,
     node: &str,
-    timeout: u64,
+    timeout: u32,
     before: Option<String>,
 ) -> CliResult {
     let first = node_summary(c, node).await?;
     let before = before.unwrap_or(first.boot_id.clone());
-    let deadline = std::time::Instant::now() + Duration::from_secs(timeout);
+    let deadline = std::time::Instant::now() + Duration::from_secs(timeout.into());
     let mut was_down = false;
     loop {
         let s = node_summary(c, node).await?;

@@ -357,31 +357,145 @@ mod tests {
     use super::*;
 
     #[test]
-    fn since_parses_units() {
-        assert_eq!(parse_since("10m").unwrap(), Some(Duration::from_secs(600)));
-        assert_eq!(parse_since("2h").unwrap(), Some(Duration::from_secs(7200)));
-        assert_eq!(parse_since("all").unwrap(), None);
-        assert!(parse_since("ten").is_err());
-        assert!(parse_since("5y")
-            .unwrap_err()
-            .to_string()
-            .contains("unknown unit"));
+    fn durations_take_humantime_units_and_bare_seconds() {
+        let secs = |s: &str| parse_duration(s).map(|d| d.as_secs());
+        assert_eq!(secs("90"), Ok(90));
+        assert_eq!(secs("90s"), Ok(90));
+        assert_eq!(secs("10m"), Ok(600));
+        assert_eq!(secs("1h30m"), Ok(5400));
+        assert_eq!(secs("1h 30m"), Ok(5400));
+        assert_eq!(secs("2d"), Ok(172_800));
+        assert_eq!(secs("1.5h"), Ok(5400));
+        assert_eq!(secs("3650d"), Ok(3650 * 86_400));
+        assert_eq!(parse_since("all"), Ok(Since::All));
+        assert_eq!(
+            parse_since("2h"),
+            Ok(Since::Back(Duration::from_secs(7200)))
+        );
+        for bad in ["", "ten", "5y2", "1h-", "-5s", "s", "1 fortnight"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
         // Huge values are refused, not overflowed (they panicked before).
         for huge in [
             "999999999999999999d",
             "5000000d",
             "18446744073709551615s",
+            "18446744073709551616",
+            "99999999999999999999999d",
             "3651d",
+            "11y",
         ] {
-            let e = parse_since(huge).unwrap_err().to_string();
+            let e = parse_duration(huge).unwrap_err();
             assert!(e.contains("too long"), "{huge}: {e}");
         }
-        assert_eq!(
-            parse_since("3650d").unwrap(),
-            Some(Duration::from_secs(3650 * 86_400))
-        );
-        assert!(parse_since("99999999999999999999999d").is_err());
-        assert!(args::parse_deadline("0s").is_err());
+        assert_eq!(parse_secs("2m"), Ok(120));
+        assert_eq!(parse_secs("45"), Ok(45));
+        assert!(parse_secs("0s").is_err());
+        assert!(parse_secs("1500ms").is_err());
+    }
+
+    /// Clap's error names the option and the value, and is a usage error.
+    #[test]
+    fn bad_durations_name_the_option_and_value() {
+        let cases: &[&[&str]] = &[
+            &["events", "--since", "999999999999999999d"],
+            &["events", "--since", "5000000d"],
+            &["vm", "stop", "web-1", "--timeout", "soon"],
+            &["vm", "move", "web-1", "--to", "n2", "--timeout", "0"],
+            &[
+                "maintenance",
+                "start",
+                "n1",
+                "--mode",
+                "move",
+                "--deadline",
+                "1x",
+            ],
+            &["rolling", "start", "--all", "--reboot-timeout", "4000d"],
+            &["node", "wait-rebooted", "n1", "--timeout", "5000000d"],
+        ];
+        for args in cases {
+            let argv = std::iter::once("coordinator").chain(args.iter().copied());
+            let e = Cli::try_parse_from(argv).unwrap_err();
+            let text = e.to_string();
+            let (flag, value) = (args[args.len() - 2], args[args.len() - 1]);
+            assert!(
+                text.contains(flag) && text.contains(value),
+                "{args:?}: {text}"
+            );
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+        }
+        let ok = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("coordinator").chain(args.iter().copied()))
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+        };
+        match ok(&["vm", "stop", "web-1", "--timeout", "90"]).command {
+            Command::Vm(VmCmd::Stop { timeout, .. }) => assert_eq!(timeout, Some(90)),
+            c => panic!("{c:?}"),
+        }
+        match ok(&["rolling", "start", "--all", "--deadline", "1h30m"]).command {
+            Command::Rolling(RollingCmd::Start {
+                deadline,
+                reboot_timeout,
+                ..
+            }) => {
+                assert_eq!(deadline, Some(5400));
+                assert_eq!(reboot_timeout, 900, "the default is 15m");
+            }
+            c => panic!("{c:?}"),
+        }
+        match ok(&["events"]).command {
+            Command::Events(a) => assert_eq!(a.since, Since::Back(Duration::from_secs(3600))),
+            c => panic!("{c:?}"),
+        }
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any text: an answer, never a panic; an accepted duration is
+            /// within the documented maximum.
+            #[test]
+            fn never_panics(s in "\\PC{0,40}") {
+                if let Ok(d) = parse_duration(&s) {
+                    prop_assert!(d <= MAX_DURATION);
+                }
+                let _ = parse_since(&s);
+                let _ = parse_secs(&s);
+            }
+
+            /// Digits and units in any mix, the shapes overflow comes from.
+            #[test]
+            fn unit_soup_never_panics(s in "[0-9]{0,25}(ns|us|ms|s|m|h|d|w|M|y)?([0-9]{0,25}(s|m|h|d))?") {
+                if let Ok(d) = parse_duration(&s) {
+                    prop_assert!(d <= MAX_DURATION);
+                }
+            }
+
+            /// What humantime prints parses back to the same duration.
+            #[test]
+            fn round_trips_humantime_output(secs in 0..=MAX_DURATION.as_secs(), nanos in 0u32..1_000_000_000) {
+                let d = Duration::new(secs, nanos).min(MAX_DURATION);
+                let text = humantime::format_duration(d).to_string();
+                prop_assert_eq!(parse_duration(&text), Ok(d), "{}", text);
+                let whole = Duration::from_secs(secs.max(1));
+                let text = humantime::format_duration(whole).to_string();
+                prop_assert_eq!(parse_secs(&text).map(u64::from), Ok(whole.as_secs()), "{}", text);
+            }
+
+            /// Beyond the maximum: refused as too long, however it is written.
+            #[test]
+            fn rejects_beyond_the_maximum(extra in 1..=u64::MAX - MAX_DURATION.as_secs()) {
+                let secs = MAX_DURATION.as_secs() + extra;
+                let text = humantime::format_duration(Duration::from_secs(secs)).to_string();
+                for s in [text, secs.to_string(), format!("{secs}s")] {
+                    let e = parse_duration(&s).unwrap_err();
+                    prop_assert!(e.contains("too long"), "{}: {}", s, e);
+                }
+            }
+        }
     }
 
     #[test]
