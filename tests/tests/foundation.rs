@@ -449,7 +449,16 @@ fn bad_input_is_refused_by_name_and_changes_nothing() {
             &["events", "--kind", "nonsense"],
             "unknown event kind",
         ),
-        ("alice", &["events", "--since", "5y"], "unknown unit"),
+        (
+            "alice",
+            &["events", "--since", "5 fortnights"],
+            "unknown time unit",
+        ),
+        (
+            "alice",
+            &["events", "--since", "5000000d"],
+            "'5000000d' for '--since <DURATION>': too long",
+        ),
         ("alice", &["job", "show", "nope"], "unknown job"),
     ];
     for (user, args, want) in cases {
