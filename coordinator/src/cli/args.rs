@@ -16,7 +16,12 @@ use super::*;
 ///   coordinator vm move cs1-vm1 --to node2
 ///   coordinator events --since 10m --follow
 #[derive(Parser, Debug)]
-#[command(version, verbatim_doc_comment, propagate_version = true)]
+#[command(
+    name = "coordinator",
+    version,
+    verbatim_doc_comment,
+    propagate_version = true
+)]
 pub struct Cli {
     /// NATS server URL, or every member of a cluster, comma-separated.
     #[arg(
@@ -112,6 +117,28 @@ pub enum Command {
     /// Rolling maintenance across many nodes: drain, reboot, check, enable, next.
     #[command(subcommand)]
     Rolling(RollingCmd),
+    /// Print the shell completion script of SHELL on standard output.
+    ///
+    /// Examples:
+    ///   coordinator completions bash > /etc/bash_completion.d/coordinator
+    ///   coordinator completions zsh > "${fpath[1]}/_coordinator"
+    ///   coordinator completions fish > ~/.config/fish/completions/coordinator.fish
+    #[command(verbatim_doc_comment)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write one man page per command into DIR (coordinator.1,
+    /// coordinator-node-list.1, ...), for packages.
+    ///
+    /// Example:
+    ///   coordinator man --out target/man && man -l target/man/coordinator-maintenance-start.1
+    #[command(verbatim_doc_comment)]
+    Man {
+        /// The directory to write the pages into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -4,6 +4,7 @@
 mod args;
 pub mod client;
 mod commands;
+pub mod generate;
 pub mod output;
 
 pub use args::*;
@@ -41,6 +42,16 @@ pub async fn run(cli: Cli) -> CliResult {
     {
         return serve(&cli, config.clone(), *http, *metrics_listen, *insecure).await;
     }
+    match &cli.command {
+        Command::Completions { shell } => return generate::print_completions(*shell),
+        Command::Man { out } => {
+            let pages = generate::man_pages(out)
+                .map_err(|e| anyhow::anyhow!("man pages into {}: {e}", out.display()))?;
+            eprintln!("{} man pages written to {}", pages.len(), out.display());
+            return Ok(());
+        }
+        _ => {}
+    }
     if let Command::HashPassword = &cli.command {
         let mut pw = String::new();
         std::io::stdin().read_line(&mut pw)?;
@@ -64,7 +75,10 @@ pub async fn run(cli: Cli) -> CliResult {
     .await?;
     client.request_id.clone_from(&cli.request_id);
     match &cli.command {
-        Command::Serve { .. } | Command::HashPassword => unreachable!(),
+        Command::Serve { .. }
+        | Command::HashPassword
+        | Command::Completions { .. }
+        | Command::Man { .. } => unreachable!(),
         Command::Node(NodeCmd::List) => node_list(&cli, &client).await,
         Command::Node(NodeCmd::Show { node }) => node_show(&cli, &client, node).await,
         Command::Vm(VmCmd::List {
