@@ -35,7 +35,22 @@ pub struct JobStore {
 /// rolling job's id, taken with a create so two starts cannot both win.
 const ROLLING_LOCK: &str = "lock.rolling";
 
-/// How long a rolling lock may wait for its job's record.
+/// The key of "one job at a time on a VM" (move, start, stop, create): the
+/// name as is when it is a valid key token, else hex (`x…`).
+fn vm_lock(vm: &str) -> String {
+    if !vm.is_empty()
+        && vm
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        format!("lock.vm.{vm}")
+    } else {
+        let hex: String = vm.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("lock.vm.x{hex}")
+    }
+}
+
+/// How long a lock may wait for its job's record.
 const LOCK_START_S: i64 = 60;
 
 /// How long the record of a read-only job (`node check` without
@@ -164,17 +179,39 @@ impl JobStore {
         n
     }
 
-    /// Takes "the" rolling maintenance for job `id` (put-if-absent; a lock
-    /// left by a job that has ended is taken over by compare-and-set).
-    /// Refused with the id of the rolling that holds it.
+    /// Takes "the" rolling maintenance for job `id`; refused with the id of
+    /// the rolling that holds it.
     pub async fn lock_rolling(&self, id: &str) -> Result<(), String> {
+        self.lock(ROLLING_LOCK, id).await
+    }
+
+    /// Takes VM `vm` for the single-VM job `id`; refused with the id of the
+    /// job acting on it. (A check of the running jobs followed by a create
+    /// let two concurrent moves of one VM both start.)
+    pub async fn lock_vm(&self, vm: &str, id: &str) -> Result<(), String> {
+        self.lock(&vm_lock(vm), id).await
+    }
+
+    /// Gives the locks of job `job` back (its VM's, the rolling one).
+    pub async fn unlock_job(&self, job: &Job) {
+        if matches!(job.spec, JobSpec::Rolling(_)) {
+            self.unlock(ROLLING_LOCK, &job.id).await;
+        }
+        if let Some(vm) = job.spec.vm() {
+            self.unlock(&vm_lock(vm), &job.id).await;
+        }
+    }
+
+    /// Put-if-absent of `key` = `id`; a lock left by a job that has ended
+    /// is taken over by compare-and-set. Refused with the holder's id.
+    async fn lock(&self, key: &str, id: &str) -> Result<(), String> {
         loop {
-            match self.kv.create(ROLLING_LOCK, id.to_string().into()).await {
+            match self.kv.create(key, id.to_string().into()).await {
                 Ok(_) => return Ok(()),
                 Err(e) if !bus::create_conflict(&e) => return Err(format!("cannot lock: {e}")),
                 Err(_) => {}
             }
-            let Ok(Some(entry)) = self.kv.entry(ROLLING_LOCK).await else {
+            let Ok(Some(entry)) = self.kv.entry(key).await else {
                 continue;
             };
             if entry.operation != kv::Operation::Put {
@@ -197,7 +234,7 @@ impl JobStore {
             }
             match self
                 .kv
-                .update(ROLLING_LOCK, id.to_string().into(), entry.revision)
+                .update(key, id.to_string().into(), entry.revision)
                 .await
             {
                 Ok(_) => return Ok(()),
@@ -207,16 +244,16 @@ impl JobStore {
         }
     }
 
-    /// Gives the rolling lock back if job `id` holds it.
-    pub async fn unlock_rolling(&self, id: &str) {
-        if let Ok(Some(entry)) = self.kv.entry(ROLLING_LOCK).await {
+    /// Gives lock `key` back if job `id` holds it.
+    async fn unlock(&self, key: &str, id: &str) {
+        if let Ok(Some(entry)) = self.kv.entry(key).await {
             if entry.operation == kv::Operation::Put && entry.value.as_ref() == id.as_bytes() {
                 if let Err(e) = self
                     .kv
-                    .delete_expect_revision(ROLLING_LOCK, Some(entry.revision))
+                    .delete_expect_revision(key, Some(entry.revision))
                     .await
                 {
-                    tracing::warn!(job = id, error = %e, "cannot release the rolling lock");
+                    tracing::warn!(job = id, key, error = %e, "cannot release a lock");
                 }
             }
         }
@@ -354,9 +391,7 @@ impl JobStore {
         self.registry.release_inbound(id).await;
         let kind = match res {
             Ok(j) => {
-                if matches!(j.spec, JobSpec::Rolling(_)) {
-                    self.unlock_rolling(id).await;
-                }
+                self.unlock_job(&j).await;
                 j.kind().to_string()
             }
             Err(CasError::Rejected(e)) => {

@@ -274,7 +274,19 @@ fn require_reachable(n: &NodeRecord) -> Result<()> {
 /// where its events start.
 async fn launch(c: &Arc<Coordinator>, job: Job) -> Result<Reply> {
     let from_seq = c.link.events_seq().await;
-    c.jobs.create(&job).await.map_err(internal)?;
+    if let Some(vm) = job.spec.vm() {
+        if let Err(holder) = c.jobs.lock_vm(vm, &job.id).await {
+            return refuse(
+                Code::Conflict,
+                format!("job {holder} is acting on VM {vm}; wait for it to end (job show {holder}) or abort it"),
+            );
+        }
+    }
+    if let Err(e) = c.jobs.create(&job).await {
+        // Not recorded: nothing holds the locks it took.
+        c.jobs.unlock_job(&job).await;
+        return Err(internal(e));
+    }
     let message = format!("{} accepted as job {}", job.kind(), job.id);
     let op_id = job.id.clone();
     crate::driver::executor::spawn(c.clone(), job, false);

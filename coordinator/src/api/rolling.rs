@@ -91,11 +91,7 @@ pub(super) async fn start_rolling(
             format!("rolling maintenance {holder} is already in progress"),
         );
     }
-    let res = launch(c, job).await;
-    if res.is_err() {
-        c.jobs.unlock_rolling(&id).await;
-    }
-    res
+    launch(c, job).await
 }
 
 pub(super) async fn control_rolling(
