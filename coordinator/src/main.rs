@@ -20,7 +20,7 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            nodemaint_coordinator::cli::exit::of(&e).code().into()
         }
     }
 }

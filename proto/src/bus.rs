@@ -305,8 +305,12 @@ pub async fn connect_watching_as(
         _ => String::new(),
     };
     let total = Duration::from_secs(6) * servers.len().min(5) as u32;
+    let failed = |failure, message| -> BoxError { Box::new(ConnectError { failure, message }) };
     match tokio::time::timeout(total, opts.connect(servers.as_slice())).await {
-        Err(_) => Err(format!("NATS server at {url} not reachable within 5 s").into()),
+        Err(_) => Err(failed(
+            ConnectFailure::Unreachable,
+            format!("NATS server at {url} not reachable within 5 s"),
+        )),
         Ok(Err(e)) => {
             use async_nats::ConnectErrorKind as K;
             // rustls' certificate errors come as I/O errors.
@@ -328,11 +332,45 @@ pub async fn connect_watching_as(
                 }
                 _ => "",
             };
-            Err(format!("cannot connect to NATS at {url}{who}: {e}{hint}").into())
+            let failure = if tls || e.kind() == K::AuthorizationViolation {
+                ConnectFailure::Refused
+            } else {
+                ConnectFailure::Unreachable
+            };
+            Err(failed(
+                failure,
+                format!("cannot connect to NATS at {url}{who}: {e}{hint}"),
+            ))
         }
         Ok(Ok(c)) => Ok((c, errors)),
     }
 }
+
+/// Why [`connect_watching_as`] could not connect (its other errors are the
+/// caller's settings: URLs, credentials or CA file, user name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// No server answered: down, unreachable, or the wrong address.
+    Unreachable,
+    /// A server answered but refused us: credentials, or TLS trust.
+    Refused,
+}
+
+/// A failed connection, with what kind of failure it was (the CLI's exit
+/// code tells "try again later" from "fix the credentials").
+#[derive(Debug)]
+pub struct ConnectError {
+    pub failure: ConnectFailure,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConnectError {}
 
 /// What waiting can and cannot fix: a failed bus call is either
 /// temporary (retry it) or permanent (report it and stop).

@@ -18,6 +18,20 @@ pub enum JobState {
     Aborted,
 }
 
+impl Job {
+    /// The stop reason an expired deadline of `secs` records.
+    pub fn deadline_reason(secs: u32) -> String {
+        format!("deadline of {secs} s expired")
+    }
+
+    /// Whether the job was stopped by its deadline (not an operator's abort).
+    pub fn deadline_expired(&self) -> bool {
+        self.stop_reason
+            .as_deref()
+            .is_some_and(|r| r == Job::deadline_reason(self.spec.deadline_s()))
+    }
+}
+
 impl JobState {
     pub fn is_terminal(self) -> bool {
         matches!(

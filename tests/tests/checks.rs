@@ -80,7 +80,7 @@ fn node_check_reports_failures_and_start_failed_fixes_them() {
 
     // Read-only check: allowed for Level1, exits 1 and names the failed service.
     let out = f.cli("bob", &["node", "check", "node1", "--output", "json"]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(1), "a failed job: {}", stderr(&out));
     let report = checks_report(&json_lines(&out));
     let services = report["body"]["services"].as_array().unwrap();
     assert_eq!(services.len(), 3);
@@ -125,8 +125,11 @@ fn wait_rebooted_sees_a_new_boot_id() {
     f.add_agent("node1", &[Dom::user("vm1", "cs1")]);
     f.wait_registered();
     // No reboot: times out with a clear message.
-    let out = f.cli("bob", &["node", "wait-rebooted", "node1", "--timeout", "2"]);
-    assert!(!out.status.success());
+    let out = f.cli(
+        "bob",
+        &["node", "wait-rebooted", "node1", "--timeout", "2s"],
+    );
+    assert_eq!(out.status.code(), Some(5), "a timeout: {}", stderr(&out));
     assert!(
         stderr(&out).contains("did not come back with a new boot id"),
         "{}",

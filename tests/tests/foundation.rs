@@ -433,38 +433,55 @@ fn silent_agent_is_shown_unreachable_not_dropped() {
 #[test]
 fn bad_input_is_refused_by_name_and_changes_nothing() {
     let f = two_node_fleet();
-    let cases: &[(&str, &[&str], &str)] = &[
-        ("alice", &["node", "show", "nope"], "unknown node \"nope\""),
-        ("alice", &["vm", "start", "nope"], "unknown VM \"nope\""),
+    // (user, args, message, exit code: 2 usage, 3 refused; see cli::exit)
+    let cases: &[(&str, &[&str], &str, i32)] = &[
+        (
+            "alice",
+            &["node", "show", "nope"],
+            "unknown node \"nope\"",
+            3,
+        ),
+        ("alice", &["vm", "start", "nope"], "unknown VM \"nope\"", 3),
         (
             "alice",
             &["vm", "list", "--node", "nope"],
             "unknown node \"nope\"",
+            3,
         ),
-        ("bob", &["vm", "stop", "node1-vm1"], "Level2 or Level3"),
-        ("mallory", &["vm", "stop", "node1-vm1"], "unknown user"),
-        ("alice", &["vm", "stop", "node1-off"], "already shut off"),
+        ("bob", &["vm", "stop", "node1-vm1"], "Level2 or Level3", 3),
+        ("mallory", &["vm", "stop", "node1-vm1"], "unknown user", 3),
+        ("alice", &["vm", "stop", "node1-off"], "already shut off", 3),
         (
             "alice",
             &["events", "--kind", "nonsense"],
             "unknown event kind",
+            2,
         ),
         (
             "alice",
             &["events", "--since", "5 fortnights"],
             "unknown time unit",
+            2,
         ),
         (
             "alice",
             &["events", "--since", "5000000d"],
             "'5000000d' for '--since <DURATION>': too long",
+            2,
         ),
-        ("alice", &["job", "show", "nope"], "unknown job"),
+        (
+            "alice",
+            &["vm", "stop", "node1-vm1", "--timeout", "soon"],
+            "'soon' for '--timeout <DURATION>'",
+            2,
+        ),
+        ("alice", &["node", "list", "--bogus"], "'--bogus'", 2),
+        ("alice", &["job", "show", "nope"], "unknown job", 3),
     ];
-    for (user, args, want) in cases {
+    for (user, args, want, code) in cases {
         let out = f.cli(user, args);
-        assert!(!out.status.success(), "{args:?} succeeded");
         assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
+        assert_eq!(out.status.code(), Some(*code), "{args:?}: {}", stderr(&out));
     }
     assert_eq!(vm_state(&f, "node1-vm1"), "RUNNING");
     assert_eq!(vm_state(&f, "node1-off"), "SHUTOFF");
@@ -478,7 +495,7 @@ fn unreachable_nats_is_named_within_five_seconds() {
     let url = format!("nats://127.0.0.1:{}", free_port());
     let t = Instant::now();
     let out = cli_in(&url, dir.path(), "alice", &["node", "list"]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(4), "unavailable: {}", stderr(&out));
     assert!(
         t.elapsed() < Duration::from_secs(7),
         "took {:?}",
@@ -492,7 +509,7 @@ fn no_coordinator_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::start(dir.path());
     let out = cli_in(&nats.url, dir.path(), "alice", &["node", "list"]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(4), "unavailable: {}", stderr(&out));
     assert!(
         stderr(&out).contains("no coordinator answers"),
         "{}",

@@ -186,7 +186,12 @@ fn a_rolling_deadline_fails_the_rolling_loudly_and_loses_nothing() {
             "json",
         ],
     );
-    assert!(!out.status.success(), "{}", stdout(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "an expired deadline: {}",
+        stderr(&out)
+    );
     assert!(
         t.elapsed() < Duration::from_secs(30),
         "bounded: {:?}",

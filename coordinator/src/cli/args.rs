@@ -20,7 +20,8 @@ use super::*;
     name = "coordinator",
     version,
     verbatim_doc_comment,
-    propagate_version = true
+    propagate_version = true,
+    after_help = super::exit::help()
 )]
 pub struct Cli {
     /// NATS server URL, or every member of a cluster, comma-separated.
@@ -282,7 +283,7 @@ pub enum MaintenanceCmd {
         node: String,
         #[arg(long, value_enum)]
         mode: ModeArg,
-        /// Only run the pre-flight checks and show the plan (exit 1 if a check fails).
+        /// Only run the pre-flight checks and show the plan (exit 3 if a check fails).
         #[arg(long)]
         dry_run: bool,
         #[command(flatten)]

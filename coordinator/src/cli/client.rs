@@ -38,8 +38,15 @@ pub fn resolve_user(
 /// Errors the CLI reports; each says what failed and where.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The CLI's own settings: credentials or CA file, operator name, URL.
     #[error("{0}")]
-    Connect(String),
+    Settings(String),
+    /// No NATS server could be reached.
+    #[error("{0}")]
+    Unreachable(String),
+    /// A NATS server refused the connection (credentials, TLS trust).
+    #[error("{0}")]
+    ConnectRefused(String),
     #[error(
         "no coordinator answers on {url} (is `coordinator serve` running with the same --prefix?)"
     )]
@@ -79,17 +86,26 @@ impl Client {
     ) -> Result<Self, ClientError> {
         let creds = sec
             .credentials()
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
+            .map_err(|e| ClientError::Settings(e.to_string()))?;
         let user = resolve_user(
             user,
             creds.as_ref().map(|c| c.user.as_str()),
             sec.creds.as_deref(),
         )
-        .map_err(ClientError::Connect)?;
+        .map_err(ClientError::Settings)?;
         let (nats, server_errors) =
             nodemaint_proto::bus::connect_watching_as(url, "nodemaint-cli", sec, Some(&user))
                 .await
-                .map_err(|e| ClientError::Connect(e.to_string()))?;
+                .map_err(|e| {
+                    use nodemaint_proto::bus::{ConnectError, ConnectFailure};
+                    match e.downcast_ref::<ConnectError>().map(|c| c.failure) {
+                        Some(ConnectFailure::Unreachable) => {
+                            ClientError::Unreachable(e.to_string())
+                        }
+                        Some(ConnectFailure::Refused) => ClientError::ConnectRefused(e.to_string()),
+                        None => ClientError::Settings(e.to_string()),
+                    }
+                })?;
         Ok(Client {
             js: jetstream::new(nats.clone()),
             nats,

@@ -276,8 +276,8 @@ pub(super) async fn vfw_list(cli: &Cli, c: &Client) -> CliResult {
 }
 
 /// Sends a fleet-changing request, then follows its job to the end with a
-/// progress line per VM (JSON lines with `--output json`). Fails (exit 1)
-/// when the job fails.
+/// progress line per VM (JSON lines with `--output json`). Fails when the
+/// job fails (exit 1, or 5 when its deadline stopped it).
 pub(super) async fn run_op(cli: &Cli, c: &Client, req: Req, wait: WaitArgs) -> CliResult {
     let Reply::Accepted(acc) = c.call(req).await? else {
         anyhow::bail!("unexpected reply");
@@ -394,15 +394,15 @@ pub(super) async fn follow_job(cli: &Cli, c: &Client, job_id: &str, from_seq: u6
     if end.ok {
         Ok(())
     } else {
-        Err(anyhow::anyhow!(
-            "job {job_id} {}: {}",
-            end.state.to_lowercase(),
-            end.message
+        Err(exit::job_failed(
+            job.as_ref().is_some_and(|j| j.deadline_expired()),
+            format!("job {job_id} {}: {}", end.state.to_lowercase(), end.message),
         ))
     }
 }
 
-/// The `--dry-run` report: each check, then the plan; exit 1 on a failed check.
+/// The `--dry-run` report: each check, then the plan; refused (exit 3) on a
+/// failed check, as the start would be.
 pub(super) fn print_preflight(cli: &Cli, doc: &str) -> CliResult {
     let v: serde_json::Value = serde_json::from_str(doc)?;
     let ok = v["ok"].as_bool().unwrap_or(false);
@@ -454,22 +454,23 @@ pub(super) fn print_preflight(cli: &Cli, doc: &str) -> CliResult {
     if ok {
         Ok(())
     } else {
-        anyhow::bail!("pre-flight failed")
+        Err(exit::refused("pre-flight failed"))
     }
 }
 
 pub(super) async fn events(cli: &Cli, c: &Client, a: &EventsArgs) -> CliResult {
     let kind = match &a.kind {
         Some(k) => Some(EventKind::parse(k).ok_or_else(|| {
-            anyhow::anyhow!(
+            exit::usage(format!(
                 "unknown event kind {k:?}; kinds: {}",
                 EventKind::ALL.map(|k| k.as_str()).join(", ")
-            )
+            ))
         })?),
         None => None,
     };
     if let Some(n) = &a.node {
-        nodemaint_proto::subjects::validate_token(n)?;
+        nodemaint_proto::subjects::validate_token(n)
+            .map_err(|e| exit::usage(format!("--node: {e}")))?;
     }
     let since_ms = match a.since {
         Since::All => 0,
@@ -616,7 +617,7 @@ pub(super) fn print_plan(cli: &Cli, p: &PlanCmd, doc: &str) -> CliResult {
         .map(|a| !a.is_empty())
         .unwrap_or(false);
     if unplaced || undrainable {
-        anyhow::bail!("the plan is infeasible (see above)");
+        return Err(exit::refused("the plan is infeasible (see above)"));
     }
     Ok(())
 }
@@ -750,14 +751,14 @@ pub(super) async fn wait_rebooted(
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
-            anyhow::bail!(
+            return Err(exit::timed_out(format!(
                 "{node} did not come back with a new boot id within {timeout} s ({})",
                 if was_down {
                     "it went down"
                 } else {
                     "it never went down"
                 }
-            );
+            )));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -799,14 +800,14 @@ pub(super) async fn rolling(cli: &Cli, c: &Client, r: &RollingCmd) -> CliResult 
             wait,
         } => {
             if reboot_command.is_some() {
-                anyhow::bail!(
+                return Err(exit::usage(
                     "--reboot-command was removed: the agents run only hooks named in their \
                      own config ([hooks] reboot = \"systemctl reboot\"); give --hook NAME \
-                     (default: reboot)"
-                );
+                     (default: reboot)",
+                ));
             }
             if nodes.is_empty() && !all {
-                anyhow::bail!("name the nodes to roll, or give --all");
+                return Err(exit::usage("name the nodes to roll, or give --all"));
             }
             // Show the order first; ask unless --yes.
             let plan = json_reply(
@@ -823,7 +824,9 @@ pub(super) async fn rolling(cli: &Cli, c: &Client, r: &RollingCmd) -> CliResult 
                     eprintln!("  {}: {}", i + 1, g.join(", "));
                 }
                 if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-                    anyhow::bail!("not a terminal: add --yes to start without confirmation");
+                    return Err(exit::usage(
+                        "not a terminal: add --yes to start without confirmation",
+                    ));
                 }
                 eprint!("Proceed? [y/N] ");
                 let mut answer = String::new();

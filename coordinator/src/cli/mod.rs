@@ -4,6 +4,7 @@
 mod args;
 pub mod client;
 mod commands;
+pub mod exit;
 pub mod generate;
 pub mod output;
 
@@ -21,7 +22,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// A failure with its exit code: 1 for refusals and failures.
+/// A command's result; a failure's exit code is [`exit::of`] it.
 pub type CliResult = Result<(), anyhow::Error>;
 
 fn security(cli: &Cli) -> nodemaint_proto::bus::Security {
@@ -283,7 +284,7 @@ pub async fn run(cli: Cli) -> CliResult {
                     ..
                 } => {
                     if nodes.is_empty() && !all {
-                        anyhow::bail!("name the nodes to roll, or give --all");
+                        return Err(exit::usage("name the nodes to roll, or give --all"));
                     }
                     Req::PlanRolling(pb::PlanRolling {
                         nodes: nodes.clone(),

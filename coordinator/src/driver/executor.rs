@@ -666,7 +666,7 @@ fn arm_stops(c: &Arc<Coordinator>, job: &Job) {
     tokio::spawn(async move {
         let wait = (deadline_ms - nodemaint_proto::now_ms()).max(0) as u64;
         tokio::time::sleep(Duration::from_millis(wait)).await;
-        let reason = format!("deadline of {secs} s expired");
+        let reason = Job::deadline_reason(secs);
         if c.stop_job(&id, &reason).await.is_ok() {
             tracing::warn!(job = %id, "{reason}");
         }
