@@ -70,6 +70,9 @@ pub enum Output {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the coordinator daemon: node registry, API, jobs.
+    #[command(
+        after_long_help = "Examples:\n  coordinator serve --config /etc/nodemaint/coordinator.toml\n  coordinator serve --config coordinator.toml --http 127.0.0.1:8080 --metrics-listen 127.0.0.1:9464"
+    )]
     Serve {
         /// Coordinator config (TOML): users and groups, migration limits.
         #[arg(long, short, env = "NODEMAINT_CONFIG")]
@@ -91,6 +94,9 @@ pub enum Command {
     },
     /// Print an argon2 hash of the password read from standard input, for
     /// `password_hash` of a user in the coordinator config (portal login).
+    #[command(
+        after_long_help = "Example:\n  read -rs PW && printf '%s\\n' \"$PW\" | coordinator hash-password"
+    )]
     HashPassword,
     /// Nodes (stacks): list, show.
     #[command(subcommand)]
@@ -102,6 +108,9 @@ pub enum Command {
     #[command(subcommand)]
     Vfw(VfwCmd),
     /// Replay, then optionally follow, the event stream.
+    #[command(
+        after_long_help = "Examples:\n  coordinator events --since 1h30m --kind job --follow\n  coordinator events --since all --node node2 --output json"
+    )]
     Events(EventsArgs),
     /// What-if plans; nothing is changed.
     #[command(subcommand)]
@@ -191,14 +200,19 @@ pub enum RollingCmd {
         wait: WaitArgs,
     },
     /// Progress of a rolling maintenance: each node's phase and the journal.
+    #[command(after_long_help = "Example:\n  coordinator rolling show JOB_ID")]
     Show { id: String },
     /// Pause at the next phase boundary.
+    #[command(after_long_help = "Example:\n  coordinator rolling pause JOB_ID")]
     Pause { id: String },
     /// Resume a paused rolling maintenance.
+    #[command(after_long_help = "Example:\n  coordinator rolling resume JOB_ID")]
     Resume { id: String },
     /// Stop at the next phase boundary; nodes already down stay in maintenance.
+    #[command(after_long_help = "Example:\n  coordinator rolling abort JOB_ID")]
     Abort { id: String },
     /// Tell a --wait-for-continue rolling that NODE's reboot is done.
+    #[command(after_long_help = "Example:\n  coordinator rolling continue JOB_ID node2")]
     Continue { id: String, node: String },
 }
 
@@ -309,11 +323,16 @@ pub enum MaintenanceCmd {
 #[derive(Subcommand, Debug)]
 pub enum NodeCmd {
     /// Every node with status, reachability, VMs and memory.
+    #[command(
+        after_long_help = "Examples:\n  coordinator node list\n  coordinator node list --output json"
+    )]
     List,
     /// One node's details and its VMs, VFWs marked as such.
+    #[command(after_long_help = "Example:\n  coordinator node show node2")]
     Show { node: String },
     /// End maintenance: the node takes VMs again and the VMs maintenance
     /// stopped are started on it, VFWs first.
+    #[command(after_long_help = "Example:\n  coordinator node enable node2")]
     Enable {
         node: String,
         #[command(flatten)]
@@ -321,6 +340,7 @@ pub enum NodeCmd {
     },
     /// Run NODE's post-reboot service checks (storage, agent services,
     /// systemd units, ports) and show every service; exit 1 if any failed.
+    #[command(after_long_help = "Example:\n  coordinator node check node2 --start-failed")]
     Check {
         node: String,
         /// Run the start command of each failed check once, then check again.
@@ -328,6 +348,7 @@ pub enum NodeCmd {
         start_failed: bool,
     },
     /// Wait until NODE's agent is back with a different boot id (it rebooted).
+    #[command(after_long_help = "Example:\n  coordinator node wait-rebooted node2 --timeout 15m")]
     WaitRebooted {
         node: String,
         /// Give up after this long (e.g. 10m; a bare number is seconds).
@@ -338,6 +359,7 @@ pub enum NodeCmd {
         boot_id: Option<String>,
     },
     /// Start every shut-off VM of NODE, VFWs first (the seed's `virsh start` loop).
+    #[command(after_long_help = "Example:\n  coordinator node start-stopped node2 --dry-run")]
     StartStopped {
         node: String,
         /// Only list what would be started.
@@ -365,6 +387,9 @@ pub enum StateArg {
 #[derive(Subcommand, Debug)]
 pub enum VmCmd {
     /// VMs across the fleet, optionally filtered.
+    #[command(
+        after_long_help = "Example:\n  coordinator vm list --node node2 --kind user --state running"
+    )]
     List {
         #[arg(long)]
         node: Option<String>,
@@ -376,12 +401,14 @@ pub enum VmCmd {
         state: Option<StateArg>,
     },
     /// Start a shut-off VM on its node.
+    #[command(after_long_help = "Example:\n  coordinator vm start web-1")]
     Start {
         vm: String,
         #[command(flatten)]
         wait: WaitArgs,
     },
     /// Stop a VM: graceful shutdown, then destroy after the timeout.
+    #[command(after_long_help = "Example:\n  coordinator vm stop web-1 --timeout 2m")]
     Stop {
         vm: String,
         /// How long to wait for a graceful shutdown before destroying
@@ -392,6 +419,9 @@ pub enum VmCmd {
         wait: WaitArgs,
     },
     /// Live-migrate a VM (VFWs too) to another node.
+    #[command(
+        after_long_help = "Example:\n  coordinator vm move web-1 --to node3 --timeout 10m --max-speed 200"
+    )]
     Move {
         vm: String,
         /// Destination node.
@@ -408,6 +438,9 @@ pub enum VmCmd {
         wait: WaitArgs,
     },
     /// Create a VM; the scheduler picks the node (never one in maintenance).
+    #[command(
+        after_long_help = "Examples:\n  coordinator vm create --name web-2 --memory 2048 --vcpus 2 --cloudspace cs7\n  coordinator vm create --name cs7-vfw --memory 512 --cloudspace cs7 --vfw"
+    )]
     Create {
         #[arg(long)]
         name: String,
@@ -436,8 +469,12 @@ pub struct WaitArgs {
 #[derive(Subcommand, Debug)]
 pub enum VfwCmd {
     /// Every cloudspace's firewall and where it runs.
+    #[command(after_long_help = "Example:\n  coordinator vfw list --output json")]
     List,
     /// Move a cloudspace's VFW to another node (the portal's "Move VFW").
+    #[command(
+        after_long_help = "Examples:\n  coordinator vfw move cs7                 # the planner picks the node\n  coordinator vfw move cs7 --to node3"
+    )]
     Move {
         cloudspace: String,
         /// Destination node; the planner picks the best one when omitted.
@@ -471,6 +508,9 @@ pub struct EventsArgs {
 #[derive(Subcommand, Debug)]
 pub enum PlanCmd {
     /// Where the VMs of NODE would go if it were drained, in which waves.
+    #[command(
+        after_long_help = "Examples:\n  coordinator plan drain node2\n  coordinator fleet export > fleet.json && coordinator plan drain node2 --fleet fleet.json"
+    )]
     Drain {
         node: String,
         /// Plan against a fleet file instead of the live fleet.
@@ -481,6 +521,7 @@ pub enum PlanCmd {
         max_parallel: u32,
     },
     /// In which groups NODES can be taken down for rolling maintenance.
+    #[command(after_long_help = "Example:\n  coordinator plan rolling --all --max-unavailable 2")]
     Rolling {
         nodes: Vec<String>,
         /// All nodes of the fleet.
@@ -497,6 +538,7 @@ pub enum PlanCmd {
 #[derive(Subcommand, Debug)]
 pub enum FleetCmd {
     /// Print the live fleet as a fleet file (JSON).
+    #[command(after_long_help = "Example:\n  coordinator fleet export > fleet.json")]
     Export,
 }
 
@@ -512,12 +554,17 @@ pub enum JobCmd {
         limit: u32,
     },
     /// A job with its journal.
+    #[command(after_long_help = "Example:\n  coordinator job show JOB_ID --output json")]
     Show { id: String },
     /// Follow a running job until it ends.
+    #[command(after_long_help = "Example:\n  coordinator job watch JOB_ID")]
     Watch { id: String },
     /// Stop a running job cleanly: nothing new starts, migrations in flight
     /// are cancelled (or finish if past the point of no return), the report
     /// says where every VM is. A node in maintenance stays in maintenance.
+    #[command(
+        after_long_help = "Examples:\n  coordinator job abort JOB_ID\n  coordinator job abort JOB_ID --detach"
+    )]
     Abort {
         id: String,
         #[command(flatten)]

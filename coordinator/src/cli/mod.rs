@@ -513,6 +513,36 @@ mod tests {
         }
     }
 
+    /// Every command an operator runs shows an example in its `--help`.
+    #[test]
+    fn every_leaf_command_has_an_example() {
+        fn leaves(cmd: &mut clap::Command, path: String, missing: &mut Vec<String>, n: &mut usize) {
+            let subs: Vec<String> = cmd
+                .get_subcommands()
+                .map(|s| s.get_name().to_string())
+                .filter(|s| s != "help")
+                .collect();
+            if subs.is_empty() {
+                *n += 1;
+                if !cmd.render_long_help().to_string().contains("Example") {
+                    missing.push(path);
+                }
+                return;
+            }
+            for name in subs {
+                let sub = cmd.find_subcommand_mut(&name).unwrap();
+                leaves(sub, format!("{path} {name}"), missing, n);
+            }
+        }
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        cmd.build();
+        let (mut missing, mut n) = (Vec::new(), 0);
+        leaves(&mut cmd, "coordinator".into(), &mut missing, &mut n);
+        assert!(n > 30, "only {n} leaf commands?");
+        assert!(missing.is_empty(), "no example in --help of: {missing:?}");
+    }
+
     #[test]
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
