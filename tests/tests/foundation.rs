@@ -490,6 +490,50 @@ fn bad_input_is_refused_by_name_and_changes_nothing() {
 }
 
 #[test]
+fn tables_for_scripts_drop_headers_and_choose_columns() {
+    let f = two_node_fleet();
+    let lines = |args: &[&str]| {
+        let out = f.cli("alice", args);
+        ok(&out);
+        let mut l: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+        l.sort();
+        l
+    };
+    assert_eq!(
+        lines(&["node", "list", "--no-headers", "--columns", "node,status"]),
+        ["node1  ENABLED", "node2  ENABLED"]
+    );
+    assert_eq!(
+        lines(&[
+            "vm",
+            "list",
+            "--node",
+            "node1",
+            "--columns",
+            "state,vm",
+            "--no-headers"
+        ]),
+        [
+            "RUNNING  cs1-vfw",
+            "RUNNING  node1-vm1",
+            "SHUTOFF  node1-off"
+        ]
+    );
+    // Headers stay unless asked to go; the chosen columns in the order asked.
+    let with = lines(&["vfw", "list", "--columns", "node,cloudspace"]);
+    assert_eq!(with, ["NODE   CLOUDSPACE", "node1  cs1", "node2  cs2"]);
+    // An unknown column is a usage error naming the known ones.
+    let out = f.cli("alice", &["job", "list", "--columns", "memory"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out)
+            .contains("no column \"memory\"; columns: job,kind,state,node,user,created,outcome"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn unreachable_nats_is_named_within_five_seconds() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("nats://127.0.0.1:{}", free_port());

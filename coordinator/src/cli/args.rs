@@ -49,6 +49,9 @@ pub struct Cli {
     /// (a script retrying after a timeout) gets the first request's job.
     #[arg(long, global = true, env = "NODEMAINT_REQUEST_ID", value_name = "ID")]
     pub request_id: Option<String>,
+    /// Tables without their header line (for scripts: `node list --no-headers | cut -d' ' -f1`).
+    #[arg(long, global = true)]
+    pub no_headers: bool,
     /// Subject prefix of this installation.
     #[arg(
         long,
@@ -324,9 +327,12 @@ pub enum MaintenanceCmd {
 pub enum NodeCmd {
     /// Every node with status, reachability, VMs and memory.
     #[command(
-        after_long_help = "Examples:\n  coordinator node list\n  coordinator node list --output json"
+        after_long_help = "Examples:\n  coordinator node list\n  coordinator node list --columns node,status,job --no-headers\n  coordinator node list --output json"
     )]
-    List,
+    List {
+        #[command(flatten)]
+        columns: ColumnArgs,
+    },
     /// One node's details and its VMs, VFWs marked as such.
     #[command(after_long_help = "Example:\n  coordinator node show node2")]
     Show { node: String },
@@ -391,6 +397,8 @@ pub enum VmCmd {
         after_long_help = "Example:\n  coordinator vm list --node node2 --kind user --state running"
     )]
     List {
+        #[command(flatten)]
+        columns: ColumnArgs,
         #[arg(long)]
         node: Option<String>,
         #[arg(long)]
@@ -459,6 +467,15 @@ pub enum VmCmd {
     },
 }
 
+/// Which columns a list's table shows.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ColumnArgs {
+    /// Only these columns, in this order, by header name in lower case,
+    /// words joined by `_` (e.g. `node,status,last_seen`).
+    #[arg(long, value_name = "COL,...", value_delimiter = ',')]
+    pub columns: Vec<String>,
+}
+
 #[derive(Args, Debug, Clone, Copy)]
 pub struct WaitArgs {
     /// Return once the request is accepted; follow it with `job watch ID`.
@@ -469,8 +486,13 @@ pub struct WaitArgs {
 #[derive(Subcommand, Debug)]
 pub enum VfwCmd {
     /// Every cloudspace's firewall and where it runs.
-    #[command(after_long_help = "Example:\n  coordinator vfw list --output json")]
-    List,
+    #[command(
+        after_long_help = "Examples:\n  coordinator vfw list --output json\n  coordinator vfw list --columns cloudspace,node"
+    )]
+    List {
+        #[command(flatten)]
+        columns: ColumnArgs,
+    },
     /// Move a cloudspace's VFW to another node (the portal's "Move VFW").
     #[command(
         after_long_help = "Examples:\n  coordinator vfw move cs7                 # the planner picks the node\n  coordinator vfw move cs7 --to node3"
@@ -548,6 +570,8 @@ pub enum JobCmd {
     ///
     /// Example: `coordinator job list --limit 20 --output json`
     List {
+        #[command(flatten)]
+        columns: ColumnArgs,
         /// How many of the newest jobs (finished ones are deleted after the
         /// coordinator's `job_retention_s`, 30 days by default).
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]

@@ -15,7 +15,41 @@ pub(super) fn print_json<T: serde::Serialize>(v: &T) -> CliResult {
     Ok(())
 }
 
-pub(super) async fn node_list(cli: &Cli, c: &Client) -> CliResult {
+impl Cli {
+    /// A table as this invocation asks for it (`--no-headers`).
+    pub(super) fn table(&self, headers: &[&str], rows: &[Vec<String>]) -> String {
+        let all: Vec<usize> = (0..headers.len()).collect();
+        output::table_of(headers, rows, &all, !self.no_headers)
+    }
+
+    /// A list's table: `--columns` (checked by [`columns`]) and `--no-headers`.
+    pub(super) fn list_table(
+        &self,
+        headers: &[&str],
+        rows: &[Vec<String>],
+        cols: &[usize],
+    ) -> String {
+        output::table_of(headers, rows, cols, !self.no_headers)
+    }
+}
+
+/// The `--columns` of a list, checked before anything is asked (exit 2).
+pub(super) fn columns(headers: &[&str], args: &ColumnArgs) -> anyhow::Result<Vec<usize>> {
+    output::select_columns(headers, &args.columns).map_err(exit::usage)
+}
+
+const NODE_HEADERS: [&str; 7] = [
+    "NODE",
+    "STATUS",
+    "REACHABLE",
+    "VMS RUN/TOTAL",
+    "MEMORY USED/TOTAL",
+    "LAST SEEN",
+    "JOB",
+];
+
+pub(super) async fn node_list(cli: &Cli, c: &Client, columns: &ColumnArgs) -> CliResult {
+    let cols = self::columns(&NODE_HEADERS, columns)?;
     let Reply::Nodes(list) = c.call(Req::ListNodes(pb::ListNodes {})).await? else {
         anyhow::bail!("unexpected reply");
     };
@@ -46,21 +80,7 @@ pub(super) async fn node_list(cli: &Cli, c: &Client) -> CliResult {
             ]
         })
         .collect();
-    print!(
-        "{}",
-        table(
-            &[
-                "NODE",
-                "STATUS",
-                "REACHABLE",
-                "VMS RUN/TOTAL",
-                "MEMORY USED/TOTAL",
-                "LAST SEEN",
-                "JOB"
-            ],
-            &rows
-        )
-    );
+    print!("{}", cli.list_table(&NODE_HEADERS, &rows, &cols));
     if rows.is_empty() {
         eprintln!(
             "(no node has registered yet; are the agents running against {}?)",
@@ -158,20 +178,33 @@ pub(super) async fn node_show(cli: &Cli, c: &Client, node: &str) -> CliResult {
         "NOTE",
     ];
     println!("\nUser VMs ({}):", user.len());
-    print!("{}", table(&headers, &vm_rows(&user, false)));
+    print!("{}", cli.table(&headers, &vm_rows(&user, false)));
     println!("\nSystem VMs — virtual firewalls ({}):", sys.len());
-    print!("{}", table(&headers, &vm_rows(&sys, false)));
+    print!("{}", cli.table(&headers, &vm_rows(&sys, false)));
     Ok(())
 }
+
+const VM_HEADERS: [&str; 8] = [
+    "VM",
+    "NODE",
+    "KIND",
+    "CLOUDSPACE",
+    "STATE",
+    "VCPUS",
+    "MEMORY",
+    "NOTE",
+];
 
 pub(super) async fn vm_list(
     cli: &Cli,
     c: &Client,
+    columns: &ColumnArgs,
     node: &Option<String>,
     cloudspace: &Option<String>,
     kind: Option<KindArg>,
     state: Option<StateArg>,
 ) -> CliResult {
+    let cols = self::columns(&VM_HEADERS, columns)?;
     let req = pb::ListVms {
         node: node.clone().unwrap_or_default(),
         cloudspace: cloudspace.clone().unwrap_or_default(),
@@ -205,24 +238,15 @@ pub(super) async fn vm_list(
     }
     print!(
         "{}",
-        table(
-            &[
-                "VM",
-                "NODE",
-                "KIND",
-                "CLOUDSPACE",
-                "STATE",
-                "VCPUS",
-                "MEMORY",
-                "NOTE"
-            ],
-            &vm_rows(&vms, true)
-        )
+        cli.list_table(&VM_HEADERS, &vm_rows(&vms, true), &cols)
     );
     Ok(())
 }
 
-pub(super) async fn vfw_list(cli: &Cli, c: &Client) -> CliResult {
+const VFW_HEADERS: [&str; 4] = ["CLOUDSPACE", "VFW", "STATE", "NODE"];
+
+pub(super) async fn vfw_list(cli: &Cli, c: &Client, columns: &ColumnArgs) -> CliResult {
+    let cols = self::columns(&VFW_HEADERS, columns)?;
     let Reply::Vfws(list) = c.call(Req::ListVfws(pb::ListVfws {})).await? else {
         anyhow::bail!("unexpected reply");
     };
@@ -271,7 +295,7 @@ pub(super) async fn vfw_list(cli: &Cli, c: &Client) -> CliResult {
             }
         })
         .collect();
-    print!("{}", table(&["CLOUDSPACE", "VFW", "STATE", "NODE"], &rows));
+    print!("{}", cli.list_table(&VFW_HEADERS, &rows, &cols));
     Ok(())
 }
 
@@ -351,7 +375,7 @@ pub(super) async fn follow_job(cli: &Cli, c: &Client, job_id: &str, from_seq: u6
                     println!("Service checks on {}:", ev.node);
                     print!(
                         "{}",
-                        table(
+                        cli.table(
                             &["CHECK", "SERVICE", "RESULT", "STATE", "ACTION", "DETAIL"],
                             &rows
                         )
@@ -583,7 +607,10 @@ pub(super) fn print_plan(cli: &Cli, p: &PlanCmd, doc: &str) -> CliResult {
                     })
                     .collect();
                 println!("Drain plan for {node}: {} moves", rows.len());
-                print!("{}", table(&["WAVE", "VM", "KIND", "FROM", "TO"], &rows));
+                print!(
+                    "{}",
+                    cli.table(&["WAVE", "VM", "KIND", "FROM", "TO"], &rows)
+                );
                 if !r.unplaced.is_empty() {
                     println!(
                         "\nCannot place {} VMs, nothing would be moved:",
@@ -622,7 +649,10 @@ pub(super) fn print_plan(cli: &Cli, p: &PlanCmd, doc: &str) -> CliResult {
     Ok(())
 }
 
-pub(super) async fn job_list(cli: &Cli, c: &Client, limit: u32) -> CliResult {
+const JOB_HEADERS: [&str; 7] = ["JOB", "KIND", "STATE", "NODE", "USER", "CREATED", "OUTCOME"];
+
+pub(super) async fn job_list(cli: &Cli, c: &Client, columns: &ColumnArgs, limit: u32) -> CliResult {
+    let cols = self::columns(&JOB_HEADERS, columns)?;
     let Reply::Jobs(list) = c.call(Req::ListJobs(pb::ListJobs { limit })).await? else {
         anyhow::bail!("unexpected reply to ListJobs");
     };
@@ -649,13 +679,7 @@ pub(super) async fn job_list(cli: &Cli, c: &Client, limit: u32) -> CliResult {
             ]
         })
         .collect();
-    print!(
-        "{}",
-        table(
-            &["JOB", "KIND", "STATE", "NODE", "USER", "CREATED", "OUTCOME"],
-            &rows
-        )
-    );
+    print!("{}", cli.list_table(&JOB_HEADERS, &rows, &cols));
     if total > rows.len() as u64 {
         eprintln!(
             "the newest {} of {total} jobs; `--limit N` shows more",
@@ -894,7 +918,7 @@ pub(super) async fn rolling_show(cli: &Cli, c: &Client, id: &str) -> CliResult {
             ]);
         }
     }
-    print!("{}", table(&["GROUP", "NODE", "PHASE"], &rows));
+    print!("{}", cli.table(&["GROUP", "NODE", "PHASE"], &rows));
     if let Some(last) = job.steps.last() {
         println!("Last step: {} {}", fmt_ts(last.ts_ms), last.message);
     }

@@ -17,7 +17,7 @@ use nodemaint_planner as planner;
 use nodemaint_proto::model::{NodeView, Vm, VmView};
 use nodemaint_proto::pb::{self, api_reply::Kind as Reply, api_request::Kind as Req, event::Body};
 use nodemaint_proto::subjects::EventKind;
-use output::{ago, fmt_ts, mib, table};
+use output::{ago, fmt_ts, mib};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -80,14 +80,15 @@ pub async fn run(cli: Cli) -> CliResult {
         | Command::HashPassword
         | Command::Completions { .. }
         | Command::Man { .. } => unreachable!(),
-        Command::Node(NodeCmd::List) => node_list(&cli, &client).await,
+        Command::Node(NodeCmd::List { columns }) => node_list(&cli, &client, columns).await,
         Command::Node(NodeCmd::Show { node }) => node_show(&cli, &client, node).await,
         Command::Vm(VmCmd::List {
+            columns,
             node,
             cloudspace,
             kind,
             state,
-        }) => vm_list(&cli, &client, node, cloudspace, *kind, *state).await,
+        }) => vm_list(&cli, &client, columns, node, cloudspace, *kind, *state).await,
         Command::Vm(VmCmd::Start { vm, wait }) => {
             let req = Req::StartVm(pb::VmAction {
                 vm: vm.clone(),
@@ -117,7 +118,7 @@ pub async fn run(cli: Cli) -> CliResult {
             });
             run_op(&cli, &client, req, *wait).await
         }
-        Command::Vfw(VfwCmd::List) => vfw_list(&cli, &client).await,
+        Command::Vfw(VfwCmd::List { columns }) => vfw_list(&cli, &client, columns).await,
         Command::Vfw(VfwCmd::Move {
             cloudspace,
             to,
@@ -302,7 +303,9 @@ pub async fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Command::Rolling(r) => rolling(&cli, &client, r).await,
-        Command::Job(JobCmd::List { limit }) => job_list(&cli, &client, *limit).await,
+        Command::Job(JobCmd::List { columns, limit }) => {
+            job_list(&cli, &client, columns, *limit).await
+        }
         Command::Job(JobCmd::Show { id }) => job_show(&cli, &client, id).await,
         Command::Job(JobCmd::Watch { id }) => job_watch(&cli, &client, id).await,
     }

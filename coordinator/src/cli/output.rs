@@ -4,32 +4,80 @@
 use nodemaint_proto::pb::{self, event::Body};
 use serde_json::{json, Value};
 
-/// Left-aligned columns separated by two spaces.
+/// Left-aligned columns separated by two spaces, with a header line.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    let all: Vec<usize> = (0..headers.len()).collect();
+    table_of(headers, rows, &all, true)
+}
+
+/// [`table`] of the columns `cols` (indices into `headers`, in the order
+/// shown), with or without the header line (`--no-headers`).
+pub fn table_of(
+    headers: &[&str],
+    rows: &[Vec<String>],
+    cols: &[usize],
+    show_headers: bool,
+) -> String {
+    fn cell(row: &[String], i: usize) -> &str {
+        row.get(i).map(String::as_str).unwrap_or("")
+    }
+    let mut widths: Vec<usize> = cols
+        .iter()
+        .map(|&i| if show_headers { headers[i].len() } else { 0 })
+        .collect();
     for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.chars().count());
+        for (w, &i) in widths.iter_mut().zip(cols) {
+            *w = (*w).max(cell(row, i).chars().count());
         }
     }
     let mut out = String::new();
-    let line = |cells: Vec<&str>, out: &mut String| {
+    let mut line = |cells: Vec<&str>| {
         let mut s = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
+        for (k, c) in cells.iter().enumerate() {
+            if k + 1 == cells.len() {
                 s.push_str(c);
             } else {
-                s.push_str(&format!("{:<w$}  ", c, w = widths[i]));
+                s.push_str(&format!("{:<w$}  ", c, w = widths[k]));
             }
         }
         out.push_str(s.trim_end());
         out.push('\n');
     };
-    line(headers.to_vec(), &mut out);
+    if show_headers {
+        line(cols.iter().map(|&i| headers[i]).collect());
+    }
     for row in rows {
-        line(row.iter().map(String::as_str).collect(), &mut out);
+        line(cols.iter().map(|&i| cell(row, i)).collect());
     }
     out
+}
+
+/// A column as `--columns` names it: `VMS RUN/TOTAL` is `vms_run_total`.
+pub fn column_key(header: &str) -> String {
+    header
+        .to_lowercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join("_")
+}
+
+/// The columns `wanted` (by [`column_key`], case-insensitive) as indices
+/// into `headers`, in the order asked; every column when none is asked.
+pub fn select_columns(headers: &[&str], wanted: &[String]) -> Result<Vec<usize>, String> {
+    if wanted.is_empty() {
+        return Ok((0..headers.len()).collect());
+    }
+    let keys: Vec<String> = headers.iter().map(|h| column_key(h)).collect();
+    wanted
+        .iter()
+        .map(|w| {
+            let w = column_key(w);
+            keys.iter()
+                .position(|k| *k == w)
+                .ok_or_else(|| format!("--columns: no column {w:?}; columns: {}", keys.join(",")))
+        })
+        .collect()
 }
 
 /// `2026-11-25 18:30:01Z` from milliseconds since the epoch (UTC).
@@ -231,6 +279,38 @@ mod tests {
     fn table_aligns_columns() {
         let t = table(&["A", "BB"], &[vec!["long".into(), "x".into()]]);
         assert_eq!(t, "A     BB\nlong  x\n");
+        // Widths count characters: a multi-byte cell pads like any other.
+        let t = table(&["A", "B"], &[vec!["é".into(), "x".into()]]);
+        assert_eq!(t, "A  B\né  x\n");
+    }
+
+    #[test]
+    fn headers_can_go_and_columns_be_chosen() {
+        let headers = ["NODE", "VMS RUN/TOTAL", "LAST SEEN"];
+        let rows = vec![
+            vec!["node1".into(), "3/4".into(), "2s ago".into()],
+            vec!["n2".into(), "10/10".into(), "never".into()],
+        ];
+        let all = select_columns(&headers, &[]).unwrap();
+        assert_eq!(
+            table_of(&headers, &rows, &all, false),
+            "node1  3/4    2s ago\nn2     10/10  never\n"
+        );
+        let cols = select_columns(&headers, &["last_seen".into(), "NODE".into()]).unwrap();
+        assert_eq!(cols, vec![2, 0]);
+        assert_eq!(
+            table_of(&headers, &rows, &cols, true),
+            "LAST SEEN  NODE\n2s ago     node1\nnever      n2\n"
+        );
+        assert_eq!(
+            select_columns(&headers, &["vms-run/total".into()]),
+            Ok(vec![1])
+        );
+        let e = select_columns(&headers, &["memory".into()]).unwrap_err();
+        assert!(
+            e.contains("no column \"memory\"") && e.contains("node,vms_run_total,last_seen"),
+            "{e}"
+        );
     }
 
     #[test]
