@@ -50,6 +50,8 @@ mod waves;
 
 pub use error::PlanError;
 pub use model::*;
+#[doc(hidden)]
+pub use rolling::RollingStats;
 pub use rolling::MAX_TRIES as ROLLING_MAX_TRIES;
 pub use verify::verify_drain;
 
@@ -354,6 +356,39 @@ pub fn plan_rolling(
 ) -> Result<RollingPlan, PlanError> {
     let idx = Index::new(fleet)?;
     rolling::plan(&idx, nodes, max_unavailable)
+}
+
+/// [`plan_rolling`] and how its trials were decided (for `planner-bench`).
+#[doc(hidden)]
+pub fn plan_rolling_stats(
+    fleet: &Fleet,
+    nodes: &[String],
+    max_unavailable: usize,
+) -> Result<(RollingPlan, RollingStats), PlanError> {
+    let idx = Index::new(fleet)?;
+    rolling::plan_with_stats(&idx, nodes, max_unavailable)
+}
+
+/// [`plan_rolling`] as it was before incremental group checks: every trial
+/// re-places all of the group's VMs. The reference for the tests and the
+/// baseline of `planner-bench`; slow on large groups.
+#[doc(hidden)]
+pub fn plan_rolling_reference(
+    fleet: &Fleet,
+    nodes: &[String],
+    max_unavailable: usize,
+) -> Result<RollingPlan, PlanError> {
+    let idx = Index::new(fleet)?;
+    rolling::plan_reference(&idx, nodes, max_unavailable)
+}
+
+/// The reference check of one rolling group: whether every VM of `group`'s
+/// nodes can be placed on the other ENABLED, reachable nodes at once (full
+/// engine, bounded exhaustive search). For tests.
+#[doc(hidden)]
+pub fn rolling_group_drainable(fleet: &Fleet, group: &[String]) -> Result<bool, PlanError> {
+    let idx = Index::new(fleet)?;
+    rolling::group_drainable(&idx, group)
 }
 
 #[cfg(test)]

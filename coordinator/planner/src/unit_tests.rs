@@ -500,3 +500,134 @@ fn deterministic() {
     let l = Limits::default();
     assert_eq!(plan_drain(&f, "n1", &l), plan_drain(&f, "n1", &l));
 }
+
+/// `n` GiB in MiB.
+fn gib(n: u64) -> u64 {
+    n * 1024
+}
+
+#[test]
+fn rolling_rebuilds_a_group_largest_first_when_the_increment_fails() {
+    // a (3+3+3 GiB) is heavier, so it opens the group and best fit puts two
+    // of its VMs on d1 and one on d2. b's 8 GiB VM then fits neither node,
+    // but the whole group, largest first, does: 8 on d1, 3+3+3 on d2.
+    let f = Fleet {
+        nodes: vec![
+            node("a", gib(16), 16),
+            node("b", gib(16), 16),
+            node("d1", gib(8), 16),
+            node("d2", gib(9), 16),
+        ],
+        vms: vec![
+            vm("a1", "a", gib(3), 1),
+            vm("a2", "a", gib(3), 1),
+            vm("a3", "a", gib(3), 1),
+            vm("b1", "b", gib(8), 1),
+        ],
+    };
+    let (p, s) = plan_rolling_stats(&f, &names(&["a", "b"]), 2).unwrap();
+    assert_eq!(p.groups, vec![names(&["a", "b"])]);
+    assert_eq!((s.incremental, s.rebuilt, s.full), (0, 1, 0), "{s:?}");
+    assert!(rolling_group_drainable(&f, &p.groups[0]).unwrap());
+    assert_eq!(
+        p,
+        plan_rolling_reference(&f, &names(&["a", "b"]), 2).unwrap()
+    );
+}
+
+#[test]
+fn rolling_falls_back_to_the_full_engine_on_small_groups() {
+    // {7,7,4,4,4} GiB into 14 + 12 free: only {7,7} + {4,4,4} works, which
+    // neither best fit (incremental or whole group) finds; the exhaustive
+    // search of the full engine does.
+    let f = Fleet {
+        nodes: vec![
+            node("a", gib(16), 16),
+            node("b", gib(16), 16),
+            node("d1", gib(14), 16),
+            node("d2", gib(12), 16),
+        ],
+        vms: vec![
+            vm("a1", "a", gib(7), 1),
+            vm("a2", "a", gib(4), 1),
+            vm("a3", "a", gib(4), 1),
+            vm("b1", "b", gib(7), 1),
+            vm("b2", "b", gib(4), 1),
+        ],
+    };
+    let (p, s) = plan_rolling_stats(&f, &names(&["a", "b"]), 2).unwrap();
+    assert_eq!(p.groups, vec![names(&["a", "b"])]);
+    assert_eq!((s.incremental, s.rebuilt, s.full), (0, 0, 1), "{s:?}");
+    assert!(rolling_group_drainable(&f, &p.groups[0]).unwrap());
+}
+
+#[test]
+fn rolling_large_groups_are_drainable() {
+    // Groups large enough to keep their own ordered set of candidates. Each
+    // group's witness placement passes `verify_drain` (which does not use
+    // the engine) as the drain of one pseudo node holding the group's VMs.
+    // The reference check (the full engine) is not complete at this size:
+    // it may reject a group the incremental checks placed.
+    let f = synth::fleet(&synth::Spec::new(200, 4000, 0.85, 3));
+    let all: Vec<String> = f.nodes.iter().map(|n| n.name.clone()).collect();
+    let idx = engine::Index::new(&f).unwrap();
+    let (p, w) = rolling::plan_with_witnesses(&idx, &all, all.len());
+    let (p2, s) = plan_rolling_stats(&f, &all, all.len()).unwrap();
+    assert_eq!(p, p2);
+    assert!(s.dense_groups > 0 && s.incremental > 0, "{s:?}");
+    assert!(p.undrainable.is_empty());
+    assert_eq!(w.len(), p.groups.len());
+    // verify_drain is quadratic: the two largest groups (debug builds also
+    // check every witness at every join, see `Fast::check`).
+    let mut pairs: Vec<_> = p.groups.iter().zip(&w).collect();
+    pairs.sort_by_key(|(g, _)| std::cmp::Reverse(g.len()));
+    for (g, witness) in pairs.into_iter().take(2) {
+        let mut merged = f.clone();
+        for n in &mut merged.nodes {
+            if g.contains(&n.name) {
+                n.status = NodeStatus::Maintenance;
+            }
+        }
+        merged.nodes.push(Node {
+            status: NodeStatus::Maintenance,
+            ..node("group", 1, 1)
+        });
+        for v in &mut merged.vms {
+            if g.contains(&v.node) {
+                v.node = "group".into();
+            }
+        }
+        let mut moves: Vec<Move> = witness
+            .iter()
+            .map(|&(vm, d)| Move {
+                vm: f.vms[vm as usize].name.clone(),
+                from: "group".into(),
+                to: f.nodes[d as usize].name.clone(),
+                wave: 0,
+                kind: f.vms[vm as usize].kind,
+                not_migratable: None,
+            })
+            .collect();
+        moves.sort_by_key(|m| m.kind != VmKind::Vfw);
+        let unlimited = Limits {
+            per_source: usize::MAX,
+            per_destination: usize::MAX,
+            global: usize::MAX,
+        };
+        let res = verify_drain(&merged, "group", &unlimited, &moves);
+        assert!(res.is_ok(), "group {g:?}: {res:?}");
+    }
+    let (used, cap): (u64, u64) = (
+        f.vms.iter().map(|v| v.mem_mib).sum(),
+        f.nodes.iter().map(|n| n.mem_capacity()).sum(),
+    );
+    // A group's VMs fit in the others' free memory only if the group's
+    // capacity is at most cap − used: at least cap / (cap − used) groups.
+    let bound = cap.div_ceil(cap - used) as usize;
+    assert!(p.groups.len() >= bound);
+    assert!(
+        p.groups.len() <= bound + 1,
+        "{} groups, bound {bound}",
+        p.groups.len()
+    );
+}

@@ -217,4 +217,19 @@ proptest! {
             prop_assert!(verify_drain(&f, "group", &Limits::default(), &res.unwrap().moves).is_ok());
         }
     }
+
+    #[test]
+    fn rolling_fast_path_agrees_with_reference(fleet in arb_fleet(), k in 1usize..9) {
+        // The incremental checks give groups that the full check (the
+        // planner's old one, kept as the reference) accepts, and no more
+        // groups than the reference planner on the same small fleet.
+        let all: Vec<String> = fleet.nodes.iter().map(|n| n.name.clone()).collect();
+        let fast = plan_rolling(&fleet, &all, k).unwrap();
+        let reference = plan_rolling_reference(&fleet, &all, k).unwrap();
+        for g in &fast.groups {
+            prop_assert!(rolling_group_drainable(&fleet, g).unwrap(), "group {:?} rejected by the reference check", g);
+        }
+        prop_assert!(fast.groups.len() <= reference.groups.len(), "{} groups, reference {}: {:?} vs {:?}", fast.groups.len(), reference.groups.len(), fast.groups, reference.groups);
+        prop_assert_eq!(&fast.undrainable, &reference.undrainable);
+    }
 }
