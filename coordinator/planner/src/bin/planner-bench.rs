@@ -1,13 +1,20 @@
 //! `planner-bench`: speed and quality figures for the planner.
 //!
 //! ```text
-//! cargo run --release -p nodemaint-planner --bin planner-bench [-- --json] [--quick]
+//! cargo run --release -p nodemaint-planner --bin planner-bench [-- --json] [--quick] [--rolling-only] [--reference-all]
 //! ```
 //!
 //! Fleets are generated deterministically (`synth::fleet`, SplitMix64), so
-//! every figure is reproducible. The baseline is a naive first-fit drain
-//! (first node in name order with room, hard constraints only), measured in
-//! the same run on the same fleets.
+//! every figure is reproducible. The drain baseline is a naive first-fit
+//! drain (first node in name order with room, hard constraints only),
+//! measured in the same run on the same fleets.
+//!
+//! Rolling plans at scale: K = 1, 5, n/10 and unlimited (n) on 1,000 and
+//! 10,000 nodes (20 VMs per node), at 60 % and 85 % memory. The baseline is
+//! the planner before incremental group checks (`plan_rolling_reference`),
+//! in the same run where it is affordable: always on 200 nodes / 4,000 VMs,
+//! on 1,000 nodes for K = 1 and 5 (and n/10 at 60 %); `--reference-all` runs
+//! it everywhere on 1,000 nodes (several minutes per case at large K).
 
 use nodemaint_planner::synth::{self, exhaustive_drain, max_dest_util, Frac, Spec};
 use nodemaint_planner::*;
@@ -17,7 +24,7 @@ use std::time::Instant;
 #[derive(Serialize, Default)]
 struct Report {
     drain_10k: Vec<DrainRow>,
-    rolling_1k: Vec<RollingRow>,
+    rolling: Vec<RollingRow>,
     quality: QualityRow,
     peak_rss_mib: f64,
 }
@@ -37,13 +44,22 @@ struct DrainRow {
 #[derive(Serialize)]
 struct RollingRow {
     k: usize,
+    /// "1", "5", "n/10" or "n" (unlimited).
+    k_label: &'static str,
     util: f64,
     nodes: usize,
     vms: usize,
+    /// Median of the runs.
     ms: f64,
+    runs: usize,
     groups: usize,
+    /// max(ceil(drainable / K), ceil(planned capacity / spare capacity)).
     lower_bound: usize,
     undrainable: usize,
+    stats: RollingStats,
+    reference_ms: Option<f64>,
+    reference_groups: Option<usize>,
+    goal_ms: Option<f64>,
 }
 
 #[derive(Serialize, Default)]
@@ -158,23 +174,87 @@ fn drain_bench(util: f64, nodes: usize, vms: usize, runs: usize) -> DrainRow {
     }
 }
 
-fn rolling_bench(k: usize, util: f64) -> RollingRow {
-    let fleet = synth::fleet(&Spec::new(1000, 20_000, util, 7));
+/// The rolling plan of every node of a generated fleet, timed (median of
+/// `runs`), and the reference planner on the same fleet when `reference`.
+fn rolling_bench(
+    fleet: &Fleet,
+    util: f64,
+    (k, k_label): (usize, &'static str),
+    reference: bool,
+    goal_ms: Option<f64>,
+) -> RollingRow {
     let all: Vec<String> = fleet.nodes.iter().map(|n| n.name.clone()).collect();
-    let t = Instant::now();
-    let plan = plan_rolling(&fleet, &all, k).expect("valid request");
-    let elapsed = ms(t);
-    let drainable = all.len() - plan.undrainable.len();
+    let runs = 3;
+    let mut times = Vec::new();
+    let mut last = None;
+    for _ in 0..runs {
+        let t = Instant::now();
+        let out = plan_rolling_stats(fleet, &all, k).expect("valid request");
+        times.push(ms(t));
+        last = Some(out);
+    }
+    let (plan, stats) = last.expect("ran");
+    let (reference_ms, reference_groups) = if reference {
+        let t = Instant::now();
+        let r = plan_rolling_reference(fleet, &all, k).expect("valid request");
+        (Some(ms(t)), Some(r.groups.len()))
+    } else {
+        (None, None)
+    };
+    let planned: Vec<&Node> = fleet
+        .nodes
+        .iter()
+        .filter(|n| !plan.undrainable.iter().any(|u| u.node == n.name))
+        .collect();
+    let used: u64 = fleet.vms.iter().map(|v| v.mem_mib).sum();
+    let cap: u64 = fleet
+        .nodes
+        .iter()
+        .filter(|n| n.accepts_vms())
+        .map(|n| n.mem_capacity())
+        .sum();
+    let planned_cap: u64 = planned.iter().map(|n| n.mem_capacity()).sum();
+    // A group's VMs fit in the others' spare memory only if the group's
+    // capacity is at most the fleet's spare capacity.
+    let by_capacity = planned_cap.div_ceil(cap.saturating_sub(used).max(1)) as usize;
     RollingRow {
         k,
+        k_label,
         util,
         nodes: all.len(),
         vms: fleet.vms.len(),
-        ms: elapsed,
+        ms: median(&mut times),
+        runs,
         groups: plan.groups.len(),
-        lower_bound: drainable.div_ceil(k),
+        lower_bound: planned.len().div_ceil(k).max(by_capacity),
         undrainable: plan.undrainable.len(),
+        stats,
+        reference_ms,
+        reference_groups,
+        goal_ms,
     }
+}
+
+fn rolling_at_scale(quick: bool, reference_all: bool) -> Vec<RollingRow> {
+    let mut rows = Vec::new();
+    let mut sizes = vec![(200, 4000, None), (1000, 20_000, Some(1000.0))];
+    if !quick {
+        sizes.push((10_000, 200_000, Some(10_000.0)));
+    }
+    for (nodes, vms, goal) in sizes {
+        for util in [0.6, 0.85] {
+            let fleet = synth::fleet(&Spec::new(nodes, vms, util, 7));
+            for (k, label) in [(1, "1"), (5, "5"), (nodes / 10, "n/10"), (nodes, "n")] {
+                let reference = match nodes {
+                    200 => true,
+                    1000 => reference_all || k <= 5 || (label == "n/10" && util < 0.7),
+                    _ => false,
+                };
+                rows.push(rolling_bench(&fleet, util, (k, label), reference, goal));
+            }
+        }
+    }
+    rows
 }
 
 fn ratio(a: Frac, b: Frac) -> f64 {
@@ -246,16 +326,19 @@ fn main() {
     } else {
         (10_000, 200_000, 15, 1000)
     };
+    let rolling_only = args.iter().any(|a| a == "--rolling-only");
+    let reference_all = args.iter().any(|a| a == "--reference-all");
     let mut rep = Report::default();
-    for util in [0.6, 0.85] {
-        rep.drain_10k
-            .push(drain_bench(util, big_nodes, big_vms, runs));
+    if !rolling_only {
+        for util in [0.6, 0.85] {
+            rep.drain_10k
+                .push(drain_bench(util, big_nodes, big_vms, runs));
+        }
     }
-    for k in [1, 5] {
-        rep.rolling_1k.push(rolling_bench(k, 0.6));
+    rep.rolling = rolling_at_scale(quick, reference_all);
+    if !rolling_only {
+        rep.quality = quality_bench(q);
     }
-    rep.rolling_1k.push(rolling_bench(5, 0.85));
-    rep.quality = quality_bench(q);
     rep.peak_rss_mib = peak_rss_mib();
     if json {
         println!(
@@ -280,20 +363,50 @@ fn main() {
             d.planner_ms_median / d.first_fit_ms_median
         );
     }
-    for r in &rep.rolling_1k {
+    if !rolling_only {
+        print_quality(&rep.quality);
+    }
+    println!(
+        "| peak RSS (VmHWM), whole run | incl. the {} VM fleets | {:.0} MiB | < 500 MiB |",
+        big_vms, rep.peak_rss_mib
+    );
+    println!("\nRolling plans (`plan_rolling` of every node; median of 3 runs; reference = the planner before incremental checks, one run):\n");
+    println!("| fleet | mem | K | time | groups (lower bound) | reference time | reference groups | time ÷ reference | goal | trials: quick-rejected / incremental / rebuilt / full engine / rejected |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for r in &rep.rolling {
+        let fmt_ms = |t: f64| {
+            if t >= 1000.0 {
+                format!("{:.2} s", t / 1000.0)
+            } else {
+                format!("{t:.1} ms")
+            }
+        };
+        let s = &r.stats;
         println!(
-            "| rolling order K={} | {} nodes / {} VMs, {:.0}% mem | {:.0} ms, {} groups (lower bound {}), {} undrainable | < 1 s |",
-            r.k,
+            "| {} nodes / {} VMs | {:.0}% | {} ({}) | {} | {} ({}){} | {} | {} | {} | {} | {} / {} / {} / {} / {} |",
             r.nodes,
             r.vms,
             r.util * 100.0,
-            r.ms,
+            r.k_label,
+            r.k,
+            fmt_ms(r.ms),
             r.groups,
             r.lower_bound,
-            r.undrainable
+            if r.undrainable > 0 { format!(", {} undrainable", r.undrainable) } else { String::new() },
+            r.reference_ms.map_or("not run".into(), fmt_ms),
+            r.reference_groups.map_or("-".into(), |g| g.to_string()),
+            r.reference_ms.map_or("-".into(), |t| format!("{:.4}", r.ms / t)),
+            r.goal_ms.map_or("-".into(), |g| format!("< {}", fmt_ms(g))),
+            s.quick_rejects,
+            s.incremental,
+            s.rebuilt,
+            s.full,
+            s.rejected
         );
     }
-    let qr = &rep.quality;
+}
+
+fn print_quality(qr: &QualityRow) {
     println!(
         "| max dest. mem. utilisation / optimum | {} small fleets (3–8 nodes, ≤ 8 VMs) | mean {:.4}, p95 {:.4}, max {:.4}; {:.1}% ≤ 1.05 (first-fit: mean {:.3}, max {:.3}); missed feasible: {} | ≤ 1.05 |",
         qr.instances,
@@ -304,9 +417,5 @@ fn main() {
         qr.first_fit_mean,
         qr.first_fit_max,
         qr.planner_infeasible_but_optimum_exists
-    );
-    println!(
-        "| peak RSS (VmHWM), whole run | incl. the {} VM fleets | {:.0} MiB | < 500 MiB |",
-        big_vms, rep.peak_rss_mib
     );
 }

@@ -316,24 +316,27 @@ fn main() {
         let unlimited = plan_rolling(&fleet, &all, all.len()).expect("rolling");
         let t_unl = t.elapsed().as_secs_f64() * 1e3;
         let k5 = plan_rolling(&fleet, &all, 5).expect("rolling");
+        let tenth = (all.len() / 10).max(1);
+        let t = Instant::now();
+        let k10 = plan_rolling(&fleet, &all, tenth).expect("rolling");
+        let t_k10 = t.elapsed().as_secs_f64() * 1e3;
         rolling_rows.push((
             util,
-            unlimited.groups.len(),
-            unlimited.undrainable.len(),
-            t_unl,
+            (unlimited.groups.len(), unlimited.undrainable.len(), t_unl),
+            (k10.groups.len(), t_k10),
             k5.groups.len(),
             hroller_groups(&a, &fleet, &dir),
         ));
     }
-    println!("\n| util | planner groups, K unlimited (undrainable) | planner groups, K=5 | hroller groups | planner time | hroller time |");
-    println!("| --- | --- | --- | --- | --- | --- |");
-    for (util, g, u, t, k5, hr) in rolling_rows {
+    println!("\n| util | planner groups, K unlimited (undrainable) | planner time, K unlimited | planner groups, K=n/10 (time) | planner groups, K=5 | hroller groups | hroller time |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for (util, (g, u, t), (g10, t10), k5, hr) in rolling_rows {
         let (hg, ht) = match hr {
             Ok((g, t)) => (g.to_string(), format!("{t:.0} ms")),
             Err(e) => (format!("failed ({e})"), "-".into()),
         };
         println!(
-            "| {:.0}% | {g} ({u}) | {k5} | {hg} | {t:.0} ms | {ht} |",
+            "| {:.0}% | {g} ({u}) | {t:.0} ms | {g10} ({t10:.0} ms) | {k5} | {hg} | {ht} |",
             util * 100.0
         );
     }
