@@ -514,11 +514,11 @@ pub enum VfwCmd {
 #[derive(Args, Debug)]
 pub struct EventsArgs {
     /// Only this node's events ("coordinator" for job events).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_node)]
     pub node: Option<String>,
     /// Only this kind: heartbeat, inventory, progress, result, checks, job, error.
-    #[arg(long)]
-    pub kind: Option<String>,
+    #[arg(long, value_parser = parse_event_kind)]
+    pub kind: Option<EventKind>,
     /// Start this far back (30s, 10m, 1h30m, 2d) or `all`.
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_since)]
     pub since: Since,
@@ -594,6 +594,23 @@ pub enum JobCmd {
         #[command(flatten)]
         wait: WaitArgs,
     },
+}
+
+/// `events --kind`: checked before anything is sent (a usage error).
+fn parse_event_kind(s: &str) -> Result<EventKind, String> {
+    EventKind::parse(s).ok_or_else(|| {
+        format!(
+            "unknown event kind; kinds: {}",
+            EventKind::ALL.map(|k| k.as_str()).join(", ")
+        )
+    })
+}
+
+/// `events --node`: a node name is one subject token.
+fn parse_node(s: &str) -> Result<String, String> {
+    nodemaint_proto::subjects::validate_token(s)
+        .map(|()| s.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// `--since`: how far back the replay starts.
