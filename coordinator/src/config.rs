@@ -1,4 +1,4 @@
-//! Coordinator configuration (TOML), e.g. `deploy/coordinator.toml`:
+//! Coordinator configuration (TOML); the packaged example is `deploy/etc/coordinator.toml`:
 //!
 //! ```toml
 //! nats_url = "nats://127.0.0.1:4222"   # or a list: "nats://a:4222,nats://b:4222"

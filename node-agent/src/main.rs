@@ -48,20 +48,33 @@ struct Args {
     /// Serve Prometheus metrics on http://ADDR/metrics (config: metrics_listen).
     #[arg(long, value_name = "ADDR", env = "NODEMAINT_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
-    /// Log lines as text or as JSON objects (command lines carry job_id and node).
     /// Run without NATS credentials and TLS (a lab or test bus). Without it
     /// the agent refuses to start unsecured; with it, every start logs a
     /// warning.
     #[arg(long, env = "NODEMAINT_INSECURE", value_parser = clap::builder::FalseyValueParser::new())]
     insecure: bool,
+    /// Log lines as text or as JSON objects (command lines carry job_id and node).
     #[arg(long, value_name = "text|json", default_value = "text", env = "NODEMAINT_LOG_FORMAT",
           value_parser = ["text", "json"])]
     log_format: String,
+    /// Print the manual page (roff) and exit; packages install it as node-agent(1).
+    #[arg(long, hide = true)]
+    man_page: bool,
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if args.man_page {
+        let cmd = <Args as clap::CommandFactory>::command().name("node-agent");
+        return match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("node-agent: error: cannot write the manual page: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let fmt = tracing_subscriber::fmt()
