@@ -170,6 +170,8 @@ pub enum RollingCmd {
     ///   coordinator rolling start node1 node2 --wait-for-continue --checks-must-pass
     #[command(verbatim_doc_comment)]
     Start {
+        /// The nodes to roll (or --all).
+        #[arg(required_unless_present = "all")]
         nodes: Vec<String>,
         #[arg(long, conflicts_with = "nodes")]
         all: bool,
@@ -545,6 +547,8 @@ pub enum PlanCmd {
     /// In which groups NODES can be taken down for rolling maintenance.
     #[command(after_long_help = "Example:\n  coordinator plan rolling --all --max-unavailable 2")]
     Rolling {
+        /// The nodes to roll (or --all).
+        #[arg(required_unless_present = "all")]
         nodes: Vec<String>,
         /// All nodes of the fleet.
         #[arg(long, conflicts_with = "nodes")]

@@ -432,6 +432,16 @@ mod tests {
             &["rolling", "start", "--all", "--reboot-timeout", "4000d"],
             &["node", "wait-rebooted", "n1", "--timeout", "5000000d"],
         ];
+        // Nodes or --all: a usage error before anything is sent.
+        for args in [
+            &["rolling", "start"][..],
+            &["plan", "rolling", "--max-unavailable", "2"],
+        ] {
+            let argv = std::iter::once("coordinator").chain(args.iter().copied());
+            let e = Cli::try_parse_from(argv).unwrap_err();
+            assert!(e.to_string().contains("<NODES>"), "{args:?}: {e}");
+            assert_eq!(e.exit_code(), 2);
+        }
         for args in cases {
             let argv = std::iter::once("coordinator").chain(args.iter().copied());
             let e = Cli::try_parse_from(argv).unwrap_err();
