@@ -288,22 +288,65 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Serves `GET /metrics` on `listener` until the task is dropped; `render`
 /// produces the body of each scrape (so values computed at scrape time,
-/// such as jobs by state, are current).
+/// such as jobs by state, are current). Anything else is 404 (another
+/// path) or 405 (another method); a client gets 10 s to send its headers.
 #[cfg(feature = "http")]
 pub async fn serve<F, Fut>(listener: tokio::net::TcpListener, render: F) -> std::io::Result<()>
 where
     F: Fn() -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = String> + Send + 'static,
 {
-    use axum::http::header::CONTENT_TYPE as CT;
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let render = render.clone();
-            async move { ([(CT, CONTENT_TYPE)], render().await) }
-        }),
-    );
-    axum::serve(listener, app).await
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use hyper::{header, Method, Response, StatusCode};
+    use hyper_util::rt::{TokioIo, TokioTimer};
+
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            // Out of file descriptors and the like: the next accept may work.
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let render = render.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                let render = render.clone();
+                async move {
+                    let (status, body) = if req.uri().path() != "/metrics" {
+                        (
+                            StatusCode::NOT_FOUND,
+                            "not found: the metrics are at /metrics\n".into(),
+                        )
+                    } else if req.method() != Method::GET && req.method() != Method::HEAD {
+                        (StatusCode::METHOD_NOT_ALLOWED, "GET /metrics\n".into())
+                    } else {
+                        (StatusCode::OK, render().await)
+                    };
+                    let mut resp = Response::new(Full::new(Bytes::from(body)));
+                    *resp.status_mut() = status;
+                    let ct = if status == StatusCode::OK {
+                        CONTENT_TYPE
+                    } else {
+                        "text/plain; charset=utf-8"
+                    };
+                    resp.headers_mut()
+                        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ct));
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "metrics: connection ended with an error");
+            }
+        });
+    }
 }
 
 #[cfg(test)]
