@@ -8,6 +8,7 @@
 
 use crate::server::Coordinator;
 use nodemaint_proto::metrics::{Desc, Registry, LATENCY_BUCKETS, MIGRATION_BUCKETS};
+use nodemaint_proto::model::{NodeRecord, NodeStatus};
 use nodemaint_proto::pb;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -39,6 +40,34 @@ pub static HEARTBEAT_AGE: Desc = Desc::gauge(
     "nodemaint_node_heartbeat_age_seconds",
     "Seconds since the node's last heartbeat, by node.",
 );
+pub static LAST_HEARTBEAT: Desc = Desc::gauge(
+    "nodemaint_node_last_heartbeat_timestamp_seconds",
+    "When the node's last heartbeat was sent (Unix seconds; 0 if never seen), by node.",
+);
+pub static HEARTBEAT_INTERVAL: Desc = Desc::gauge(
+    "nodemaint_node_heartbeat_interval_seconds",
+    "The heartbeat interval the node's agent promises, by node.",
+);
+pub static NODE_STATUS: Desc = Desc::gauge(
+    "nodemaint_node_status",
+    "1 for the node's current status, 0 for the others, by node and status.",
+);
+pub static NODE_STATUS_SINCE: Desc = Desc::gauge(
+    "nodemaint_node_status_since_timestamp_seconds",
+    "When the node entered its current status (Unix seconds), by node and status; absent for records older than the field.",
+);
+pub static NODE_HELD: Desc = Desc::gauge(
+    "nodemaint_node_held_by_job",
+    "1 while a job holds the node (maintenance, enable), else 0, by node.",
+);
+pub static JOB_STARTED: Desc = Desc::gauge(
+    "nodemaint_job_started_timestamp_seconds",
+    "When each running or paused job was created (Unix seconds), by job_id, kind, state and node.",
+);
+pub static JOB_UPDATED: Desc = Desc::gauge(
+    "nodemaint_job_updated_timestamp_seconds",
+    "When each running or paused job's record last changed (Unix seconds), by job_id, kind, state and node.",
+);
 pub static NODE_REACHABLE: Desc = Desc::gauge(
     "nodemaint_node_reachable",
     "1 when the node heartbeats in time (missed fewer than three), else 0, by node.",
@@ -65,8 +94,16 @@ pub fn registry() -> &'static Registry {
             &MIGRATION_SECONDS,
             &COMMAND_SECONDS,
             &HEARTBEAT_AGE,
+            &LAST_HEARTBEAT,
+            &HEARTBEAT_INTERVAL,
             &NODE_REACHABLE,
+            &NODE_STATUS,
+            &NODE_STATUS_SINCE,
+            &NODE_HELD,
+            &JOB_STARTED,
+            &JOB_UPDATED,
         ]);
+        nodemaint_proto::metrics::set_build_info(&r, env!("CARGO_PKG_VERSION"));
         r.zero(&MIGRATIONS_IN_FLIGHT);
         r.zero(&MIGRATED_BYTES);
         r.zero(&LEADER);
@@ -174,6 +211,88 @@ pub fn jobs_by_state<'a>(
         .collect()
 }
 
+/// The `status` label values: every status a node record can have.
+const NODE_STATUSES: [(NodeStatus, &str); 4] = [
+    (NodeStatus::Enabled, "enabled"),
+    (NodeStatus::Maintenance, "maintenance"),
+    (NodeStatus::Error, "error"),
+    (NodeStatus::Decommissioned, "decommissioned"),
+];
+
+fn status_word(s: NodeStatus) -> &'static str {
+    NODE_STATUSES
+        .iter()
+        .find(|(st, _)| *st == s)
+        .map(|(_, w)| *w)
+        .unwrap_or("unknown")
+}
+
+type Series = Vec<(Vec<(&'static str, String)>, f64)>;
+
+/// The per-node gauges computed at scrape time (pure): status (every status
+/// of every node, 1 for its own, so `sum by (status)` counts nodes), when
+/// it entered it, last heartbeat, promised interval, held by a job.
+pub struct NodeGauges {
+    pub status: Series,
+    pub status_since: Series,
+    pub last_heartbeat: Series,
+    pub interval: Series,
+    pub held: Series,
+}
+
+pub fn node_gauges(nodes: &[NodeRecord]) -> NodeGauges {
+    let secs = |ms: i64| ms.max(0) as f64 / 1000.0;
+    let node = |n: &NodeRecord| vec![("node", n.name.clone())];
+    let mut g = NodeGauges {
+        status: Vec::new(),
+        status_since: Vec::new(),
+        last_heartbeat: Vec::new(),
+        interval: Vec::new(),
+        held: Vec::new(),
+    };
+    for n in nodes {
+        for (st, word) in NODE_STATUSES {
+            let v = if n.status == st { 1.0 } else { 0.0 };
+            g.status
+                .push((vec![("node", n.name.clone()), ("status", word.into())], v));
+        }
+        if n.status_since_ms > 0 {
+            g.status_since.push((
+                vec![
+                    ("node", n.name.clone()),
+                    ("status", status_word(n.status).into()),
+                ],
+                secs(n.status_since_ms),
+            ));
+        }
+        g.last_heartbeat.push((node(n), secs(n.last_seen_ms)));
+        g.interval
+            .push((node(n), n.heartbeat_interval_ms as f64 / 1000.0));
+        let held = if n.current_job.is_some() { 1.0 } else { 0.0 };
+        g.held.push((node(n), held));
+    }
+    g
+}
+
+/// Start and last-change times of the jobs that are not over (pure), for
+/// "job stuck" alerts; ended jobs are left out, so the series stay few.
+pub fn active_job_times(jobs: &[crate::jobs::Job]) -> (Series, Series) {
+    let mut started = Vec::new();
+    let mut updated = Vec::new();
+    for j in jobs.iter().filter(|j| !j.state.is_terminal()) {
+        // `job_id`, not `job`: Prometheus sets `job` to the scrape job's name.
+        let labels = vec![
+            ("job_id", j.id.clone()),
+            ("kind", j.kind().to_string()),
+            ("state", state_word(j.state).to_string()),
+            ("node", j.node.clone().unwrap_or_default()),
+        ];
+        started.push((labels.clone(), j.created_ms.max(0) as f64 / 1000.0));
+        updated.push((labels, j.updated_ms.max(0) as f64 / 1000.0));
+    }
+    (started, updated)
+}
+
 fn state_word(s: crate::jobs::JobState) -> &'static str {
     use crate::jobs::JobState::*;
     match s {
@@ -209,6 +328,15 @@ pub async fn render(c: &Coordinator) -> String {
             .map(|n| (vec![("node", n.name.clone())], age(n.last_seen_ms)))
             .collect(),
     );
+    let g = node_gauges(&nodes);
+    reg.replace(&NODE_STATUS, g.status);
+    reg.replace(&NODE_STATUS_SINCE, g.status_since);
+    reg.replace(&LAST_HEARTBEAT, g.last_heartbeat);
+    reg.replace(&HEARTBEAT_INTERVAL, g.interval);
+    reg.replace(&NODE_HELD, g.held);
+    let (started, updated) = active_job_times(&jobs);
+    reg.replace(&JOB_STARTED, started);
+    reg.replace(&JOB_UPDATED, updated);
     reg.replace(
         &NODE_REACHABLE,
         nodes
@@ -263,6 +391,113 @@ mod tests {
         assert_eq!(get("vm.stop", "SUCCEEDED"), Some(2.0));
         assert_eq!(get("vm.stop", "FAILED"), Some(0.0));
         assert_eq!(get("maintenance.start", "RUNNING"), Some(1.0));
+    }
+
+    #[test]
+    fn every_node_lists_every_status_with_one_set() {
+        let node = |name: &str, status, since, seen| NodeRecord {
+            name: name.into(),
+            status,
+            status_since_ms: since,
+            last_seen_ms: seen,
+            heartbeat_interval_ms: 2000,
+            current_job: (status == NodeStatus::Maintenance).then(|| "j1".to_string()),
+            ..Default::default()
+        };
+        let nodes = [
+            node("n1", NodeStatus::Enabled, 0, 1_700_000_000_500),
+            node("n2", NodeStatus::Maintenance, 1_699_999_000_000, 0),
+        ];
+        let g = node_gauges(&nodes);
+        let get = |s: &Series, labels: &[(&str, &str)]| {
+            s.iter()
+                .find(|(l, _)| {
+                    l.len() == labels.len()
+                        && l.iter().zip(labels).all(|(a, b)| a.0 == b.0 && a.1 == b.1)
+                })
+                .map(|(_, v)| *v)
+        };
+        assert_eq!(g.status.len(), 2 * NODE_STATUSES.len());
+        // Summing by status counts the nodes in each.
+        for (st, n) in [
+            ("enabled", 1.0),
+            ("maintenance", 1.0),
+            ("error", 0.0),
+            ("decommissioned", 0.0),
+        ] {
+            let sum: f64 = g
+                .status
+                .iter()
+                .filter(|(l, _)| l[1].1 == st)
+                .map(|(_, v)| v)
+                .sum();
+            assert_eq!(sum, n, "{st}");
+        }
+        assert_eq!(
+            get(&g.status, &[("node", "n2"), ("status", "maintenance")]),
+            Some(1.0)
+        );
+        assert_eq!(
+            get(&g.status, &[("node", "n2"), ("status", "enabled")]),
+            Some(0.0)
+        );
+        // Only a recorded status change has a "since"; it names the status.
+        assert_eq!(g.status_since.len(), 1);
+        assert_eq!(
+            get(
+                &g.status_since,
+                &[("node", "n2"), ("status", "maintenance")]
+            ),
+            Some(1_699_999_000.0)
+        );
+        assert_eq!(
+            get(&g.last_heartbeat, &[("node", "n1")]),
+            Some(1_700_000_000.5)
+        );
+        assert_eq!(get(&g.last_heartbeat, &[("node", "n2")]), Some(0.0));
+        assert_eq!(get(&g.interval, &[("node", "n1")]), Some(2.0));
+        assert_eq!(get(&g.held, &[("node", "n1")]), Some(0.0));
+        assert_eq!(get(&g.held, &[("node", "n2")]), Some(1.0));
+    }
+
+    #[test]
+    fn only_jobs_that_are_not_over_have_start_and_update_times() {
+        use crate::jobs::{Cordon, Job, JobSpec, JobState};
+        let job = |state, created, updated| Job {
+            state,
+            created_ms: created,
+            updated_ms: updated,
+            ..Job::new(JobSpec::Cordon(Cordon {}), "u", Some("n1"))
+        };
+        let jobs = [
+            job(JobState::Running, 1_000_000, 1_500_000),
+            job(JobState::Paused, 2_000_000, 2_000_000),
+            job(JobState::Succeeded, 3_000_000, 3_500_000),
+            job(JobState::Failed, 3_000_000, 3_500_000),
+            job(JobState::Aborted, 3_000_000, 3_500_000),
+        ];
+        let (started, updated) = active_job_times(&jobs);
+        assert_eq!(started.len(), 2);
+        assert_eq!(updated.len(), 2);
+        let (l, v) = &started[0];
+        assert_eq!(l[0], ("job_id", jobs[0].id.clone()));
+        assert_eq!(l[1], ("kind", jobs[0].kind().to_string()));
+        assert_eq!(l[2], ("state", "RUNNING".to_string()));
+        assert_eq!(l[3], ("node", "n1".to_string()));
+        assert_eq!(*v, 1000.0);
+        assert_eq!(updated[0].1, 1500.0);
+        assert_eq!(started[1].0[2].1, "PAUSED");
+    }
+
+    #[test]
+    fn the_registry_names_its_build() {
+        let text = registry().render();
+        let line = format!(
+            "nodemaint_build_info{{version=\"{}\",git=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION"),
+            nodemaint_proto::metrics::GIT_COMMIT
+        );
+        assert!(text.contains(&line), "{text}");
     }
 
     #[test]

@@ -33,6 +33,14 @@ pub static CHECK_FAILURES: Desc = Desc::counter(
     "nodemaint_agent_check_failures_total",
     "Service check runs with at least one failed service, by node and check.",
 );
+pub static CHECK_OK: Desc = Desc::gauge(
+    "nodemaint_agent_check_ok",
+    "1 when the check's last run found every service up, 0 when one failed, by node and check.",
+);
+pub static CHECK_LAST_RUN: Desc = Desc::gauge(
+    "nodemaint_agent_check_last_run_timestamp_seconds",
+    "When the check last ran (Unix seconds), by node and check.",
+);
 
 /// This process's registry.
 pub fn registry() -> &'static Registry {
@@ -46,7 +54,10 @@ pub fn registry() -> &'static Registry {
             &MIGRATED_BYTES,
             &CHECK_RUNS,
             &CHECK_FAILURES,
+            &CHECK_OK,
+            &CHECK_LAST_RUN,
         ]);
+        nodemaint_proto::metrics::set_build_info(&r, crate::agent::VERSION);
         r
     })
 }
@@ -138,8 +149,17 @@ pub fn checks_done(node: &str, report: &pb::CheckReport) {
             None => checks.push((&s.check, !s.ok)),
         }
     }
+    let now = nodemaint_proto::now_ms() as f64 / 1000.0;
     for (check, failed) in checks {
         r.add(&CHECK_RUNS, &[("node", node), ("check", check)], 1.0);
+        // The last result, so an alert can tell "failing now" from
+        // "failed once" (the counter) without a time window.
+        r.set(
+            &CHECK_OK,
+            &[("node", node), ("check", check)],
+            if failed { 0.0 } else { 1.0 },
+        );
+        r.set(&CHECK_LAST_RUN, &[("node", node), ("check", check)], now);
         r.add(
             &CHECK_FAILURES,
             &[("node", node), ("check", check)],
@@ -189,6 +209,25 @@ mod tests {
         assert_eq!(get(&CHECK_FAILURES, "ovs"), Some(1.0));
         assert_eq!(get(&CHECK_RUNS, "ssh"), Some(1.0));
         assert_eq!(get(&CHECK_FAILURES, "ssh"), Some(0.0));
+        assert_eq!(get(&CHECK_OK, "ovs"), Some(0.0));
+        assert_eq!(get(&CHECK_OK, "ssh"), Some(1.0));
+        let ran = get(&CHECK_LAST_RUN, "ovs").unwrap();
+        let now = nodemaint_proto::now_ms() as f64 / 1000.0;
+        assert!(ran <= now && now - ran < 60.0, "{ran} vs {now}");
+        // A later run that passes clears the failure; the counter keeps it.
+        checks_done(
+            "t-node",
+            &pb::CheckReport {
+                services: vec![svc("ovs", true)],
+                all_ok: true,
+            },
+        );
+        assert_eq!(get(&CHECK_OK, "ovs"), Some(1.0));
+        assert_eq!(get(&CHECK_FAILURES, "ovs"), Some(1.0));
+        assert!(r.render().contains(&format!(
+            "nodemaint_build_info{{version=\"{}\",git=",
+            crate::agent::VERSION
+        )));
     }
 
     #[test]

@@ -68,6 +68,31 @@ pub const MIGRATION_BUCKETS: &[f64] = &[
     0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
 ];
 
+/// `nodemaint_build_info{version,git} 1`, served by both binaries so a
+/// dashboard shows which build runs where (and a mixed fleet mid-upgrade).
+pub static BUILD_INFO: Desc = Desc::gauge(
+    "nodemaint_build_info",
+    "Always 1; the labels name this process's build (version, git commit).",
+);
+
+/// The commit this build is from: `NODEMAINT_GIT_COMMIT` at compile time
+/// (`NODEMAINT_GIT_COMMIT=$(git rev-parse --short HEAD) cargo build`), else
+/// `unknown`. An environment variable rather than a build script running
+/// git, so a commit does not rebuild the whole workspace.
+pub const GIT_COMMIT: &str = match option_env!("NODEMAINT_GIT_COMMIT") {
+    Some(c) => c,
+    None => "unknown",
+};
+
+/// Sets [`BUILD_INFO`] for a binary of `version`.
+pub fn set_build_info(r: &Registry, version: &str) {
+    r.set(
+        &BUILD_INFO,
+        &[("version", version), ("git", GIT_COMMIT)],
+        1.0,
+    );
+}
+
 /// Label pairs of one series, as given (order is kept in the output).
 pub type Labels<'a> = &'a [(&'static str, &'a str)];
 
@@ -383,6 +408,16 @@ t_seconds_count{action=\"stop\"} 3
 t_things_total{node=\"n\\\"1\\\\\\n\"} 3
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn build_info_names_version_and_commit() {
+        let r = Registry::new();
+        set_build_info(&r, "1.2.3");
+        let text = r.render();
+        let line = format!("nodemaint_build_info{{version=\"1.2.3\",git=\"{GIT_COMMIT}\"}} 1\n");
+        assert!(text.contains(&line), "{text}");
+        assert!(!GIT_COMMIT.is_empty());
     }
 
     #[test]

@@ -83,6 +83,14 @@ pub struct NodeRecord {
     /// VM may still land on it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub inbound: BTreeMap<String, String>,
+    /// When `status` last changed (ms since the epoch; 0 = not recorded,
+    /// a record older than the field): "in maintenance since" for alerts.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub status_since_ms: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 impl NodeRecord {

@@ -437,3 +437,414 @@ fn successful_migrations_count_their_bytes_on_both_sides() {
     let clog = f.coordinator_log();
     assert!(assert_job_lines_carry_ids(&clog, &job, Some("sim0002")) > 0);
 }
+
+/// `deploy/monitoring/`, from this crate's directory.
+fn monitoring(file: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/monitoring")
+        .join(file)
+}
+
+/// Every PromQL expression of the dashboard (panel targets and templating
+/// queries), as written (with Grafana's `$variables`).
+fn dashboard_exprs() -> Vec<String> {
+    let text = std::fs::read_to_string(monitoring("nodemaint-dashboard.json")).unwrap();
+    let d: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().expect("panels") {
+        if p["type"] == "row" {
+            continue;
+        }
+        assert!(p["title"].as_str().is_some_and(|t| !t.is_empty()), "{p}");
+        assert!(p["gridPos"]["w"].as_u64().is_some(), "{p}");
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "panel {} queries nothing", p["title"]);
+        for t in targets {
+            out.push(t["expr"].as_str().expect("expr").to_string());
+        }
+    }
+    for v in d["templating"]["list"].as_array().expect("templating") {
+        if let Some(q) = v["definition"].as_str() {
+            out.push(q.to_string());
+        }
+    }
+    out
+}
+
+/// The alerting rules: (alert name, expr).
+fn rules() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(monitoring("nodemaint-alerts.yml")).unwrap();
+    let y: serde_yaml::Value = serde_yaml::from_str(&text).expect("the rules are YAML");
+    let mut out = Vec::new();
+    for g in y["groups"].as_sequence().expect("groups") {
+        assert!(g["name"].as_str().is_some(), "group without a name");
+        for r in g["rules"].as_sequence().expect("rules") {
+            let name = r["alert"].as_str().expect("an alerting rule").to_string();
+            let expr = r["expr"].as_str().expect("expr").to_string();
+            let sev = r["labels"]["severity"].as_str().unwrap_or_default();
+            assert!(
+                ["critical", "warning", "info"].contains(&sev),
+                "{name}: severity {sev:?}"
+            );
+            assert!(r["annotations"]["summary"].as_str().is_some(), "{name}");
+            if let Some(f) = r.get("for") {
+                let f = f.as_str().expect("for: a duration");
+                assert!(
+                    f.len() > 1 && f.ends_with(['s', 'm', 'h']),
+                    "{name}: for {f:?}"
+                );
+            }
+            out.push((name, expr));
+        }
+    }
+    out
+}
+
+/// The metric names an expression uses: identifiers starting with
+/// `nodemaint_` (label names, values and functions never do).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = expr.char_indices().peekable();
+    let mut quoted: Option<char> = None;
+    let mut prev: Option<char> = None;
+    while let Some((i, c)) = chars.next() {
+        if let Some(q) = quoted {
+            if c == q && prev != Some('\\') {
+                quoted = None;
+            }
+            prev = Some(c);
+            continue;
+        }
+        if c == '"' || c == '\'' || c == '`' {
+            quoted = Some(c);
+        } else if (c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && !prev.is_some_and(|p| p.is_ascii_alphanumeric() || p == '_' || p == ':' || p == '$')
+        {
+            let mut end = i + c.len_utf8();
+            while let Some(&(j, d)) = chars.peek() {
+                if d.is_ascii_alphanumeric() || d == '_' || d == ':' {
+                    end = j + d.len_utf8();
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            let word = &expr[i..end];
+            if word.starts_with("nodemaint_") && !out.iter().any(|w| w == word) {
+                out.push(word.to_string());
+            }
+            prev = expr[..end].chars().last();
+            continue;
+        }
+        prev = Some(c);
+    }
+    out
+}
+
+/// The names a scrape serves: every family its `# TYPE` lines declare
+/// (histograms as their `_bucket`, `_sum` and `_count` series), so a family
+/// without a sample yet (no job running, no migration done) still counts.
+fn served_names(scrape: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for line in scrape.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            if kind == "histogram" {
+                for s in ["_bucket", "_sum", "_count"] {
+                    out.insert(format!("{name}{s}"));
+                }
+            } else {
+                out.insert(name.to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn metric_names_come_out_of_promql() {
+    let e = r#"sum by (node) (rate(nodemaint_agent_migrated_bytes_total{node=~"nodemaint_x|$node",check!='nodemaint_y'}[$__rate_interval])) / on(node) max(nodemaint_leader) > 3 * nodemaint_a:b"#;
+    assert_eq!(
+        metric_names(e),
+        [
+            "nodemaint_agent_migrated_bytes_total",
+            "nodemaint_leader",
+            "nodemaint_a:b"
+        ]
+    );
+    assert!(metric_names("time() - x_nodemaint_z").is_empty());
+    let served = served_names(
+        "# TYPE nodemaint_h histogram\nnodemaint_h_count 0\n# TYPE nodemaint_g gauge\n",
+    );
+    assert!(served.contains("nodemaint_h_bucket") && served.contains("nodemaint_g"));
+    assert!(!served.contains("nodemaint_h"));
+}
+
+/// The rules and dashboard parse, every alert the brief names is there, and
+/// when `promtool` is on PATH (Debian: `apt-get install prometheus`) the
+/// rules pass `promtool check rules` and their unit tests
+/// (`nodemaint-alerts.test.yml`), and every dashboard expression parses as
+/// PromQL (as a recording rule, Grafana's variables replaced).
+#[test]
+fn monitoring_rules_and_dashboard_are_valid() {
+    let rules = rules();
+    let names: Vec<&str> = rules.iter().map(|(n, _)| n.as_str()).collect();
+    for want in [
+        "NodemaintAgentSilent",
+        "NodemaintNodeInMaintenanceTooLong",
+        "NodemaintJobStuck",
+        "NodemaintChecksFailingAfterEnable",
+    ] {
+        assert!(names.contains(&want), "no alert {want} in {names:?}");
+    }
+    let mut unique = names.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), names.len(), "duplicate alert names");
+    let exprs = dashboard_exprs();
+    assert!(exprs.len() >= 20, "{} dashboard queries", exprs.len());
+    for e in exprs.iter().chain(rules.iter().map(|(_, e)| e)) {
+        assert!(!metric_names(e).is_empty(), "no nodemaint metric in {e}");
+    }
+
+    let Ok(out) = Command::new("promtool").arg("--version").output() else {
+        eprintln!("promtool not on PATH: rules not checked with it");
+        return;
+    };
+    assert!(out.status.success());
+    let dir = monitoring("");
+    for args in [
+        &["check", "rules", "nodemaint-alerts.yml"][..],
+        &["test", "rules", "nodemaint-alerts.test.yml"][..],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+    }
+    // The dashboard's queries, as recording rules promtool parses.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut yaml = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        if e.starts_with("label_values(") {
+            continue; // a Grafana function, not PromQL
+        }
+        let e = e.replace("$__rate_interval", "5m").replace("$node", ".*");
+        yaml += &format!(
+            "      - record: dashboard:q{i}\n        expr: {}\n",
+            serde_json::to_string(&e).unwrap()
+        );
+    }
+    let path = tmp.path().join("dashboard-rules.yml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dashboard queries:\n{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
+/// A real coordinator and agent serve every metric the dashboard and the
+/// alerting rules use, and the series the alerts read move as they should:
+/// node status and since-when, last heartbeat, running jobs' times, the
+/// last result of each check, the build.
+#[test]
+fn every_metric_the_dashboard_and_alerts_use_is_served() {
+    let mut f = Fleet::start_bare();
+    let cport = start_coordinator(&mut f);
+    let check = |name: &str, command: &str| CheckConfig {
+        name: name.into(),
+        kind: CheckKind::Command {
+            command: command.into(),
+        },
+        start: None,
+        timeout_s: nodemaint_agent::checks::DEFAULT_TIMEOUT_S,
+    };
+    let a1 = start_agent(
+        &mut f,
+        "node1",
+        &[Dom::user("vm-a", "cs1")],
+        vec![check("good", "true"), check("bad", "false")],
+    );
+    start_agent(&mut f, "node2", &[Dom::user("vm-c", "cs2")], vec![]);
+    f.wait_registered();
+    let now = || nodemaint_proto::now_ms() as f64 / 1000.0;
+
+    let c = scrape(cport);
+    let a = scrape(a1);
+    assert_well_formed(&c);
+    assert_well_formed(&a);
+    let mut served = served_names(&c);
+    served.extend(served_names(&a));
+    let mut used: Vec<(String, String)> = Vec::new();
+    for e in dashboard_exprs() {
+        used.extend(
+            metric_names(&e)
+                .into_iter()
+                .map(|m| (m, "the dashboard".into())),
+        );
+    }
+    for (alert, e) in rules() {
+        used.extend(metric_names(&e).into_iter().map(|m| (m, alert.clone())));
+    }
+    let missing: Vec<&(String, String)> =
+        used.iter().filter(|(m, _)| !served.contains(m)).collect();
+    assert!(
+        missing.is_empty(),
+        "used but not served: {missing:?}\nserved: {served:?}"
+    );
+
+    // Both binaries name their build.
+    let build = format!(
+        "nodemaint_build_info{{version=\"{}\",git=\"{}\"}}",
+        env!("CARGO_PKG_VERSION"),
+        nodemaint_proto::metrics::GIT_COMMIT
+    );
+    assert_eq!(value(&c, &build), 1.0);
+    assert_eq!(value(&a, &build), 1.0);
+    // One status per node is set; heartbeats are recent timestamps.
+    for node in ["node1", "node2"] {
+        let st = |s: &str| {
+            value(
+                &c,
+                &format!("nodemaint_node_status{{node=\"{node}\",status=\"{s}\"}}"),
+            )
+        };
+        assert_eq!(st("enabled"), 1.0);
+        assert_eq!(st("maintenance") + st("error") + st("decommissioned"), 0.0);
+        let hb = value(
+            &c,
+            &format!("nodemaint_node_last_heartbeat_timestamp_seconds{{node=\"{node}\"}}"),
+        );
+        assert!((now() - 10.0..now() + 1.0).contains(&hb), "{node}: {hb}");
+        assert!(
+            value(
+                &c,
+                &format!("nodemaint_node_heartbeat_interval_seconds{{node=\"{node}\"}}")
+            ) > 0.0
+        );
+    }
+
+    // Maintenance (mode none): the status flips and says since when.
+    let before = now();
+    ok(&f.cli(
+        "alice",
+        &["maintenance", "start", "node2", "--mode", "none"],
+    ));
+    let c = scrape(cport);
+    assert_eq!(
+        value(
+            &c,
+            "nodemaint_node_status{node=\"node2\",status=\"maintenance\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &c,
+            "nodemaint_node_status{node=\"node2\",status=\"enabled\"}"
+        ),
+        0.0
+    );
+    let since = value(
+        &c,
+        "nodemaint_node_status_since_timestamp_seconds{node=\"node2\",status=\"maintenance\"}",
+    );
+    assert!(
+        since >= before - 1.0 && since <= now(),
+        "{since} vs {before}"
+    );
+    assert_eq!(
+        sum_of(&c, "nodemaint_node_status{status=\"maintenance\"}"),
+        1.0,
+        "summing by status counts the nodes"
+    );
+    ok(&f.cli("alice", &["node", "enable", "node2"]));
+    let c = scrape(cport);
+    let since2 = value(
+        &c,
+        "nodemaint_node_status_since_timestamp_seconds{node=\"node2\",status=\"enabled\"}",
+    );
+    assert!(since2 >= since, "{since2} < {since}");
+    assert!(sample(
+        &c,
+        "nodemaint_node_status_since_timestamp_seconds{node=\"node2\",status=\"maintenance\"}"
+    )
+    .is_none());
+
+    // Checks: the last result of each.
+    assert!(!f.cli("bob", &["node", "check", "node1"]).status.success());
+    let a = scrape(a1);
+    let ck = |d: &str, c: &str| value(&a, &format!("{d}{{node=\"node1\",check=\"{c}\"}}"));
+    assert_eq!(ck("nodemaint_agent_check_ok", "bad"), 0.0);
+    assert_eq!(ck("nodemaint_agent_check_ok", "good"), 1.0);
+    let ran = ck("nodemaint_agent_check_last_run_timestamp_seconds", "bad");
+    assert!((now() - 60.0..=now()).contains(&ran), "{ran}");
+
+    // A job that cannot finish (its agent frozen) is listed with its start
+    // and last change; once it ends it is not.
+    f.signal_agent("node1", "-STOP");
+    let out = f.cli(
+        "alice",
+        &["vm", "stop", "vm-a", "--detach", "--output", "json"],
+    );
+    ok(&out);
+    let job = serde_json::from_str::<Value>(&stdout(&out)).unwrap()["job_id"]
+        .as_str()
+        .expect("a detached job's id")
+        .to_string();
+    let c = scrape(cport);
+    let labels = format!("{{job_id=\"{job}\",kind=\"vm.stop\",state=\"RUNNING\",node=\"node1\"}}");
+    let started = value(
+        &c,
+        &format!("nodemaint_job_started_timestamp_seconds{labels}"),
+    );
+    let updated = value(
+        &c,
+        &format!("nodemaint_job_updated_timestamp_seconds{labels}"),
+    );
+    assert!(
+        started <= updated && updated <= now(),
+        "{started} {updated}"
+    );
+    assert!(now() - started < 60.0);
+    f.signal_agent("node1", "-CONT");
+    wait_for(Duration::from_secs(60), "the stop job to end", || {
+        !scrape(cport).contains(&format!("job_id=\"{job}\""))
+    });
+    let c = scrape(cport);
+    assert_eq!(
+        value(&c, "nodemaint_jobs{kind=\"vm.stop\",state=\"SUCCEEDED\"}"),
+        1.0
+    );
+}
+
+/// The sum of every sample whose series starts with `name{` and carries
+/// each of the given `label="value"` pairs (`name{a="b"}` form).
+fn sum_of(text: &str, selector: &str) -> f64 {
+    let (name, labels) = selector.split_once('{').unwrap();
+    let want: Vec<&str> = labels.trim_end_matches('}').split(',').collect();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, v) = l.rsplit_once(' ')?;
+            let rest = series.strip_prefix(name)?.strip_prefix('{')?;
+            want.iter()
+                .all(|w| rest.contains(w))
+                .then(|| v.parse::<f64>().unwrap())
+        })
+        .sum()
+}

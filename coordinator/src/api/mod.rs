@@ -317,6 +317,9 @@ async fn take_and_launch(
     job: Job,
 ) -> Result<Reply> {
     let id = job.id.clone();
+    // What a rollback restores: when the node entered `from` (read before
+    // the take, which stamps the new status).
+    let since = c.registry.get(name).map(|r| r.status_since_ms);
     crate::driver::take_node(c, name, from, to, &id).await?;
     match launch(c, job).await {
         Ok(r) => Ok(r),
@@ -328,6 +331,9 @@ async fn take_and_launch(
                     if r.current_job.as_deref() == Some(id.as_str()) {
                         r.current_job = None;
                         r.status = from;
+                        if let Some(t) = since {
+                            r.status_since_ms = t;
+                        }
                     }
                     Ok(r)
                 })

@@ -89,6 +89,9 @@ pub async fn take_node(
                     ));
                 }
             }
+            if to != r.status {
+                r.status_since_ms = nodemaint_proto::now_ms();
+            }
             r.status = to;
             r.current_job = Some(job_id.to_string());
             Ok(r)
