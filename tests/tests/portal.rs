@@ -1877,6 +1877,13 @@ mod browser {
         assert!(b.current_url().await.unwrap().path().starts_with("/jobs/"));
         let end = wait_job_end(b, 60).await;
         assert!(end.contains("SUCCEEDED"), "{end}");
+        // Abort is offered while the job runs only: the live page drops it
+        // (on the stream's end, which follows the last fragment).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while b.find(Locator::Css("#abort-form")).await.is_ok() {
+            assert!(Instant::now() < deadline, "an ended job still offers Abort");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         assert!(text(b, "#job-progress").await.contains("100%"));
         assert!(text(b, "#job-facts").await.contains("alice"));
         shot(b, "job-view-stop-all.png").await;

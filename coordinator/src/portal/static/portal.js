@@ -85,6 +85,8 @@ document.addEventListener("DOMContentLoaded", () => {
     es.close();
     state("ended", "off");
     root.dataset.ended = "true";
+    // Abort is for running jobs only.
+    document.getElementById("abort-form")?.remove();
   });
   es.addEventListener("gone", () => {
     es.close();
