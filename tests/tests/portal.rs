@@ -2001,5 +2001,155 @@ mod browser {
         let t = text(b, "#jobs").await;
         assert_eq!(t.matches("alice").count(), 3, "{t}");
         shot(b, "jobs.png").await;
+
+        // A VM's page from the VM list: move (the planner's choice first,
+        // each stack's free memory) and a stop that needs its box ticked.
+        b.find(Locator::LinkText("Virtual Machines"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        b.find(Locator::LinkText("vm-d"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let picker = text(b, "#vm-to-node").await;
+        assert!(
+            picker.contains("(recommended)") && picker.contains("free"),
+            "{picker}"
+        );
+        // The browser itself refuses an unconfirmed stop (required box).
+        b.find(Locator::Css("#vm-stop-submit"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        assert!(b.current_url().await.unwrap().path().ends_with("/vms/vm-d"));
+        shot(b, "vm-actions.png").await;
     }
+}
+
+/// VM actions from the VM page: a viewer sees no forms and is refused; an
+/// operator stops a running VM only after confirming (nothing is sent
+/// otherwise), starts it again, and is offered the planner's destinations,
+/// recommended first, with each stack's free memory. (The test driver
+/// cannot migrate: the move is accepted as a job that fails, the VM stays.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_actions_start_stop_and_move_from_the_vm_page() {
+    let e = env().await;
+    let (app, c) = (&e.app, &e.coord);
+    let bob = login(app, "bob").await; // Level1
+    let list = get(app, Some(&bob), "/vms").await;
+    assert!(
+        list.body.contains(r#"<a href="/vms/vm-a">vm-a</a>"#),
+        "{}",
+        list.body
+    );
+    let page = get(app, Some(&bob), "/vms/vm-a").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.body.contains("requires Level2 or Level3"),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("vm-stop-form"), "{}", page.body);
+    let r = post(
+        app,
+        Some(&bob),
+        "/vms/vm-a/stop",
+        &[("csrf", &bob.csrf), ("confirm", "yes")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert_eq!(
+        get(app, Some(&bob), "/vms/nope").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    let alice = login(app, "alice").await; // Level2
+    let page = get(app, Some(&alice), "/vms/vm-a").await;
+    assert!(page.body.contains(r#"id="vm-stop-form""#), "{}", page.body);
+    // Destinations: node1's VM may go to node2 or node3, the first recommended.
+    let picker = section(&page.body, "vm-to-node");
+    let picker = &picker[..picker.find("</select>").unwrap()];
+    assert!(picker.contains("(recommended)"), "{picker}");
+    assert!(
+        picker.contains("node2") && picker.contains("node3"),
+        "{picker}"
+    );
+    assert!(!picker.contains(">node1"), "{picker}");
+    assert!(picker.contains("free"), "{picker}");
+
+    // Stop without the confirmation: refused, nothing sent.
+    let jobs_before = c.jobs.list(0).total;
+    let r = post(
+        app,
+        Some(&alice),
+        "/vms/vm-a/stop",
+        &[("csrf", &alice.csrf)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(r.body.contains("confirm the stop of vm-a"), "{}", r.body);
+    assert_eq!(c.jobs.list(0).total, jobs_before);
+
+    // Confirmed: a stop job; the VM shuts off.
+    let r = post(
+        app,
+        Some(&alice),
+        "/vms/vm-a/stop",
+        &[("csrf", &alice.csrf), ("confirm", "yes")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let j = wait_job(app, &alice, &job_id_from(&r.location())).await;
+    assert_eq!(j["state"], "SUCCEEDED", "{j}");
+    wait_until("vm-a shut off", 20, || {
+        c.registry
+            .find_vm("vm-a")
+            .first()
+            .is_some_and(|(_, d)| d.state == nodemaint_proto::model::VmState::Shutoff)
+    })
+    .await;
+    // Now the page offers Start (and no move or stop).
+    let page = get(app, Some(&alice), "/vms/vm-a").await;
+    assert!(page.body.contains(r#"id="vm-start-form""#), "{}", page.body);
+    assert!(!page.body.contains("vm-move-form"), "{}", page.body);
+    let r = post(
+        app,
+        Some(&alice),
+        "/vms/vm-a/start",
+        &[("csrf", &alice.csrf)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let j = wait_job(app, &alice, &job_id_from(&r.location())).await;
+    assert_eq!(j["state"], "SUCCEEDED", "{j}");
+
+    // Move: a refusal names the problem (unknown stack) and changes nothing.
+    let r = post(
+        app,
+        Some(&alice),
+        "/vms/vm-c/move",
+        &[("csrf", &alice.csrf), ("to_node", "nope")],
+    )
+    .await;
+    assert!(r.status.is_client_error(), "{}", r.status);
+    assert!(r.body.contains("nope"), "{}", r.body);
+    let r = post(
+        app,
+        Some(&alice),
+        "/vms/vm-c/move",
+        &[("csrf", &alice.csrf), ("to_node", "node3")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let j = wait_job(app, &alice, &job_id_from(&r.location())).await;
+    assert_eq!(j["kind"], "vm.move", "{j}");
+    assert_eq!(c.registry.find_vm("vm-c").len(), 1);
+    drop(e.fleet);
 }

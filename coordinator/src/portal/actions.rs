@@ -128,7 +128,7 @@ pub async fn abort(
 }
 
 #[derive(Deserialize, Default)]
-pub struct MoveVfwForm {
+pub struct MoveForm {
     #[serde(default)]
     csrf: String,
     #[serde(default)]
@@ -139,7 +139,7 @@ pub async fn move_vfw(
     State(st): State<Arc<Portal>>,
     auth: Auth,
     Path(cloudspace): Path<String>,
-    Form(f): Form<MoveVfwForm>,
+    Form(f): Form<MoveForm>,
 ) -> Response {
     if let Err(r) = auth.check_csrf(&f.csrf) {
         return r;
@@ -165,5 +165,90 @@ pub async fn move_vfw(
     {
         Ok(r) => accepted(r),
         Err(e) => e.page(Some(&auth), "Move VFW refused"),
+    }
+}
+
+pub async fn vm_start(
+    State(st): State<Arc<Portal>>,
+    auth: Auth,
+    Path(vm): Path<String>,
+    Form(f): Form<super::auth::CsrfForm>,
+) -> Response {
+    if let Err(r) = auth.check_csrf(&f.csrf) {
+        return r;
+    }
+    let req = Req::StartVm(pb::VmAction {
+        vm,
+        graceful_timeout_s: 0,
+    });
+    match st.api(&auth.user, req).await {
+        Ok(r) => accepted(r),
+        Err(e) => e.page(Some(&auth), "Start refused"),
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct StopForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    confirm: Option<String>,
+}
+
+/// Stopping a tenant's VM is confirmed, as the CLI's dialogs are: without
+/// the box ticked nothing is sent.
+pub async fn vm_stop(
+    State(st): State<Arc<Portal>>,
+    auth: Auth,
+    Path(vm): Path<String>,
+    Form(f): Form<StopForm>,
+) -> Response {
+    if let Err(r) = auth.check_csrf(&f.csrf) {
+        return r;
+    }
+    if f.confirm.as_deref() != Some("yes") {
+        return super::html::error_page(
+            Some(&auth),
+            StatusCode::BAD_REQUEST,
+            "Stop refused",
+            &format!("confirm the stop of {vm} (tick the box): nothing was sent"),
+        );
+    }
+    let req = Req::StopVm(pb::VmAction {
+        vm,
+        graceful_timeout_s: 0,
+    });
+    match st.api(&auth.user, req).await {
+        Ok(r) => accepted(r),
+        Err(e) => e.page(Some(&auth), "Stop refused"),
+    }
+}
+
+pub async fn vm_move(
+    State(st): State<Arc<Portal>>,
+    auth: Auth,
+    Path(vm): Path<String>,
+    Form(f): Form<MoveForm>,
+) -> Response {
+    if let Err(r) = auth.check_csrf(&f.csrf) {
+        return r;
+    }
+    if f.to_node.is_empty() {
+        return super::html::error_page(
+            Some(&auth),
+            StatusCode::BAD_REQUEST,
+            "Move refused",
+            "choose the stack to move the VM to",
+        );
+    }
+    let req = Req::MoveVm(pb::MoveVm {
+        vm,
+        to_node: f.to_node,
+        timeout_s: 0,
+        max_speed_mibs: 0,
+    });
+    match st.api(&auth.user, req).await {
+        Ok(r) => accepted(r),
+        Err(e) => e.page(Some(&auth), "Move refused"),
     }
 }

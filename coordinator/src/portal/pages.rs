@@ -147,37 +147,24 @@ fn stopped_by_cell(n: &NodeRecord, vm: &str) -> String {
 }
 
 pub fn user_vm_rows(n: &NodeRecord) -> String {
-    let rows: Vec<String> = n
-        .domains
-        .iter()
-        .filter(|d| d.kind == VmKind::User)
-        .map(|d| {
-            format!(
-                r#"<tr data-vm="{name}"><td>{name}</td><td>{state}</td><td>{cs}</td><td class="num">{vcpus}</td><td class="num">{mem}</td><td>{stopped}</td></tr>"#,
-                name = esc(&d.name),
-                state = vm_badge(d.state),
-                cs = d.cloudspace.as_deref().map(cs_link).unwrap_or_default(),
-                vcpus = d.vcpus,
-                mem = mib(d.memory_mib),
-                stopped = stopped_by_cell(n, &d.name),
-            )
-        })
-        .collect();
-    if rows.is_empty() {
-        return r#"<tr><td colspan="6" class="muted">No user VM on this stack.</td></tr>"#.into();
-    }
-    rows.concat()
+    vm_rows(n, VmKind::User, "No user VM on this stack.")
 }
 
 pub fn system_vm_rows(n: &NodeRecord) -> String {
+    vm_rows(n, VmKind::Vfw, "No virtual firewall on this stack.")
+}
+
+/// Stack Details' VM tables; each name links to the VM's page (its actions).
+fn vm_rows(n: &NodeRecord, kind: VmKind, none: &str) -> String {
     let rows: Vec<String> = n
         .domains
         .iter()
-        .filter(|d| d.kind == VmKind::Vfw)
+        .filter(|d| d.kind == kind)
         .map(|d| {
             format!(
-                r#"<tr data-vm="{name}"><td>{name}</td><td>{state}</td><td>{cs}</td><td class="num">{vcpus}</td><td class="num">{mem}</td><td>{stopped}</td></tr>"#,
+                r#"<tr data-vm="{name}"><td><a href="/vms/{vmurl}">{name}</a></td><td>{state}</td><td>{cs}</td><td class="num">{vcpus}</td><td class="num">{mem}</td><td>{stopped}</td></tr>"#,
                 name = esc(&d.name),
+                vmurl = url(&d.name),
                 state = vm_badge(d.state),
                 cs = d.cloudspace.as_deref().map(cs_link).unwrap_or_default(),
                 vcpus = d.vcpus,
@@ -187,8 +174,7 @@ pub fn system_vm_rows(n: &NodeRecord) -> String {
         })
         .collect();
     if rows.is_empty() {
-        return r#"<tr><td colspan="6" class="muted">No virtual firewall on this stack.</td></tr>"#
-            .into();
+        return format!(r#"<tr><td colspan="6" class="muted">{none}</td></tr>"#);
     }
     rows.concat()
 }
@@ -581,8 +567,9 @@ pub async fn vms(State(st): State<Arc<Portal>>, auth: Auth, Query(f): Query<VmFi
             continue;
         }
         rows.push(format!(
-            r#"<tr data-vm="{name}"><td>{name}</td><td>{kind}</td><td>{node}</td><td>{cs}</td><td>{state}</td><td class="num">{vcpus}</td><td class="num">{mem}</td><td>{stopped}</td></tr>"#,
+            r#"<tr data-vm="{name}"><td><a href="/vms/{vmurl}">{name}</a></td><td>{kind}</td><td>{node}</td><td>{cs}</td><td>{state}</td><td class="num">{vcpus}</td><td class="num">{mem}</td><td>{stopped}</td></tr>"#,
             name = esc(&vm.name),
+            vmurl = url(&vm.name),
             kind = if vm.kind == VmKind::Vfw {
                 badge("vfw", "VFW")
             } else {
@@ -654,6 +641,146 @@ pub async fn vms(State(st): State<Arc<Portal>>, auth: Auth, Query(f): Query<VmFi
         StatusCode::OK,
         page(Some(&auth), Nav::Vms, "Virtual Machines", &body),
     )
+}
+
+/// One VM and what an operator may do with it: start it when shut off;
+/// move it (the planner's destinations, best first, with each stack's free
+/// memory) or stop it (after a confirmation, as the CLI's) when running.
+pub async fn vm(State(st): State<Arc<Portal>>, auth: Auth, Path(name): Path<String>) -> Response {
+    let all = st.c.registry.all();
+    let places: Vec<(&NodeRecord, &Vm)> = all
+        .iter()
+        .flat_map(|n| n.domains.iter().map(move |d| (n, d)))
+        .filter(|(_, d)| d.name == name)
+        .collect();
+    let Some(&(n, d)) = places.first() else {
+        return html::error_page(
+            Some(&auth),
+            StatusCode::NOT_FOUND,
+            "Unknown VM",
+            &format!("unknown VM {name:?}: no stack reports it"),
+        );
+    };
+    let facts = format!(
+        r#"<div><dt>Kind</dt><dd>{kind}</dd></div><div><dt>Stack</dt><dd id="vm-node">{node}</dd></div><div><dt>Cloudspace</dt><dd>{cs}</dd></div><div><dt>State</dt><dd id="vm-state">{state}</dd></div><div><dt>vCPUs</dt><dd>{vcpus}</dd></div><div><dt>Memory</dt><dd>{mem}</dd></div>{stopped}"#,
+        kind = if d.kind == VmKind::Vfw {
+            badge("vfw", "VFW (system)")
+        } else {
+            "user".into()
+        },
+        node = node_link(&n.name),
+        cs = d.cloudspace.as_deref().map(cs_link).unwrap_or_default(),
+        state = vm_badge(d.state),
+        vcpus = d.vcpus,
+        mem = mib(d.memory_mib),
+        stopped = n
+            .stopped_by
+            .get(&d.name)
+            .map(|j| format!("<div><dt>Stopped by</dt><dd>{}</dd></div>", job_link(j)))
+            .unwrap_or_default(),
+    );
+    let actions = if places.len() > 1 {
+        format!(
+            r#"<p class="plan bad" id="vm-actions">{} is reported by several stacks ({}); resolve this before acting on it.</p>"#,
+            esc(&name),
+            esc(&places
+                .iter()
+                .map(|(n, _)| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "))
+        )
+    } else if !auth.can_act() {
+        format!(r#"<p class="note" id="vm-actions">Start, stop and move: {NEEDS_OPERATOR}.</p>"#)
+    } else {
+        vm_actions(&auth, &all, n, d)
+    };
+    let body = format!(
+        r#"<nav class="crumbs"><a href="/vms">Virtual Machines</a> › {vmn}</nav>
+<div class="titlebar"><h1>VM {vmn}</h1></div>
+<dl class="facts" id="vm-facts">{facts}</dl>
+<h2>Actions</h2>
+{actions}"#,
+        vmn = esc(&name),
+    );
+    respond(
+        StatusCode::OK,
+        page(Some(&auth), Nav::Vms, &format!("VM {name}"), &body),
+    )
+}
+
+fn vm_actions(auth: &Auth, all: &[NodeRecord], n: &NodeRecord, d: &Vm) -> String {
+    use nodemaint_proto::model::VmState;
+    let vm = url(&d.name);
+    let csrf = csrf_field(auth);
+    match d.state {
+        VmState::Shutoff => format!(
+            r#"<form method="post" action="/vms/{vm}/start" id="vm-start-form" class="filters">{csrf}
+<button type="submit" class="primary" id="vm-start-submit">Start</button>
+<small>Starts {name} on {node}{held}.</small></form>"#,
+            name = esc(&d.name),
+            node = esc(&n.name),
+            held = if n.status == NodeStatus::Enabled {
+                ""
+            } else {
+                " (the stack is not enabled: the coordinator refuses, saying why)"
+            },
+        ),
+        VmState::Running => {
+            let fleet = crate::fleet::snapshot(all, now());
+            let dests = planner::feasible_destinations(&fleet, &d.name, &[]);
+            let free = |node: &str| {
+                all.iter()
+                    .find(|r| r.name == node)
+                    .map(|r| r.capacity.memory_mib.saturating_sub(r.memory_used_mib()))
+                    .unwrap_or(0)
+            };
+            let options: Vec<String> = dests
+                .iter()
+                .enumerate()
+                .map(|(i, to)| {
+                    format!(
+                        r#"<option value="{v}">{v} · {free} free{best}</option>"#,
+                        v = esc(to),
+                        free = mib(free(to)),
+                        best = if i == 0 { " (recommended)" } else { "" }
+                    )
+                })
+                .collect();
+            let (disabled, why) = if dests.is_empty() {
+                (
+                    " disabled",
+                    r#"<small class="why" id="vm-move-why">no other stack can take this VM now (capacity, status, anti-affinity)</small>"#,
+                )
+            } else {
+                ("", "")
+            };
+            let vfw_warning = if d.kind == VmKind::Vfw {
+                format!(
+                    " This is cloudspace {}'s virtual firewall: its network is down until the VFW runs again.",
+                    esc(d.cloudspace.as_deref().unwrap_or("?"))
+                )
+            } else {
+                String::new()
+            };
+            format!(
+                r#"<form method="post" action="/vms/{vm}/move" id="vm-move-form" class="filters">{csrf}
+<label>Live-migrate {name} from {node} to <select name="to_node" id="vm-to-node"{disabled}>{options}</select></label>
+<button type="submit" class="primary" id="vm-move-submit"{disabled}>Move</button>
+{why}</form>
+<p class="muted">Only stacks the planner accepts are offered (enabled, reachable, with room, anti-affinity), best first.</p>
+<form method="post" action="/vms/{vm}/stop" id="vm-stop-form" class="filters">{csrf}
+<label><input type="checkbox" name="confirm" value="yes" id="vm-stop-confirm" required> Stop {name}: the guest is asked to shut down, and forced off after the timeout.{vfw_warning}</label>
+<button type="submit" id="vm-stop-submit">Stop</button></form>"#,
+                name = esc(&d.name),
+                node = esc(&n.name),
+                options = options.concat(),
+            )
+        }
+        other => format!(
+            r#"<p class="note" id="vm-actions">No action while the VM is {}.</p>"#,
+            esc(&format!("{other:?}").to_lowercase())
+        ),
+    }
 }
 
 // ------------------------------------------------------------ Cloudspaces
