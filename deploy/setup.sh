@@ -41,7 +41,7 @@ APT_PACKAGES=(build-essential pkg-config ca-certificates
               iproute2 iptables procps util-linux openssl python3 python3-venv)
 case $purpose in
     demo) ;;
-    test) APT_PACKAGES+=(chromium chromium-driver stress-ng faketime systemd) ;; # systemd: systemd-analyze verify of the units
+    test) APT_PACKAGES+=(chromium chromium-driver stress-ng faketime systemd prometheus) ;; # systemd-analyze, promtool
     *) echo "setup: --for takes demo or test, not '$purpose'" >&2; exit 2 ;;
 esac
 
