@@ -30,11 +30,18 @@ fn systemd_analyze() -> Option<PathBuf> {
     None
 }
 
+/// A copy of `from` (units: the test edits them) at `to`.
 fn copy(from: &Path, to: &Path) {
     std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-    // A hard link where it can (debug binaries are large), else a copy.
+    std::fs::copy(from, to).unwrap_or_else(|e| panic!("{from:?} -> {to:?}: {e}"));
+}
+
+/// A binary at `to`: a hard link where it can (debug binaries are large),
+/// else a copy. Never for a file the test edits: that would edit the source.
+fn link(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
     if std::fs::hard_link(from, to).is_err() {
-        std::fs::copy(from, to).unwrap_or_else(|e| panic!("{from:?} -> {to:?}: {e}"));
+        copy(from, to);
     }
 }
 
@@ -74,11 +81,10 @@ fn root() -> tempfile::TempDir {
             &r.join("etc/systemd/system").join(unit),
         );
     }
-    copy(&bin("coordinator"), &r.join("usr/bin/coordinator"));
-    copy(&bin("node-agent"), &r.join("usr/bin/node-agent"));
-    let nats = which("nats-server");
-    copy(&nats, &r.join("usr/local/bin/nats-server"));
-    copy(&which("kill"), &r.join("bin/kill"));
+    link(&bin("coordinator"), &r.join("usr/bin/coordinator"));
+    link(&bin("node-agent"), &r.join("usr/bin/node-agent"));
+    link(&which("nats-server"), &r.join("usr/local/bin/nats-server"));
+    link(&which("kill"), &r.join("bin/kill"));
     root
 }
 
@@ -126,6 +132,13 @@ fn every_shipped_unit_verifies_against_what_the_packages_install() {
     )
     .unwrap();
     let out = verify(&tool, root.path(), "nodemaint-coordinator.service");
+    let shipped =
+        std::fs::read_to_string(lab::repo().join("deploy/systemd/nodemaint-coordinator.service"))
+            .unwrap();
+    assert!(
+        shipped.contains("ExecStart=/usr/bin/coordinator "),
+        "{shipped}"
+    );
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("/usr/local/bin/coordinator"),
