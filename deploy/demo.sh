@@ -32,7 +32,7 @@ deploy/lab up --nodes 3 --vms-per-node 2 --cloudspaces 3 --secure
 
 CREDS=$LAB_DIR/secure/auth/creds
 export NATS_URL="nats://$LAB_SUBNET.1:$LAB_NATS_PORT" NATS_CA=$LAB_DIR/secure/tls/ca.pem
-export NATS_CREDS=$CREDS/operator.creds
+export NODEMAINT_CREDS=$CREDS/operator.creds
 nm() { echo; echo "\$ coordinator $*"; "$REPO/target/debug/coordinator" "$@"; }
 say() { echo; echo "=== $*"; }
 
@@ -81,10 +81,10 @@ nm node enable "$target"
 nm vm list --node "$target"
 
 say "Security: a read-only operator (viewer, Level1) may look but not change"
-NATS_CREDS=$CREDS/viewer.creds nm node list
-NATS_CREDS=$CREDS/viewer.creds nm node enable node2 2>&1 || echo "(refused by the NATS server, as it should be)"
+NODEMAINT_CREDS=$CREDS/viewer.creds nm node list
+NODEMAINT_CREDS=$CREDS/viewer.creds nm node enable node2 2>&1 || echo "(refused by the NATS server, as it should be)"
 echo; echo "No credentials, no entry:"
-(unset NATS_CREDS; nm node list 2>&1) || true
+(unset NODEMAINT_CREDS; nm node list 2>&1) || true
 
 say "Who did what: jobs and the event stream"
 nm job list

@@ -51,12 +51,26 @@ pub struct CoordinatorConfig {
     pub nats_url: String,
     #[serde(default = "default_prefix")]
     pub subject_prefix: String,
-    /// NATS credentials file (mode 0600; `NATS_CREDS` wins).
+    /// NATS credentials file, mode 0600: nodemaint's own (gen-auth's
+    /// creds/NAME.creds) or a NATS .creds file. The environment
+    /// (`NODEMAINT_CREDS`, `NATS_CREDS`, `NATS_NKEY`, …) and flags win.
     #[serde(default)]
     pub nats_creds: Option<PathBuf>,
+    /// Instead of `nats_creds`: a file holding the coordinator's nkey seed
+    /// (gen-auth's creds/NAME.nk).
+    #[serde(default)]
+    pub nats_nkey: Option<PathBuf>,
+    /// The coordinator's NATS principal (gen-auth's `--coordinator`), which
+    /// an nkey does not name; default `coordinator`.
+    #[serde(default)]
+    pub nats_user: Option<String>,
     /// CA of the NATS servers' TLS certificates (`NATS_CA` wins).
     #[serde(default)]
     pub nats_ca: Option<PathBuf>,
+    /// Login and TLS given on `serve`'s command line: they win over the
+    /// environment and this file.
+    #[serde(skip)]
+    pub nats_flags: nodemaint_proto::bus::Security,
     #[serde(default)]
     pub users: BTreeMap<String, User>,
     #[serde(default)]
@@ -360,12 +374,25 @@ pub enum ConfigError {
 }
 
 impl CoordinatorConfig {
-    /// NATS credentials and CA: the environment's, else the config's.
+    /// NATS login and TLS: the flags', else the environment's, else the
+    /// config's; the principal is named `nats_user` (else `coordinator`)
+    /// when the secret does not name it.
     pub fn nats_security(&self) -> nodemaint_proto::bus::Security {
-        nodemaint_proto::bus::Security::from_env().or(nodemaint_proto::bus::Security {
+        let config = nodemaint_proto::bus::Security {
             creds: self.nats_creds.clone(),
+            nkey: self.nats_nkey.clone(),
+            user: Some(
+                self.nats_user
+                    .clone()
+                    .unwrap_or_else(|| "coordinator".into()),
+            ),
             ca: self.nats_ca.clone(),
-        })
+            ..Default::default()
+        };
+        self.nats_flags
+            .clone()
+            .or(nodemaint_proto::bus::Security::from_env())
+            .or(config)
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {

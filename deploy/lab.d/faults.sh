@@ -141,7 +141,7 @@ start_coordinator_n() { # i
   local i=$1
   # shellcheck disable=SC2016 # expanded by the inner bash
   # shellcheck disable=SC2046 # security_env: words on purpose
-  setsid env -u NATS_CREDS -u NATS_CA NATS_URL="$NATS_URL" $(security_env coordinator) \
+  setsid env -u NATS_CREDS -u NODEMAINT_CREDS -u NATS_NKEY -u NATS_CA NATS_URL="$NATS_URL" $(security_env coordinator) \
     bash -c 'echo $$ >"$1"; shift; exec "$@"' coordinator \
     "$(coord_pidfile "$i")" "$BIN_DIR/coordinator" serve --nats-url "$NATS_URL" \
     --config "$LAB_DIR/coordinator.toml" $(insecure_flag) \

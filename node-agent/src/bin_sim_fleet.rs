@@ -26,9 +26,12 @@ use std::time::Duration;
 struct Args {
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
-    /// NATS credentials file (mode 0600) every simulated agent connects with.
+    /// A NATS .creds file every simulated agent connects with.
     #[arg(long, env = "NATS_CREDS")]
     creds: Option<std::path::PathBuf>,
+    /// nodemaint's own credentials file (mode 0600) every simulated agent connects with.
+    #[arg(long, env = "NODEMAINT_CREDS")]
+    nodemaint_creds: Option<std::path::PathBuf>,
     /// CA certificate of the NATS servers (turns TLS on).
     #[arg(long, env = "NATS_CA")]
     ca: Option<std::path::PathBuf>,
@@ -115,7 +118,8 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(&boot, uuid::Uuid::new_v4().to_string())?;
         let mut cfg = AgentConfig::for_node(node);
         cfg.nats_url = a.nats_url.clone();
-        cfg.nats_creds = a.creds.clone();
+        cfg.nats_creds = a.nodemaint_creds.clone();
+        cfg.nats_flags.nats_creds = a.creds.clone();
         cfg.nats_ca = a.ca.clone();
         cfg.libvirt_uri = format!("{SCHEME}{node}");
         cfg.address = Some(node.clone());

@@ -28,12 +28,22 @@ pub struct AgentConfig {
     pub node: String,
     #[serde(default = "default_nats_url")]
     pub nats_url: String,
-    /// NATS credentials file of this node (mode 0600; `--creds`/`NATS_CREDS` win).
+    /// NATS credentials file of this node, mode 0600: nodemaint's own
+    /// (gen-auth's creds/NODE.creds) or a NATS .creds file. Flags and their
+    /// environment variables (`--creds`, `--nkey`, `NODEMAINT_CREDS`) win.
     #[serde(default)]
     pub nats_creds: Option<PathBuf>,
+    /// Instead of `nats_creds`: a file holding this node's nkey seed
+    /// (gen-auth's creds/NODE.nk).
+    #[serde(default)]
+    pub nats_nkey: Option<PathBuf>,
     /// CA of the NATS servers' TLS certificates (`--ca`/`NATS_CA` win).
     #[serde(default)]
     pub nats_ca: Option<PathBuf>,
+    /// Login and TLS of the command line and environment (not a key of
+    /// the file): they win over it.
+    #[serde(skip)]
+    pub nats_flags: nodemaint_proto::bus::Security,
     #[serde(default = "default_libvirt_uri")]
     pub libvirt_uri: String,
     /// Address other nodes use for migration to this node. Without it the
@@ -198,11 +208,16 @@ impl AgentConfig {
         Ok(())
     }
 
+    /// NATS login and TLS: the flags', else this config's. The principal
+    /// is the node (an nkey does not name it).
     pub fn nats_security(&self) -> nodemaint_proto::bus::Security {
-        nodemaint_proto::bus::Security {
+        self.nats_flags.clone().or(nodemaint_proto::bus::Security {
             creds: self.nats_creds.clone(),
+            nkey: self.nats_nkey.clone(),
+            user: Some(self.node.clone()),
             ca: self.nats_ca.clone(),
-        }
+            ..Default::default()
+        })
     }
 
     pub fn migration_uri(&self) -> String {

@@ -27,9 +27,15 @@ struct Args {
     /// NATS server URL, or every member of a cluster, comma-separated.
     #[arg(long, env = "NATS_URL")]
     nats_url: Option<String>,
-    /// NATS credentials file of this node (mode 0600).
-    #[arg(long, env = "NATS_CREDS")]
+    /// A NATS .creds file (user JWT and seed) of this node.
+    #[arg(long, env = "NATS_CREDS", value_name = "FILE")]
     creds: Option<PathBuf>,
+    /// nodemaint's own credentials file of this node (gen-auth's creds/NODE.creds, mode 0600).
+    #[arg(long, env = "NODEMAINT_CREDS", value_name = "FILE")]
+    nodemaint_creds: Option<PathBuf>,
+    /// A file holding this node's nkey seed (gen-auth's creds/NODE.nk).
+    #[arg(long, env = "NATS_NKEY", value_name = "FILE")]
+    nkey: Option<PathBuf>,
     /// CA certificate of the NATS servers (turns TLS on).
     #[arg(long, env = "NATS_CA")]
     ca: Option<PathBuf>,
@@ -111,9 +117,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(v) = args.nats_url {
         cfg.nats_url = v;
     }
-    if let Some(v) = args.creds {
-        cfg.nats_creds = Some(v);
-    }
+    // Login from flags or their environment variables wins over the file's.
+    cfg.nats_flags = nodemaint_proto::bus::Security {
+        creds: args.nodemaint_creds,
+        nats_creds: args.creds,
+        nkey: args.nkey,
+        ..nodemaint_proto::bus::Security::from_env()
+    };
     if let Some(v) = args.ca {
         cfg.nats_ca = Some(v);
     }
@@ -133,10 +143,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         cfg.metrics_listen = Some(v);
     }
     cfg.validate()?;
-    let sec = nodemaint_proto::bus::Security::from_env().or(nodemaint_proto::bus::Security {
-        creds: cfg.nats_creds.clone(),
-        ca: cfg.nats_ca.clone(),
-    });
+    let sec = cfg.nats_security();
     let who = format!("the agent of {}", cfg.node);
     if let Some(warning) = sec
         .require(args.insecure, &who)

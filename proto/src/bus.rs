@@ -31,35 +31,87 @@ pub fn server_list(urls: &str) -> Result<Vec<String>, BoxError> {
     Ok(list)
 }
 
-/// How a process authenticates to NATS: a credentials file (its principal's
-/// name and secret) and the CA that signed the servers' TLS certificates.
-/// Both optional: without them the connection is anonymous and plain.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// How a process authenticates to NATS and which servers it trusts, in the
+/// `nats` CLI's terms (its flags, environment and context fields) plus
+/// nodemaint's own credentials file. All optional: without them the
+/// connection is anonymous and plain.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Security {
+    /// A credentials file of either format: nodemaint's own (`user = …` and
+    /// `nkey_seed = …` or `password = …`, what `gen-auth` writes) or a NATS
+    /// `.creds` file. From a config's `nats_creds`, `NODEMAINT_CREDS` or
+    /// `--nodemaint-creds`.
     pub creds: Option<PathBuf>,
+    /// A standard NATS `.creds` file (a user JWT and its nkey seed) only:
+    /// `NATS_CREDS`, `--creds`, a context's `creds`, which the `nats` CLI
+    /// reads as its own.
+    pub nats_creds: Option<PathBuf>,
+    /// A file holding a user nkey seed (`SU…`): `NATS_NKEY`, `--nkey`, a
+    /// context's or config's `nkey`.
+    pub nkey: Option<PathBuf>,
+    /// With `password`, user/password authentication; alone, the name of the
+    /// principal (its reply inbox prefix) that an nkey does not carry.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// The CA that signed the servers' certificates (turns TLS on).
     pub ca: Option<PathBuf>,
+    /// A client certificate and its key, for servers that verify clients.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Security")
+            .field("creds", &self.creds)
+            .field("nats_creds", &self.nats_creds)
+            .field("nkey", &self.nkey)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish()
+    }
 }
 
 impl Security {
-    /// `NATS_CREDS` and `NATS_CA` (empty means unset).
+    /// The environment: `NODEMAINT_CREDS` (nodemaint's own file) and the
+    /// `nats` CLI's `NATS_CREDS`, `NATS_NKEY`, `NATS_USER`, `NATS_PASSWORD`,
+    /// `NATS_CA`, `NATS_CERT`, `NATS_KEY` (empty means unset).
     pub fn from_env() -> Self {
-        let var = |k: &str| {
-            std::env::var_os(k)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
+        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+        let path = |k: &str| var(k).map(PathBuf::from);
+        let text = |k: &str| var(k).map(|v| v.to_string_lossy().into_owned());
         Security {
-            creds: var("NATS_CREDS"),
-            ca: var("NATS_CA"),
+            creds: path("NODEMAINT_CREDS"),
+            nats_creds: path("NATS_CREDS"),
+            nkey: path("NATS_NKEY"),
+            user: text("NATS_USER"),
+            password: text("NATS_PASSWORD"),
+            ca: path("NATS_CA"),
+            cert: path("NATS_CERT"),
+            key: path("NATS_KEY"),
         }
+    }
+
+    /// Whether a secret is configured (a user name alone is none).
+    pub fn has_auth(&self) -> bool {
+        self.creds.is_some()
+            || self.nats_creds.is_some()
+            || self.nkey.is_some()
+            || self.password.is_some()
     }
 
     /// What a daemon lacks to run on a secured bus (credentials, a CA for
     /// TLS); empty when it has both.
     pub fn missing(&self) -> Vec<&'static str> {
         let mut m = Vec::new();
-        if self.creds.is_none() {
-            m.push("a credentials file (nats_creds, NATS_CREDS or --creds)");
+        if !self.has_auth() {
+            m.push(
+                "a credentials file or nkey (nats_creds or nats_nkey, NODEMAINT_CREDS, \
+                 NATS_CREDS, NATS_NKEY, --creds or --nkey)",
+            );
         }
         if self.ca.is_none() {
             m.push("the servers' CA for TLS (nats_ca, NATS_CA or --ca)");
@@ -88,22 +140,231 @@ impl Security {
         }
     }
 
-    /// Each setting of `self`, else `fallback`'s (environment over config).
+    /// `self`'s settings, else `fallback`'s (flags over environment over
+    /// config). The secret comes whole from one source, never a file from
+    /// one and a password from another; TLS files setting by setting.
     pub fn or(self, fallback: Security) -> Security {
+        let (creds, nats_creds, nkey, password, user) = if self.has_auth() {
+            (
+                self.creds,
+                self.nats_creds,
+                self.nkey,
+                self.password,
+                self.user.or(fallback.user),
+            )
+        } else {
+            (
+                fallback.creds,
+                fallback.nats_creds,
+                fallback.nkey,
+                fallback.password,
+                self.user.or(fallback.user),
+            )
+        };
         Security {
-            creds: self.creds.or(fallback.creds),
+            creds,
+            nats_creds,
+            nkey,
+            user,
+            password,
             ca: self.ca.or(fallback.ca),
+            cert: self.cert.or(fallback.cert),
+            key: self.key.or(fallback.key),
         }
     }
 
-    /// The principal's credentials, when a file is configured.
+    /// nodemaint's own credentials, when `creds` names a file in that format.
     pub fn credentials(&self) -> Result<Option<Credentials>, BoxError> {
-        self.creds
-            .as_deref()
-            .map(Credentials::load)
-            .transpose()
-            .map_err(Into::into)
+        Ok(match self.login()? {
+            Some(Login {
+                secret: LoginSecret::Nodemaint(c),
+                ..
+            }) => Some(c),
+            _ => None,
+        })
     }
+
+    /// How to log in, read from the configured files: the first of `creds`,
+    /// `nats_creds`, `nkey`, `user` with `password`. Every error names the
+    /// file and, for a file in the wrong format, the setting it belongs in.
+    pub fn login(&self) -> Result<Option<Login>, BoxError> {
+        if let Some(path) = &self.creds {
+            let text = read_secret_file(path)?;
+            return Ok(Some(if is_standard_creds(&text) {
+                standard_login(path, &text)?
+            } else {
+                let c = Credentials::parse(&text).map_err(|message| CredentialsError::Invalid {
+                    path: path.clone(),
+                    message,
+                })?;
+                Login {
+                    name: Some(c.user.clone()),
+                    source: path.display().to_string(),
+                    secret: LoginSecret::Nodemaint(c),
+                }
+            }));
+        }
+        if let Some(path) = &self.nats_creds {
+            let text = read_secret_file(path)?;
+            if !is_standard_creds(&text) {
+                let message = if Credentials::parse(&text).is_ok() {
+                    format!(
+                        "it is a nodemaint credentials file (user = …, nkey_seed = …), not a \
+                         NATS .creds file (a user JWT and its seed), which is what NATS_CREDS \
+                         and --creds mean here as in the `nats` CLI: pass it as \
+                         NODEMAINT_CREDS={p} (or --nodemaint-creds {p}) instead",
+                        p = path.display()
+                    )
+                } else {
+                    "not a NATS .creds file: it has no -----BEGIN NATS USER JWT----- block"
+                        .to_string()
+                };
+                return Err(Box::new(CredentialsError::Invalid {
+                    path: path.clone(),
+                    message,
+                }));
+            }
+            return Ok(Some(standard_login(path, &text)?));
+        }
+        if let Some(path) = &self.nkey {
+            let text = read_secret_file(path)?;
+            let seed = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.starts_with('#'))
+                .flat_map(str::split_whitespace)
+                .find(|t| t.starts_with("SU"))
+                .map(str::to_string);
+            let Some(seed) = seed else {
+                let hint = if Credentials::parse(&text).is_ok() {
+                    ": it is a nodemaint credentials file; pass it as NODEMAINT_CREDS \
+                     (or --nodemaint-creds) instead"
+                } else {
+                    ""
+                };
+                return Err(Box::new(CredentialsError::Invalid {
+                    path: path.clone(),
+                    message: format!("no user nkey seed (SU…) in it{hint}"),
+                }));
+            };
+            return Ok(Some(Login {
+                name: self.user.clone(),
+                source: path.display().to_string(),
+                secret: LoginSecret::Nkey(seed),
+            }));
+        }
+        if let Some(password) = &self.password {
+            let user = self
+                .user
+                .clone()
+                .ok_or("a NATS password needs a user (--user or NATS_USER)")?;
+            return Ok(Some(Login {
+                name: Some(user.clone()),
+                source: format!("user {user}"),
+                secret: LoginSecret::Password(user, password.clone()),
+            }));
+        }
+        Ok(None)
+    }
+}
+
+/// How [`connect`] logs in: the secret, the principal's name when known
+/// (its reply inboxes are `_INBOX.<name>`), and where it came from.
+#[derive(Clone)]
+pub struct Login {
+    pub name: Option<String>,
+    pub source: String,
+    pub secret: LoginSecret,
+}
+
+#[derive(Clone)]
+pub enum LoginSecret {
+    /// nodemaint's own credentials file.
+    Nodemaint(Credentials),
+    /// The text of a standard `.creds` file (async-nats parses it).
+    Creds(String),
+    Nkey(String),
+    Password(String, String),
+}
+
+fn is_standard_creds(text: &str) -> bool {
+    text.contains("-----BEGIN NATS USER JWT-----")
+}
+
+fn standard_login(path: &Path, text: &str) -> Result<Login, CredentialsError> {
+    let invalid = |message: String| CredentialsError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
+    let jwt = creds_block(text, "NATS USER JWT").ok_or_else(|| invalid("no user JWT".into()))?;
+    if creds_block(text, "USER NKEY SEED").is_none() {
+        return Err(invalid("no -----BEGIN USER NKEY SEED----- block".into()));
+    }
+    Ok(Login {
+        name: jwt_name(jwt),
+        source: path.display().to_string(),
+        secret: LoginSecret::Creds(text.to_string()),
+    })
+}
+
+/// The first non-empty line after `-----BEGIN {what}-----`.
+fn creds_block<'a>(text: &'a str, what: &str) -> Option<&'a str> {
+    let begin = format!("-----BEGIN {what}-----");
+    let rest = &text[text.find(&begin)? + begin.len()..];
+    rest.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .filter(|l| !l.starts_with("---"))
+}
+
+/// The `name` claim of a JWT (base64url JSON payload), the user's name.
+fn jwt_name(jwt: &str) -> Option<String> {
+    let payload = jwt.split('.').nth(1)?;
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut bytes = Vec::new();
+    for c in payload.bytes().take_while(|&c| c != b'=') {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            _ => return None,
+        };
+        bits = bits << 6 | v as u32;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            bytes.push((bits >> n) as u8);
+            bits &= (1 << n) - 1;
+        }
+    }
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims["name"].as_str().map(str::to_string)
+}
+
+/// A secret file's text, refusing one that others may read.
+fn read_secret_file(path: &Path) -> Result<String, CredentialsError> {
+    let read = |source| CredentialsError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(CredentialsError::Exposed {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = meta;
+    std::fs::read_to_string(path).map_err(read)
 }
 
 /// A principal's NATS credentials: its name (the subject token its
@@ -150,25 +411,7 @@ pub enum CredentialsError {
 impl Credentials {
     /// Reads a credentials file, refusing one that others may read.
     pub fn load(path: &Path) -> Result<Self, CredentialsError> {
-        let read = |source| CredentialsError::Read {
-            path: path.to_path_buf(),
-            source,
-        };
-        let meta = std::fs::metadata(path).map_err(read)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = meta.permissions().mode() & 0o7777;
-            if mode & 0o077 != 0 {
-                return Err(CredentialsError::Exposed {
-                    path: path.to_path_buf(),
-                    mode,
-                });
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = meta;
-        let text = std::fs::read_to_string(path).map_err(read)?;
+        let text = read_secret_file(path)?;
         Credentials::parse(&text).map_err(|message| CredentialsError::Invalid {
             path: path.to_path_buf(),
             message,
@@ -283,13 +526,24 @@ pub async fn connect_watching_as(
                 }
             }
         });
-    let creds = sec.credentials()?;
-    if let Some(c) = &creds {
-        opts = match &c.secret {
-            Secret::Password(p) => opts.user_and_password(c.user.clone(), p.clone()),
-            Secret::NkeySeed(s) => opts.nkey(s.clone()),
+    let login = sec.login()?;
+    if let Some(l) = &login {
+        opts = match &l.secret {
+            LoginSecret::Nodemaint(c) => match &c.secret {
+                Secret::Password(p) => opts.user_and_password(c.user.clone(), p.clone()),
+                Secret::NkeySeed(s) => opts.nkey(s.clone()),
+            },
+            LoginSecret::Creds(text) => opts
+                .credentials(text)
+                .map_err(|e| format!("invalid NATS .creds file {}: {e}", l.source))?,
+            LoginSecret::Nkey(seed) => opts.nkey(seed.clone()),
+            LoginSecret::Password(u, p) => opts.user_and_password(u.clone(), p.clone()),
+        };
+        if let Some(name) = &l.name {
+            crate::subjects::validate_token(name)
+                .map_err(|e| format!("NATS user name of {}: {e}", l.source))?;
+            opts = opts.custom_inbox_prefix(crate::subjects::inbox_prefix(name));
         }
-        .custom_inbox_prefix(crate::subjects::inbox_prefix(&c.user));
     }
     if let Some(u) = user {
         crate::subjects::validate_token(u).map_err(|e| format!("user: {e}"))?;
@@ -300,9 +554,27 @@ pub async fn connect_watching_as(
             .map_err(|e| format!("cannot read NATS CA file {}: {e}", ca.display()))?;
         opts = opts.add_root_certificates(ca.clone()).require_tls(true);
     }
-    let who = match (&creds, &sec.creds) {
-        (Some(c), Some(path)) => format!(" as {} ({})", c.user, path.display()),
-        _ => String::new(),
+    match (&sec.cert, &sec.key) {
+        (Some(cert), Some(key)) => {
+            for f in [cert, key] {
+                std::fs::File::open(f)
+                    .map_err(|e| format!("cannot read TLS client file {}: {e}", f.display()))?;
+            }
+            opts = opts
+                .add_client_certificate(cert.clone(), key.clone())
+                .require_tls(true);
+        }
+        (None, None) => {}
+        _ => return Err("a TLS client certificate needs both --tlscert and --tlskey".into()),
+    }
+    let who = match &login {
+        Some(l) => match &l.name {
+            Some(n) if !l.source.ends_with(&format!("user {n}")) => {
+                format!(" as {n} ({})", l.source)
+            }
+            _ => format!(" ({})", l.source),
+        },
+        None => String::new(),
     };
     let total = Duration::from_secs(6) * servers.len().min(5) as u32;
     let failed = |failure, message| -> BoxError { Box::new(ConnectError { failure, message }) };
@@ -324,10 +596,12 @@ pub async fn connect_watching_as(
                      (or not for this host name)"
                 }
                 K::AuthorizationViolation => {
-                    if creds.is_some() {
+                    if login.is_some() {
                         ": the server refused these credentials (wrong or unknown user/secret)"
                     } else {
-                        ": the server requires credentials (set NATS_CREDS to a credentials file)"
+                        ": the server requires credentials (NODEMAINT_CREDS for nodemaint's \
+                         credentials file, NATS_CREDS for a NATS .creds file, --nkey, \
+                         --user/--password or --context)"
                     }
                 }
                 _ => "",
@@ -972,5 +1246,186 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("nats://b:x"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod login_tests {
+    use super::*;
+
+    /// A private file in a fresh directory (mode 0600).
+    fn secret(dir: &Path, name: &str, text: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p
+    }
+
+    fn dir(tag: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("nm-login-{tag}-{}", std::process::id()))
+    }
+
+    // base64url of {"name":"alice","sub":"UX"}
+    const JWT: &str = "eyJ0eXAiOiJKV1QifQ.eyJuYW1lIjoiYWxpY2UiLCJzdWIiOiJVWCJ9.c2ln";
+
+    fn standard() -> String {
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{JWT}\n------END NATS USER JWT------\n\n\
+             ************************* IMPORTANT *************************\n\n\
+             -----BEGIN USER NKEY SEED-----\nSUAXAMPLE\n------END USER NKEY SEED------\n"
+        )
+    }
+
+    #[test]
+    fn jwt_name_is_the_users_name() {
+        assert_eq!(jwt_name(JWT).as_deref(), Some("alice"));
+        assert_eq!(jwt_name("a.!!.c"), None);
+        assert_eq!(creds_block(&standard(), "NATS USER JWT"), Some(JWT));
+        assert_eq!(
+            creds_block(&standard(), "USER NKEY SEED"),
+            Some("SUAXAMPLE")
+        );
+    }
+
+    #[test]
+    fn nats_creds_takes_only_the_standard_format_and_names_the_fix() {
+        let d = dir("std");
+        let private = secret(
+            &d,
+            "alice.creds",
+            "user = \"alice\"\nnkey_seed = \"SUAB\"\n",
+        );
+        let sec = Security {
+            nats_creds: Some(private.clone()),
+            ..Default::default()
+        };
+        let e = sec.login().err().unwrap().to_string();
+        let p = private.display().to_string();
+        assert!(
+            e.contains(&p) && e.contains(&format!("NODEMAINT_CREDS={p}")),
+            "{e}"
+        );
+        // The same file is fine where nodemaint's own format belongs.
+        let sec = Security {
+            creds: Some(private),
+            ..Default::default()
+        };
+        let l = sec.login().unwrap().unwrap();
+        assert_eq!(l.name.as_deref(), Some("alice"));
+        assert!(matches!(l.secret, LoginSecret::Nodemaint(_)));
+        // A standard file in either place; its user is the JWT's name.
+        let std_file = secret(&d, "std.creds", &standard());
+        for sec in [
+            Security {
+                nats_creds: Some(std_file.clone()),
+                ..Default::default()
+            },
+            Security {
+                creds: Some(std_file.clone()),
+                ..Default::default()
+            },
+        ] {
+            let l = sec.login().unwrap().unwrap();
+            assert_eq!(l.name.as_deref(), Some("alice"));
+            assert!(matches!(l.secret, LoginSecret::Creds(_)));
+        }
+        let junk = secret(&d, "junk.creds", "hello\n");
+        let e = Security {
+            nats_creds: Some(junk),
+            ..Default::default()
+        }
+        .login()
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("BEGIN NATS USER JWT"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn nkey_files_and_passwords() {
+        let d = dir("nkey");
+        let nk = secret(&d, "alice.nk", "# alice\nSUAB3XAMPLE\n");
+        let sec = Security {
+            nkey: Some(nk),
+            user: Some("alice".into()),
+            ..Default::default()
+        };
+        let l = sec.login().unwrap().unwrap();
+        assert!(matches!(&l.secret, LoginSecret::Nkey(s) if s == "SUAB3XAMPLE"));
+        assert_eq!(l.name.as_deref(), Some("alice"));
+        let private = secret(&d, "p.creds", "user = a\npassword = x\n");
+        let e = Security {
+            nkey: Some(private),
+            ..Default::default()
+        }
+        .login()
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("NODEMAINT_CREDS") && e.contains("p.creds"),
+            "{e}"
+        );
+        let e = Security {
+            password: Some("pw".into()),
+            ..Default::default()
+        }
+        .login()
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("needs a user"), "{e}");
+        let l = Security {
+            user: Some("bob".into()),
+            password: Some("pw".into()),
+            ..Default::default()
+        }
+        .login()
+        .unwrap()
+        .unwrap();
+        assert!(matches!(&l.secret, LoginSecret::Password(u, p) if u == "bob" && p == "pw"));
+        assert!(!format!(
+            "{:?}",
+            Security {
+                password: Some("pw".into()),
+                ..Default::default()
+            }
+        )
+        .contains("pw"));
+        assert!(Security {
+            user: Some("bob".into()),
+            ..Default::default()
+        }
+        .login()
+        .unwrap()
+        .is_none());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn the_secret_comes_whole_from_the_first_source() {
+        let env = Security {
+            nats_creds: Some("/env.creds".into()),
+            ..Default::default()
+        };
+        let config = Security {
+            creds: Some("/config.creds".into()),
+            ca: Some("/ca.pem".into()),
+            ..Default::default()
+        };
+        let s = env.or(config.clone());
+        assert_eq!(s.nats_creds, Some("/env.creds".into()));
+        assert_eq!(s.creds, None);
+        assert_eq!(s.ca, Some("/ca.pem".into()));
+        let named = Security {
+            user: Some("c".into()),
+            ..Default::default()
+        };
+        let s = named.or(config);
+        assert_eq!(s.creds, Some("/config.creds".into()));
+        assert_eq!(s.user.as_deref(), Some("c"));
     }
 }

@@ -275,6 +275,7 @@ impl Lab {
             .env("NATS_URL", &self.nats_url)
             .env("NODEMAINT_USER", user)
             .env_remove("NATS_CREDS")
+            .env_remove("NODEMAINT_CREDS")
             .env_remove("NATS_CA")
             .envs(self.security_env(user))
             .output()
@@ -293,12 +294,12 @@ impl Lab {
             .then(|| PathBuf::from(var("LAB_DIR").unwrap()).join("secure"))
     }
 
-    /// `NATS_CREDS` and `NATS_CA` of `principal` in a secured lab.
+    /// `NODEMAINT_CREDS` and `NATS_CA` of `principal` in a secured lab.
     pub fn security_env(&self, principal: &str) -> Vec<(&'static str, PathBuf)> {
         match self.secure_dir() {
             Some(d) => vec![
                 (
-                    "NATS_CREDS",
+                    "NODEMAINT_CREDS",
                     d.join(format!("auth/creds/{principal}.creds")),
                 ),
                 ("NATS_CA", d.join("tls/ca.pem")),

@@ -304,10 +304,15 @@ impl Secure {
         self.creds_dir.join(format!("{principal}.creds"))
     }
 
-    /// `NATS_CREDS` and `NATS_CA` for a process acting as `principal`.
+    /// The nkey seed file of a principal (what `nats --nkey` reads).
+    pub fn nkey(&self, principal: &str) -> PathBuf {
+        self.creds_dir.join(format!("{principal}.nk"))
+    }
+
+    /// `NODEMAINT_CREDS` and `NATS_CA` for a process acting as `principal`.
     pub fn env(&self, principal: &str) -> [(&'static str, PathBuf); 2] {
         [
-            ("NATS_CREDS", self.creds(principal)),
+            ("NODEMAINT_CREDS", self.creds(principal)),
             ("NATS_CA", self.ca.clone()),
         ]
     }
@@ -749,6 +754,17 @@ impl Fleet {
     }
 }
 
+/// Settings that keep the caller's `nats` CLI context and login out of a
+/// test's CLI: no context selected, a `nats` configuration directory under
+/// `dir` (no context there unless the test writes one).
+pub fn no_nats_context<'a>(c: &'a mut Command, dir: &Path) -> &'a mut Command {
+    c.env("XDG_CONFIG_HOME", dir);
+    for k in ["NATS_CONTEXT", "NATS_NKEY", "NATS_USER", "NATS_PASSWORD"] {
+        c.env_remove(k);
+    }
+    c
+}
+
 /// The CLI as `user`, without credentials (the caller's environment's
 /// NATS settings removed).
 fn cli_command(url: &str, dir: &Path, user: &str) -> Command {
@@ -757,8 +773,10 @@ fn cli_command(url: &str, dir: &Path, user: &str) -> Command {
         .env("NODEMAINT_USER", user)
         .env_remove("NODEMAINT_PREFIX")
         .env_remove("NATS_CREDS")
+        .env_remove("NODEMAINT_CREDS")
         .env_remove("NATS_CA")
         .current_dir(dir);
+    no_nats_context(&mut c, dir);
     c
 }
 

@@ -45,6 +45,7 @@ fn lab_security_suite() {
         .args(["node", "list"])
         .env("NATS_URL", &lab.nats_url)
         .env_remove("NATS_CREDS")
+        .env_remove("NODEMAINT_CREDS")
         .env_remove("NATS_CA")
         .output()
         .unwrap();

@@ -58,6 +58,7 @@ async fn connect_as(
     let sec = Security {
         creds: Some(s.creds(principal)),
         ca: Some(s.ca.clone()),
+        ..Default::default()
     };
     let (c, errors) = bus::connect_watching(&f.nats.url, &format!("test {principal}"), &sec)
         .await
@@ -470,8 +471,10 @@ fn bad_credentials_plain_connections_and_untrusted_certificates_are_refused() {
         c.args(["node", "list"])
             .env("NATS_URL", &nats.url)
             .env_remove("NATS_CREDS")
+            .env_remove("NODEMAINT_CREDS")
             .env_remove("NATS_CA")
             .env_remove("NODEMAINT_USER");
+        no_nats_context(&mut c, dir.path());
         for (k, v) in env {
             c.env(k, v);
         }
@@ -480,7 +483,7 @@ fn bad_credentials_plain_connections_and_untrusted_certificates_are_refused() {
         stderr(&out)
     };
     let (ca, good) = (secure.ca.as_path(), secure.creds("alice"));
-    let e = cli(&[("NATS_CA", ca), ("NATS_CREDS", &other.creds("alice"))]);
+    let e = cli(&[("NATS_CA", ca), ("NODEMAINT_CREDS", &other.creds("alice"))]);
     assert!(
         e.contains("authorization violation") && e.contains("refused these credentials"),
         "{e}"
@@ -490,9 +493,9 @@ fn bad_credentials_plain_connections_and_untrusted_certificates_are_refused() {
         e.contains("requires credentials") && e.contains("NATS_CREDS"),
         "{e}"
     );
-    let e = cli(&[("NATS_CREDS", &good)]);
+    let e = cli(&[("NODEMAINT_CREDS", &good)]);
     assert!(e.contains("not trusted") && e.contains("NATS_CA"), "{e}");
-    let e = cli(&[("NATS_CA", &other.ca), ("NATS_CREDS", &good)]);
+    let e = cli(&[("NATS_CA", &other.ca), ("NODEMAINT_CREDS", &good)]);
     assert!(e.contains("not signed by this CA"), "{e}");
     // A credentials file others may read: refused before connecting, naming the fix.
     let exposed = dir.path().join("exposed.creds");
@@ -502,7 +505,7 @@ fn bad_credentials_plain_connections_and_untrusted_certificates_are_refused() {
         std::os::unix::fs::PermissionsExt::from_mode(0o640),
     )
     .unwrap();
-    let e = cli(&[("NATS_CA", ca), ("NATS_CREDS", &exposed)]);
+    let e = cli(&[("NATS_CA", ca), ("NODEMAINT_CREDS", &exposed)]);
     assert!(
         e.contains(&format!("chmod 600 {}", exposed.display())),
         "{e}"
@@ -512,7 +515,8 @@ fn bad_credentials_plain_connections_and_untrusted_certificates_are_refused() {
         .args(["node", "list", "--output", "json"])
         .env("NATS_URL", &nats.url)
         .env("NATS_CA", ca)
-        .env("NATS_CREDS", &good)
+        .env("NODEMAINT_CREDS", &good)
+        .env_remove("NATS_CREDS")
         .output()
         .unwrap();
     // No coordinator runs here: connected, then "no coordinator answers".
@@ -658,7 +662,7 @@ fn password_credentials_work_and_a_wrong_password_is_refused() {
     rt.block_on(async {
         let sec = |creds| Security {
             creds: Some(creds),
-            ca: None,
+            ..Default::default()
         };
         let c = bus::connect(&nats.url, "t", &sec(good.clone()))
             .await
@@ -673,4 +677,160 @@ fn password_credentials_work_and_a_wrong_password_is_refused() {
             "{e}"
         );
     });
+    // The CLI with --user/--password, or the `nats` CLI's NATS_USER and
+    // NATS_PASSWORD: connected (no coordinator runs here to answer).
+    let cli = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = std::process::Command::new(bin("coordinator"));
+        c.args(["node", "list"])
+            .args(args)
+            .env("NATS_URL", &nats.url)
+            .env_remove("NATS_CREDS")
+            .env_remove("NODEMAINT_CREDS")
+            .env_remove("NATS_CA")
+            .env_remove("NODEMAINT_USER");
+        no_nats_context(&mut c, dir.path());
+        c.envs(env.iter().copied());
+        stderr(&c.output().unwrap())
+    };
+    for e in [
+        cli(&["--user", "alice", "--password", "s3cret-pw"], &[]),
+        cli(
+            &[],
+            &[("NATS_USER", "alice"), ("NATS_PASSWORD", "s3cret-pw")],
+        ),
+    ] {
+        assert!(e.contains("no coordinator answers"), "{e}");
+    }
+    let e = cli(&["--user", "alice", "--password", "guess"], &[]);
+    assert!(e.contains("refused these credentials"), "{e}");
+    assert!(!e.contains("guess"), "the password is in the message: {e}");
+}
+
+/// The CLI logs in as the `nats` CLI in the same shell does: an nkey seed
+/// file (`--nkey`), a NATS context (named, or the selected one) giving the
+/// URL, nkey, user and CA; and `NATS_CREDS` is only ever a NATS .creds
+/// file: nodemaint's own credentials there are refused, naming the file and
+/// the variable they belong in.
+#[test]
+fn the_cli_logs_in_with_an_nkey_a_context_and_never_reads_its_own_format_from_nats_creds() {
+    let f = fleet();
+    let s = secure(&f);
+    let names = |out: &std::process::Output| -> Vec<String> {
+        ok(out);
+        let v: serde_json::Value = serde_json::from_str(&stdout(out)).unwrap();
+        let mut n: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].as_str().unwrap().to_string())
+            .collect();
+        n.sort();
+        n
+    };
+    let cli = |args: &[&str], env: &[(&str, &std::ffi::OsStr)]| {
+        let mut c = std::process::Command::new(bin("coordinator"));
+        c.args(args)
+            .args(["--output", "json"])
+            .env_remove("NATS_URL")
+            .env_remove("NATS_CREDS")
+            .env_remove("NODEMAINT_CREDS")
+            .env_remove("NATS_CA")
+            .env_remove("NODEMAINT_USER");
+        no_nats_context(&mut c, f.dir.path());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let url = std::ffi::OsStr::new(&f.nats.url);
+    let ca = s.ca.as_os_str();
+    let nk = s.nkey("alice");
+
+    // --nkey FILE with the user it belongs to.
+    let nk_arg = nk.to_str().unwrap();
+    let out = cli(
+        &["node", "list", "--nkey", nk_arg, "--user", "alice"],
+        &[("NATS_URL", url), ("NATS_CA", ca)],
+    );
+    assert_eq!(names(&out), ["node1", "node2"]);
+    // NATS_NKEY and NATS_USER, the `nats` CLI's variables.
+    let out = cli(
+        &["node", "list"],
+        &[
+            ("NATS_URL", url),
+            ("NATS_CA", ca),
+            ("NATS_NKEY", nk.as_os_str()),
+            ("NATS_USER", "alice".as_ref()),
+        ],
+    );
+    assert_eq!(names(&out), ["node1", "node2"]);
+
+    // A context: the URL, the nkey, the user and the CA, all from its file.
+    let ctx_dir = f.dir.path().join("nats/context");
+    std::fs::create_dir_all(&ctx_dir).unwrap();
+    std::fs::write(
+        ctx_dir.join("lab.json"),
+        serde_json::json!({
+            "description": "the test fleet",
+            "url": f.nats.url,
+            "nkey": nk,
+            "user": "alice",
+            "ca": s.ca,
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = cli(&["node", "list", "--context", "lab"], &[]);
+    assert_eq!(names(&out), ["node1", "node2"]);
+    let out = cli(&["node", "list"], &[("NATS_CONTEXT", "lab".as_ref())]);
+    assert_eq!(names(&out), ["node1", "node2"]);
+    // Without a name, the context `nats context select` chose (its login;
+    // the URL and CA of the environment win over its own).
+    let out = cli(&["node", "list"], &[("NATS_URL", url), ("NATS_CA", ca)]);
+    assert!(
+        stderr(&out).contains("requires credentials"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(f.dir.path().join("nats/context.txt"), "lab\n").unwrap();
+    let out = cli(&["node", "list"], &[("NATS_URL", url), ("NATS_CA", ca)]);
+    assert_eq!(names(&out), ["node1", "node2"]);
+    // A context that does not exist is an error naming its file.
+    let out = cli(&["node", "list", "--context", "nope"], &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("nope.json"), "{}", stderr(&out));
+    std::fs::remove_file(f.dir.path().join("nats/context.txt")).unwrap();
+
+    // nodemaint's own format in NATS_CREDS: refused before connecting, with
+    // the file and the fix; the same file as NODEMAINT_CREDS works.
+    let own = s.creds("alice");
+    let out = cli(
+        &["node", "list"],
+        &[
+            ("NATS_URL", url),
+            ("NATS_CA", ca),
+            ("NATS_CREDS", own.as_os_str()),
+        ],
+    );
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(
+        e.contains(&format!("NODEMAINT_CREDS={}", own.display()))
+            && e.contains("not a NATS .creds file"),
+        "{e}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a settings error is a usage error: {e}"
+    );
+    let out = cli(
+        &["node", "list"],
+        &[
+            ("NATS_URL", url),
+            ("NATS_CA", ca),
+            ("NODEMAINT_CREDS", own.as_os_str()),
+        ],
+    );
+    assert_eq!(names(&out), ["node1", "node2"]);
 }

@@ -215,6 +215,7 @@ fn daemons_refuse_an_unsecured_bus_unless_told() {
     );
     let bare = |c: &mut std::process::Command| {
         c.env_remove("NATS_CREDS")
+            .env_remove("NODEMAINT_CREDS")
             .env_remove("NATS_CA")
             .env_remove(INSECURE.0)
             .env("NATS_URL", "nats://127.0.0.1:1")

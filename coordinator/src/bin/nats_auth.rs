@@ -1,5 +1,5 @@
 //! `nats-auth`: writes the NATS server's `auth.conf` include and one
-//! credentials file per principal (coordinator, each agent, each user of
+//! credentials file and nkey seed file per principal (coordinator, each agent, each user of
 //! the coordinator's config), from the coordinator's config and the list of
 //! agents. Re-running keeps existing keys (only new principals get new
 //! ones), so it is safe after adding a node or a user.
@@ -29,7 +29,9 @@ struct Args {
     /// Principal name of the coordinator (shared by its replicas).
     #[arg(long, default_value = "coordinator")]
     coordinator: String,
-    /// Output directory: auth.conf and creds/<principal>.creds (mode 0600).
+    /// Output directory: auth.conf, creds/<principal>.creds (nodemaint's
+    /// credentials file: NODEMAINT_CREDS, nats_creds) and creds/<principal>.nk
+    /// (the nkey seed: --nkey of nodemaint and of the `nats` CLI), mode 0600.
     #[arg(long)]
     out: PathBuf,
 }
@@ -89,6 +91,11 @@ fn run(a: Args) -> Result<(), String> {
             .map_err(|e| format!("{}: bad nkey seed: {e}", path.display()))?
             .public_key();
         write_private(&path, &natsauth::creds_file(&p, &seed))?;
+        // The seed alone, as the `nats` CLI's --nkey (and nodemaint's) reads it.
+        write_private(
+            &creds_dir.join(format!("{}.nk", p.name())),
+            &format!("{seed}\n"),
+        )?;
         keyed.push((p, public));
     }
     let conf = a.out.join("auth.conf");
@@ -96,7 +103,7 @@ fn run(a: Args) -> Result<(), String> {
     std::fs::write(&conf, natsauth::auth_conf(&subjects, &keyed))
         .map_err(|e| format!("cannot write {}: {e}", conf.display()))?;
     println!(
-        "wrote {} ({} principals) and {}/*.creds",
+        "wrote {} ({} principals) and {}/*.creds, *.nk",
         conf.display(),
         keyed.len(),
         creds_dir.display()

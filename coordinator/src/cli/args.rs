@@ -24,27 +24,43 @@ use super::*;
     after_help = super::exit::help()
 )]
 pub struct Cli {
-    /// NATS server URL, or every member of a cluster, comma-separated.
-    #[arg(
-        long,
-        global = true,
-        env = "NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    pub nats_url: String,
+    /// NATS server URL, or every member of a cluster, comma-separated
+    /// [default: the context's, else nats://127.0.0.1:4222].
+    #[arg(long, alias = "server", global = true, env = "NATS_URL")]
+    pub nats_url: Option<String>,
     /// Output format: human tables or JSON (one document, or JSON lines for streams).
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
-    /// Operator name sent with requests; fleet changes need group Level2 or Level3.
-    /// With --creds the credentials' user is used (and must match if given).
+    /// Operator name sent with requests, and the NATS user (also NATS_USER);
+    /// fleet changes need group Level2 or Level3. Credentials that name their
+    /// user must name this one.
     #[arg(long, global = true, env = "NODEMAINT_USER")]
     pub user: Option<String>,
-    /// NATS credentials file of this operator (mode 0600; see deploy/nats/gen-auth).
-    #[arg(long, global = true, env = "NATS_CREDS")]
+    /// NATS password of --user (user/password authentication).
+    #[arg(long, global = true, env = "NATS_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// A NATS .creds file (user JWT and seed), as the `nats` CLI reads it.
+    #[arg(long, global = true, env = "NATS_CREDS", value_name = "FILE")]
     pub creds: Option<PathBuf>,
+    /// A file holding this operator's nkey seed (gen-auth writes creds/NAME.nk).
+    #[arg(long, global = true, env = "NATS_NKEY", value_name = "FILE")]
+    pub nkey: Option<PathBuf>,
+    /// nodemaint's own credentials file (creds/NAME.creds of gen-auth; mode 0600).
+    #[arg(long, global = true, env = "NODEMAINT_CREDS", value_name = "FILE")]
+    pub nodemaint_creds: Option<PathBuf>,
+    /// NATS context (`nats context ls`) giving the URL and login; flags win
+    /// over it. Without one, the context `nats context select` chose.
+    #[arg(long, global = true, env = "NATS_CONTEXT", value_name = "NAME")]
+    pub context: Option<String>,
     /// CA certificate of the NATS servers (turns TLS on).
-    #[arg(long, global = true, env = "NATS_CA")]
+    #[arg(long, alias = "tlsca", global = true, env = "NATS_CA")]
     pub ca: Option<PathBuf>,
+    /// Client certificate for TLS (with --tlskey).
+    #[arg(long, global = true, env = "NATS_CERT", value_name = "FILE")]
+    pub tlscert: Option<PathBuf>,
+    /// Client key for TLS (with --tlscert).
+    #[arg(long, global = true, env = "NATS_KEY", value_name = "FILE")]
+    pub tlskey: Option<PathBuf>,
     /// Idempotency key of a changing request: a repeat with the same id
     /// (a script retrying after a timeout) gets the first request's job.
     #[arg(long, global = true, env = "NODEMAINT_REQUEST_ID", value_name = "ID")]

@@ -84,13 +84,13 @@ impl Client {
         user: Option<&str>,
         sec: &Security,
     ) -> Result<Self, ClientError> {
-        let creds = sec
-            .credentials()
+        let login = sec
+            .login()
             .map_err(|e| ClientError::Settings(e.to_string()))?;
         let user = resolve_user(
             user,
-            creds.as_ref().map(|c| c.user.as_str()),
-            sec.creds.as_deref(),
+            login.as_ref().and_then(|l| l.name.as_deref()),
+            login.as_ref().map(|l| Path::new(&l.source)),
         )
         .map_err(ClientError::Settings)?;
         let (nats, server_errors) =

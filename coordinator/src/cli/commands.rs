@@ -84,7 +84,7 @@ pub(super) async fn node_list(cli: &Cli, c: &Client, columns: &ColumnArgs) -> Cl
     if rows.is_empty() {
         eprintln!(
             "(no node has registered yet; are the agents running against {}?)",
-            cli.nats_url
+            c.url
         );
     }
     Ok(())

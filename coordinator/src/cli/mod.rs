@@ -4,6 +4,7 @@
 mod args;
 pub mod client;
 mod commands;
+pub mod context;
 pub mod exit;
 pub mod generate;
 pub mod output;
@@ -25,11 +26,39 @@ use std::time::Duration;
 /// A command's result; a failure's exit code is [`exit::of`] it.
 pub type CliResult = Result<(), anyhow::Error>;
 
-fn security(cli: &Cli) -> nodemaint_proto::bus::Security {
+/// The default server when neither flags, environment nor a context name one.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// The login and TLS files of the flags (and their environment variables).
+fn flag_security(cli: &Cli) -> nodemaint_proto::bus::Security {
+    let nats_user = std::env::var("NATS_USER").ok().filter(|u| !u.is_empty());
     nodemaint_proto::bus::Security {
-        creds: cli.creds.clone(),
+        creds: cli.nodemaint_creds.clone(),
+        nats_creds: cli.creds.clone(),
+        nkey: cli.nkey.clone(),
+        user: cli.user.clone().or(nats_user),
+        password: cli.password.clone(),
         ca: cli.ca.clone(),
+        cert: cli.tlscert.clone(),
+        key: cli.tlskey.clone(),
     }
+}
+
+/// Where and how the CLI connects: flags and environment, else the NATS
+/// context's settings, else the default URL.
+pub fn connection(cli: &Cli) -> anyhow::Result<(String, nodemaint_proto::bus::Security)> {
+    let ctx = context::load(cli.context.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+    let flags = flag_security(cli);
+    let url = cli
+        .nats_url
+        .clone()
+        .or_else(|| ctx.as_ref().and_then(|c| c.url()))
+        .unwrap_or_else(|| DEFAULT_NATS_URL.to_string());
+    let sec = match &ctx {
+        Some(c) => flags.or(c.security()),
+        None => flags,
+    };
+    Ok((url, sec))
 }
 
 pub async fn run(cli: Cli) -> CliResult {
@@ -67,13 +96,8 @@ pub async fn run(cli: Cli) -> CliResult {
             return print_plan(&cli, p, &out);
         }
     }
-    let mut client = Client::connect(
-        &cli.nats_url,
-        &cli.prefix,
-        cli.user.as_deref(),
-        &security(&cli),
-    )
-    .await?;
+    let (url, sec) = connection(&cli)?;
+    let mut client = Client::connect(&url, &cli.prefix, sec.user.as_deref(), &sec).await?;
     client.request_id.clone_from(&cli.request_id);
     match &cli.command {
         Command::Serve { .. }
@@ -322,16 +346,19 @@ async fn serve(
         Some(p) => crate::config::CoordinatorConfig::load(&p)?,
         None => crate::config::CoordinatorConfig::default(),
     };
-    // The global flag (or NATS_URL) wins over the file when given explicitly.
-    if std::env::var("NATS_URL").is_ok() || std::env::args().any(|a| a.starts_with("--nats-url")) {
-        cfg.nats_url = cli.nats_url.clone();
+    // The global flag (or NATS_URL) wins over the file when given.
+    if let Some(url) = &cli.nats_url {
+        cfg.nats_url = url.clone();
     }
     if cli.prefix != nodemaint_proto::subjects::DEFAULT_PREFIX {
         cfg.subject_prefix = cli.prefix.clone();
     }
-    let sec = security(cli);
-    cfg.nats_creds = sec.creds.or(cfg.nats_creds);
-    cfg.nats_ca = sec.ca.or(cfg.nats_ca);
+    // The daemon's principal is not the operator's: NODEMAINT_USER (a
+    // CLI setting) does not name it; NATS_USER or `nats_user` does.
+    cfg.nats_flags = nodemaint_proto::bus::Security {
+        user: None,
+        ..flag_security(cli)
+    };
     if let Some(warning) = cfg
         .nats_security()
         .require(insecure, "the coordinator")
