@@ -14,7 +14,7 @@
 //! event-tail [--url URL] [--user NAME] [--prefix P] [--since DURATION | --since-ms MS]
 //!            [--node NODE] [--kind KIND] [--op ID] [--follow]
 //! ```
-//! `NATS_URL`, `NATS_CREDS` and `NATS_CA` are read as the CLI reads them.
+//! `NATS_URL`, `NATS_NKEY`, `NATS_CREDS`, `NODEMAINT_CREDS` and `NATS_CA` are read as the CLI reads them.
 
 use nodemaint_proto::pb::{self, api_reply::Kind as Reply, api_request::Kind as Req, event::Body};
 use nodemaint_proto::subjects::Subjects;
@@ -26,7 +26,7 @@ const USAGE: &str = "usage: event-tail [--url URL] [--user NAME] [--prefix PREFI
 [--op JOB_ID] [--follow]
 Replays nodemaint's events (from the start of the stream unless --since) and, with
 --follow, waits for new ones; one line per event. KIND: heartbeat, inventory, progress,
-result, checks, job, error. NATS_URL, NATS_CREDS, NATS_CA as for the coordinator CLI.";
+result, checks, job, error. NATS_URL, NATS_NKEY, NATS_CREDS, NODEMAINT_CREDS, NATS_CA as for the coordinator CLI.";
 
 struct Args {
     url: String,
