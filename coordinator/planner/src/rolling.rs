@@ -362,20 +362,22 @@ struct Fast<'i, 'a> {
     order: Vec<u32>,
     order_free: Vec<u64>,
     by_rank: Vec<u32>,
-    total_free_mem: u64,
-    total_free_cpu: u64,
+    /// Sums in u128: capacities come from operators' files, and a sum of
+    /// u64 values can overflow where each value does not.
+    total_free_mem: u128,
+    total_free_cpu: u128,
 }
 
 /// A group's witness placement. Only touched nodes (members and nodes that
 /// received a VM) have a slot.
 struct Group {
     members: Vec<u32>,
-    need_mem: u64,
-    need_cpu: u64,
+    need_mem: u128,
+    need_cpu: u128,
     /// Free memory and vCPUs of the eligible non-member nodes (before the
     /// group's placements).
-    rest_mem: u64,
-    rest_cpu: u64,
+    rest_mem: u128,
+    rest_cpu: u128,
     slots: Vec<Slot>,
     at: FxMap<u32, u32>,
     aa_used: FxMap<(u32, u32), ()>,
@@ -437,8 +439,14 @@ impl<'i, 'a> Fast<'i, 'a> {
         for i in 0..n {
             by_rank[idx.rank[i] as usize] = i as u32;
         }
-        let total_free_mem = order.iter().map(|&i| free_mem[i as usize]).sum();
-        let total_free_cpu = order.iter().map(|&i| free_cpu[i as usize]).sum();
+        let total_free_mem = order
+            .iter()
+            .map(|&i| u128::from(free_mem[i as usize]))
+            .sum();
+        let total_free_cpu = order
+            .iter()
+            .map(|&i| u128::from(free_cpu[i as usize]))
+            .sum();
         Fast {
             idx,
             vms_of,
@@ -598,8 +606,8 @@ impl<'i, 'a> Fast<'i, 'a> {
         g.need_mem += m;
         g.need_cpu += c;
         if self.idx.eligible[n as usize] {
-            g.rest_mem -= self.free_mem[n as usize];
-            g.rest_cpu -= self.free_cpu[n as usize];
+            g.rest_mem -= u128::from(self.free_mem[n as usize]);
+            g.rest_cpu -= u128::from(self.free_cpu[n as usize]);
             if let Some(set) = &mut g.dense {
                 set.remove(&(free, self.idx.rank[n as usize]));
             }
@@ -614,8 +622,8 @@ impl<'i, 'a> Fast<'i, 'a> {
         g.need_mem -= m;
         g.need_cpu -= c;
         if self.idx.eligible[n as usize] {
-            g.rest_mem += self.free_mem[n as usize];
-            g.rest_cpu += self.free_cpu[n as usize];
+            g.rest_mem += u128::from(self.free_mem[n as usize]);
+            g.rest_cpu += u128::from(self.free_cpu[n as usize]);
             let free = self.free_now(g, n);
             if let Some(set) = &mut g.dense {
                 set.insert((free, self.idx.rank[n as usize]));
@@ -623,10 +631,10 @@ impl<'i, 'a> Fast<'i, 'a> {
         }
     }
 
-    fn node_need(&self, n: u32) -> (u64, u64) {
-        self.vms_of[n as usize]
-            .iter()
-            .fold((0, 0), |(m, c), &v| (m + self.mem(v), c + self.cpu(v)))
+    fn node_need(&self, n: u32) -> (u128, u128) {
+        self.vms_of[n as usize].iter().fold((0, 0), |(m, c), &v| {
+            (m + u128::from(self.mem(v)), c + u128::from(self.cpu(v)))
+        })
     }
 
     /// Undo the operations logged since `mark`.
@@ -682,7 +690,10 @@ impl<'i, 'a> Fast<'i, 'a> {
     fn quick_reject(&self, g: &Group, n: u32) -> bool {
         let (m, c) = self.node_need(n);
         let (fm, fc) = if self.idx.eligible[n as usize] {
-            (self.free_mem[n as usize], self.free_cpu[n as usize])
+            (
+                u128::from(self.free_mem[n as usize]),
+                u128::from(self.free_cpu[n as usize]),
+            )
         } else {
             (0, 0)
         };

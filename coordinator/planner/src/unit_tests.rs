@@ -631,3 +631,20 @@ fn rolling_large_groups_are_drainable() {
         p.groups.len()
     );
 }
+
+#[test]
+fn rolling_with_huge_capacities_does_not_overflow() {
+    // Fleet files are operators' input: totals of u64 capacities must not
+    // overflow (the group checks sum them).
+    let f = Fleet {
+        nodes: (0..3)
+            .map(|i| node(&format!("n{i}"), u64::MAX, u32::MAX))
+            .collect(),
+        vms: vec![vm("a", "n0", u64::MAX / 2, 1), vm("b", "n1", 1, 1)],
+    };
+    let all = names(&["n0", "n1", "n2"]);
+    for k in [1, 2, 3] {
+        let p = plan_rolling(&f, &all, k).unwrap();
+        assert_eq!(p, plan_rolling_reference(&f, &all, k).unwrap(), "K={k}");
+    }
+}
