@@ -323,14 +323,56 @@ pub(super) async fn run_op(cli: &Cli, c: &Client, req: Req, wait: WaitArgs) -> C
     follow_job(cli, c, &acc.op_id, acc.events_from_seq).await
 }
 
+/// A check report as a table on standard output.
+fn print_checks(cli: &Cli, node: &str, report: &pb::CheckReport) {
+    let rows: Vec<Vec<String>> = report
+        .services
+        .iter()
+        .map(|s| {
+            vec![
+                s.check.clone(),
+                s.service.clone(),
+                if s.ok { "ok".into() } else { "FAILED".into() },
+                s.state.clone(),
+                if s.start_attempted {
+                    "started".into()
+                } else {
+                    String::new()
+                },
+                s.detail.lines().next().unwrap_or("").to_string(),
+            ]
+        })
+        .collect();
+    println!("Service checks on {node}:");
+    print!(
+        "{}",
+        cli.table(
+            &["CHECK", "SERVICE", "RESULT", "STATE", "ACTION", "DETAIL"],
+            &rows
+        )
+    );
+}
+
 pub(super) async fn follow_job(cli: &Cli, c: &Client, job_id: &str, from_seq: u64) -> CliResult {
     let json = cli.output == Output::Json;
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // On a terminal, live bars; otherwise the plain lines scripts read.
+    let mut bars =
+        (tty && !json).then(|| super::progress::Bars::new(indicatif::ProgressDrawTarget::stderr()));
     let mut bar_open = false;
     let end = c
         .watch_op(job_id, from_seq, |ev| {
             if json {
                 println!("{}", output::event_json(0, ev));
+                return;
+            }
+            if let Some(b) = bars.as_mut() {
+                match &ev.body {
+                    Some(Body::Checks(report)) => {
+                        b.suspend(|| print_checks(cli, &ev.node, report));
+                    }
+                    _ => b.on_event(ev),
+                }
                 return;
             }
             match &ev.body {
@@ -354,32 +396,7 @@ pub(super) async fn follow_job(cli: &Cli, c: &Client, job_id: &str, from_seq: u6
                         eprintln!();
                         bar_open = false;
                     }
-                    let rows: Vec<Vec<String>> = report
-                        .services
-                        .iter()
-                        .map(|s| {
-                            vec![
-                                s.check.clone(),
-                                s.service.clone(),
-                                if s.ok { "ok".into() } else { "FAILED".into() },
-                                s.state.clone(),
-                                if s.start_attempted {
-                                    "started".into()
-                                } else {
-                                    String::new()
-                                },
-                                s.detail.lines().next().unwrap_or("").to_string(),
-                            ]
-                        })
-                        .collect();
-                    println!("Service checks on {}:", ev.node);
-                    print!(
-                        "{}",
-                        cli.table(
-                            &["CHECK", "SERVICE", "RESULT", "STATE", "ACTION", "DETAIL"],
-                            &rows
-                        )
-                    );
+                    print_checks(cli, &ev.node, report);
                 }
                 Some(Body::Job(j)) => {
                     if bar_open {
@@ -397,6 +414,9 @@ pub(super) async fn follow_job(cli: &Cli, c: &Client, job_id: &str, from_seq: u6
         .await?;
     if bar_open {
         eprintln!();
+    }
+    if let Some(b) = bars {
+        b.finish();
     }
     // The job's end report: what was done and what was not.
     let job = fetch_job(c, job_id).await.ok();

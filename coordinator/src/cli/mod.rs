@@ -8,6 +8,7 @@ pub mod context;
 pub mod exit;
 pub mod generate;
 pub mod output;
+mod progress;
 
 pub use args::*;
 use commands::*;
