@@ -354,6 +354,14 @@ async fn serve(
     if cli.prefix != nodemaint_proto::subjects::DEFAULT_PREFIX {
         cfg.subject_prefix = cli.prefix.clone();
     }
+    if let Some(name) = &cli.context {
+        // A daemon's identity is its config's, not an operator's context.
+        tracing::warn!(
+            context = %name,
+            "serve ignores NATS contexts (--context, NATS_CONTEXT): its NATS settings come \
+             from its config, the environment and its flags"
+        );
+    }
     // The daemon's principal is not the operator's: NODEMAINT_USER (a
     // CLI setting) does not name it; NATS_USER or `nats_user` does.
     cfg.nats_flags = nodemaint_proto::bus::Security {
