@@ -16,7 +16,7 @@
 #   nodemaint-agent        /usr/bin/node-agent, /etc/nodemaint/agent.toml (conffile, 0600),
 #                          nodemaint-agent.service (not enabled), node-agent(1)
 # Then: apt install ./target/debian/nodemaint-*.deb; edit /etc/nodemaint/*.toml; put the
-# NATS credentials in place (README "Security"); systemctl enable --now nodemaint-...
+# NATS credentials in place (docs/security.md); systemctl enable --now nodemaint-...
 set -euo pipefail
 die() { echo "package: error: $*" >&2; exit 1; }
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

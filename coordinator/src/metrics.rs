@@ -4,7 +4,7 @@
 //! Jobs by state and heartbeat ages are computed at scrape time from the
 //! jobs bucket and the registry, so they are right after a restart and
 //! agree between replicas; command and migration figures are counted by
-//! this process as its jobs send commands (see README "Metrics").
+//! this process as its jobs send commands (see docs/observability.md).
 
 use crate::server::Coordinator;
 use nodemaint_proto::metrics::{Desc, Registry, LATENCY_BUCKETS, MIGRATION_BUCKETS};

@@ -1,7 +1,7 @@
 //! The NATS server's authorization, generated from one source of truth:
 //! the coordinator's `[users]` (operators and their groups) plus the list
 //! of agents. Each principal gets an nkey and exactly the subjects it needs
-//! (see the README's permission table); the `nats-auth` binary writes the
+//! (see docs/security.md, "Permission table"); the `nats-auth` binary writes the
 //! server's `auth.conf` include and one credentials file per principal.
 //!
 //! Pure: names in, permission lists and config text out.

@@ -133,7 +133,7 @@ impl Security {
             ))),
             (false, false) => Err(format!(
                 "{who} refuses to run without {}: anyone who can reach the NATS server \
-                 could command the fleet. Set them up (README, \"Security\"), or pass \
+                 could command the fleet. Set them up (docs/security.md), or pass \
                  --insecure (NODEMAINT_INSECURE=1) for a lab or test bus",
                 missing.join(" and ")
             )),

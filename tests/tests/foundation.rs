@@ -797,18 +797,29 @@ fn a_config_with_an_unknown_key_is_refused_naming_it() {
 }
 
 /// The example configs the project ships load through the binaries'
-/// loaders: the README's, the config modules' documentation, and every
-/// TOML file under deploy/ (none today; any added later is covered).
+/// loaders: the README's and docs/'s, the config modules' documentation,
+/// and every TOML file under deploy/ (the packaged examples in deploy/etc).
 #[test]
 fn shipped_example_configs_load() {
     let repo = nodemaint_tests::lab::repo();
     let mut examples: Vec<(String, String)> = Vec::new();
-    for file in [
+    let mut files: Vec<String> = [
         "README.md",
         "coordinator/src/config.rs",
         "node-agent/src/config.rs",
         "node-agent/src/checks.rs",
-    ] {
+    ]
+    .map(String::from)
+    .to_vec();
+    for e in std::fs::read_dir(repo.join("docs")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "md") {
+            files.push(format!("docs/{}", p.file_name().unwrap().to_string_lossy()));
+        }
+    }
+    let in_docs = files.iter().filter(|f| f.starts_with("docs/")).count();
+    assert!(in_docs >= 5, "docs/*.md: {files:?}");
+    for file in &files {
         let text = std::fs::read_to_string(repo.join(file)).unwrap();
         let mut block: Option<String> = None;
         for (n, line) in text.lines().enumerate() {
