@@ -707,21 +707,10 @@ impl<'i, 'a> Fast<'i, 'a> {
             return false;
         }
         self.densify(g);
-        g.log.clear();
-        let evicted = self.slot(g, n).map_or_else(Vec::new, |s| s.vms.clone());
-        for &vm in &evicted {
-            self.unplace(g, vm, n);
-        }
-        self.join(g, n);
-        let mut vms = evicted;
-        vms.extend_from_slice(&self.vms_of[n as usize]);
-        if self.place_all(g, vms) {
-            g.log.clear();
-            true
-        } else {
-            self.undo(g, 0);
-            false
-        }
+        let evicted: Vec<(u32, u32)> = self
+            .slot(g, n)
+            .map_or_else(Vec::new, |s| s.vms.iter().map(|&v| (v, n)).collect());
+        self.reseat(g, n, evicted)
     }
 
     /// Debug builds: check a witness against the fleet itself (not the
@@ -797,13 +786,20 @@ impl<'i, 'a> Fast<'i, 'a> {
 
     /// Step 3: re-place the whole group with n, largest first.
     fn rebuild(&self, g: &mut Group, n: u32) -> bool {
-        g.log.clear();
         let placed = self.placed(g);
-        for &(vm, d) in &placed {
+        self.reseat(g, n, placed)
+    }
+
+    /// Steps 2 and 3 alike: take the `evicted` (VM, node) placements back,
+    /// let n join, place those VMs and n's own; kept on success, undone on
+    /// failure.
+    fn reseat(&self, g: &mut Group, n: u32, evicted: Vec<(u32, u32)>) -> bool {
+        g.log.clear();
+        for &(vm, d) in &evicted {
             self.unplace(g, vm, d);
         }
         self.join(g, n);
-        let mut vms: Vec<u32> = placed.into_iter().map(|(v, _)| v).collect();
+        let mut vms: Vec<u32> = evicted.into_iter().map(|(v, _)| v).collect();
         vms.extend_from_slice(&self.vms_of[n as usize]);
         if self.place_all(g, vms) {
             g.log.clear();

@@ -27,6 +27,15 @@ fn accepted(reply: Reply) -> Response {
     }
 }
 
+/// Sends `req` as the logged-in user: accepted, 303 to its job; refused,
+/// the API's message under the title `refused`.
+async fn submit(st: &Portal, auth: &Auth, req: Req, refused: &str) -> Response {
+    match st.api(&auth.user, req).await {
+        Ok(r) => accepted(r),
+        Err(e) => e.page(Some(auth), refused),
+    }
+}
+
 #[derive(Deserialize, Default)]
 pub struct MaintenanceForm {
     #[serde(default)]
@@ -73,22 +82,19 @@ pub async fn maintenance(
         f.ack_vfw_downtime.as_deref(),
         Some("yes" | "on" | "true" | "1")
     );
-    match st
-        .api(
-            &auth.user,
-            Req::StartMaintenance(pb::StartMaintenance {
-                node,
-                mode: mode as i32,
-                ack_vfw_downtime: ack,
-                max_parallel,
-                ..Default::default()
-            }),
-        )
-        .await
-    {
-        Ok(r) => accepted(r),
-        Err(e) => e.page(Some(&auth), "Maintenance refused"),
-    }
+    submit(
+        &st,
+        &auth,
+        Req::StartMaintenance(pb::StartMaintenance {
+            node,
+            mode: mode as i32,
+            ack_vfw_downtime: ack,
+            max_parallel,
+            ..Default::default()
+        }),
+        "Maintenance refused",
+    )
+    .await
 }
 
 pub async fn enable(
@@ -100,13 +106,13 @@ pub async fn enable(
     if let Err(r) = auth.check_csrf(&f.csrf) {
         return r;
     }
-    match st
-        .api(&auth.user, Req::EnableNode(pb::EnableNode { node }))
-        .await
-    {
-        Ok(r) => accepted(r),
-        Err(e) => e.page(Some(&auth), "Enable refused"),
-    }
+    submit(
+        &st,
+        &auth,
+        Req::EnableNode(pb::EnableNode { node }),
+        "Enable refused",
+    )
+    .await
 }
 
 pub async fn abort(
@@ -118,13 +124,13 @@ pub async fn abort(
     if let Err(r) = auth.check_csrf(&f.csrf) {
         return r;
     }
-    match st
-        .api(&auth.user, Req::AbortJob(pb::AbortJob { job_id: id }))
-        .await
-    {
-        Ok(r) => accepted(r),
-        Err(e) => e.page(Some(&auth), "Abort refused"),
-    }
+    submit(
+        &st,
+        &auth,
+        Req::AbortJob(pb::AbortJob { job_id: id }),
+        "Abort refused",
+    )
+    .await
 }
 
 #[derive(Deserialize, Default)]
@@ -152,20 +158,17 @@ pub async fn move_vfw(
             "choose the stack to move the VFW to",
         );
     }
-    match st
-        .api(
-            &auth.user,
-            Req::MoveVfw(pb::MoveVfw {
-                cloudspace,
-                to_node: f.to_node,
-                timeout_s: 0,
-            }),
-        )
-        .await
-    {
-        Ok(r) => accepted(r),
-        Err(e) => e.page(Some(&auth), "Move VFW refused"),
-    }
+    submit(
+        &st,
+        &auth,
+        Req::MoveVfw(pb::MoveVfw {
+            cloudspace,
+            to_node: f.to_node,
+            timeout_s: 0,
+        }),
+        "Move VFW refused",
+    )
+    .await
 }
 
 pub async fn vm_start(
@@ -181,10 +184,7 @@ pub async fn vm_start(
         vm,
         graceful_timeout_s: 0,
     });
-    match st.api(&auth.user, req).await {
-        Ok(r) => accepted(r),
-        Err(e) => e.page(Some(&auth), "Start refused"),
-    }
+    submit(&st, &auth, req, "Start refused").await
 }
 
 #[derive(Deserialize, Default)]
@@ -218,10 +218,7 @@ pub async fn vm_stop(
         vm,
         graceful_timeout_s: 0,
     });
-    match st.api(&auth.user, req).await {
-        Ok(r) => accepted(r),
-        Err(e) => e.page(Some(&auth), "Stop refused"),
-    }
+    submit(&st, &auth, req, "Stop refused").await
 }
 
 pub async fn vm_move(
@@ -247,8 +244,5 @@ pub async fn vm_move(
         timeout_s: 0,
         max_speed_mibs: 0,
     });
-    match st.api(&auth.user, req).await {
-        Ok(r) => accepted(r),
-        Err(e) => e.page(Some(&auth), "Move refused"),
-    }
+    submit(&st, &auth, req, "Move refused").await
 }
