@@ -15,7 +15,7 @@
 //!   user may take follow the config, not the login.
 
 use super::guard::safe_next;
-use super::html::{self, esc, Nav};
+use super::html::{self, Nav};
 use super::Portal;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -23,6 +23,7 @@ use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
 use axum::http::{header, request::Parts, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
+use maud::{html, Markup};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -201,32 +202,30 @@ fn login_token(headers: &HeaderMap) -> String {
         .unwrap_or_else(random_token)
 }
 
-fn login_form(next: &str, error: Option<&str>, user: &str, token: &str) -> String {
-    let alert = error
-        .map(|e| {
-            format!(
-                r#"<div class="alert error" role="alert" id="error">{}</div>"#,
-                esc(e)
-            )
-        })
-        .unwrap_or_default();
-    let body = format!(
-        r#"<div class="login">
-<h1>Operator portal</h1>
-<p class="muted">Maintenance mode for libvirt/KVM clouds. Log in with your operator account.</p>
-{alert}
-<form method="post" action="/login" class="stack-form">
-<input type="hidden" name="next" value="{next}">
-<input type="hidden" name="login_csrf" value="{token}">
-<label>User name <input name="username" id="username" autocomplete="username" required autofocus value="{user}"></label>
-<label>Password <input name="password" id="password" type="password" autocomplete="current-password" required></label>
-<button type="submit" class="primary" id="login">Log in</button>
-</form></div>"#,
-        next = esc(next),
-        user = esc(user),
-        token = esc(token),
-    );
-    html::page(None, Nav::None, "Log in", &body)
+pub fn login_form(next: &str, error: Option<&str>, user: &str, token: &str) -> Markup {
+    let body = html! {
+        div class="login" {
+            h1 { "Operator portal" }
+            p class="muted" { "Maintenance mode for libvirt/KVM clouds. Log in with your operator account." }
+            @if let Some(e) = error {
+                div class="alert error" role="alert" id="error" { (e) }
+            }
+            form method="post" action="/login" class="stack-form" {
+                input type="hidden" name="next" value=(next);
+                input type="hidden" name="login_csrf" value=(token);
+                label {
+                    "User name "
+                    input name="username" id="username" autocomplete="username" required autofocus value=(user);
+                }
+                label {
+                    "Password "
+                    input name="password" id="password" type="password" autocomplete="current-password" required;
+                }
+                button type="submit" class="primary" id="login" { "Log in" }
+            }
+        }
+    };
+    html::page(None, Nav::None, "Log in", body)
 }
 
 /// The login page (status, optional error) with its CSRF cookie.

@@ -13,8 +13,8 @@
 //!
 //! Every message is `event: fragments` with `{"fragments": {id: html}}`
 //! (plus `key` for a Stack Details page); `portal.js` puts each fragment
-//! into the element with that id. Fragments are rendered by `pages.rs`,
-//! the same code that renders the pages.
+//! into the element with that id. Fragments are `maud` markup rendered by
+//! `pages.rs`, the same code that renders the pages.
 
 use super::auth::Auth;
 use super::pages::{self, LiveProgress};
@@ -61,8 +61,8 @@ fn stacks_fragments(c: &Coordinator, node: Option<&str>) -> Option<serde_json::V
         None => {
             let nodes = c.registry.all();
             Some(serde_json::json!({ "fragments": {
-                "stacks-body": pages::stacks_rows(&nodes, now),
-                "stacks-count": super::html::esc(&pages::stacks_count(&nodes, now)),
+                "stacks-body": pages::stacks_rows(&nodes, now).into_string(),
+                "stacks-count": pages::stacks_count(&nodes, now).into_string(),
             }}))
         }
         Some(name) => {
@@ -70,10 +70,10 @@ fn stacks_fragments(c: &Coordinator, node: Option<&str>) -> Option<serde_json::V
             Some(serde_json::json!({
                 "key": pages::node_key(&n),
                 "fragments": {
-                    "node-badges": super::html::node_badges(&n, now),
-                    "node-facts": pages::node_facts(&n, now),
-                    "user-vms-body": pages::user_vm_rows(&n),
-                    "system-vms-body": pages::system_vm_rows(&n),
+                    "node-badges": super::html::node_badges(&n, now).into_string(),
+                    "node-facts": pages::node_facts(&n, now).into_string(),
+                    "user-vms-body": pages::user_vm_rows(&n).into_string(),
+                    "system-vms-body": pages::system_vm_rows(&n).into_string(),
                 }
             }))
         }
@@ -222,7 +222,7 @@ pub async fn jobs_sse(State(st): State<Arc<Portal>>, _auth: Auth) -> Response {
                 _ = tx.closed() => break,
             }
             let jobs = c.jobs.list(pages::PORTAL_JOBS).jobs;
-            let v = serde_json::json!({ "fragments": { "jobs-body": pages::jobs_rows(&jobs) } });
+            let v = serde_json::json!({ "fragments": { "jobs-body": pages::jobs_rows(&jobs).into_string() } });
             let data = v.to_string();
             if data != last {
                 if tx.send(fragments_event(&v)).await.is_err() {

@@ -1,8 +1,9 @@
 //! The operator portal, served by `coordinator serve --http ADDR`: the
 //! Stacks overview, Stack Details with Put in Maintenance and Enable, the
 //! Virtual Machines page (VFWs one click away), cloudspaces with Move VFW,
-//! and jobs with live progress. Server-rendered HTML with a little
-//! JavaScript (`/static/portal.js`), live updates by Server-Sent Events.
+//! and jobs with live progress. Server-rendered HTML (`maud` templates,
+//! which escape every spliced value) with a little JavaScript
+//! (`/static/portal.js`), live updates by Server-Sent Events.
 //!
 //! Every action goes through [`crate::api::handle`] with the logged-in user,
 //! exactly like the CLI, so permissions, validation, refusals and job

@@ -1,10 +1,12 @@
 //! The read-only pages (any logged-in user) and the HTML fragments that the
 //! live updates re-send (`live.rs`), so each piece is rendered in one place.
+//! Handlers gather the data; the `*_page` builders are pure `maud`
+//! templates (escaped by default), tested without a coordinator.
 
 use super::auth::Auth;
 use super::html::{
-    self, badge, cs_link, csrf_field, esc, job_badge, job_link, node_badges, node_link, page,
-    respond, url, vm_badge, Nav, NEEDS_OPERATOR,
+    self, badge, cs_link, csrf_field, groups_text, job_badge, job_link, node_badges, node_link,
+    page, respond, url, vm_badge, Nav, NEEDS_OPERATOR,
 };
 use super::Portal;
 use crate::cli::output::{fmt_ts, mib};
@@ -12,6 +14,7 @@ use crate::jobs::Job;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use maud::{html, Markup};
 use nodemaint_planner as planner;
 use nodemaint_proto::model::{NodeRecord, NodeStatus, Vm, VmKind};
 use nodemaint_proto::pb::{self, api_reply::Kind as Reply, api_request::Kind as Req};
@@ -32,151 +35,124 @@ pub async fn not_found() -> Response {
     )
 }
 
+/// One fact of a `<dl class="facts">`.
+fn fact(k: &str, v: Markup) -> Markup {
+    html! { div { dt { (k) } dd { (v) } } }
+}
+
+/// A table row spanning `cols` columns that says the table is empty.
+fn empty_row(cols: u32, text: &str) -> Markup {
+    html! { tr { td colspan=(cols) class="muted" { (text) } } }
+}
+
 // ---------------------------------------------------------------- Stacks
 
 /// The rows of the Stacks table.
-pub fn stacks_rows(nodes: &[NodeRecord], now: i64) -> String {
+pub fn stacks_rows(nodes: &[NodeRecord], now: i64) -> Markup {
     if nodes.is_empty() {
-        return r#"<tr><td colspan="7" class="muted">No stack has registered yet: start a node-agent.</td></tr>"#.into();
+        return empty_row(7, "No stack has registered yet: start a node-agent.");
     }
-    let mut s = String::new();
-    for n in nodes {
-        let vfws = n.domains.iter().filter(|d| d.kind == VmKind::Vfw).count();
-        s.push_str(&format!(
-            r#"<tr data-node="{name}"><td>{link}</td><td class="status">{badges}</td><td class="num">{run} / {total}</td><td class="num">{used} / {cap}</td><td class="num">{vfws}</td><td>{boot}</td><td>{job}</td></tr>"#,
-            name = esc(&n.name),
-            link = node_link(&n.name),
-            badges = node_badges(n, now),
-            run = n.vms_running(),
-            total = n.domains.len(),
-            used = mib(n.memory_used_mib()),
-            cap = mib(n.capacity.memory_mib),
-            boot = fmt_ts(n.boot_time_ms),
-            job = n.current_job.as_deref().map(job_link).unwrap_or_default(),
-        ));
+    html! {
+        @for n in nodes {
+            tr data-node=(n.name) {
+                td { (node_link(&n.name)) }
+                td class="status" { (node_badges(n, now)) }
+                td class="num" { (n.vms_running()) " / " (n.domains.len()) }
+                td class="num" { (mib(n.memory_used_mib())) " / " (mib(n.capacity.memory_mib)) }
+                td class="num" { (n.domains.iter().filter(|d| d.kind == VmKind::Vfw).count()) }
+                td { (fmt_ts(n.boot_time_ms)) }
+                td { @if let Some(j) = &n.current_job { (job_link(j)) } }
+            }
+        }
     }
-    s
 }
 
-pub fn stacks_count(nodes: &[NodeRecord], now: i64) -> String {
+pub fn stacks_count(nodes: &[NodeRecord], now: i64) -> Markup {
     let maint = nodes
         .iter()
         .filter(|n| n.status == NodeStatus::Maintenance)
         .count();
     let down = nodes.iter().filter(|n| !n.reachable_at(now)).count();
-    format!(
-        "{} stacks · {} in maintenance · {} unreachable",
-        nodes.len(),
-        maint,
-        down
-    )
+    html! {
+        (nodes.len()) " stacks · " (maint) " in maintenance · " (down) " unreachable"
+    }
+}
+
+pub fn stacks_page(auth: &Auth, nodes: &[NodeRecord], now: i64) -> Markup {
+    let body = html! {
+        div id="live-root" data-live="/events/stacks" {
+            div class="titlebar" { h1 { "Stacks" } span class="live" id="live" { "live" } }
+            p class="muted" id="stacks-count" { (stacks_count(nodes, now)) }
+            table class="grid" id="stacks" {
+                thead { tr {
+                    th { "Stack" } th { "Status" } th { "VMs running / total" }
+                    th { "Memory used / total" } th { "VFWs" } th { "Boot time" } th { "Current job" }
+                } }
+                tbody id="stacks-body" { (stacks_rows(nodes, now)) }
+            }
+        }
+    };
+    page(Some(auth), Nav::Stacks, "Stacks", body)
 }
 
 pub async fn stacks(State(st): State<Arc<Portal>>, auth: Auth) -> Response {
     let nodes = st.c.registry.all();
-    let now = now();
-    let body = format!(
-        r#"<div id="live-root" data-live="/events/stacks">
-<div class="titlebar"><h1>Stacks</h1><span class="live" id="live">live</span></div>
-<p class="muted" id="stacks-count">{count}</p>
-<table class="grid" id="stacks">
-<thead><tr><th>Stack</th><th>Status</th><th>VMs running / total</th><th>Memory used / total</th><th>VFWs</th><th>Boot time</th><th>Current job</th></tr></thead>
-<tbody id="stacks-body">{rows}</tbody>
-</table></div>"#,
-        count = esc(&stacks_count(&nodes, now)),
-        rows = stacks_rows(&nodes, now),
-    );
-    respond(
-        StatusCode::OK,
-        page(Some(&auth), Nav::Stacks, "Stacks", &body),
-    )
+    respond(StatusCode::OK, stacks_page(&auth, &nodes, now()))
 }
 
 // ---------------------------------------------------------- Stack Details
 
-pub fn node_facts(n: &NodeRecord, now: i64) -> String {
-    let fact = |k: &str, v: String| format!("<div><dt>{k}</dt><dd>{v}</dd></div>");
-    let reach = if n.reachable_at(now) {
-        "yes".to_string()
-    } else {
-        badge("st-unreachable", "unreachable")
-    };
-    [
-        fact("Status", node_badges(n, now)),
-        fact("Reachable", reach),
-        fact(
-            "VMs running / total",
-            format!("{} / {}", n.vms_running(), n.domains.len()),
-        ),
-        fact(
-            "Memory used / total",
-            format!(
-                "{} / {}",
-                mib(n.memory_used_mib()),
-                mib(n.capacity.memory_mib)
-            ),
-        ),
-        fact("vCPUs", n.capacity.vcpus.to_string()),
-        fact("Boot time", esc(&fmt_ts(n.boot_time_ms))),
-        fact(
-            "Last heartbeat",
-            esc(&crate::cli::output::ago(n.last_seen_ms, now)),
-        ),
-        fact("Address", esc(&n.address)),
-        fact(
-            "libvirt URI",
-            format!("<code>{}</code>", esc(&n.libvirt_uri)),
-        ),
-        fact("Agent version", esc(&n.agent_version)),
-        fact(
-            "Current job",
-            n.current_job
-                .as_deref()
-                .map(job_link)
-                .unwrap_or_else(|| "none".into()),
-        ),
-    ]
-    .concat()
+pub fn node_facts(n: &NodeRecord, now: i64) -> Markup {
+    html! {
+        (fact("Status", node_badges(n, now)))
+        (fact("Reachable", if n.reachable_at(now) {
+            html! { "yes" }
+        } else {
+            badge("st-unreachable", "unreachable")
+        }))
+        (fact("VMs running / total", html! { (n.vms_running()) " / " (n.domains.len()) }))
+        (fact("Memory used / total", html! {
+            (mib(n.memory_used_mib())) " / " (mib(n.capacity.memory_mib))
+        }))
+        (fact("vCPUs", html! { (n.capacity.vcpus) }))
+        (fact("Boot time", html! { (fmt_ts(n.boot_time_ms)) }))
+        (fact("Last heartbeat", html! { (crate::cli::output::ago(n.last_seen_ms, now)) }))
+        (fact("Address", html! { (n.address) }))
+        (fact("libvirt URI", html! { code { (n.libvirt_uri) } }))
+        (fact("Agent version", html! { (n.agent_version) }))
+        (fact("Current job", match &n.current_job {
+            Some(j) => job_link(j),
+            None => html! { "none" },
+        }))
+    }
 }
 
-fn stopped_by_cell(n: &NodeRecord, vm: &str) -> String {
-    n.stopped_by
-        .get(vm)
-        .map(|j| format!("stopped by {}", job_link(j)))
-        .unwrap_or_default()
-}
-
-pub fn user_vm_rows(n: &NodeRecord) -> String {
+pub fn user_vm_rows(n: &NodeRecord) -> Markup {
     vm_rows(n, VmKind::User, "No user VM on this stack.")
 }
 
-pub fn system_vm_rows(n: &NodeRecord) -> String {
+pub fn system_vm_rows(n: &NodeRecord) -> Markup {
     vm_rows(n, VmKind::Vfw, "No virtual firewall on this stack.")
 }
 
 /// Stack Details' VM tables; each name links to the VM's page (its actions).
-fn vm_rows(n: &NodeRecord, kind: VmKind, none: &str) -> String {
-    let rows: Vec<String> = n
-        .domains
-        .iter()
-        .filter(|d| d.kind == kind)
-        .map(|d| {
-            format!(
-                r#"<tr data-vm="{name}"><td><a href="/vms/{vmurl}">{name}</a></td><td>{state}</td><td>{cs}</td><td class="num">{vcpus}</td><td class="num">{mem}</td><td>{stopped}</td></tr>"#,
-                name = esc(&d.name),
-                vmurl = url(&d.name),
-                state = vm_badge(d.state),
-                cs = d.cloudspace.as_deref().map(cs_link).unwrap_or_default(),
-                vcpus = d.vcpus,
-                mem = mib(d.memory_mib),
-                stopped = stopped_by_cell(n, &d.name),
-            )
-        })
-        .collect();
-    if rows.is_empty() {
-        return format!(r#"<tr><td colspan="6" class="muted">{none}</td></tr>"#);
+fn vm_rows(n: &NodeRecord, kind: VmKind, none: &str) -> Markup {
+    let vms: Vec<&Vm> = n.domains.iter().filter(|d| d.kind == kind).collect();
+    if vms.is_empty() {
+        return empty_row(6, none);
     }
-    rows.concat()
+    html! {
+        @for d in vms {
+            tr data-vm=(d.name) {
+                td { a href={ "/vms/" (url(&d.name)) } { (d.name) } }
+                td { (vm_badge(d.state)) }
+                td { @if let Some(cs) = &d.cloudspace { (cs_link(cs)) } }
+                td class="num" { (d.vcpus) }
+                td class="num" { (mib(d.memory_mib)) }
+                td { @if let Some(j) = n.stopped_by.get(&d.name) { "stopped by " (job_link(j)) } }
+            }
+        }
+    }
 }
 
 /// Why an action is not offered now, if it is not.
@@ -218,193 +194,179 @@ fn enable_blocker(auth: &Auth, n: &NodeRecord) -> Option<String> {
     None
 }
 
-fn menu_item(id: &str, dialog: &str, label: &str, blocker: &Option<String>) -> String {
-    match blocker {
-        None => format!(r#"<button type="button" id="{id}" data-open="{dialog}">{label}</button>"#),
-        Some(why) => format!(
-            r#"<button type="button" id="{id}" disabled title="{why}">{label}</button><small class="why">{why}</small>"#,
-            why = esc(why)
-        ),
+fn menu_item(id: &str, dialog: &str, label: &str, blocker: &Option<String>) -> Markup {
+    html! {
+        @match blocker {
+            None => button type="button" id=(id) data-open=(dialog) { (label) },
+            Some(why) => {
+                button type="button" id=(id) disabled title=(why) { (label) }
+                small class="why" { (why) }
+            }
+        }
     }
 }
 
-fn actions_menu(auth: &Auth, n: &NodeRecord, now: i64) -> String {
-    let note = if auth.can_act() {
-        String::new()
-    } else {
-        format!(
-            r#"<p class="note" id="needs-operator">Actions: {NEEDS_OPERATOR}; you are in {}.</p>"#,
-            esc(&if auth.groups.is_empty() {
-                "no group".into()
-            } else {
-                auth.groups.join(", ")
-            })
-        )
-    };
-    format!(
-        r#"<details class="menu" id="actions"><summary>Actions</summary><div class="menu-items">{m}{e}</div></details>{note}"#,
-        m = menu_item(
-            "action-maintenance",
-            "maint-dialog",
-            "Put in Maintenance",
-            &maintenance_blocker(auth, n, now)
-        ),
-        e = menu_item(
-            "action-enable",
-            "enable-dialog",
-            "Enable",
-            &enable_blocker(auth, n)
-        ),
-    )
+fn actions_menu(auth: &Auth, n: &NodeRecord, now: i64) -> Markup {
+    html! {
+        details class="menu" id="actions" {
+            summary { "Actions" }
+            div class="menu-items" {
+                (menu_item("action-maintenance", "maint-dialog", "Put in Maintenance",
+                    &maintenance_blocker(auth, n, now)))
+                (menu_item("action-enable", "enable-dialog", "Enable", &enable_blocker(auth, n)))
+            }
+        }
+        @if !auth.can_act() {
+            p class="note" id="needs-operator" {
+                "Actions: " (NEEDS_OPERATOR) "; you are in " (groups_text(auth)) "."
+            }
+        }
+    }
+}
+
+/// What the planner says about "Move All": its report, `None` when it
+/// answered something else, or its refusal.
+pub type DrainPlan = Result<Option<planner::DrainReport>, String>;
+
+async fn drain_plan(st: &Portal, auth: &Auth, node: &str) -> DrainPlan {
+    let req = Req::PlanDrain(pb::PlanDrain {
+        node: node.into(),
+        max_parallel: 0,
+    });
+    match st.api(&auth.user, req).await {
+        Ok(Reply::Json(doc)) => Ok(serde_json::from_str(&doc).ok()),
+        Ok(_) => Ok(None),
+        Err(e) => Err(e.message),
+    }
 }
 
 /// The planner's preview of "Move All": where each VM would go, or which
 /// VMs fit nowhere.
-async fn drain_preview(st: &Portal, auth: &Auth, node: &str) -> String {
-    let doc = match st
-        .api(
-            &auth.user,
-            Req::PlanDrain(pb::PlanDrain {
-                node: node.into(),
-                max_parallel: 0,
-            }),
-        )
-        .await
-    {
-        Ok(Reply::Json(doc)) => doc,
-        Ok(_) => return String::new(),
+fn drain_preview(plan: &DrainPlan) -> Markup {
+    let r = match plan {
+        Ok(Some(r)) => r,
+        Ok(None) => return html! {},
         Err(e) => {
-            return format!(
-                r#"<p class="plan bad">The planner cannot plan the move now: {}</p>"#,
-                esc(&e.message)
-            )
+            return html! { p class="plan bad" { "The planner cannot plan the move now: " (e) } }
         }
     };
-    let Ok(r) = serde_json::from_str::<planner::DrainReport>(&doc) else {
-        return String::new();
-    };
     if !r.feasible {
-        let items: Vec<String> = r
-            .unplaced
-            .iter()
-            .map(|u| format!("<li><b>{}</b>: {}</li>", esc(&u.vm), esc(&u.reason)))
-            .collect();
-        return format!(
-            r#"<div class="plan bad"><p>The other stacks cannot take every VM; Move All would be refused:</p><ul>{}</ul></div>"#,
-            items.concat()
-        );
+        return html! {
+            div class="plan bad" {
+                p { "The other stacks cannot take every VM; Move All would be refused:" }
+                ul { @for u in &r.unplaced { li { b { (u.vm) } ": " (u.reason) } } }
+            }
+        };
     }
     if r.moves.is_empty() {
-        return r#"<p class="plan">No VM to move: the stack is empty.</p>"#.into();
+        return html! { p class="plan" { "No VM to move: the stack is empty." } };
     }
-    let items: Vec<String> = r
-        .moves
-        .iter()
-        .map(|m| {
-            format!(
-                "<li>{}{} → {}</li>",
-                esc(&m.vm),
-                if m.kind == planner::VmKind::Vfw {
-                    " <small>(VFW)</small>"
-                } else {
-                    ""
-                },
-                esc(&m.to)
-            )
-        })
-        .collect();
-    format!(
-        r#"<div class="plan"><p>Planned destinations ({} VMs, {} waves, VFWs first):</p><ul>{}</ul></div>"#,
-        r.moves.len(),
-        r.waves,
-        items.concat()
-    )
+    html! {
+        div class="plan" {
+            p { "Planned destinations (" (r.moves.len()) " VMs, " (r.waves) " waves, VFWs first):" }
+            ul {
+                @for m in &r.moves {
+                    li {
+                        (m.vm)
+                        @if m.kind == planner::VmKind::Vfw { " " small { "(VFW)" } }
+                        " → " (m.to)
+                    }
+                }
+            }
+        }
+    }
 }
 
-async fn maintenance_dialog(st: &Portal, auth: &Auth, n: &NodeRecord) -> String {
+fn maintenance_dialog(auth: &Auth, n: &NodeRecord, plan: &DrainPlan) -> Markup {
     let cs = crate::api::vfw_cloudspaces(n);
-    let vfw_warning = if cs.is_empty() {
-        r#"<p>No virtual firewall runs on this stack, so no cloudspace loses its network.</p>"#
-            .to_string()
-    } else {
-        let items: Vec<String> = cs.iter().map(|c| format!("<li>{}</li>", esc(c))).collect();
-        format!(
-            r#"<p><strong>Warning:</strong> the virtual firewall (VFW) of these cloudspaces runs on {node}. Stopping it takes their network down until {node} is enabled again:</p>
-<ul id="vfw-cloudspaces">{items}</ul>
-<label class="ack"><input type="checkbox" name="ack_vfw_downtime" id="ack-vfw" value="yes" data-required-for="stop"> I understand that {list} lose their network until {node} is enabled</label>"#,
-            node = esc(&n.name),
-            items = items.concat(),
-            list = esc(&cs.join(", ")),
-        )
-    };
-    format!(
-        r#"<dialog id="maint-dialog" aria-labelledby="maint-title">
-<form method="post" action="/stacks/{nurl}/maintenance" id="maint-form">
-{csrf}
-<h2 id="maint-title">Put {node} in maintenance</h2>
-<p>{node} becomes unschedulable at once (no new VM is placed on it), then it is emptied. Choose how:</p>
-<label class="option preferred"><input type="radio" name="mode" value="move" id="mode-move" checked>
-<span><strong>Move All Virtual Machines</strong> <span class="badge pref">preferred</span><br>
-<small>Live-migrate every VM, virtual firewalls first, to the stacks the planner picks. Tenants keep running.</small></span></label>
-<div class="move-only">{preview}</div>
-<label class="option"><input type="radio" name="mode" value="stop" id="mode-stop">
-<span><strong>Stop All Virtual Machines</strong><br>
-<small>Stop every VM on {node}, virtual firewalls included. Enable restarts exactly the VMs stopped here.</small></span></label>
-<div class="stop-only warning" id="stop-warning">{vfw_warning}</div>
-<div class="buttons"><button type="button" data-close>Cancel</button>
-<button type="submit" class="primary" id="maint-submit">Put in Maintenance</button></div>
-</form></dialog>"#,
-        nurl = url(&n.name),
-        node = esc(&n.name),
-        csrf = csrf_field(auth),
-        preview = drain_preview(st, auth, &n.name).await,
-    )
+    let node = &n.name;
+    html! {
+        dialog id="maint-dialog" aria-labelledby="maint-title" {
+            form method="post" action={ "/stacks/" (url(node)) "/maintenance" } id="maint-form" {
+                (csrf_field(auth))
+                h2 id="maint-title" { "Put " (node) " in maintenance" }
+                p { (node) " becomes unschedulable at once (no new VM is placed on it), then it is emptied. Choose how:" }
+                label class="option preferred" {
+                    input type="radio" name="mode" value="move" id="mode-move" checked;
+                    " "
+                    span {
+                        strong { "Move All Virtual Machines" } " " span class="badge pref" { "preferred" }
+                        br;
+                        small { "Live-migrate every VM, virtual firewalls first, to the stacks the planner picks. Tenants keep running." }
+                    }
+                }
+                div class="move-only" { (drain_preview(plan)) }
+                label class="option" {
+                    input type="radio" name="mode" value="stop" id="mode-stop";
+                    " "
+                    span {
+                        strong { "Stop All Virtual Machines" }
+                        br;
+                        small { "Stop every VM on " (node) ", virtual firewalls included. Enable restarts exactly the VMs stopped here." }
+                    }
+                }
+                div class="stop-only warning" id="stop-warning" {
+                    @if cs.is_empty() {
+                        p { "No virtual firewall runs on this stack, so no cloudspace loses its network." }
+                    } @else {
+                        p {
+                            strong { "Warning:" }
+                            " the virtual firewall (VFW) of these cloudspaces runs on " (node)
+                            ". Stopping it takes their network down until " (node) " is enabled again:"
+                        }
+                        ul id="vfw-cloudspaces" { @for c in &cs { li { (c) } } }
+                        label class="ack" {
+                            input type="checkbox" name="ack_vfw_downtime" id="ack-vfw" value="yes" data-required-for="stop";
+                            " I understand that " (cs.join(", ")) " lose their network until " (node) " is enabled"
+                        }
+                    }
+                }
+                div class="buttons" {
+                    button type="button" data-close { "Cancel" }
+                    " "
+                    button type="submit" class="primary" id="maint-submit" { "Put in Maintenance" }
+                }
+            }
+        }
+    }
 }
 
-fn enable_dialog(auth: &Auth, n: &NodeRecord) -> String {
-    let restart = if n.stopped_by.is_empty() {
-        format!(
-            r#"<p id="enable-restart">No VM will be restarted: maintenance stopped none on {} (VMs that tenants shut off stay off).</p>"#,
-            esc(&n.name)
-        )
-    } else {
-        let items: Vec<String> = n
-            .stopped_by
+fn enable_dialog(auth: &Auth, n: &NodeRecord) -> Markup {
+    let node = &n.name;
+    let kind = |vm: &str| {
+        n.domains
             .iter()
-            .map(|(vm, job)| {
-                let kind = n
-                    .domains
-                    .iter()
-                    .find(|d| &d.name == vm)
-                    .map(|d| if d.kind == VmKind::Vfw { " (VFW)" } else { "" })
-                    .unwrap_or("");
-                format!(
-                    "<li><b>{}</b>{kind} <small>stopped by job {}</small></li>",
-                    esc(vm),
-                    job_link(job)
-                )
-            })
-            .collect();
-        format!(
-            r#"<p>These {} VMs were stopped by maintenance and will be restarted:</p><ul id="enable-restart">{}</ul>"#,
-            n.stopped_by.len(),
-            items.concat()
-        )
+            .find(|d| d.name == vm)
+            .map(|d| if d.kind == VmKind::Vfw { " (VFW)" } else { "" })
+            .unwrap_or("")
     };
-    format!(
-        r#"<dialog id="enable-dialog" aria-labelledby="enable-title">
-<form method="post" action="/stacks/{nurl}/enable" id="enable-form">
-{csrf}
-<h2 id="enable-title">Enable {node}</h2>
-<p>{node} leaves maintenance and becomes schedulable again.</p>
-{restart}
-<div class="buttons"><button type="button" data-close>Cancel</button>
-<button type="submit" class="primary" id="enable-submit">Enable</button></div>
-</form></dialog>"#,
-        nurl = url(&n.name),
-        node = esc(&n.name),
-        csrf = csrf_field(auth),
-    )
+    html! {
+        dialog id="enable-dialog" aria-labelledby="enable-title" {
+            form method="post" action={ "/stacks/" (url(node)) "/enable" } id="enable-form" {
+                (csrf_field(auth))
+                h2 id="enable-title" { "Enable " (node) }
+                p { (node) " leaves maintenance and becomes schedulable again." }
+                @if n.stopped_by.is_empty() {
+                    p id="enable-restart" {
+                        "No VM will be restarted: maintenance stopped none on " (node)
+                        " (VMs that tenants shut off stay off)."
+                    }
+                } @else {
+                    p { "These " (n.stopped_by.len()) " VMs were stopped by maintenance and will be restarted:" }
+                    ul id="enable-restart" {
+                        @for (vm, job) in &n.stopped_by {
+                            li { b { (vm) } (kind(vm)) " " small { "stopped by job " (job_link(job)) } }
+                        }
+                    }
+                }
+                div class="buttons" {
+                    button type="button" data-close { "Cancel" }
+                    " "
+                    button type="submit" class="primary" id="enable-submit" { "Enable" }
+                }
+            }
+        }
+    }
 }
 
 /// The JSON that makes a page reload when the node's status or job changes
@@ -415,6 +377,45 @@ pub fn node_key(n: &NodeRecord) -> String {
         html::status_word(n.status),
         n.current_job.as_deref().unwrap_or("")
     )
+}
+
+/// Whether Stack Details offers the Put in Maintenance dialog (and so
+/// needs the planner's preview).
+fn offers_maintenance(auth: &Auth, n: &NodeRecord, now: i64) -> bool {
+    maintenance_blocker(auth, n, now).is_none()
+}
+
+pub fn stack_page(auth: &Auth, n: &NodeRecord, now: i64, plan: &DrainPlan) -> Markup {
+    let node = &n.name;
+    let vm_head = html! {
+        thead { tr {
+            th { "Name" } th { "State" } th { "Cloudspace" } th { "vCPUs" } th { "Memory" } th {}
+        } }
+    };
+    let body = html! {
+        div id="live-root" data-live={ "/events/stacks?node=" (url(node)) } data-key=(node_key(n)) {
+            nav class="crumbs" { a href="/" { "Stacks" } " › " (node) }
+            div class="titlebar" {
+                h1 { "Stack " (node) " " span id="node-badges" { (node_badges(n, now)) } }
+                span class="live" id="live" { "live" }
+                (actions_menu(auth, n, now))
+            }
+            dl class="facts" id="node-facts" { (node_facts(n, now)) }
+            h2 { "Virtual machines" }
+            table class="grid" id="user-vms" { (vm_head) tbody id="user-vms-body" { (user_vm_rows(n)) } }
+            h2 { "System VMs: virtual firewalls (VFW)" }
+            p class="muted" {
+                "One per cloudspace; its cloudspace's network is down while it is not running. "
+                a href="/vms?kind=vfw" { "All VFWs" }
+            }
+            table class="grid" id="system-vms" { (vm_head) tbody id="system-vms-body" { (system_vm_rows(n)) } }
+        }
+        @if auth.can_act() {
+            @if offers_maintenance(auth, n, now) { (maintenance_dialog(auth, n, plan)) }
+            @if enable_blocker(auth, n).is_none() { (enable_dialog(auth, n)) }
+        }
+    };
+    page(Some(auth), Nav::Stacks, &format!("Stack {node}"), body)
 }
 
 pub async fn stack(
@@ -439,46 +440,12 @@ pub async fn stack(
         );
     };
     let now = now();
-    let mut dialogs = String::new();
-    if auth.can_act() {
-        if maintenance_blocker(&auth, &n, now).is_none() {
-            dialogs.push_str(&maintenance_dialog(&st, &auth, &n).await);
-        }
-        if enable_blocker(&auth, &n).is_none() {
-            dialogs.push_str(&enable_dialog(&auth, &n));
-        }
-    }
-    let vm_head = "<thead><tr><th>Name</th><th>State</th><th>Cloudspace</th><th>vCPUs</th><th>Memory</th><th></th></tr></thead>";
-    let body = format!(
-        r#"<div id="live-root" data-live="/events/stacks?node={nurl}" data-key="{key}">
-<nav class="crumbs"><a href="/">Stacks</a> › {node}</nav>
-<div class="titlebar"><h1>Stack {node} <span id="node-badges">{badges}</span></h1><span class="live" id="live">live</span>{menu}</div>
-<dl class="facts" id="node-facts">{facts}</dl>
-<h2>Virtual machines</h2>
-<table class="grid" id="user-vms">{vm_head}<tbody id="user-vms-body">{user}</tbody></table>
-<h2>System VMs: virtual firewalls (VFW)</h2>
-<p class="muted">One per cloudspace; its cloudspace's network is down while it is not running. <a href="/vms?kind=vfw">All VFWs</a></p>
-<table class="grid" id="system-vms">{vm_head}<tbody id="system-vms-body">{system}</tbody></table>
-</div>
-{dialogs}"#,
-        nurl = url(&n.name),
-        key = esc(&node_key(&n)),
-        node = esc(&n.name),
-        badges = node_badges(&n, now),
-        menu = actions_menu(&auth, &n, now),
-        facts = node_facts(&n, now),
-        user = user_vm_rows(&n),
-        system = system_vm_rows(&n),
-    );
-    respond(
-        StatusCode::OK,
-        page(
-            Some(&auth),
-            Nav::Stacks,
-            &format!("Stack {}", n.name),
-            &body,
-        ),
-    )
+    let plan = if offers_maintenance(&auth, &n, now) {
+        drain_plan(&st, &auth, &n.name).await
+    } else {
+        Ok(None)
+    };
+    respond(StatusCode::OK, stack_page(&auth, &n, now, &plan))
 }
 
 // ------------------------------------------------------- Virtual Machines
@@ -497,18 +464,90 @@ pub struct VmFilter {
     state: String,
 }
 
-fn select(name: &str, current: &str, options: &[(String, String)]) -> String {
-    let mut s = format!(r#"<select name="{name}" id="f-{name}">"#);
-    for (v, label) in options {
-        let sel = if v == current { " selected" } else { "" };
-        s.push_str(&format!(
-            r#"<option value="{}"{sel}>{}</option>"#,
-            esc(v),
-            esc(label)
-        ));
+fn select(name: &str, current: &str, options: &[(String, String)]) -> Markup {
+    html! {
+        select name=(name) id={ "f-" (name) } {
+            @for (v, label) in options {
+                option value=(v) selected[v == current] { (label) }
+            }
+        }
     }
-    s.push_str("</select>");
-    s
+}
+
+/// The Virtual Machines page: the API's list (already filtered by node,
+/// cloudspace, kind and state), narrowed by name here.
+pub fn vms_page(auth: &Auth, f: &VmFilter, entries: &[pb::VmEntry], all: &[NodeRecord]) -> Markup {
+    let needle = f.name.to_lowercase();
+    let shown: Vec<(&pb::VmEntry, Vm)> = entries
+        .iter()
+        .map(|e| (e, Vm::from(&e.domain.clone().unwrap_or_default())))
+        .filter(|(_, vm)| needle.is_empty() || vm.name.to_lowercase().contains(&needle))
+        .collect();
+    let mut nodes: Vec<(String, String)> = vec![(String::new(), "any stack".into())];
+    nodes.extend(all.iter().map(|n| (n.name.clone(), n.name.clone())));
+    let mut css: Vec<String> = all
+        .iter()
+        .flat_map(|n| n.domains.iter().filter_map(|d| d.cloudspace.clone()))
+        .collect();
+    css.sort();
+    css.dedup();
+    let mut cs_opts: Vec<(String, String)> = vec![(String::new(), "any cloudspace".into())];
+    cs_opts.extend(css.into_iter().map(|c| (c.clone(), c)));
+    let kinds = [
+        ("", "any kind"),
+        ("user", "user VMs"),
+        ("vfw", "virtual firewalls (VFW)"),
+    ]
+    .map(|(a, b)| (a.to_string(), b.to_string()));
+    let states = [
+        ("", "any state"),
+        ("running", "running"),
+        ("shutoff", "shut off"),
+        ("paused", "paused"),
+    ]
+    .map(|(a, b)| (a.to_string(), b.to_string()));
+    let body = html! {
+        div class="titlebar" { h1 { "Virtual Machines" } }
+        p class="quick" {
+            a href="/vms" id="q-all" { "All VMs" } " · "
+            a href="/vms?kind=vfw" id="q-vfw" { "Virtual firewalls (VFW)" } " · "
+            a href="/vms?kind=user" { "User VMs" } " · "
+            a href="/vms?state=shutoff" { "Shut off" }
+        }
+        form method="get" action="/vms" class="filters" id="vm-filter" {
+            label { "Name " input name="name" id="f-name" value=(f.name) placeholder="contains…"; }
+            label { "Stack " (select("node", &f.node, &nodes)) }
+            label { "Cloudspace " (select("cloudspace", &f.cloudspace, &cs_opts)) }
+            label { "Kind " (select("kind", &f.kind.to_ascii_lowercase(), &kinds)) }
+            label { "State " (select("state", &f.state.to_ascii_lowercase(), &states)) }
+            button type="submit" { "Filter" }
+        }
+        p class="muted" id="vm-count" { (shown.len()) " VMs" }
+        table class="grid" id="vms" {
+            thead { tr {
+                th { "Name" } th { "Kind" } th { "Stack" } th { "Cloudspace" } th { "State" }
+                th { "vCPUs" } th { "Memory" } th {}
+            } }
+            tbody {
+                @if shown.is_empty() {
+                    (empty_row(8, "No VM matches the filter."))
+                }
+                @for (e, vm) in &shown {
+                    tr data-vm=(vm.name) {
+                        td { a href={ "/vms/" (url(&vm.name)) } { (vm.name) } }
+                        td { @if vm.kind == VmKind::Vfw { (badge("vfw", "VFW")) } @else { "user" } }
+                        td { (node_link(&e.node)) }
+                        td { @if let Some(cs) = &vm.cloudspace { (cs_link(cs)) } }
+                        td { (vm_badge(vm.state)) }
+                        td class="num" { (vm.vcpus) }
+                        td class="num" { (mib(vm.memory_mib)) }
+                        td { @if !e.stopped_by.is_empty() { "stopped by " (job_link(&e.stopped_by)) } }
+                    }
+                }
+            }
+        }
+    };
+    page(Some(auth), Nav::Vms, "Virtual Machines", body)
 }
 
 pub async fn vms(State(st): State<Arc<Portal>>, auth: Auth, Query(f): Query<VmFilter>) -> Response {
@@ -559,174 +598,84 @@ pub async fn vms(State(st): State<Arc<Portal>>, auth: Auth, Query(f): Query<VmFi
         Ok(_) => Vec::new(),
         Err(e) => return e.page(Some(&auth), "Cannot list VMs"),
     };
-    let needle = f.name.to_lowercase();
-    let mut rows = Vec::new();
-    for e in &entries {
-        let vm = Vm::from(&e.domain.clone().unwrap_or_default());
-        if !needle.is_empty() && !vm.name.to_lowercase().contains(&needle) {
-            continue;
-        }
-        rows.push(format!(
-            r#"<tr data-vm="{name}"><td><a href="/vms/{vmurl}">{name}</a></td><td>{kind}</td><td>{node}</td><td>{cs}</td><td>{state}</td><td class="num">{vcpus}</td><td class="num">{mem}</td><td>{stopped}</td></tr>"#,
-            name = esc(&vm.name),
-            vmurl = url(&vm.name),
-            kind = if vm.kind == VmKind::Vfw {
-                badge("vfw", "VFW")
-            } else {
-                "user".into()
-            },
-            node = node_link(&e.node),
-            cs = vm.cloudspace.as_deref().map(cs_link).unwrap_or_default(),
-            state = vm_badge(vm.state),
-            vcpus = vm.vcpus,
-            mem = mib(vm.memory_mib),
-            stopped = if e.stopped_by.is_empty() {
-                String::new()
-            } else {
-                format!("stopped by {}", job_link(&e.stopped_by))
-            },
-        ));
-    }
     let all = st.c.registry.all();
-    let mut nodes: Vec<(String, String)> = vec![(String::new(), "any stack".into())];
-    nodes.extend(all.iter().map(|n| (n.name.clone(), n.name.clone())));
-    let mut css: Vec<String> = all
-        .iter()
-        .flat_map(|n| n.domains.iter().filter_map(|d| d.cloudspace.clone()))
-        .collect();
-    css.sort();
-    css.dedup();
-    let mut cs_opts: Vec<(String, String)> = vec![(String::new(), "any cloudspace".into())];
-    cs_opts.extend(css.into_iter().map(|c| (c.clone(), c)));
-    let kinds = [
-        ("", "any kind"),
-        ("user", "user VMs"),
-        ("vfw", "virtual firewalls (VFW)"),
-    ]
-    .map(|(a, b)| (a.to_string(), b.to_string()));
-    let states = [
-        ("", "any state"),
-        ("running", "running"),
-        ("shutoff", "shut off"),
-        ("paused", "paused"),
-    ]
-    .map(|(a, b)| (a.to_string(), b.to_string()));
-    let count = rows.len();
-    let body = format!(
-        r#"<div class="titlebar"><h1>Virtual Machines</h1></div>
-<p class="quick"><a href="/vms" id="q-all">All VMs</a> · <a href="/vms?kind=vfw" id="q-vfw">Virtual firewalls (VFW)</a> · <a href="/vms?kind=user">User VMs</a> · <a href="/vms?state=shutoff">Shut off</a></p>
-<form method="get" action="/vms" class="filters" id="vm-filter">
-<label>Name <input name="name" id="f-name" value="{name}" placeholder="contains…"></label>
-<label>Stack {node_sel}</label>
-<label>Cloudspace {cs_sel}</label>
-<label>Kind {kind_sel}</label>
-<label>State {state_sel}</label>
-<button type="submit">Filter</button>
-</form>
-<p class="muted" id="vm-count">{count} VMs</p>
-<table class="grid" id="vms"><thead><tr><th>Name</th><th>Kind</th><th>Stack</th><th>Cloudspace</th><th>State</th><th>vCPUs</th><th>Memory</th><th></th></tr></thead>
-<tbody>{rows}</tbody></table>"#,
-        name = esc(&f.name),
-        node_sel = select("node", &f.node, &nodes),
-        cs_sel = select("cloudspace", &f.cloudspace, &cs_opts),
-        kind_sel = select("kind", &f.kind.to_ascii_lowercase(), &kinds),
-        state_sel = select("state", &f.state.to_ascii_lowercase(), &states),
-        rows = if rows.is_empty() {
-            r#"<tr><td colspan="8" class="muted">No VM matches the filter.</td></tr>"#.into()
-        } else {
-            rows.concat()
-        },
-    );
-    respond(
-        StatusCode::OK,
-        page(Some(&auth), Nav::Vms, "Virtual Machines", &body),
-    )
+    respond(StatusCode::OK, vms_page(&auth, &f, &entries, &all))
 }
 
 /// One VM and what an operator may do with it: start it when shut off;
 /// move it (the planner's destinations, best first, with each stack's free
 /// memory) or stop it (after a confirmation, as the CLI's) when running.
-pub async fn vm(State(st): State<Arc<Portal>>, auth: Auth, Path(name): Path<String>) -> Response {
-    let all = st.c.registry.all();
+/// `None` when no stack reports the VM.
+pub fn vm_page(auth: &Auth, all: &[NodeRecord], name: &str, now: i64) -> Option<Markup> {
     let places: Vec<(&NodeRecord, &Vm)> = all
         .iter()
         .flat_map(|n| n.domains.iter().map(move |d| (n, d)))
         .filter(|(_, d)| d.name == name)
         .collect();
-    let Some(&(n, d)) = places.first() else {
-        return html::error_page(
+    let &(n, d) = places.first()?;
+    let body = html! {
+        nav class="crumbs" { a href="/vms" { "Virtual Machines" } " › " (name) }
+        div class="titlebar" { h1 { "VM " (name) } }
+        dl class="facts" id="vm-facts" {
+            div { dt { "Kind" } dd {
+                @if d.kind == VmKind::Vfw { (badge("vfw", "VFW (system)")) } @else { "user" }
+            } }
+            div { dt { "Stack" } dd id="vm-node" { (node_link(&n.name)) } }
+            div { dt { "Cloudspace" } dd { @if let Some(cs) = &d.cloudspace { (cs_link(cs)) } } }
+            div { dt { "State" } dd id="vm-state" { (vm_badge(d.state)) } }
+            (fact("vCPUs", html! { (d.vcpus) }))
+            (fact("Memory", html! { (mib(d.memory_mib)) }))
+            @if let Some(j) = n.stopped_by.get(&d.name) { (fact("Stopped by", job_link(j))) }
+        }
+        h2 { "Actions" }
+        @if places.len() > 1 {
+            p class="plan bad" id="vm-actions" {
+                (name) " is reported by several stacks ("
+                (places.iter().map(|(n, _)| n.name.as_str()).collect::<Vec<_>>().join(", "))
+                "); resolve this before acting on it."
+            }
+        } @else if !auth.can_act() {
+            p class="note" id="vm-actions" { "Start, stop and move: " (NEEDS_OPERATOR) "." }
+        } @else {
+            (vm_actions(auth, all, n, d, now))
+        }
+    };
+    Some(page(Some(auth), Nav::Vms, &format!("VM {name}"), body))
+}
+
+pub async fn vm(State(st): State<Arc<Portal>>, auth: Auth, Path(name): Path<String>) -> Response {
+    let all = st.c.registry.all();
+    match vm_page(&auth, &all, &name, now()) {
+        Some(p) => respond(StatusCode::OK, p),
+        None => html::error_page(
             Some(&auth),
             StatusCode::NOT_FOUND,
             "Unknown VM",
             &format!("unknown VM {name:?}: no stack reports it"),
-        );
-    };
-    let facts = format!(
-        r#"<div><dt>Kind</dt><dd>{kind}</dd></div><div><dt>Stack</dt><dd id="vm-node">{node}</dd></div><div><dt>Cloudspace</dt><dd>{cs}</dd></div><div><dt>State</dt><dd id="vm-state">{state}</dd></div><div><dt>vCPUs</dt><dd>{vcpus}</dd></div><div><dt>Memory</dt><dd>{mem}</dd></div>{stopped}"#,
-        kind = if d.kind == VmKind::Vfw {
-            badge("vfw", "VFW (system)")
-        } else {
-            "user".into()
-        },
-        node = node_link(&n.name),
-        cs = d.cloudspace.as_deref().map(cs_link).unwrap_or_default(),
-        state = vm_badge(d.state),
-        vcpus = d.vcpus,
-        mem = mib(d.memory_mib),
-        stopped = n
-            .stopped_by
-            .get(&d.name)
-            .map(|j| format!("<div><dt>Stopped by</dt><dd>{}</dd></div>", job_link(j)))
-            .unwrap_or_default(),
-    );
-    let actions = if places.len() > 1 {
-        format!(
-            r#"<p class="plan bad" id="vm-actions">{} is reported by several stacks ({}); resolve this before acting on it.</p>"#,
-            esc(&name),
-            esc(&places
-                .iter()
-                .map(|(n, _)| n.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "))
-        )
-    } else if !auth.can_act() {
-        format!(r#"<p class="note" id="vm-actions">Start, stop and move: {NEEDS_OPERATOR}.</p>"#)
-    } else {
-        vm_actions(&auth, &all, n, d)
-    };
-    let body = format!(
-        r#"<nav class="crumbs"><a href="/vms">Virtual Machines</a> › {vmn}</nav>
-<div class="titlebar"><h1>VM {vmn}</h1></div>
-<dl class="facts" id="vm-facts">{facts}</dl>
-<h2>Actions</h2>
-{actions}"#,
-        vmn = esc(&name),
-    );
-    respond(
-        StatusCode::OK,
-        page(Some(&auth), Nav::Vms, &format!("VM {name}"), &body),
-    )
+        ),
+    }
 }
 
-fn vm_actions(auth: &Auth, all: &[NodeRecord], n: &NodeRecord, d: &Vm) -> String {
+fn vm_actions(auth: &Auth, all: &[NodeRecord], n: &NodeRecord, d: &Vm, now: i64) -> Markup {
     use nodemaint_proto::model::VmState;
     let vm = url(&d.name);
-    let csrf = csrf_field(auth);
     match d.state {
-        VmState::Shutoff => format!(
-            r#"<form method="post" action="/vms/{vm}/start" id="vm-start-form" class="filters">{csrf}
-<button type="submit" class="primary" id="vm-start-submit">Start</button>
-<small>Starts {name} on {node}{held}.</small></form>"#,
-            name = esc(&d.name),
-            node = esc(&n.name),
-            held = if n.status == NodeStatus::Enabled {
-                ""
-            } else {
-                " (the stack is not enabled: the coordinator refuses, saying why)"
-            },
-        ),
+        VmState::Shutoff => html! {
+            form method="post" action={ "/vms/" (vm) "/start" } id="vm-start-form" class="filters" {
+                (csrf_field(auth))
+                button type="submit" class="primary" id="vm-start-submit" { "Start" }
+                " "
+                small {
+                    "Starts " (d.name) " on " (n.name)
+                    @if n.status != NodeStatus::Enabled {
+                        " (the stack is not enabled: the coordinator refuses, saying why)"
+                    }
+                    "."
+                }
+            }
+        },
         VmState::Running => {
-            let fleet = crate::fleet::snapshot(all, now());
+            let fleet = crate::fleet::snapshot(all, now);
             let dests = planner::feasible_destinations(&fleet, &d.name, &[]);
             let free = |node: &str| {
                 all.iter()
@@ -734,52 +683,54 @@ fn vm_actions(auth: &Auth, all: &[NodeRecord], n: &NodeRecord, d: &Vm) -> String
                     .map(|r| r.capacity.memory_mib.saturating_sub(r.memory_used_mib()))
                     .unwrap_or(0)
             };
-            let options: Vec<String> = dests
-                .iter()
-                .enumerate()
-                .map(|(i, to)| {
-                    format!(
-                        r#"<option value="{v}">{v} · {free} free{best}</option>"#,
-                        v = esc(to),
-                        free = mib(free(to)),
-                        best = if i == 0 { " (recommended)" } else { "" }
-                    )
-                })
-                .collect();
-            let (disabled, why) = if dests.is_empty() {
-                (
-                    " disabled",
-                    r#"<small class="why" id="vm-move-why">no other stack can take this VM now (capacity, status, anti-affinity)</small>"#,
-                )
-            } else {
-                ("", "")
-            };
-            let vfw_warning = if d.kind == VmKind::Vfw {
-                format!(
-                    " This is cloudspace {}'s virtual firewall: its network is down until the VFW runs again.",
-                    esc(d.cloudspace.as_deref().unwrap_or("?"))
-                )
-            } else {
-                String::new()
-            };
-            format!(
-                r#"<form method="post" action="/vms/{vm}/move" id="vm-move-form" class="filters">{csrf}
-<label>Live-migrate {name} from {node} to <select name="to_node" id="vm-to-node"{disabled}>{options}</select></label>
-<button type="submit" class="primary" id="vm-move-submit"{disabled}>Move</button>
-{why}</form>
-<p class="muted">Only stacks the planner accepts are offered (enabled, reachable, with room, anti-affinity), best first.</p>
-<form method="post" action="/vms/{vm}/stop" id="vm-stop-form" class="filters">{csrf}
-<label><input type="checkbox" name="confirm" value="yes" id="vm-stop-confirm" required> Stop {name}: the guest is asked to shut down, and forced off after the timeout.{vfw_warning}</label>
-<button type="submit" id="vm-stop-submit">Stop</button></form>"#,
-                name = esc(&d.name),
-                node = esc(&n.name),
-                options = options.concat(),
-            )
+            let none = dests.is_empty();
+            html! {
+                form method="post" action={ "/vms/" (vm) "/move" } id="vm-move-form" class="filters" {
+                    (csrf_field(auth))
+                    label {
+                        "Live-migrate " (d.name) " from " (n.name) " to "
+                        select name="to_node" id="vm-to-node" disabled[none] {
+                            @for (i, to) in dests.iter().enumerate() {
+                                option value=(to) {
+                                    (to) " · " (mib(free(to))) " free"
+                                    @if i == 0 { " (recommended)" }
+                                }
+                            }
+                        }
+                    }
+                    " "
+                    button type="submit" class="primary" id="vm-move-submit" disabled[none] { "Move" }
+                    @if none {
+                        " "
+                        small class="why" id="vm-move-why" {
+                            "no other stack can take this VM now (capacity, status, anti-affinity)"
+                        }
+                    }
+                }
+                p class="muted" {
+                    "Only stacks the planner accepts are offered (enabled, reachable, with room, anti-affinity), best first."
+                }
+                form method="post" action={ "/vms/" (vm) "/stop" } id="vm-stop-form" class="filters" {
+                    (csrf_field(auth))
+                    label {
+                        input type="checkbox" name="confirm" value="yes" id="vm-stop-confirm" required;
+                        " Stop " (d.name)
+                        ": the guest is asked to shut down, and forced off after the timeout."
+                        @if d.kind == VmKind::Vfw {
+                            " This is cloudspace " (d.cloudspace.as_deref().unwrap_or("?"))
+                            "'s virtual firewall: its network is down until the VFW runs again."
+                        }
+                    }
+                    " "
+                    button type="submit" id="vm-stop-submit" { "Stop" }
+                }
+            }
         }
-        other => format!(
-            r#"<p class="note" id="vm-actions">No action while the VM is {}.</p>"#,
-            esc(&format!("{other:?}").to_lowercase())
-        ),
+        other => html! {
+            p class="note" id="vm-actions" {
+                "No action while the VM is " (format!("{other:?}").to_lowercase()) "."
+            }
+        },
     }
 }
 
@@ -792,55 +743,150 @@ async fn vfw_list(st: &Portal, auth: &Auth) -> Result<Vec<pb::VfwEntry>, super::
     }
 }
 
+pub fn cloudspaces_page(auth: &Auth, vfws: &[pb::VfwEntry], all: &[NodeRecord]) -> Markup {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for n in all {
+        for d in &n.domains {
+            if let (Some(cs), VmKind::User) = (&d.cloudspace, d.kind) {
+                *counts.entry(cs.as_str()).or_default() += 1;
+            }
+        }
+    }
+    let body = html! {
+        div class="titlebar" { h1 { "Cloudspaces" } }
+        p class="muted" { "Each cloudspace (private network) has one virtual firewall (VFW), a system VM." }
+        table class="grid" id="cloudspaces" {
+            thead { tr {
+                th { "Cloudspace" } th { "VFW" } th { "Runs on" } th { "State" } th { "User VMs" }
+            } }
+            tbody {
+                @if vfws.is_empty() { (empty_row(5, "No cloudspace known.")) }
+                @for v in vfws {
+                    @let d = v.domain.clone().unwrap_or_default();
+                    tr data-cloudspace=(v.cloudspace) {
+                        td { (cs_link(&v.cloudspace)) }
+                        @if v.node.is_empty() {
+                            td { (badge("st-unreachable", "no VFW found")) }
+                            td {}
+                            td {}
+                        } @else {
+                            td { (d.name) }
+                            td { (node_link(&v.node)) }
+                            td { (vm_badge(d.state().into())) }
+                        }
+                        td class="num" { (counts.get(v.cloudspace.as_str()).copied().unwrap_or(0)) }
+                    }
+                }
+            }
+        }
+    };
+    page(Some(auth), Nav::Cloudspaces, "Cloudspaces", body)
+}
+
 pub async fn cloudspaces(State(st): State<Arc<Portal>>, auth: Auth) -> Response {
     let vfws = match vfw_list(&st, &auth).await {
         Ok(v) => v,
         Err(e) => return e.page(Some(&auth), "Cannot list cloudspaces"),
     };
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for n in st.c.registry.all() {
-        for d in &n.domains {
-            if let (Some(cs), VmKind::User) = (&d.cloudspace, d.kind) {
-                *counts.entry(cs.clone()).or_default() += 1;
+    let all = st.c.registry.all();
+    respond(StatusCode::OK, cloudspaces_page(&auth, &vfws, &all))
+}
+
+/// One cloudspace: where its VFW runs, Move VFW, its user VMs. `None` when
+/// no node reports a VM of it.
+pub fn cloudspace_page(
+    auth: &Auth,
+    cs: &str,
+    vfws: &[pb::VfwEntry],
+    all: &[NodeRecord],
+    now: i64,
+) -> Option<Markup> {
+    let mine: Vec<&pb::VfwEntry> = vfws.iter().filter(|v| v.cloudspace == cs).collect();
+    if mine.is_empty() {
+        return None;
+    }
+    let vfw = mine.iter().find(|v| !v.node.is_empty());
+    let facts = match vfw {
+        Some(v) => {
+            let d = v.domain.clone().unwrap_or_default();
+            html! {
+                div { dt { "Virtual firewall" } dd id="vfw-name" { (d.name) } }
+                div { dt { "Runs on" } dd id="vfw-node" { (node_link(&v.node)) } }
+                (fact("State", vm_badge(d.state().into())))
+                (fact("Stack reachable", html! { (if v.node_reachable { "yes" } else { "no" }) }))
+                (fact("Memory", html! { (mib(d.memory_mib)) }))
             }
         }
-    }
-    let rows: Vec<String> = vfws
-        .iter()
-        .map(|v| {
-            let d = v.domain.clone().unwrap_or_default();
-            let (vfw, state) = if v.node.is_empty() {
-                (
-                    badge("st-unreachable", "no VFW found"),
-                    String::new(),
-                )
-            } else {
-                (esc(&d.name), vm_badge(d.state().into()))
-            };
-            format!(
-                r#"<tr data-cloudspace="{csn}"><td>{cs}</td><td>{vfw}</td><td>{node}</td><td>{state}</td><td class="num">{n}</td></tr>"#,
-                csn = esc(&v.cloudspace),
-                cs = cs_link(&v.cloudspace),
-                node = if v.node.is_empty() { String::new() } else { node_link(&v.node) },
-                n = counts.get(&v.cloudspace).copied().unwrap_or(0),
-            )
-        })
-        .collect();
-    let body = format!(
-        r#"<div class="titlebar"><h1>Cloudspaces</h1></div>
-<p class="muted">Each cloudspace (private network) has one virtual firewall (VFW), a system VM.</p>
-<table class="grid" id="cloudspaces"><thead><tr><th>Cloudspace</th><th>VFW</th><th>Runs on</th><th>State</th><th>User VMs</th></tr></thead>
-<tbody>{}</tbody></table>"#,
-        if rows.is_empty() {
-            r#"<tr><td colspan="5" class="muted">No cloudspace known.</td></tr>"#.into()
+        None => html! {
+            div { dt { "Virtual firewall" } dd id="vfw-name" {
+                (badge("st-unreachable", "no node reports this cloudspace's VFW"))
+            } }
+        },
+    };
+    let move_form = vfw.map(|v| {
+        let name = v.domain.clone().unwrap_or_default().name;
+        let fleet = crate::fleet::snapshot(all, now);
+        let dests = planner::feasible_destinations(&fleet, &name, &[]);
+        let why = if !auth.can_act() {
+            Some(NEEDS_OPERATOR)
+        } else if dests.is_empty() {
+            Some("no other stack can take this VFW now")
         } else {
-            rows.concat()
+            None
+        };
+        html! {
+            h2 { "Move VFW" }
+            form method="post" action={ "/cloudspaces/" (url(cs)) "/move-vfw" } class="filters" id="move-vfw-form" {
+                (csrf_field(auth))
+                label {
+                    "Live-migrate " (name) " from " (v.node) " to "
+                    select name="to_node" id="to-node" disabled[why.is_some()] {
+                        @for (i, d) in dests.iter().enumerate() {
+                            option value=(d) { (d) @if i == 0 { " (recommended)" } }
+                        }
+                    }
+                }
+                " "
+                button type="submit" class="primary" id="move-vfw-submit" disabled[why.is_some()] { "Move VFW" }
+                @if let Some(w) = why { " " small class="why" id="move-vfw-why" { (w) } }
+            }
+            p class="muted" {
+                "Only stacks the planner accepts are offered (enabled, reachable, with room, not already running another VFW when avoidable), best first."
+            }
         }
-    );
-    respond(
-        StatusCode::OK,
-        page(Some(&auth), Nav::Cloudspaces, "Cloudspaces", &body),
-    )
+    });
+    let vms: Vec<(&NodeRecord, &Vm)> = all
+        .iter()
+        .flat_map(|n| n.domains.iter().map(move |d| (n, d)))
+        .filter(|(_, d)| d.cloudspace.as_deref() == Some(cs) && d.kind == VmKind::User)
+        .collect();
+    let body = html! {
+        nav class="crumbs" { a href="/cloudspaces" { "Cloudspaces" } " › " (cs) }
+        div class="titlebar" { h1 { "Cloudspace " (cs) } }
+        dl class="facts" id="cs-facts" { (facts) }
+        @if let Some(f) = move_form { (f) }
+        h2 { "Virtual machines" }
+        table class="grid" id="cs-vms" {
+            thead { tr { th { "Name" } th { "Stack" } th { "State" } th { "Memory" } } }
+            tbody {
+                @if vms.is_empty() { (empty_row(4, "No user VM in this cloudspace.")) }
+                @for (n, d) in &vms {
+                    tr {
+                        td { (d.name) }
+                        td { (node_link(&n.name)) }
+                        td { (vm_badge(d.state)) }
+                        td class="num" { (mib(d.memory_mib)) }
+                    }
+                }
+            }
+        }
+    };
+    Some(page(
+        Some(auth),
+        Nav::Cloudspaces,
+        &format!("Cloudspace {cs}"),
+        body,
+    ))
 }
 
 pub async fn cloudspace(
@@ -852,117 +898,16 @@ pub async fn cloudspace(
         Ok(v) => v,
         Err(e) => return e.page(Some(&auth), "Cannot list cloudspaces"),
     };
-    let mine: Vec<&pb::VfwEntry> = vfws.iter().filter(|v| v.cloudspace == cs).collect();
-    if mine.is_empty() {
-        return html::error_page(
+    let all = st.c.registry.all();
+    match cloudspace_page(&auth, &cs, &vfws, &all, now()) {
+        Some(p) => respond(StatusCode::OK, p),
+        None => html::error_page(
             Some(&auth),
             StatusCode::NOT_FOUND,
             "Unknown cloudspace",
             &format!("unknown cloudspace {cs:?}: no node reports a VM of it"),
-        );
-    }
-    let all = st.c.registry.all();
-    let now = now();
-    let vfw = mine.iter().find(|v| !v.node.is_empty());
-    let facts = match vfw {
-        Some(v) => {
-            let d = v.domain.clone().unwrap_or_default();
-            format!(
-                r#"<div><dt>Virtual firewall</dt><dd id="vfw-name">{}</dd></div><div><dt>Runs on</dt><dd id="vfw-node">{}</dd></div><div><dt>State</dt><dd>{}</dd></div><div><dt>Stack reachable</dt><dd>{}</dd></div><div><dt>Memory</dt><dd>{}</dd></div>"#,
-                esc(&d.name),
-                node_link(&v.node),
-                vm_badge(d.state().into()),
-                if v.node_reachable { "yes" } else { "no" },
-                mib(d.memory_mib),
-            )
-        }
-        None => r#"<div><dt>Virtual firewall</dt><dd id="vfw-name"><span class="badge st-unreachable">no node reports this cloudspace's VFW</span></dd></div>"#.into(),
-    };
-    let move_form = match vfw {
-        None => String::new(),
-        Some(v) => {
-            let name = v.domain.clone().unwrap_or_default().name;
-            let fleet = crate::fleet::snapshot(&all, now);
-            let dests = planner::feasible_destinations(&fleet, &name, &[]);
-            let why = if !auth.can_act() {
-                Some(NEEDS_OPERATOR.to_string())
-            } else if dests.is_empty() {
-                Some("no other stack can take this VFW now".to_string())
-            } else {
-                None
-            };
-            let options: Vec<String> = dests
-                .iter()
-                .enumerate()
-                .map(|(i, d)| {
-                    format!(
-                        r#"<option value="{}">{}{}</option>"#,
-                        esc(d),
-                        esc(d),
-                        if i == 0 { " (recommended)" } else { "" }
-                    )
-                })
-                .collect();
-            let disabled = if why.is_some() { " disabled" } else { "" };
-            format!(
-                r#"<h2>Move VFW</h2>
-<form method="post" action="/cloudspaces/{csurl}/move-vfw" class="filters" id="move-vfw-form">
-{csrf}
-<label>Live-migrate {name} from {from} to <select name="to_node" id="to-node"{disabled}>{options}</select></label>
-<button type="submit" class="primary" id="move-vfw-submit"{disabled}>Move VFW</button>
-{note}
-</form>
-<p class="muted">Only stacks the planner accepts are offered (enabled, reachable, with room, not already running another VFW when avoidable), best first.</p>"#,
-                csurl = url(&cs),
-                csrf = csrf_field(&auth),
-                name = esc(&name),
-                from = esc(&v.node),
-                options = options.concat(),
-                note = why
-                    .map(|w| format!(
-                        r#"<small class="why" id="move-vfw-why">{}</small>"#,
-                        esc(&w)
-                    ))
-                    .unwrap_or_default(),
-            )
-        }
-    };
-    let mut vm_rows = String::new();
-    for n in &all {
-        for d in &n.domains {
-            if d.cloudspace.as_deref() == Some(cs.as_str()) && d.kind == VmKind::User {
-                vm_rows.push_str(&format!(
-                    r#"<tr><td>{}</td><td>{}</td><td>{}</td><td class="num">{}</td></tr>"#,
-                    esc(&d.name),
-                    node_link(&n.name),
-                    vm_badge(d.state),
-                    mib(d.memory_mib)
-                ));
-            }
-        }
-    }
-    if vm_rows.is_empty() {
-        vm_rows =
-            r#"<tr><td colspan="4" class="muted">No user VM in this cloudspace.</td></tr>"#.into();
-    }
-    let body = format!(
-        r#"<nav class="crumbs"><a href="/cloudspaces">Cloudspaces</a> › {csn}</nav>
-<div class="titlebar"><h1>Cloudspace {csn}</h1></div>
-<dl class="facts" id="cs-facts">{facts}</dl>
-{move_form}
-<h2>Virtual machines</h2>
-<table class="grid" id="cs-vms"><thead><tr><th>Name</th><th>Stack</th><th>State</th><th>Memory</th></tr></thead><tbody>{vm_rows}</tbody></table>"#,
-        csn = esc(&cs),
-    );
-    respond(
-        StatusCode::OK,
-        page(
-            Some(&auth),
-            Nav::Cloudspaces,
-            &format!("Cloudspace {cs}"),
-            &body,
         ),
-    )
+    }
 }
 
 // ------------------------------------------------------------------- Jobs
@@ -971,82 +916,76 @@ fn state_word(j: &Job) -> String {
     format!("{:?}", j.state).to_uppercase()
 }
 
-pub fn jobs_rows(jobs: &[Job]) -> String {
+pub fn jobs_rows(jobs: &[Job]) -> Markup {
     if jobs.is_empty() {
-        return r#"<tr><td colspan="7" class="muted">No job yet.</td></tr>"#.into();
+        return empty_row(7, "No job yet.");
     }
-    jobs.iter()
-        .map(|j| {
-            format!(
-                r#"<tr data-job="{id}"><td>{link}</td><td>{kind}</td><td>{node}</td><td>{user}</td><td>{state}</td><td>{created}</td><td>{outcome}</td></tr>"#,
-                id = esc(&j.id),
-                link = job_link(&j.id),
-                kind = esc(j.kind()),
-                node = j.node.as_deref().map(node_link).unwrap_or_default(),
-                user = esc(&j.user),
-                state = job_badge(&state_word(j)),
-                created = esc(&fmt_ts(j.created_ms)),
-                outcome = esc(j.outcome.as_deref().unwrap_or("")),
-            )
-        })
-        .collect()
+    html! {
+        @for j in jobs {
+            tr data-job=(j.id) {
+                td { (job_link(&j.id)) }
+                td { (j.kind()) }
+                td { @if let Some(n) = &j.node { (node_link(n)) } }
+                td { (j.user) }
+                td { (job_badge(&state_word(j))) }
+                td { (fmt_ts(j.created_ms)) }
+                td { (j.outcome.as_deref().unwrap_or("")) }
+            }
+        }
+    }
 }
 
 /// The jobs page shows the newest this many (the CLI's `job list --limit`
 /// reaches further back).
 pub const PORTAL_JOBS: usize = 200;
 
+pub fn jobs_page(auth: &Auth, jobs: &[Job]) -> Markup {
+    let body = html! {
+        div id="live-root" data-live="/events/jobs" {
+            div class="titlebar" { h1 { "Jobs" } span class="live" id="live" { "live" } }
+            p class="muted" { "Every maintenance, enable, move, start and stop, with who asked for it." }
+            table class="grid" id="jobs" {
+                thead { tr {
+                    th { "Job" } th { "Kind" } th { "Stack" } th { "User" } th { "State" }
+                    th { "Started" } th { "Outcome" }
+                } }
+                tbody id="jobs-body" { (jobs_rows(jobs)) }
+            }
+        }
+    };
+    page(Some(auth), Nav::Jobs, "Jobs", body)
+}
+
 pub async fn jobs(State(st): State<Arc<Portal>>, auth: Auth) -> Response {
     let jobs = st.c.jobs.list(PORTAL_JOBS).jobs;
-    let body = format!(
-        r#"<div id="live-root" data-live="/events/jobs">
-<div class="titlebar"><h1>Jobs</h1><span class="live" id="live">live</span></div>
-<p class="muted">Every maintenance, enable, move, start and stop, with who asked for it.</p>
-<table class="grid" id="jobs"><thead><tr><th>Job</th><th>Kind</th><th>Stack</th><th>User</th><th>State</th><th>Started</th><th>Outcome</th></tr></thead>
-<tbody id="jobs-body">{}</tbody></table></div>"#,
-        jobs_rows(&jobs)
-    );
-    respond(StatusCode::OK, page(Some(&auth), Nav::Jobs, "Jobs", &body))
+    respond(StatusCode::OK, jobs_page(&auth, &jobs))
 }
 
 /// Live migration/step progress per VM, from progress events.
 pub type LiveProgress = HashMap<String, (f64, String)>;
 
-pub fn job_facts(j: &Job) -> String {
-    let fact = |k: &str, v: String| format!("<div><dt>{k}</dt><dd>{v}</dd></div>");
-    let mut s = vec![
-        fact("State", job_badge(&state_word(j))),
-        fact("Kind", esc(j.kind())),
-        fact(
-            "Stack",
-            j.node.as_deref().map(node_link).unwrap_or_default(),
-        ),
-        fact("Requested by", esc(&j.user)),
-        fact("Started", esc(&fmt_ts(j.created_ms))),
-        fact("Updated", esc(&fmt_ts(j.updated_ms))),
-    ];
-    if let Some(m) = j.spec.mode() {
-        s.push(fact("Mode", esc(m)));
-    }
-    if let crate::jobs::JobSpec::StopAll(stop) = &j.spec {
-        if !stop.vfw_cloudspaces_down.is_empty() {
-            s.push(fact(
-                "VFW downtime acknowledged for",
-                esc(&stop.vfw_cloudspaces_down.join(", ")),
-            ));
+pub fn job_facts(j: &Job) -> Markup {
+    html! {
+        (fact("State", job_badge(&state_word(j))))
+        (fact("Kind", html! { (j.kind()) }))
+        (fact("Stack", html! { @if let Some(n) = &j.node { (node_link(n)) } }))
+        (fact("Requested by", html! { (j.user) }))
+        (fact("Started", html! { (fmt_ts(j.created_ms)) }))
+        (fact("Updated", html! { (fmt_ts(j.updated_ms)) }))
+        @if let Some(m) = j.spec.mode() { (fact("Mode", html! { (m) })) }
+        @if let crate::jobs::JobSpec::StopAll(stop) = &j.spec {
+            @if !stop.vfw_cloudspaces_down.is_empty() {
+                (fact("VFW downtime acknowledged for", html! { (stop.vfw_cloudspaces_down.join(", ")) }))
+            }
+        }
+        @if let Some(o) = &j.outcome {
+            (fact("Outcome", html! { span id="job-outcome" { (o) } }))
         }
     }
-    if let Some(o) = &j.outcome {
-        s.push(fact(
-            "Outcome",
-            format!(r#"<span id="job-outcome">{}</span>"#, esc(o)),
-        ));
-    }
-    s.concat()
 }
 
 /// One row per VM the job acts on: its action, progress and result.
-pub fn job_progress_rows(j: &Job, live: &LiveProgress) -> String {
+pub fn job_progress_rows(j: &Job, live: &LiveProgress) -> Markup {
     struct Row {
         vm: String,
         action: String,
@@ -1106,174 +1045,154 @@ pub fn job_progress_rows(j: &Job, live: &LiveProgress) -> String {
         }
     }
     if rows.is_empty() {
-        return r#"<tr><td colspan="5" class="muted">No VM step yet.</td></tr>"#.into();
+        return empty_row(5, "No VM step yet.");
     }
     let terminal = j.state.is_terminal();
-    rows.iter()
-        .map(|r| {
-            let (pct, step) = live.get(&r.vm).cloned().unwrap_or((0.0, String::new()));
-            let pct = if r.ok == Some(true) { 100.0 } else { pct };
-            let status = match r.ok {
+    html! {
+        @for r in &rows {
+            @let (pct, step) = live.get(&r.vm).cloned().unwrap_or((0.0, String::new()));
+            @let pct = if r.ok == Some(true) { 100.0 } else { pct };
+            @let status = match r.ok {
                 Some(true) => badge("ok", "done"),
                 Some(false) => badge("failed", "failed"),
                 None if terminal => badge("failed", "not done"),
-                None if pct > 0.0 || !step.is_empty() => badge("running", if step.is_empty() { "running" } else { &step }),
+                None if pct > 0.0 || !step.is_empty() => {
+                    badge("running", if step.is_empty() { "running" } else { &step })
+                }
                 None => badge("pending", "pending"),
             };
-            format!(
-                r#"<tr data-vm="{vm}"><td>{vm}</td><td>{action}</td><td>{target}</td><td class="pct"><progress max="100" value="{p:.0}"></progress> <span class="pct-text">{p:.0}%</span></td><td>{status} <small>{msg}</small></td></tr>"#,
-                vm = esc(&r.vm),
-                action = esc(&r.action),
-                target = esc(&r.target),
-                p = pct.clamp(0.0, 100.0),
-                msg = esc(&r.message),
-            )
-        })
-        .collect()
+            @let p = format!("{:.0}", pct.clamp(0.0, 100.0));
+            tr data-vm=(r.vm) {
+                td { (r.vm) }
+                td { (r.action) }
+                td { (r.target) }
+                td class="pct" {
+                    progress max="100" value=(p) {}
+                    " " span class="pct-text" { (p) "%" }
+                }
+                td { (status) " " small { (r.message) } }
+            }
+        }
+    }
 }
 
-pub fn job_journal(j: &Job) -> String {
+pub fn job_journal(j: &Job) -> Markup {
     if j.steps.is_empty() {
-        return r#"<li class="muted">No step yet.</li>"#.into();
+        return html! { li class="muted" { "No step yet." } };
     }
-    j.steps
-        .iter()
-        .map(|s| {
-            let mark = match s.ok {
-                Some(true) => badge("ok", "ok"),
-                Some(false) => badge("failed", "failed"),
-                None => String::new(),
-            };
-            format!(
-                r#"<li><time>{}</time> {mark} {}</li>"#,
-                esc(&fmt_ts(s.ts_ms)),
-                esc(&s.message)
-            )
-        })
-        .collect()
+    html! {
+        @for s in &j.steps {
+            li {
+                time { (fmt_ts(s.ts_ms)) } " "
+                @match s.ok {
+                    Some(true) => (badge("ok", "ok")),
+                    Some(false) => (badge("failed", "failed")),
+                    None => {},
+                }
+                " " (s.message)
+            }
+        }
+    }
 }
 
-pub fn job_report(j: &Job) -> String {
+pub fn job_report(j: &Job) -> Markup {
     if !j.state.is_terminal() {
-        return r#"<p class="muted">The report appears when the job ends.</p>"#.into();
+        return html! { p class="muted" { "The report appears when the job ends." } };
     }
-    let mut s = format!(
-        r#"<div class="alert {}" id="job-end"><strong>{}</strong>: {}</div>"#,
-        if j.state == crate::jobs::JobState::Succeeded {
-            "ok"
-        } else {
-            "error"
-        },
-        esc(&state_word(j)),
-        esc(j.outcome.as_deref().unwrap_or(""))
-    );
-    if let Some(r) = &j.report {
-        let list = |lines: &[crate::jobs::ReportLine]| -> String {
-            lines
-                .iter()
-                .map(|l| format!("<li><b>{}</b>: {}</li>", esc(&l.vm), esc(&l.detail)))
-                .collect()
-        };
-        if !r.done.is_empty() {
-            s.push_str(&format!(
-                r#"<h3>Done ({})</h3><ul id="report-done">{}</ul>"#,
-                r.done.len(),
-                list(&r.done)
-            ));
+    let ok = j.state == crate::jobs::JobState::Succeeded;
+    let list = |lines: &[crate::jobs::ReportLine]| {
+        html! { @for l in lines { li { b { (l.vm) } ": " (l.detail) } } }
+    };
+    html! {
+        div class={ "alert " (if ok { "ok" } else { "error" }) } id="job-end" {
+            strong { (state_word(j)) } ": " (j.outcome.as_deref().unwrap_or(""))
         }
-        if !r.not_done.is_empty() {
-            s.push_str(&format!(
-                r#"<h3>Not done ({})</h3><ul id="report-not-done">{}</ul>"#,
-                r.not_done.len(),
-                list(&r.not_done)
-            ));
+        @if let Some(r) = &j.report {
+            @if !r.done.is_empty() {
+                h3 { "Done (" (r.done.len()) ")" }
+                ul id="report-done" { (list(&r.done)) }
+            }
+            @if !r.not_done.is_empty() {
+                h3 { "Not done (" (r.not_done.len()) ")" }
+                ul id="report-not-done" { (list(&r.not_done)) }
+            }
         }
     }
-    s
 }
 
 /// The fragments of the job view that live updates replace.
 pub fn job_fragments(j: &Job, live: &LiveProgress) -> serde_json::Value {
     serde_json::json!({
-        "job-badge": job_badge(&state_word(j)),
-        "job-facts": job_facts(j),
-        "job-progress-body": job_progress_rows(j, live),
-        "job-journal": job_journal(j),
-        "job-report": job_report(j),
+        "job-badge": job_badge(&state_word(j)).into_string(),
+        "job-facts": job_facts(j).into_string(),
+        "job-progress-body": job_progress_rows(j, live).into_string(),
+        "job-journal": job_journal(j).into_string(),
+        "job-report": job_report(j).into_string(),
     })
 }
 
+pub fn job_page(auth: &Auth, j: &Job) -> Markup {
+    let terminal = j.state.is_terminal();
+    let body = html! {
+        div id="live-root" data-live=[(!terminal).then(|| format!("/events/jobs/{}", url(&j.id)))] {
+            nav class="crumbs" { a href="/jobs" { "Jobs" } " › " code { (j.id) } }
+            div class="titlebar" {
+                h1 { "Job " (j.kind()) " " span id="job-badge" { (job_badge(&state_word(j))) } }
+                span class="live" id="live" { (if terminal { "ended" } else { "live" }) }
+            }
+            (abort_form(auth, j))
+            dl class="facts" id="job-facts" { (job_facts(j)) }
+            h2 { "Progress" }
+            table class="grid" id="job-progress" {
+                thead { tr {
+                    th { "VM" } th { "Action" } th { "To / on" } th { "Progress" } th { "Result" }
+                } }
+                tbody id="job-progress-body" { (job_progress_rows(j, &LiveProgress::new())) }
+            }
+            h2 { "Report" }
+            div id="job-report" { (job_report(j)) }
+            h2 { "Journal" }
+            ol class="journal" id="job-journal" { (job_journal(j)) }
+        }
+    };
+    page(
+        Some(auth),
+        Nav::Jobs,
+        &format!("Job {}", crate::cli::output::short(&j.id)),
+        body,
+    )
+}
+
 pub async fn job(State(st): State<Arc<Portal>>, auth: Auth, Path(id): Path<String>) -> Response {
-    let Some(j) = st.c.jobs.get(&id).await else {
-        return html::error_page(
+    match st.c.jobs.get(&id).await {
+        Some(j) => respond(StatusCode::OK, job_page(&auth, &j)),
+        None => html::error_page(
             Some(&auth),
             StatusCode::NOT_FOUND,
             "Unknown job",
             &format!("unknown job {id:?}"),
-        );
-    };
-    let live = if j.state.is_terminal() {
-        String::new()
-    } else {
-        format!(r#" data-live="/events/jobs/{}""#, url(&j.id))
-    };
-    let body = format!(
-        r#"<div id="live-root"{live}>
-<nav class="crumbs"><a href="/jobs">Jobs</a> › <code>{id}</code></nav>
-<div class="titlebar"><h1>Job {kind} <span id="job-badge">{badge}</span></h1><span class="live" id="live">{live_word}</span></div>
-{abort}
-<dl class="facts" id="job-facts">{facts}</dl>
-<h2>Progress</h2>
-<table class="grid" id="job-progress"><thead><tr><th>VM</th><th>Action</th><th>To / on</th><th>Progress</th><th>Result</th></tr></thead>
-<tbody id="job-progress-body">{progress}</tbody></table>
-<h2>Report</h2>
-<div id="job-report">{report}</div>
-<h2>Journal</h2>
-<ol class="journal" id="job-journal">{journal}</ol>
-</div>"#,
-        id = esc(&j.id),
-        kind = esc(j.kind()),
-        badge = job_badge(&state_word(&j)),
-        live_word = if j.state.is_terminal() {
-            "ended"
-        } else {
-            "live"
-        },
-        abort = abort_form(&auth, &j),
-        facts = job_facts(&j),
-        progress = job_progress_rows(&j, &LiveProgress::new()),
-        report = job_report(&j),
-        journal = job_journal(&j),
-    );
-    respond(
-        StatusCode::OK,
-        page(
-            Some(&auth),
-            Nav::Jobs,
-            &format!("Job {}", crate::cli::output::short(&j.id)),
-            &body,
         ),
-    )
+    }
 }
 
 /// The Abort button of a running job (operators only): nothing new starts,
 /// migrations in flight are cancelled, the report says where every VM is.
-fn abort_form(auth: &Auth, j: &crate::jobs::Job) -> String {
-    if j.state.is_terminal() {
-        return String::new();
+fn abort_form(auth: &Auth, j: &Job) -> Markup {
+    html! {
+        @if j.state.is_terminal() {
+        } @else if !auth.can_act() {
+            p class="note" { "Abort: " (NEEDS_OPERATOR) "." }
+        } @else {
+            form method="post" action={ "/jobs/" (url(&j.id)) "/abort" } id="abort-form" {
+                (csrf_field(auth))
+                button type="submit" id="abort-submit" { "Abort" }
+                " "
+                small {
+                    "Nothing new starts; migrations in flight are cancelled (their VMs keep running on the source); a node in maintenance stays in maintenance."
+                }
+            }
+        }
     }
-    if !auth.can_act() {
-        return format!(r#"<p class="note">Abort: {NEEDS_OPERATOR}.</p>"#);
-    }
-    format!(
-        r#"<form method="post" action="/jobs/{id}/abort" id="abort-form">
-{csrf}
-<button type="submit" id="abort-submit">Abort</button>
-<small>Nothing new starts; migrations in flight are cancelled (their VMs keep running on the source); a node in maintenance stays in maintenance.</small>
-</form>"#,
-        id = url(&j.id),
-        csrf = csrf_field(auth),
-    )
 }
 
 /// VM state as JSON words, for `/api/stacks`.
@@ -1287,4 +1206,238 @@ pub fn vm_json(n: &NodeRecord, d: &Vm) -> serde_json::Value {
         "memory_mib": d.memory_mib,
         "stopped_by": n.stopped_by.get(&d.name),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::{CommandRecord, JobSpec, JobState, Report, ReportLine, Step, StopAll};
+    use nodemaint_proto::model::{Capacity, VmState};
+
+    /// A name that breaks out of element content and of both quotings.
+    const H: &str = r#"<script>"'&"#;
+    const ESCAPED: &str = "&lt;script&gt;&quot;'&amp;";
+
+    fn hostile(tag: &str) -> String {
+        format!("{tag}{H}")
+    }
+
+    fn vm(name: &str, kind: VmKind, state: VmState, cs: &str) -> Vm {
+        Vm {
+            name: name.into(),
+            kind,
+            state,
+            cloudspace: Some(cs.into()),
+            vcpus: 2,
+            memory_mib: 1024,
+            ..Default::default()
+        }
+    }
+
+    fn node(name: &str, now: i64, domains: Vec<Vm>) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            status: NodeStatus::Enabled,
+            address: hostile("addr"),
+            libvirt_uri: hostile("qemu"),
+            agent_version: hostile("v"),
+            capacity: Capacity {
+                vcpus: 32,
+                memory_mib: 64 * 1024,
+            },
+            last_seen_ms: now,
+            heartbeat_interval_ms: 1000,
+            domains,
+            ..Default::default()
+        }
+    }
+
+    /// The page shows the hostile text, escaped, and never as markup.
+    fn assert_escaped(what: &str, html: &str) {
+        assert!(!html.contains("<script>"), "{what}: raw markup in {html}");
+        assert!(!html.contains(H), "{what}: unescaped {html}");
+        assert!(
+            html.contains(ESCAPED),
+            "{what}: hostile text not shown: {html}"
+        );
+    }
+
+    #[test]
+    fn hostile_names_are_escaped_on_every_page() {
+        let now = nodemaint_proto::now_ms();
+        let (n1, n2, cs) = (hostile("n1"), hostile("n2"), hostile("cs"));
+        let (user_vm, vfw, off) = (hostile("vm"), hostile("vfw"), hostile("off"));
+        let mut a = node(
+            &n1,
+            now,
+            vec![
+                vm(&user_vm, VmKind::User, VmState::Running, &cs),
+                vm(&vfw, VmKind::Vfw, VmState::Running, &cs),
+                vm(&off, VmKind::User, VmState::Shutoff, &cs),
+            ],
+        );
+        let b = node(&n2, now, Vec::new());
+        let mut job = Job::new(
+            JobSpec::StopAll(StopAll {
+                vfw_cloudspaces_down: vec![cs.clone()],
+                ..Default::default()
+            }),
+            &hostile("user"),
+            Some(&n1),
+        );
+        job.id = hostile("job");
+        job.state = JobState::Failed;
+        job.outcome = Some(hostile("outcome"));
+        job.steps.push(Step {
+            ts_ms: now,
+            message: hostile("step"),
+            vm: None,
+            ok: Some(false),
+        });
+        job.commands.push(CommandRecord {
+            id: "c1".into(),
+            node: n1.clone(),
+            vm: user_vm.clone(),
+            action: hostile("stop"),
+            to: None,
+            payload: String::new(),
+            ok: Some(false),
+            message: Some(hostile("message")),
+        });
+        job.report = Some(Report {
+            done: vec![ReportLine {
+                vm: vfw.clone(),
+                detail: hostile("detail"),
+            }],
+            not_done: Vec::new(),
+        });
+        a.current_job = Some(job.id.clone());
+        a.stopped_by.insert(off.clone(), job.id.clone());
+        let all = vec![a.clone(), b];
+        let operator = Auth {
+            user: hostile("alice"),
+            groups: vec!["Level2".into()],
+            csrf: hostile("csrf"),
+            token: String::new(),
+        };
+        let reader = Auth {
+            groups: vec![hostile("group")],
+            ..operator.clone()
+        };
+        let entries: Vec<pb::VmEntry> = a
+            .domains
+            .iter()
+            .map(|d| pb::VmEntry {
+                node: n1.clone(),
+                domain: Some(d.into()),
+                stopped_by: a.stopped_by.get(&d.name).cloned().unwrap_or_default(),
+            })
+            .collect();
+        let vfws = vec![pb::VfwEntry {
+            cloudspace: cs.clone(),
+            node: n1.clone(),
+            domain: Some((&a.domains[1]).into()),
+            node_reachable: true,
+        }];
+        let filter = VmFilter {
+            name: hostile("filter"),
+            node: n1.clone(),
+            ..Default::default()
+        };
+        let preview = Ok(Some(planner::DrainReport {
+            node: n1.clone(),
+            feasible: false,
+            waves: 0,
+            moves: Vec::new(),
+            unplaced: vec![planner::Unplaced {
+                vm: user_vm.clone(),
+                reason: hostile("reason"),
+            }],
+        }));
+        // Free of its job, the node offers Put in Maintenance with the preview.
+        let mut free = a.clone();
+        free.current_job = None;
+        // In maintenance, it offers Enable, naming the VMs it restarts.
+        let maint = NodeRecord {
+            status: NodeStatus::Maintenance,
+            ..free.clone()
+        };
+        let mut pages: Vec<(String, Markup)> = vec![
+            ("stacks".into(), stacks_page(&reader, &all, now)),
+            ("stack".into(), stack_page(&reader, &a, now, &Ok(None))),
+            (
+                "stack+dialog".into(),
+                stack_page(&operator, &free, now, &preview),
+            ),
+            (
+                "stack+refusal".into(),
+                stack_page(&operator, &free, now, &Err(hostile("refused"))),
+            ),
+            (
+                "stack+enable".into(),
+                stack_page(&operator, &maint, now, &Ok(None)),
+            ),
+            ("vms".into(), vms_page(&reader, &filter, &entries, &all)),
+            ("cloudspaces".into(), cloudspaces_page(&reader, &vfws, &all)),
+            (
+                "jobs".into(),
+                jobs_page(&reader, std::slice::from_ref(&job)),
+            ),
+            ("job".into(), job_page(&operator, &job)),
+            (
+                "login".into(),
+                super::super::auth::login_form(&hostile("next"), Some(H), &hostile("u"), H),
+            ),
+            (
+                "error".into(),
+                html::page(
+                    Some(&reader),
+                    Nav::None,
+                    H,
+                    html::error_body(StatusCode::CONFLICT, H, H),
+                ),
+            ),
+        ];
+        for v in [&user_vm, &vfw, &off] {
+            for who in [&operator, &reader] {
+                pages.push((format!("vm {v}"), vm_page(who, &all, v, now).unwrap()));
+            }
+        }
+        for who in [&operator, &reader] {
+            pages.push((
+                "cloudspace".into(),
+                cloudspace_page(who, &cs, &vfws, &all, now).unwrap(),
+            ));
+        }
+        // The live fragments, as the SSE streams send them.
+        let fragments = job_fragments(&job, &LiveProgress::new()).to_string();
+        let fragments: serde_json::Value = serde_json::from_str(&fragments).unwrap();
+        for (id, f) in fragments.as_object().unwrap() {
+            if id != "job-badge" {
+                pages.push((
+                    id.clone(),
+                    maud::PreEscaped(f.as_str().unwrap().to_string()),
+                ));
+            }
+        }
+        job.state = JobState::Running;
+        pages.push(("running job".into(), job_page(&operator, &job)));
+        pages.push(("stacks-body".into(), stacks_rows(&all, now)));
+        pages.push(("node-facts".into(), node_facts(&a, now)));
+        pages.push(("user-vms-body".into(), user_vm_rows(&a)));
+        pages.push(("system-vms-body".into(), system_vm_rows(&a)));
+        for (what, p) in &pages {
+            assert_escaped(what, &p.0);
+        }
+        // Every hostile value the fixtures hold shows up somewhere, escaped.
+        let all_html: String = pages.iter().map(|(_, p)| p.0.as_str()).collect();
+        for tag in [
+            "n1", "n2", "cs", "vm", "vfw", "off", "job", "user", "outcome", "step", "stop",
+            "message", "detail", "alice", "group", "csrf", "filter", "reason", "refused", "addr",
+            "qemu", "v", "next", "u",
+        ] {
+            let want = format!("{tag}{ESCAPED}");
+            assert!(all_html.contains(&want), "{want} not rendered");
+        }
+    }
 }
