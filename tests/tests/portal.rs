@@ -2031,6 +2031,405 @@ mod browser {
         assert!(b.current_url().await.unwrap().path().ends_with("/vms/vm-d"));
         shot(b, "vm-actions.png").await;
     }
+
+    /// chromedriver and a browser for `fleet`'s portal at `base`; runs
+    /// `flow`, closes the browser whatever happens, then reports a failure
+    /// with the coordinator's log. Skips (returns) without Chromium.
+    async fn with_browser<'a, F>(fleet: &'a Fleet, flow: impl FnOnce(Client) -> F)
+    where
+        F: std::future::Future<Output = ()> + 'a,
+    {
+        let Some((_driver, b)) = chrome(fleet.dir.path()).await else {
+            return;
+        };
+        let res =
+            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(flow(b.clone()))).await;
+        let _ = b.close().await;
+        if let Err(panic) = res {
+            eprintln!("coordinator log:\n{}", fleet.coordinator_log());
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    async fn click(b: &Client, css: &str) {
+        b.find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+    }
+
+    async fn wait_el(b: &Client, css: &str, secs: u64) {
+        b.wait()
+            .at_most(Duration::from_secs(secs))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+    }
+
+    async fn is_disabled(b: &Client, css: &str) -> bool {
+        !b.find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
+            .is_enabled()
+            .await
+            .unwrap()
+    }
+
+    /// Like `Fleet::wait_registered`, for nodes without a VM too.
+    fn wait_reachable(fleet: &Fleet, nodes: &[&str]) {
+        super::wait_for(Duration::from_secs(90), "agents to register", || {
+            let v = fleet.cli_json("alice", &["node", "list"]);
+            nodes.iter().all(|n| {
+                v.as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|x| x["name"] == *n && x["reachable"] == true)
+            })
+        });
+    }
+
+    fn rolling_jobs(fleet: &Fleet) -> Vec<Value> {
+        fleet
+            .cli_json("bob", &["job", "list", "--limit", "1000"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["kind"] == "rolling")
+            .cloned()
+            .collect()
+    }
+
+    /// Rolling maintenance from the portal: Level1 sees the form disabled
+    /// with the reason; bad input is refused on the page with nothing
+    /// started; a run waiting for the operator's Continue is followed live
+    /// node by node, paused, resumed, continued (the test "reboots" the node
+    /// by changing its boot id) and aborted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn browser_rolling_maintenance() {
+        let (mut fleet, base) = tokio::task::block_in_place(Fleet::start_with_portal);
+        tokio::task::block_in_place(|| {
+            // Empty nodes drain on libvirt's test driver (it cannot migrate).
+            fleet.add_agent("node1", &[]);
+            fleet.add_agent("node2", &[]);
+            fleet.add_agent("node3", &[Dom::user("vm-d", "cs3")]);
+            wait_reachable(&fleet, &["node1", "node2", "node3"]);
+        });
+        let f = &fleet;
+        let base = base.as_str();
+        with_browser(f, |b| async move {
+            // --- Level1: the form is there, disabled, with the reason.
+            login(&b, base, "bob").await;
+            b.goto(&format!("{base}/rolling")).await.unwrap();
+            assert!(text(&b, "#rolling-start-why")
+                .await
+                .contains("requires Level2 or Level3"));
+            assert!(is_disabled(&b, "#rolling-start-submit").await);
+            logout(&b).await;
+
+            // --- Level2: bad input, refused on the page, nothing started.
+            login(&b, base, "alice").await;
+            b.find(Locator::LinkText("Rolling"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            wait_el(&b, "#rolling-start-form", 10).await;
+            click(&b, "#rolling-start-submit").await;
+            wait_el(&b, "#error", 10).await;
+            let err = text(&b, "#error").await;
+            assert!(
+                err.contains("400") && err.contains("at least one node"),
+                "{err}"
+            );
+            b.goto(&format!("{base}/rolling")).await.unwrap();
+            click(&b, "input[name=node][value=node1]").await;
+            let hook = b.find(Locator::Css("#hook")).await.unwrap();
+            hook.clear().await.unwrap();
+            hook.send_keys("Reboot Now!").await.unwrap();
+            click(&b, "#rolling-start-submit").await;
+            wait_el(&b, "#error", 10).await;
+            let err = text(&b, "#error").await;
+            assert!(err.contains("invalid hook name"), "{err}");
+            assert!(
+                rolling_jobs(f).is_empty(),
+                "a refused start started nothing"
+            );
+
+            // --- Start: node1 and node2, one at a time, rebooted by hand.
+            b.goto(&format!("{base}/rolling")).await.unwrap();
+            click(&b, "input[name=node][value=node1]").await;
+            click(&b, "input[name=node][value=node2]").await;
+            click(&b, "#reboot-continue").await;
+            click(&b, "#checks-must-pass").await;
+            shot(&b, "rolling-start.png").await;
+            click(&b, "#rolling-start-submit").await;
+            wait_el(&b, "#rolling-phases", 10).await;
+            let path = b.current_url().await.unwrap().path().to_string();
+            let id = path
+                .strip_prefix("/rolling/")
+                .expect("the run's page")
+                .to_string();
+            let node1 = "#rolling-phases-body tr[data-node=node1]";
+            let node2 = "#rolling-phases-body tr[data-node=node2]";
+            wait_text(&b, node1, "waiting for your Continue", 60).await;
+            assert!(text(&b, node2).await.contains("waiting for its group"));
+            wait_text(&b, "#live", "live", 10).await;
+
+            // Pause and resume (the state follows live; the buttons follow it).
+            click(&b, "#rolling-pause").await;
+            wait_text(&b, "#rolling-badge", "PAUSED", 20).await;
+            assert!(is_disabled(&b, "#rolling-pause").await);
+            assert!(text(&b, "#rolling-controls").await.contains("it is PAUSED"));
+            assert_eq!(f.cli_json("bob", &["job", "show", &id])["state"], "PAUSED");
+            click(&b, "#rolling-resume").await;
+            wait_text(&b, "#rolling-badge", "RUNNING", 20).await;
+
+            // Continue node1, then its "reboot": a new boot id.
+            click(&b, "#continue-node1").await;
+            wait_text(&b, node1, "waiting for a new boot id", 30).await;
+            std::fs::write(f.dir.path().join("node1.boot_id"), "boot-node1-2\n").unwrap();
+            wait_text(&b, &format!("{node1} .phase-detail"), "done", 90).await;
+            // The next group: node2 waits for its Continue.
+            wait_text(&b, node2, "waiting for your Continue", 90).await;
+            assert!(text(&b, "#rolling-journal")
+                .await
+                .contains("continue requested"));
+            shot(&b, "rolling-phases.png").await;
+
+            // Abort: the run ends; node2 stays in maintenance, node1 is back.
+            click(&b, "#rolling-abort").await;
+            wait_text(&b, "#rolling-badge", "ABORTED", 30).await;
+            wait_text(&b, "#rolling-controls", "has ended", 10).await;
+            wait_text(&b, "#live", "ended", 10).await;
+            let job = f.cli_json("bob", &["job", "show", &id]);
+            assert_eq!(job["state"], "ABORTED", "{job}");
+            assert_eq!(job["user"], "alice");
+            assert_eq!(
+                f.cli_json("bob", &["node", "show", "node1"])["node"]["status"],
+                "ENABLED"
+            );
+            assert_eq!(
+                f.cli_json("bob", &["node", "show", "node2"])["node"]["status"],
+                "MAINTENANCE"
+            );
+            assert_eq!(rolling_jobs(f).len(), 1);
+        })
+        .await;
+    }
+
+    /// A stand-in `ovs` (as in tests/checks.rs): `monitor services` prints
+    /// Upstart-style lines from a state file, `start services` starts all.
+    fn fake_ovs(dir: &std::path::Path, stopped: &[&str]) -> std::path::PathBuf {
+        let state = dir.join("ovs.state");
+        let mut lines = String::new();
+        for svc in ["ovs-workers", "ovs-watcher-framework", "ovs-arakoon-voldrv"] {
+            let up = !stopped.contains(&svc);
+            lines.push_str(&format!("{svc} {}\n", if up { "up" } else { "down" }));
+        }
+        std::fs::write(&state, lines).unwrap();
+        let script = dir.join("ovs");
+        std::fs::write(
+            &script,
+            format!(
+                r#"#!/bin/sh
+state={state}
+case "$1 $2" in
+  "monitor services")
+    echo "Running processes:"
+    n=100; while read svc st; do n=$((n+1)); [ "$st" = up ] && echo "$svc start/running, process $n"; done < "$state"
+    echo; echo "Non-running processes:"
+    while read svc st; do [ "$st" = down ] && echo "$svc stop/waiting"; done < "$state"
+    ;;
+  "start services") sed -i 's/ down$/ up/' "$state" ;;
+  *) echo "usage: ovs monitor services | ovs start services" >&2; exit 2 ;;
+esac
+"#,
+                state = state.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        script
+    }
+
+    /// Post-reboot checks on Stack Details: anyone may run them and see each
+    /// service; starting the failed ones is for operators (Level1 sees the
+    /// button disabled with the reason); afterwards every service is ok.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn browser_post_reboot_checks() {
+        use nodemaint_agent::checks::{CheckConfig, CheckKind};
+        let (mut fleet, base) = tokio::task::block_in_place(Fleet::start_with_portal);
+        let ovs = fake_ovs(fleet.dir.path(), &["ovs-arakoon-voldrv"])
+            .display()
+            .to_string();
+        let check = CheckConfig {
+            name: "ovs".into(),
+            kind: CheckKind::OvsServices {
+                command: format!("{ovs} monitor services"),
+            },
+            start: Some(format!("{ovs} start services")),
+            timeout_s: 5,
+        };
+        fleet.agent_edits.insert(
+            "node1".into(),
+            Box::new(move |c| c.checks = vec![check.clone()]),
+        );
+        tokio::task::block_in_place(|| {
+            fleet.add_agent("node1", &[Dom::user("vm-a", "cs1")]);
+            fleet.wait_registered();
+        });
+        let f = &fleet;
+        let base = base.as_str();
+        with_browser(f, |b| async move {
+            // --- Level1 runs the checks (they only read) and sees the failure.
+            login(&b, base, "bob").await;
+            b.goto(&format!("{base}/stacks/node1")).await.unwrap();
+            assert!(text(&b, "#checks").await.contains("No check has run"));
+            assert!(is_disabled(&b, "#checks-start-failed").await);
+            click(&b, "#checks-run").await;
+            let end = wait_job_end(&b, 60).await;
+            assert!(
+                end.contains("FAILED") && end.contains("ovs-arakoon-voldrv"),
+                "{end}"
+            );
+            b.goto(&format!("{base}/stacks/node1")).await.unwrap();
+            let row = text(&b, "#checks-table tr[data-service=ovs-arakoon-voldrv]").await;
+            assert!(row.contains("FAILED") && row.contains("ovs"), "{row}");
+            assert!(text(&b, "#checks-table tr[data-service=ovs-workers]")
+                .await
+                .contains("ok"));
+            assert!(text(&b, "#checks-summary").await.contains("1 failed"));
+            // Starting services changes the node: not for Level1.
+            assert!(is_disabled(&b, "#checks-start-failed").await);
+            assert!(text(&b, "#checks-start-failed-why")
+                .await
+                .contains("requires Level2 or Level3"));
+            logout(&b).await;
+
+            // --- Level2 starts the failed services; then all are ok.
+            login(&b, base, "alice").await;
+            b.goto(&format!("{base}/stacks/node1")).await.unwrap();
+            wait_el(&b, "#checks-table", 10).await;
+            assert!(!is_disabled(&b, "#checks-start-failed").await);
+            b.execute("document.getElementById('checks').scrollIntoView()", vec![])
+                .await
+                .unwrap();
+            shot(&b, "stack-details-checks.png").await;
+            click(&b, "#checks-start-failed").await;
+            let end = wait_job_end(&b, 60).await;
+            assert!(end.contains("SUCCEEDED"), "{end}");
+            assert!(text(&b, "#job-facts").await.contains("alice"));
+            b.goto(&format!("{base}/stacks/node1")).await.unwrap();
+            assert!(text(&b, "#checks-summary").await.contains("all ok"));
+            let row = text(&b, "#checks-table tr[data-service=ovs-arakoon-voldrv]").await;
+            assert!(row.contains("ok") && row.contains("started"), "{row}");
+            assert!(text(&b, "#checks-job").await.contains("alice"));
+            assert!(is_disabled(&b, "#checks-start-failed").await);
+            assert!(text(&b, "#checks-start-failed-why")
+                .await
+                .contains("no failed service"));
+            // The agent's own view agrees: the service runs again.
+            assert!(f.cli("bob", &["node", "check", "node1"]).status.success());
+        })
+        .await;
+    }
+
+    /// The fleet overview, from the nav: memory and VMs per stack as bars,
+    /// the stacks in maintenance and the jobs running.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn browser_fleet_overview() {
+        let (mut fleet, base) = tokio::task::block_in_place(Fleet::start_with_portal);
+        tokio::task::block_in_place(|| {
+            add_agents(&mut fleet);
+            fleet.wait_registered();
+            fleet.add_agent("node4", &[]);
+            wait_reachable(&fleet, &["node4"]);
+        });
+        // node3 in maintenance (its VM stopped), and a job that keeps
+        // running: a rolling maintenance of node4 waiting for a Continue.
+        let out = fleet.cli(
+            "alice",
+            &["maintenance", "start", "node3", "--mode", "stop"],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let out = fleet.cli(
+            "alice",
+            &[
+                "rolling",
+                "start",
+                "node4",
+                "--wait-for-continue",
+                "--yes",
+                "--detach",
+                "--output",
+                "json",
+            ],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let rolling: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+        let rolling = rolling["job_id"].as_str().unwrap().to_string();
+        let rolling = rolling.as_str();
+        let f = &fleet;
+        let base = base.as_str();
+        with_browser(f, |b| async move {
+            login(&b, base, "bob").await;
+            b.find(Locator::LinkText("Overview"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            wait_el(&b, "#chart-memory", 10).await;
+            assert_eq!(text(&b, "#ov-stacks").await, "4");
+            // One bar per stack, as long as its memory in use.
+            for (node, vms) in [("node1", 5), ("node2", 2), ("node3", 1), ("node4", 0)] {
+                let g = b
+                    .find(Locator::Css(&format!("#chart-vms g[data-node={node}]")))
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    g.attr("data-total").await.unwrap().as_deref(),
+                    Some(&*vms.to_string())
+                );
+                let m = b
+                    .find(Locator::Css(&format!("#chart-memory g[data-node={node}]")))
+                    .await
+                    .unwrap();
+                let used: u64 = m
+                    .attr("data-value")
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                let want =
+                    f.cli_json("bob", &["node", "show", node])["node"]["memory_used_mib"].as_u64();
+                assert_eq!(Some(used), want, "{node}");
+            }
+            assert!(b
+                .find(Locator::Css("#chart-memory g[data-node=node3].maint"))
+                .await
+                .is_ok());
+            // node3, and node4 once its drain put it in maintenance.
+            let maint = text(&b, "#overview-maintenance").await;
+            assert!(maint.contains("node3"), "{maint}");
+            let jobs = text(&b, "#overview-jobs").await;
+            assert!(jobs.contains("rolling") && jobs.contains("alice"), "{jobs}");
+            assert!(text(&b, "#ov-jobs").await.parse::<u32>().unwrap() >= 1);
+            // The running rolling links to its phase view.
+            b.find(Locator::Css(&format!(
+                "#overview-jobs a[href='/rolling/{rolling}']"
+            )))
+            .await
+            .expect("a link to the rolling's page");
+            shot(&b, "overview.png").await;
+        })
+        .await;
+    }
 }
 
 /// VM actions from the VM page: a viewer sees no forms and is refused; an

@@ -1,7 +1,7 @@
 //! The `coordinator` command line: the daemon (`serve`) and the operator
 //! commands, each a thin client of the API.
 
-mod args;
+pub(crate) mod args;
 pub mod client;
 mod commands;
 pub mod context;

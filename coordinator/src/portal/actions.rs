@@ -13,11 +13,9 @@ use nodemaint_proto::pb::{self, api_reply::Kind as Reply, api_request::Kind as R
 use serde::Deserialize;
 use std::sync::Arc;
 
-fn accepted(reply: Reply) -> Response {
+fn accepted(reply: Reply, to: fn(&str) -> String) -> Response {
     match reply {
-        Reply::Accepted(a) => {
-            Redirect::to(&format!("/jobs/{}", super::html::url(&a.op_id))).into_response()
-        }
+        Reply::Accepted(a) => Redirect::to(&to(&a.op_id)).into_response(),
         other => super::html::error_page(
             None,
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -29,9 +27,23 @@ fn accepted(reply: Reply) -> Response {
 
 /// Sends `req` as the logged-in user: accepted, 303 to its job; refused,
 /// the API's message under the title `refused`.
-async fn submit(st: &Portal, auth: &Auth, req: Req, refused: &str) -> Response {
+pub(super) async fn submit(st: &Portal, auth: &Auth, req: Req, refused: &str) -> Response {
+    submit_to(st, auth, req, refused, |id| {
+        format!("/jobs/{}", super::html::url(id))
+    })
+    .await
+}
+
+/// [`submit`], accepted: 303 to `to(job id)` (a page made for that job).
+pub(super) async fn submit_to(
+    st: &Portal,
+    auth: &Auth,
+    req: Req,
+    refused: &str,
+    to: fn(&str) -> String,
+) -> Response {
     match st.api(&auth.user, req).await {
-        Ok(r) => accepted(r),
+        Ok(r) => accepted(r, to),
         Err(e) => e.page(Some(auth), refused),
     }
 }

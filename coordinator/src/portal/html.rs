@@ -102,10 +102,12 @@ pub const NEEDS_OPERATOR: &str = "requires Level2 or Level3";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Nav {
+    Overview,
     Stacks,
     Vms,
     Cloudspaces,
     Jobs,
+    Rolling,
     None,
 }
 
@@ -113,9 +115,11 @@ pub enum Nav {
 pub fn page(auth: Option<&Auth>, nav: Nav, title: &str, body: Markup) -> Markup {
     let items = [
         (Nav::Stacks, "/", "Stacks"),
+        (Nav::Overview, "/overview", "Overview"),
         (Nav::Vms, "/vms", "Virtual Machines"),
         (Nav::Cloudspaces, "/cloudspaces", "Cloudspaces"),
         (Nav::Jobs, "/jobs", "Jobs"),
+        (Nav::Rolling, "/rolling", "Rolling"),
     ];
     html! {
         (DOCTYPE)

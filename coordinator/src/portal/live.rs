@@ -41,7 +41,7 @@ pub struct NodeQuery {
     node: Option<String>,
 }
 
-fn sse(rx: mpsc::Receiver<Event>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+pub(super) fn sse(rx: mpsc::Receiver<Event>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let stream =
         futures::stream::unfold(
             rx,
@@ -133,7 +133,9 @@ pub async fn job_json(
 }
 
 /// Next message of an optional subscription; pending forever without one.
-async fn next_msg(sub: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
+pub(super) async fn next_msg(
+    sub: &mut Option<async_nats::Subscriber>,
+) -> Option<async_nats::Message> {
     match sub {
         Some(s) => match s.next().await {
             Some(m) => Some(m),

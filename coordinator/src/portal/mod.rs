@@ -16,22 +16,31 @@
 //! GET  /stacks/{node}             Stack Details (live), Actions menu
 //! POST /stacks/{node}/maintenance mode=move|stop, ack_vfw_downtime, csrf
 //! POST /stacks/{node}/enable      csrf
+//! POST /stacks/{node}/checks      start_failed=yes (optional), csrf
+//! GET  /overview                  fleet overview: memory and VMs per stack, maintenance, jobs
 //! GET  /vms?name=&node=&cloudspace=&kind=user|vfw&state=
 //! GET  /cloudspaces, /cloudspaces/{cs}
 //! POST /cloudspaces/{cs}/move-vfw to_node, csrf
 //! GET  /jobs, /jobs/{id}          job view with live progress
+//! GET  /rolling, /rolling/{id}    rolling runs, start form; one run's phases (live)
+//! POST /rolling/start             node (repeated), max_unavailable, reboot=hook|continue,
+//!                                 hook, checks_must_pass, reboot_timeout, deadline, csrf
+//! POST /rolling/{id}/pause|resume|abort, /rolling/{id}/continue node, csrf
 //! GET  /api/stacks[?node=], /api/jobs/{id}        JSON
-//! GET  /events/stacks[?node=], /events/jobs, /events/jobs/{id}   SSE
+//! GET  /events/stacks[?node=], /events/jobs, /events/jobs/{id}, /events/rolling/{id}   SSE
 //! ```
 
 mod actions;
 mod assets;
 pub mod auth;
+mod checks;
 pub mod guard;
 pub mod html;
 pub mod listen;
 mod live;
+mod overview;
 mod pages;
+mod rolling;
 pub mod session;
 
 pub use auth::{hash_password, verify_password};
@@ -147,6 +156,8 @@ pub async fn router(c: Arc<Coordinator>) -> anyhow::Result<Router> {
         .route("/stacks/{node}", get(pages::stack))
         .route("/stacks/{node}/maintenance", post(actions::maintenance))
         .route("/stacks/{node}/enable", post(actions::enable))
+        .route("/stacks/{node}/checks", post(checks::run))
+        .route("/overview", get(overview::page))
         .route("/vms", get(pages::vms))
         .route("/vms/{vm}", get(pages::vm))
         .route("/vms/{vm}/start", post(actions::vm_start))
@@ -158,6 +169,11 @@ pub async fn router(c: Arc<Coordinator>) -> anyhow::Result<Router> {
         .route("/jobs", get(pages::jobs))
         .route("/jobs/{id}", get(pages::job))
         .route("/jobs/{id}/abort", post(actions::abort))
+        .route("/rolling", get(rolling::list))
+        .route("/rolling/start", post(rolling::start))
+        .route("/rolling/{id}", get(rolling::show))
+        .route("/rolling/{id}/{action}", post(rolling::control))
+        .route("/events/rolling/{id}", get(rolling::sse))
         .route("/api/stacks", get(live::stacks_json))
         .route("/api/jobs/{id}", get(live::job_json))
         .route("/events/stacks", get(live::stacks_sse))

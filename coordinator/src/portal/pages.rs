@@ -385,7 +385,14 @@ fn offers_maintenance(auth: &Auth, n: &NodeRecord, now: i64) -> bool {
     maintenance_blocker(auth, n, now).is_none()
 }
 
-pub fn stack_page(auth: &Auth, n: &NodeRecord, now: i64, plan: &DrainPlan) -> Markup {
+/// Stack Details; `checks` is the post-reboot checks section (`checks.rs`).
+pub fn stack_page(
+    auth: &Auth,
+    n: &NodeRecord,
+    now: i64,
+    plan: &DrainPlan,
+    checks: Markup,
+) -> Markup {
     let node = &n.name;
     let vm_head = html! {
         thead { tr {
@@ -409,6 +416,7 @@ pub fn stack_page(auth: &Auth, n: &NodeRecord, now: i64, plan: &DrainPlan) -> Ma
                 a href="/vms?kind=vfw" { "All VFWs" }
             }
             table class="grid" id="system-vms" { (vm_head) tbody id="system-vms-body" { (system_vm_rows(n)) } }
+            (checks)
         }
         @if auth.can_act() {
             @if offers_maintenance(auth, n, now) { (maintenance_dialog(auth, n, plan)) }
@@ -445,7 +453,9 @@ pub async fn stack(
     } else {
         Ok(None)
     };
-    respond(StatusCode::OK, stack_page(&auth, &n, now, &plan))
+    let checks = super::checks::gather(&st, &auth, &n).await;
+    let checks = super::checks::section(&auth, &n, now, &checks);
+    respond(StatusCode::OK, stack_page(&auth, &n, now, &plan, checks))
 }
 
 // ------------------------------------------------------- Virtual Machines
@@ -1364,18 +1374,21 @@ mod tests {
         };
         let mut pages: Vec<(String, Markup)> = vec![
             ("stacks".into(), stacks_page(&reader, &all, now)),
-            ("stack".into(), stack_page(&reader, &a, now, &Ok(None))),
+            (
+                "stack".into(),
+                stack_page(&reader, &a, now, &Ok(None), html! {}),
+            ),
             (
                 "stack+dialog".into(),
-                stack_page(&operator, &free, now, &preview),
+                stack_page(&operator, &free, now, &preview, html! {}),
             ),
             (
                 "stack+refusal".into(),
-                stack_page(&operator, &free, now, &Err(hostile("refused"))),
+                stack_page(&operator, &free, now, &Err(hostile("refused")), html! {}),
             ),
             (
                 "stack+enable".into(),
-                stack_page(&operator, &maint, now, &Ok(None)),
+                stack_page(&operator, &maint, now, &Ok(None), html! {}),
             ),
             ("vms".into(), vms_page(&reader, &filter, &entries, &all)),
             ("cloudspaces".into(), cloudspaces_page(&reader, &vfws, &all)),
