@@ -90,12 +90,15 @@ pub mod raw {
     }
 }
 
-/// Path of a workspace binary (`coordinator`, `node-agent`).
+/// Path of a workspace binary (`coordinator`, `node-agent`): in
+/// `$NODEMAINT_BIN_DIR` when set (release builds for the benchmarks), else
+/// in the target dir's `debug`.
 pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("NODEMAINT_BIN_DIR").map(PathBuf::from);
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target.join("debug").join(name);
+    let path = dir.unwrap_or_else(|| target.join("debug")).join(name);
     assert!(
         path.exists(),
         "{} not built; run `cargo build --workspace --bins` first",

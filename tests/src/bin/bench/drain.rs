@@ -1,0 +1,492 @@
+//! `bench drain` (issue 6): Put in Maintenance (Move All) against the seed's loop.
+
+use crate::*;
+
+pub struct DrainRun {
+    pub method: &'static str,
+    pub wall_s: f64,
+    /// Per-migration libvirt stats on the destination.
+    pub libvirt: Vec<JobInfo>,
+    /// Sequential loop only: wall time of each virsh migrate.
+    pub each_s: Vec<f64>,
+    /// nodemaint only: journal analysis.
+    pub analysis: Option<Value>,
+}
+
+/// Moves every VM in `vms` back to node1 with virsh (one sequential stream
+/// per source node, sources in parallel) and waits until the coordinator
+/// sees them all there.
+pub async fn gather(lab: &Lab, api: &Api, vms: &[String]) -> Result<()> {
+    let view = api.vms().await?;
+    let mut by_node: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for (node, d) in &view {
+        if vms.contains(&d.name) && node != "node1" {
+            let i: usize = node.trim_start_matches("node").parse()?;
+            by_node.entry(i).or_default().push(d.name.clone());
+        }
+    }
+    let tasks = by_node.into_iter().map(|(i, names)| async move {
+        for n in names {
+            checked("virsh migrate (back)", lab.migrate_cmd(&n, i, 1)).await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    });
+    for r in futures::future::join_all(tasks).await {
+        r?;
+    }
+    let want: BTreeMap<String, String> = vms.iter().map(|v| (v.clone(), "node1".into())).collect();
+    api.wait_view("all VMs back on node1", Duration::from_secs(60), |n, v| {
+        placed(v, &want) && n.iter().all(|x| x.reachable && x.current_job.is_empty())
+    })
+    .await?;
+    Ok(())
+}
+
+/// Journal analysis of a drain job: per-VM migration intervals from the
+/// "moving X" / "moved X" steps, waves, concurrency and where time goes.
+pub fn analyse_drain(job: &Value, plan: &Value, cli_start_ms: i64, cli_end_ms: i64) -> Value {
+    let created = job["created_ms"].as_i64().unwrap_or(0);
+    let ended = job["updated_ms"].as_i64().unwrap_or(0);
+    let mut start: BTreeMap<String, i64> = BTreeMap::new();
+    let mut end: BTreeMap<String, i64> = BTreeMap::new();
+    for st in job["steps"].as_array().into_iter().flatten() {
+        let msg = st["message"].as_str().unwrap_or("");
+        let ts = st["ts_ms"].as_i64().unwrap_or(0);
+        let vm = st["vm"].as_str().unwrap_or("").to_string();
+        if msg.starts_with("moving ") {
+            start.insert(vm, ts);
+        } else if msg.starts_with("moved ") {
+            end.insert(vm, ts);
+        }
+    }
+    let wave_of: HashMap<String, u64> = plan["moves"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            (
+                m["vm"].as_str().unwrap_or("").to_string(),
+                m["wave"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let durs: Vec<f64> = start
+        .iter()
+        .filter_map(|(vm, s)| end.get(vm).map(|e| (e - s) as f64))
+        .collect();
+    let first = start.values().min().copied().unwrap_or(created);
+    let last = end.values().max().copied().unwrap_or(ended);
+    let span = (last - first) as f64;
+    let mut waves: BTreeMap<u64, (i64, i64, f64)> = BTreeMap::new();
+    for (vm, s) in &start {
+        let Some(e) = end.get(vm) else { continue };
+        let w = wave_of.get(vm).copied().unwrap_or(0);
+        let x = waves.entry(w).or_insert((i64::MAX, 0, 0.0));
+        x.0 = x.0.min(*s);
+        x.1 = x.1.max(*e);
+        x.2 = x.2.max((e - s) as f64);
+    }
+    let mut barrier_ms = 0.0;
+    let mut prev_end: Option<i64> = None;
+    let mut wave_rows = Vec::new();
+    for (w, (s, e, longest)) in &waves {
+        let gap = prev_end.map(|p| (s - p) as f64).unwrap_or(0.0);
+        barrier_ms += gap;
+        prev_end = Some(*e);
+        wave_rows.push(json!({"wave": w, "start_ms": s - created, "span_ms": e - s, "longest_ms": longest, "gap_before_ms": gap}));
+    }
+    json!({
+        "cli_start_to_job_created_ms": created - cli_start_ms,
+        "job_created_to_first_migration_ms": first - created,
+        "migrations_span_ms": span,
+        "last_migration_to_job_end_ms": ended - last,
+        "job_end_to_cli_exit_ms": cli_end_ms - ended,
+        "migrations": durs.len(),
+        "migration_ms_median": median(&durs),
+        "migration_ms_sum": durs.iter().sum::<f64>(),
+        "mean_concurrency": if span > 0.0 { durs.iter().sum::<f64>() / span } else { 0.0 },
+        "waves": wave_rows,
+        "gaps_between_waves_ms": barrier_ms,
+    })
+}
+
+pub async fn drain_nodemaint(lab: &Lab, api: &Api, vms: &[String]) -> Result<DrainRun> {
+    let plan = api
+        .json(Req::PlanDrain(pb::PlanDrain {
+            node: "node1".into(),
+            max_parallel: 0,
+        }))
+        .await?;
+    let wall0 = nodemaint_proto::now_ms();
+    let t0 = Instant::now();
+    let out = cli(
+        &lab.nats_url,
+        "operator",
+        &["maintenance", "start", "node1", "--mode", "move"],
+    )
+    .output()
+    .await?;
+    let wall = t0.elapsed();
+    let wall1 = nodemaint_proto::now_ms();
+    if !out.status.success() {
+        bail!("maintenance start failed: {}", text(&out).trim());
+    }
+    let id = job_id_of(&text(&out)).ok_or_else(|| anyhow!("no job id in the CLI's output"))?;
+    let job = api.job(&id).await?;
+    let analysis = analyse_drain(&job, &plan, wall0, wall1);
+    // Where each VM went, libvirt's stats there.
+    let view = api.vms().await?;
+    let mut libvirt = Vec::new();
+    for (node, d) in &view {
+        if vms.contains(&d.name) {
+            let i: usize = node.trim_start_matches("node").parse()?;
+            if i == 1 {
+                bail!("{} is still on node1 after the drain", d.name);
+            }
+            if let Some(j) = lab.jobinfo(&d.name, i).await {
+                libvirt.push(j);
+            }
+        }
+    }
+    let (en, _) = checked(
+        "node enable",
+        cli(&lab.nats_url, "operator", &["node", "enable", "node1"]),
+    )
+    .await?;
+    log(format!(
+        "nodemaint drain: {:.2} s (node enable {:.2} s)",
+        secs(wall),
+        secs(en)
+    ));
+    gather(lab, api, vms).await?;
+    Ok(DrainRun {
+        method: "nodemaint",
+        wall_s: secs(wall),
+        libvirt,
+        each_s: Vec::new(),
+        analysis: Some(analysis),
+    })
+}
+
+/// The seed's way: a sequential shell loop of `virsh migrate` over node1's
+/// domains, destinations round-robin over node2..node4.
+pub async fn drain_seed(lab: &Lab, api: &Api, vms: &[String], nodes: usize) -> Result<DrainRun> {
+    let dests: Vec<String> = (2..=nodes).map(|i| lab.addr(i)).collect();
+    let script = format!(
+        r#"set -e
+src={src}
+dests=({dests})
+i=0
+for d in $(virsh -c "$src" list --name); do
+  D=${{dests[$((i % ${{#dests[@]}}))]}}; i=$((i + 1))
+  echo "mig $d $D $EPOCHREALTIME"
+  virsh -c "$src" migrate --live --p2p --persistent --undefinesource "$d" "qemu+tcp://$D/system" --migrateuri "tcp://$D" >/dev/null
+done
+echo "end - - $EPOCHREALTIME"
+"#,
+        src = lab.uri(1),
+        dests = dests.join(" ")
+    );
+    let mut cmd = tokio::process::Command::new("bash");
+    cmd.arg("-c").arg(&script).kill_on_drop(true);
+    let (wall, stdout) = checked("the sequential virsh loop", cmd).await?;
+    let mut marks: Vec<(String, String, f64)> = Vec::new();
+    for l in stdout.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() == 4 {
+            marks.push((f[1].into(), f[2].into(), f[3].parse().unwrap_or(0.0)));
+        }
+    }
+    let each_s: Vec<f64> = marks.windows(2).map(|w| w[1].2 - w[0].2).collect();
+    let mut libvirt = Vec::new();
+    for (vm, addr, _) in marks.iter().filter(|m| m.0 != "-") {
+        let i = (2..=nodes)
+            .find(|i| &lab.addr(*i) == addr)
+            .ok_or_else(|| anyhow!("unknown destination {addr}"))?;
+        if let Some(j) = lab.jobinfo(vm, i).await {
+            libvirt.push(j);
+        }
+    }
+    log(format!("sequential virsh loop: {:.2} s", secs(wall)));
+    gather(lab, api, vms).await?;
+    Ok(DrainRun {
+        method: "seed loop",
+        wall_s: secs(wall),
+        libvirt,
+        each_s,
+        analysis: None,
+    })
+}
+
+pub async fn bench_drain(a: &Args) -> Result<Report> {
+    a.known(&["vms", "rounds", "per-source", "per-destination", "global"])?;
+    let nvms: usize = a.get("vms", 12)?;
+    let rounds: usize = a.get("rounds", 2)?;
+    let nodes = 4;
+    let mut env: Vec<(&str, String)> = Vec::new();
+    for (flag, var) in [
+        ("per-source", "LAB_PER_SOURCE"),
+        ("per-destination", "LAB_PER_DESTINATION"),
+        ("global", "LAB_GLOBAL_MIGRATIONS"),
+    ] {
+        if let Some(v) = a.opt::<usize>(flag)? {
+            env.push((var, v.to_string()));
+        }
+    }
+    let limit = |var: &str, default: usize| {
+        env.iter()
+            .find(|(k, _)| *k == var)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (per_source, per_dest, global) = (
+        limit("LAB_PER_SOURCE", 2),
+        limit("LAB_PER_DESTINATION", 2),
+        limit("LAB_GLOBAL_MIGRATIONS", 5),
+    );
+    anyhow::ensure!(nvms >= 1, "--vms must be at least 1");
+    // node1 holds cs1's VFW (the lab puts it there); the rest are user VMs.
+    let lab = Lab::up(nodes, 0, 1, &env)?;
+    let api = Api::connect(&lab.nats_url, "operator").await?;
+    let vfw = "cs1-vfw".to_string();
+    let w1 = BTreeMap::from([(vfw.clone(), "node1".to_string())]);
+    api.wait_view(
+        "the lab's agents to register",
+        Duration::from_secs(60),
+        |n, v| n.len() == nodes && n.iter().all(|x| x.reachable) && placed(v, &w1),
+    )
+    .await?;
+    // More user VMs on node1: the VFW's definition, renamed, kind user.
+    let (_, xml) = checked(
+        "virsh dumpxml",
+        virsh(&lab.uri(1), &["dumpxml", "--inactive", &vfw]),
+    )
+    .await?;
+    let tmp = tempfile::tempdir()?;
+    let mut vms = vec![vfw.clone()];
+    for j in 1..nvms {
+        let name = format!("node1-vm{j}");
+        let x: String = xml
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("<uuid>"))
+            .map(|l| {
+                l.replace(
+                    &format!("<name>{vfw}</name>"),
+                    &format!("<name>{name}</name>"),
+                )
+                .replace("kind=\"vfw\"", "kind=\"user\"")
+                .replace("kind='vfw'", "kind='user'")
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let f = tmp.path().join(format!("{name}.xml"));
+        std::fs::write(&f, x)?;
+        checked(
+            "virsh define",
+            virsh(&lab.uri(1), &["define", f.to_str().expect("utf-8 path")]),
+        )
+        .await?;
+        vms.push(name);
+    }
+    let starts = vms[1..]
+        .iter()
+        .map(|n| checked("virsh start", virsh(&lab.uri(1), &["start", n])));
+    for r in futures::future::join_all(starts).await {
+        r?;
+    }
+    let want: BTreeMap<String, String> = vms.iter().map(|v| (v.clone(), "node1".into())).collect();
+    api.wait_view("node1 to hold every VM", Duration::from_secs(60), |_, v| {
+        placed(v, &want)
+    })
+    .await?;
+    let mem_mib: Vec<f64> = api
+        .vms()
+        .await?
+        .iter()
+        .filter(|(_, d)| vms.contains(&d.name))
+        .map(|(_, d)| d.memory_mib as f64)
+        .collect();
+    let sum_mem: f64 = mem_mib.iter().sum();
+    log(format!(
+        "node1 holds {} VMs ({} MiB); limits per_source={per_source} per_destination={per_dest} global={global}",
+        vms.len(),
+        sum_mem
+    ));
+    let mut results = Vec::new();
+    for r in 0..rounds {
+        let order: [bool; 2] = if r % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for nodemaint in order {
+            let run = if nodemaint {
+                drain_nodemaint(&lab, &api, &vms).await?
+            } else {
+                drain_seed(&lab, &api, &vms, nodes).await?
+            };
+            results.push(run);
+        }
+    }
+    let virt = lab.lab_virt_type();
+    drop(lab);
+
+    let nm: Vec<&DrainRun> = results.iter().filter(|r| r.method == "nodemaint").collect();
+    let seed: Vec<&DrainRun> = results.iter().filter(|r| r.method != "nodemaint").collect();
+    let nm_w: Vec<f64> = nm.iter().map(|r| r.wall_s).collect();
+    let seed_w: Vec<f64> = seed.iter().map(|r| r.wall_s).collect();
+    let ratio = median(&nm_w) / median(&seed_w);
+    // Bandwidth from the sequential loop's single migrations (no contention).
+    let each: Vec<f64> = seed.iter().flat_map(|r| r.each_s.clone()).collect();
+    let t_one = median(&each);
+    let mem_one = median(&mem_mib);
+    let bw_wall = mem_one / t_one;
+    let lv_seq: Vec<f64> = seed
+        .iter()
+        .flat_map(|r| r.libvirt.iter().map(|j| j.bandwidth_mibs))
+        .collect();
+    let bw_lv = median(&lv_seq);
+    let bound_wall = sum_mem / bw_wall;
+    let bound_lv = sum_mem / bw_lv;
+    let parallel = per_source
+        .min(global)
+        .min(per_dest * (nodes - 1))
+        .min(vms.len()) as f64;
+    let bound_par = bound_wall / parallel;
+    let lv_nm: Vec<f64> = nm
+        .iter()
+        .flat_map(|r| r.libvirt.iter().map(|j| j.elapsed_ms))
+        .collect();
+    let lv_seq_ms: Vec<f64> = seed
+        .iter()
+        .flat_map(|r| r.libvirt.iter().map(|j| j.elapsed_ms))
+        .collect();
+    let lv_nm_bw: Vec<f64> = nm
+        .iter()
+        .flat_map(|r| r.libvirt.iter().map(|j| j.bandwidth_mibs))
+        .collect();
+
+    let mut md = format!(
+        "### `bench drain` (issue 6): node1 of a 4-node lab holds {} {virt} guests (1 VFW + {} user VMs, {sum_mem:.0} MiB); limits per_source={per_source}, per_destination={per_dest}, global={global}; {rounds} rounds (ABBA)\n\n",
+        vms.len(),
+        vms.len() - 1
+    );
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            vec![
+                (i + 1).to_string(),
+                if r.method == "nodemaint" {
+                    "`coordinator maintenance start node1 --mode move`".into()
+                } else {
+                    "sequential `virsh migrate` loop (seed)".into()
+                },
+                format!("{:.2}", r.wall_s),
+                format!(
+                    "{:.0}",
+                    median(&r.libvirt.iter().map(|j| j.elapsed_ms).collect::<Vec<_>>())
+                ),
+            ]
+        })
+        .collect();
+    md.push_str(&table(
+        &["#", "method", "wall s", "libvirt job ms (median per VM)"],
+        &rows,
+    ));
+    md.push_str(&format!(
+        "\n**ratio nodemaint/seed loop (medians): {ratio:.3}** (goal ≤ 0.4: {})\n\n",
+        if ratio <= 0.4 { "met" } else { "missed" }
+    ));
+    md.push_str(&table(
+        &["lower bound", "value s", "nodemaint drain ÷ bound"],
+        &[
+            vec![
+                format!("Σ memory ÷ single-stream libvirt bandwidth ({bw_lv:.0} MiB/s, domjobinfo of the loop's migrations)"),
+                format!("{bound_lv:.2}"),
+                format!("{:.2}", median(&nm_w) / bound_lv),
+            ],
+            vec![
+                format!("Σ memory ÷ wall bandwidth of one raw virsh migration ({mem_one:.0} MiB in {t_one:.3} s = {bw_wall:.0} MiB/s)"),
+                format!("{bound_wall:.2}"),
+                format!("{:.2}", median(&nm_w) / bound_wall),
+            ],
+            vec![
+                format!("the same ÷ effective parallelism {parallel} (per-source limit)"),
+                format!("{bound_par:.2}"),
+                format!("{:.2}", median(&nm_w) / bound_par),
+            ],
+        ],
+    ));
+    md.push_str(&format!(
+        "\nlibvirt's migration job per VM (domjobinfo on the destination, medians): sequential loop {:.0} ms at {:.0} MiB/s; nodemaint drain {:.0} ms at {:.0} MiB/s (concurrent migrations share 2 CPUs).\n",
+        median(&lv_seq_ms), bw_lv, median(&lv_nm), median(&lv_nm_bw)
+    ));
+    for (i, r) in nm.iter().enumerate() {
+        if let Some(an) = &r.analysis {
+            md.push_str(&format!(
+                "\nnodemaint drain {} journal: CLI start → job created {} ms; job created → first migration {} ms; migrations span {:.0} ms ({} migrations, median {:.0} ms each, mean concurrency {:.2}); gaps between waves {:.0} ms total; last migration → job end {} ms; job end → CLI exit {} ms.\n",
+                i + 1,
+                an["cli_start_to_job_created_ms"],
+                an["job_created_to_first_migration_ms"],
+                an["migrations_span_ms"].as_f64().unwrap_or(0.0),
+                an["migrations"],
+                an["migration_ms_median"].as_f64().unwrap_or(0.0),
+                an["mean_concurrency"].as_f64().unwrap_or(0.0),
+                an["gaps_between_waves_ms"].as_f64().unwrap_or(0.0),
+                an["last_migration_to_job_end_ms"],
+                an["job_end_to_cli_exit_ms"],
+            ));
+            let wrows: Vec<Vec<String>> = an["waves"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|w| {
+                    vec![
+                        w["wave"].to_string(),
+                        w["start_ms"].to_string(),
+                        w["span_ms"].to_string(),
+                        format!("{:.0}", w["longest_ms"].as_f64().unwrap_or(0.0)),
+                        format!("{:.0}", w["gap_before_ms"].as_f64().unwrap_or(0.0)),
+                    ]
+                })
+                .collect();
+            md.push('\n');
+            md.push_str(&table(
+                &[
+                    "wave",
+                    "starts at ms (after job created)",
+                    "span ms",
+                    "longest migration ms",
+                    "gap before ms",
+                ],
+                &wrows,
+            ));
+        }
+    }
+    Ok(Report {
+        markdown: md,
+        json: json!({
+            "benchmark": "drain",
+            "machine": machine(),
+            "virt_type": virt,
+            "vms": vms.len(),
+            "memory_mib_total": sum_mem,
+            "limits": {"per_source": per_source, "per_destination": per_dest, "global": global},
+            "runs": results.iter().map(|r| json!({
+                "method": r.method, "wall_s": r.wall_s, "each_s": r.each_s,
+                "libvirt_ms": r.libvirt.iter().map(|j| j.elapsed_ms).collect::<Vec<_>>(),
+                "libvirt_mibs": r.libvirt.iter().map(|j| j.bandwidth_mibs).collect::<Vec<_>>(),
+                "libvirt_data_mib": r.libvirt.iter().map(|j| j.data_mib).collect::<Vec<_>>(),
+                "libvirt_downtime_ms": r.libvirt.iter().map(|j| j.downtime_ms).collect::<Vec<_>>(),
+                "analysis": r.analysis,
+            })).collect::<Vec<_>>(),
+            "nodemaint_median_s": median(&nm_w),
+            "seed_median_s": median(&seed_w),
+            "ratio": ratio,
+            "goal": 0.4,
+            "bandwidth": {"libvirt_single_stream_mibs": bw_lv, "wall_single_migration_mibs": bw_wall, "single_migration_s": t_one},
+            "bounds_s": {"libvirt_bandwidth": bound_lv, "wall_bandwidth": bound_wall, "wall_bandwidth_parallel": bound_par, "parallelism": parallel},
+        }),
+    })
+}
