@@ -1525,6 +1525,209 @@ async fn a_running_job_can_be_aborted_by_operators_only() {
     drop(e.fleet);
 }
 
+/// Rolling maintenance, checks and the overview at the handler level:
+/// every refusal (viewer, stale form, bad input, wrong state, unknown run)
+/// answers with a page saying why and changes nothing; operators pause,
+/// resume and abort a run through the API's rolling.control.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_checks_and_overview_refuse_what_they_must() {
+    use nodemaint_coordinator::jobs::{self, Job, JobSpec, JobState};
+    let e = env().await;
+    let (app, c) = (&e.app, &e.coord);
+    let bob = login(app, "bob").await; // Level1
+    let alice = login(app, "alice").await; // Level2
+    let rolling_count = || {
+        c.jobs
+            .list(1000)
+            .jobs
+            .iter()
+            .filter(|j| matches!(j.spec, JobSpec::Rolling(_)))
+            .count()
+    };
+
+    // Anyone reads the overview and the rolling list.
+    let r = get(app, Some(&bob), "/overview").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains(r#"id="chart-memory""#) && r.body.contains("node1"));
+    let r = get(app, Some(&bob), "/rolling").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("requires Level2 or Level3"), "{}", r.body);
+    assert_eq!(
+        get(app, None, "/overview").await.status,
+        StatusCode::SEE_OTHER
+    );
+
+    // Start: refused for a viewer, a stale form, bad input, an unknown node.
+    let start = |csrf: &str, extra: &[(&'static str, &'static str)]| {
+        let mut f: Vec<(&str, String)> = vec![("csrf", csrf.to_string())];
+        f.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        f
+    };
+    type Case<'a> = (&'a Sess, Vec<(&'a str, String)>, StatusCode, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            &bob,
+            start(&bob.csrf, &[("node", "node3"), ("reboot", "continue")]),
+            StatusCode::FORBIDDEN,
+            "Level2 or Level3",
+        ),
+        (
+            &alice,
+            start("stale", &[("node", "node3"), ("reboot", "continue")]),
+            StatusCode::FORBIDDEN,
+            "CSRF",
+        ),
+        (
+            &alice,
+            start(
+                &alice.csrf,
+                &[("node", "node3"), ("max_unavailable", "abc")],
+            ),
+            StatusCode::BAD_REQUEST,
+            "max unavailable",
+        ),
+        (
+            &alice,
+            start(
+                &alice.csrf,
+                &[
+                    ("node", "node3"),
+                    ("reboot", "continue"),
+                    ("deadline", "999999999999999999d"),
+                ],
+            ),
+            StatusCode::BAD_REQUEST,
+            "deadline",
+        ),
+        (
+            &alice,
+            start(&alice.csrf, &[("node", "nope"), ("reboot", "continue")]),
+            StatusCode::NOT_FOUND,
+            "nope",
+        ),
+    ];
+    for (who, fields, want, says) in cases {
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = post(app, Some(who), "/rolling/start", &fields).await;
+        assert_eq!(r.status, want, "{fields:?}: {}", r.body);
+        assert!(r.body.contains(says), "{fields:?}: {}", r.body);
+    }
+    assert_eq!(rolling_count(), 0, "nothing started");
+
+    // A run the executor is not running (it stays where it is put).
+    let job = Job::new(
+        JobSpec::Rolling(jobs::Rolling {
+            nodes: vec!["node3".into()],
+            groups: vec![vec!["node3".into()]],
+            max_unavailable: 1,
+            wait_for_continue: true,
+            reboot_timeout_s: 900,
+            ..Default::default()
+        }),
+        "carol",
+        None,
+    );
+    c.jobs.create(&job).await.unwrap();
+    let at = |what: &str| format!("/rolling/{}/{what}", job.id);
+    let page = get(app, Some(&bob), &format!("/rolling/{}", job.id)).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.body.contains(r#"id="rolling-pause" disabled"#),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains(r#"data-node="node3""#));
+    let r = post(app, Some(&bob), &at("pause"), &[("csrf", &bob.csrf)]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let r = post(app, Some(&alice), &at("resume"), &[("csrf", &alice.csrf)]).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert!(r.body.contains("cannot resume"), "{}", r.body);
+    let r = post(app, Some(&alice), &at("continue"), &[("csrf", &alice.csrf)]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    let r = post(
+        app,
+        Some(&alice),
+        &at("continue"),
+        &[("csrf", &alice.csrf), ("node", "node3")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "not waiting: {}", r.body);
+    let r = post(
+        app,
+        Some(&alice),
+        &at("frobnicate"),
+        &[("csrf", &alice.csrf)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(c.jobs.get(&job.id).await.unwrap().state, JobState::Running);
+
+    let r = post(app, Some(&alice), &at("pause"), &[("csrf", &alice.csrf)]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(r.location(), format!("/rolling/{}", job.id));
+    assert_eq!(c.jobs.get(&job.id).await.unwrap().state, JobState::Paused);
+    let r = post(app, Some(&alice), &at("resume"), &[("csrf", &alice.csrf)]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(c.jobs.get(&job.id).await.unwrap().state, JobState::Running);
+    let r = post(app, Some(&alice), &at("abort"), &[("csrf", &alice.csrf)]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let j = c.jobs.get(&job.id).await.unwrap();
+    assert_eq!(j.state, JobState::Aborted);
+    assert_eq!(j.stop_reason.as_deref(), Some("aborted by alice"));
+    let page = get(app, Some(&alice), &format!("/rolling/{}", job.id)).await;
+    assert!(page.body.contains("has ended") && !page.body.contains("data-live"));
+    // Not a rolling run: unknown here.
+    assert_eq!(
+        get(app, Some(&bob), "/rolling/nope").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let r = post(
+        app,
+        Some(&alice),
+        "/rolling/nope/pause",
+        &[("csrf", &alice.csrf)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+
+    // Checks: starting services is for operators; a bad value is refused.
+    let page = get(app, Some(&bob), "/stacks/node1").await;
+    assert!(page.body.contains(r#"id="checks""#) && page.body.contains("No check has run"));
+    let r = post(
+        app,
+        Some(&bob),
+        "/stacks/node1/checks",
+        &[("csrf", &bob.csrf), ("start_failed", "yes")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let r = post(
+        app,
+        Some(&alice),
+        "/stacks/node1/checks",
+        &[("csrf", &alice.csrf), ("start_failed", "maybe")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    let r = post(
+        app,
+        Some(&alice),
+        "/stacks/nope/checks",
+        &[("csrf", &alice.csrf)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    assert!(
+        !c.jobs
+            .list(1000)
+            .jobs
+            .iter()
+            .any(|j| matches!(j.spec, JobSpec::Check(_))),
+        "no check job from a refusal"
+    );
+    drop(e.fleet);
+}
+
 #[test]
 fn hash_password_cli_makes_hashes_the_portal_accepts() {
     use std::io::Write;

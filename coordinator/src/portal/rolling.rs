@@ -659,6 +659,52 @@ mod tests {
     }
 
     #[test]
+    fn the_phase_view_escapes_names_and_offers_continue_to_the_waiting_node_only() {
+        let hostile = r#"<script>"'&"#;
+        let mut j = Job::new(
+            JobSpec::Rolling(crate::jobs::Rolling {
+                nodes: vec![hostile.into(), "n2".into()],
+                groups: vec![vec![hostile.into()], vec!["n2".into()]],
+                max_unavailable: 1,
+                wait_for_continue: true,
+                reboot_timeout_s: 900,
+                ..Default::default()
+            }),
+            hostile,
+            None,
+        );
+        let mut r = crate::jobs::RollingState::new(&[hostile.into(), "n2".into()]);
+        r.progress.insert(hostile.into(), Phase::Rebooting);
+        j.rolling = Some(r);
+        j.outcome = Some(hostile.into());
+        let operator = Auth {
+            user: "alice".into(),
+            groups: vec!["Level2".into()],
+            csrf: "t".into(),
+            token: String::new(),
+        };
+        let html = [
+            phase_rows(&operator, &j).into_string(),
+            facts(&j).into_string(),
+            controls(&operator, &j).into_string(),
+        ]
+        .concat();
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(html.contains("&lt;script&gt;"), "{html}");
+        assert_eq!(html.matches("/continue").count(), 1, "{html}");
+        // A viewer sees the button disabled, with the reason.
+        let viewer = Auth {
+            groups: vec!["Level1".into()],
+            ..operator
+        };
+        let rows = phase_rows(&viewer, &j).into_string();
+        assert!(
+            !rows.contains("/continue") && rows.contains(NEEDS_OPERATOR),
+            "{rows}"
+        );
+    }
+
+    #[test]
     fn bad_start_forms_say_what_is_wrong() {
         for (form, want) in [
             (f(&[("reboot", "continue")]), "at least one node"),
