@@ -259,7 +259,15 @@ impl JobStore {
         }
     }
 
+    /// Records a new job and publishes its "started" event.
     pub async fn create(&self, job: &Job) -> anyhow::Result<()> {
+        self.record_new(job).await?;
+        self.event(started(job)).await;
+        Ok(())
+    }
+
+    /// Records a new job without announcing it ([`JobStore::announce`]).
+    pub async fn record_new(&self, job: &Job) -> anyhow::Result<()> {
         let bytes: bytes::Bytes = serde_json::to_vec(job)?.into();
         // Retried while the jobs bucket has no stream leader (a cluster
         // member just died): the CLI waits 30 s for the answer.
@@ -277,15 +285,34 @@ impl JobStore {
             .await
             .map_err(|e| anyhow::anyhow!("cannot record job: {e}"))?;
         self.remember(job);
-        self.event(pb::JobEvent {
-            job_id: job.id.clone(),
-            kind: job.kind().into(),
-            state: "RUNNING".into(),
-            message: format!("{} started by {}", job.kind(), job.user),
-            ..Default::default()
-        })
-        .await;
         Ok(())
+    }
+
+    /// Sends a recorded job's "started" event without waiting for the
+    /// stream's ack (awaited in the background; a failure is logged, as
+    /// [`JobStore::event`] does): nobody waits for it, and the job's later
+    /// events, published by this process on the same connection, follow it
+    /// on the stream.
+    pub async fn announce(&self, job: &Job) {
+        let sent = bus::send_event(
+            &self.js,
+            &self.subjects,
+            COORDINATOR_NODE,
+            &job.id,
+            Body::Job(started(job)),
+        )
+        .await;
+        match sent {
+            Ok(Some(ack)) => {
+                tokio::spawn(async move {
+                    if let Err(e) = ack.await {
+                        tracing::warn!(error = %e, "cannot publish job event");
+                    }
+                });
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot publish job event"),
+        }
     }
 
     pub async fn get(&self, id: &str) -> Option<Job> {
@@ -430,6 +457,17 @@ impl JobStore {
         {
             tracing::warn!(error = %e, "cannot publish job event");
         }
+    }
+}
+
+/// A job's first event.
+fn started(job: &Job) -> pb::JobEvent {
+    pb::JobEvent {
+        job_id: job.id.clone(),
+        kind: job.kind().into(),
+        state: "RUNNING".into(),
+        message: format!("{} started by {}", job.kind(), job.user),
+        ..Default::default()
     }
 }
 

@@ -140,8 +140,9 @@ impl AgentLink {
     /// Last sequence of the events stream: a watcher that replays from the
     /// next one misses nothing of an operation accepted now.
     pub async fn events_seq(&self) -> u64 {
+        // Looking the stream up returns its info: one request, not two.
         match self.js.get_stream(self.subjects.events_stream()).await {
-            Ok(mut s) => s.info().await.map(|i| i.state.last_sequence).unwrap_or(0),
+            Ok(s) => s.cached_info().state.last_sequence,
             Err(_) => 0,
         }
     }

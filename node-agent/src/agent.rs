@@ -294,30 +294,77 @@ impl Agent {
 
     /// Lists domains and publishes them when they changed (or when forced).
     pub async fn publish_inventory(&self, force: bool) -> anyhow::Result<()> {
+        self.publish_inventory_then(force, None).await
+    }
+
+    /// [`Self::publish_inventory`], then the event `then` (a command's
+    /// result) sent right behind it before either ack is awaited: the
+    /// coordinator reads the new inventory before the result (one
+    /// connection, one stream: sent order is stream order), for one round
+    /// trip instead of two. `then` goes out whatever became of the inventory.
+    async fn publish_inventory_then(
+        &self,
+        force: bool,
+        then: Option<(&str, Body)>,
+    ) -> anyhow::Result<()> {
         let mut state = self.inventory.lock().await;
-        let domains = self.blocking(|hv| hv.list()).await?;
-        if !force && state.domains.as_ref() == Some(&domains) {
-            return Ok(());
+        let mut failure = None;
+        let mut sent = None;
+        match self.blocking(|hv| hv.list()).await {
+            Ok(domains) if force || state.domains.as_ref() != Some(&domains) => {
+                let generation = self
+                    .generation
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                    + 1;
+                let inv = pb::Inventory {
+                    generation,
+                    domains: domains.iter().map(pb::Domain::from).collect(),
+                };
+                match bus::send_event(
+                    &self.js,
+                    &self.subjects,
+                    self.node(),
+                    "",
+                    Body::Inventory(inv),
+                )
+                .await
+                {
+                    Ok(ack) => sent = Some((ack, domains)),
+                    Err(e) => failure = Some(anyhow::anyhow!("cannot publish inventory: {e}")),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => failure = Some(e.into()),
         }
-        let generation = self
-            .generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-            + 1;
-        let inv = pb::Inventory {
-            generation,
-            domains: domains.iter().map(pb::Domain::from).collect(),
+        let then_ack = match then {
+            Some((op_id, body)) => {
+                match bus::send_event(&self.js, &self.subjects, self.node(), op_id, body).await {
+                    Ok(ack) => ack,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot publish event");
+                        None
+                    }
+                }
+            }
+            None => None,
         };
-        bus::publish_event(
-            &self.js,
-            &self.subjects,
-            self.node(),
-            "",
-            Body::Inventory(inv),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot publish inventory: {e}"))?;
-        state.domains = Some(domains);
-        Ok(())
+        if let Some((ack, domains)) = sent {
+            let acked = match ack {
+                Some(a) => a.await.map(|_| ()),
+                None => Ok(()),
+            };
+            match acked {
+                Ok(()) => state.domains = Some(domains),
+                Err(e) => failure = Some(anyhow::anyhow!("cannot publish inventory: {e}")),
+            }
+        }
+        drop(state);
+        if let Some(a) = then_ack {
+            if let Err(e) = a.await {
+                tracing::warn!(error = %e, "cannot publish event");
+            }
+        }
+        failure.map_or(Ok(()), Err)
     }
 
     /// Pulls commands forever: when the consumer goes away (a server
@@ -857,13 +904,21 @@ impl Agent {
         result.duration_ms = started.elapsed().as_millis() as u64;
         let action = crate::metrics::action(cmd.kind.as_ref());
         crate::metrics::command_done(self.node(), action, result.ok, started.elapsed());
-        self.record(key, &result).await;
+        tracing::info!(id = %id, ok = result.ok, detail = %result.message, error = ?result.error, "command done");
+        // The record, the inventory and the result go out together and
+        // their acks are awaited together: one round trip, not three. The
+        // record is what a coordinator that misses the result event reads
+        // (it waits while the id is only claimed), so the result need not
+        // wait for it; `in_flight` is left only once the record landed, so a
+        // repeat meanwhile is still known to be executing.
+        let record = self.record(key, &result);
+        let published =
+            self.publish_inventory_then(false, Some((&cmd.op_id, Body::Result(result.clone()))));
+        let ((), inventory) = tokio::join!(record, published);
         self.in_flight.lock().unwrap().remove(&id);
-        if let Err(e) = self.publish_inventory(false).await {
+        if let Err(e) = inventory {
             tracing::warn!(error = %e, "inventory refresh after command failed");
         }
-        tracing::info!(id = %id, ok = result.ok, detail = %result.message, error = ?result.error, "command done");
-        self.publish(&cmd.op_id, Body::Result(result)).await;
     }
 
     /// Runs the configured service checks; the report also goes out as a

@@ -909,6 +909,24 @@ pub async fn publish_event(
     op_id: &str,
     body: pb::event::Body,
 ) -> Result<(), BoxError> {
+    if let Some(ack) = send_event(js, s, node, op_id, body).await? {
+        ack.await?;
+    }
+    Ok(())
+}
+
+/// [`publish_event`] in two halves: sends the event now and returns the
+/// stream's ack still to await (`None` for heartbeats and progress), so a
+/// caller can send several events and await their acks together instead of
+/// one round trip after the other. Events sent on one connection reach
+/// their stream in the order they were sent.
+pub async fn send_event(
+    js: &jetstream::Context,
+    s: &Subjects,
+    node: &str,
+    op_id: &str,
+    body: pb::event::Body,
+) -> Result<Option<jetstream::context::PublishAckFuture>, BoxError> {
     let kind = match &body {
         pb::event::Body::Heartbeat(_) => EventKind::Heartbeat,
         pb::event::Body::Inventory(_) => EventKind::Inventory,
@@ -926,15 +944,11 @@ pub async fn publish_event(
     };
     let subject = s.event(node, kind);
     let payload = bytes::Bytes::from(event.encode_to_vec());
-    match kind {
-        EventKind::Heartbeat | EventKind::Progress => {
-            js.publish(subject, payload).await?;
-        }
-        _ => {
-            js.publish(subject, payload).await?.await?;
-        }
-    }
-    Ok(())
+    let ack = js.publish(subject, payload).await?;
+    Ok(match kind {
+        EventKind::Heartbeat | EventKind::Progress => None,
+        _ => Some(ack),
+    })
 }
 
 /// nats-server in cluster mode answers a compare-and-set conflict with error

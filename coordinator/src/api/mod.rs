@@ -272,21 +272,15 @@ fn require_reachable(n: &NodeRecord) -> Result<()> {
 
 /// Records a job and runs it in the background; replies "accepted" with
 /// where its events start.
-async fn launch(c: &Arc<Coordinator>, job: Job) -> Result<Reply> {
-    let from_seq = c.link.events_seq().await;
-    if let Some(vm) = job.spec.vm() {
-        if let Err(holder) = c.jobs.lock_vm(vm, &job.id).await {
-            return refuse(
-                Code::Conflict,
-                format!("job {holder} is acting on VM {vm}; wait for it to end (job show {holder}) or abort it"),
-            );
-        }
-    }
-    if let Err(e) = c.jobs.create(&job).await {
-        // Not recorded: nothing holds the locks it took.
-        c.jobs.unlock_job(&job).await;
-        return Err(internal(e));
-    }
+async fn launch(c: &Arc<Coordinator>, mut job: Job) -> Result<Reply> {
+    // A one-command job is recorded with its command journaled already, so
+    // its driver sends it without a journal write of its own.
+    crate::driver::single::prejournal(&mut job);
+    // Where the job's events start, read while the job is recorded: either
+    // way it precedes the job's first event, announced after both.
+    let (from_seq, recorded) = tokio::join!(c.link.events_seq(), record(c, &job));
+    recorded?;
+    c.jobs.announce(&job).await;
     let message = format!("{} accepted as job {}", job.kind(), job.id);
     let op_id = job.id.clone();
     crate::driver::executor::spawn(c.clone(), job, false);
@@ -295,6 +289,24 @@ async fn launch(c: &Arc<Coordinator>, job: Job) -> Result<Reply> {
         events_from_seq: from_seq,
         message,
     }))
+}
+
+/// Takes the job's VM (if it has one), then records the job.
+async fn record(c: &Coordinator, job: &Job) -> Result<()> {
+    if let Some(vm) = job.spec.vm() {
+        if let Err(holder) = c.jobs.lock_vm(vm, &job.id).await {
+            return refuse(
+                Code::Conflict,
+                format!("job {holder} is acting on VM {vm}; wait for it to end (job show {holder}) or abort it"),
+            );
+        }
+    }
+    if let Err(e) = c.jobs.record_new(job).await {
+        // Not recorded: nothing holds the locks it took.
+        c.jobs.unlock_job(job).await;
+        return Err(internal(e));
+    }
+    Ok(())
 }
 
 fn plan_error(e: planner::PlanError) -> Refusal {

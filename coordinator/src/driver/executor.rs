@@ -21,6 +21,36 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// The agent command of job `job` with id `id`, and its journal entry.
+pub fn command_record(
+    id: &str,
+    job: &Job,
+    node: &str,
+    vm: &str,
+    to: Option<&str>,
+    kind: Kind,
+) -> (pb::AgentCommand, CommandRecord) {
+    let action = kind.action();
+    let cmd = pb::AgentCommand {
+        id: id.to_string(),
+        op_id: job.id.clone(),
+        requested_by: job.user.clone(),
+        kind: Some(kind),
+        ..Default::default()
+    };
+    let rec = CommandRecord {
+        id: cmd.id.clone(),
+        node: node.to_string(),
+        vm: vm.to_string(),
+        action: action.to_string(),
+        to: to.map(str::to_string),
+        payload: hex(&cmd.encode_to_vec()),
+        ok: None,
+        message: None,
+    };
+    (cmd, rec)
+}
+
 /// Stop requests of running jobs (an operator's abort, an expired
 /// deadline). Executors watch their job's entry: nothing new starts once it
 /// is set, and in-flight migrations are cancelled. The reason is also
@@ -154,30 +184,17 @@ impl Coordinator {
                 );
             }
         }
-        let cmd = pb::AgentCommand {
-            id: id.to_string(),
-            op_id: job.id.clone(),
-            requested_by: job.user.clone(),
-            kind: Some(kind),
-            ..Default::default()
-        };
-        let rec = CommandRecord {
-            id: cmd.id.clone(),
-            node: node.to_string(),
-            vm: vm.to_string(),
-            action: action.to_string(),
-            to: to.map(str::to_string),
-            payload: hex(&cmd.encode_to_vec()),
-            ok: None,
-            message: None,
-        };
+        let (cmd, rec) = command_record(id, job, node, vm, to, kind);
         // Journal before act: a command whose journal entry was not written
-        // is not sent (a resumed job could not know about it).
-        if self
-            .jobs
-            .update(&job.id, |j| j.commands.push(rec.clone()))
-            .await
-            .is_none()
+        // is not sent (a resumed job could not know about it). One the job
+        // was recorded with ([`crate::driver::single::prejournal`]) is.
+        let journaled = job.commands.contains(&rec);
+        if !journaled
+            && self
+                .jobs
+                .update(&job.id, |j| j.commands.push(rec.clone()))
+                .await
+                .is_none()
         {
             return failed(
                 Code::Internal,
@@ -696,7 +713,7 @@ pub fn spawn(c: Arc<Coordinator>, job: Job, resumed: bool) {
                 | JobSpec::Start(_)
                 | JobSpec::Stop(_)
                 | JobSpec::Create(_)
-                | JobSpec::Check(_) => crate::driver::single::run(c, job).await,
+                | JobSpec::Check(_) => crate::driver::single::run(c, job, resumed).await,
                 // Settled by its rolling maintenance, never run on its own.
                 JobSpec::RollingNode(_) => {}
             }

@@ -6,7 +6,7 @@
 //! registry shows the VM where the agent put it (read-your-writes).
 
 use crate::driver::enable::{find_out, journal};
-use crate::driver::executor::stopped;
+use crate::driver::executor::{command_record, stopped};
 use crate::driver::slots::Priority;
 use crate::driver::stop_all::{answer, stop_reason};
 use crate::engine::single::{Event, Phase, Single};
@@ -45,8 +45,38 @@ fn prepared(job: &Job) -> Option<Prepared> {
     })
 }
 
+/// Journals a new job's first step in the job itself, before it is
+/// recorded: the machine as it is once the command is sent (phase `Sent`)
+/// and, for a command that lands no VM, its entry in the command list. The
+/// record then allows the send, so the driver sends at once instead of
+/// writing the journal first (two round trips each); a job resumed after a
+/// restart finds the command out like any sent one. A command that lands a
+/// VM (create, move) is journaled by the send as before, after the
+/// destination's claim that a refusal must leave unsent.
+pub fn prejournal(job: &mut Job) {
+    let Some(cmd) = prepared(job) else { return };
+    let Ok((state, actions)) = Single::new(&job.id, &cmd.vm).step(Event::Resume) else {
+        return;
+    };
+    let [Action::Journal, Action::SendCommand { cmd: id }] = actions.as_slice() else {
+        return;
+    };
+    if !matches!(cmd.kind, Kind::Migrate(_) | Kind::Define(_)) {
+        let (_, rec) = command_record(
+            id,
+            job,
+            &cmd.node,
+            &cmd.vm,
+            cmd.to.as_deref(),
+            cmd.kind.clone(),
+        );
+        job.commands.push(rec);
+    }
+    job.engine = Some(serde_json::to_value(&state).expect("serializable"));
+}
+
 /// A one-command job, started or resumed from its journal.
-pub async fn run(c: Arc<Coordinator>, job: Job) {
+pub async fn run(c: Arc<Coordinator>, job: Job, resumed: bool) {
     let Some(cmd) = prepared(&job) else {
         // External input (the jobs bucket): a job without a readable
         // command cannot have sent one.
@@ -60,10 +90,20 @@ pub async fn run(c: Arc<Coordinator>, job: Job) {
             .await;
     };
     let cmd = Arc::new(cmd);
-    let journaled = job
+    let mut journaled = job
         .engine
         .clone()
         .and_then(|v| serde_json::from_value::<Single>(v).ok());
+    // A new job recorded with its first step ([`prejournal`]): that step
+    // is taken again, without writing what the record already holds.
+    let mut prejournaled = false;
+    if let (false, Some(m)) = (resumed, &journaled) {
+        let fresh = Single::new(&job.id, &cmd.vm);
+        prejournaled = fresh.step(Event::Resume).is_ok_and(|(s, _)| s == *m);
+        if prejournaled {
+            journaled = Some(fresh);
+        }
+    }
     let mut machine = match (journaled, job.commands.last()) {
         (Some(m), _) => m,
         // Journaled by the executor this driver replaced (a job older than
@@ -100,7 +140,9 @@ pub async fn run(c: Arc<Coordinator>, job: Job) {
             }
         };
         if actions.first() == Some(&Action::Journal) {
-            if machine.phase == Phase::Ready {
+            if std::mem::take(&mut prejournaled) {
+                // Written by the job's creation.
+            } else if machine.phase == Phase::Ready {
                 // This write is what allows the send: if it cannot be made
                 // in time, the command is not sent and the job says so.
                 if let Err(e) = journal_within(&c, &job.id, &state).await {
@@ -207,5 +249,53 @@ async fn perform(
         | Action::SendStart { .. }) => {
             tracing::error!(job = %job.id, action = ?a, "not a single-job action; ignored")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::{MoveVm, StartVm};
+
+    /// The record a new job is created with allows the send (journal before
+    /// send), and a restart that finds it finds the command out instead of
+    /// sending it blindly.
+    #[test]
+    fn a_new_job_is_recorded_with_its_command_journaled_as_sent() {
+        let spec = JobSpec::Start(StartVm { vm: "vm1".into() });
+        let mut job = Job::new(spec, "alice", Some("node1"));
+        let plain = job.clone();
+        prejournal(&mut job);
+        let m: Single = serde_json::from_value(job.engine.clone().expect("journaled")).unwrap();
+        assert_eq!(m.phase, Phase::Sent);
+        // What the send would have journaled: the send finds it and writes
+        // nothing more.
+        let kind = Kind::Start(pb::StartVm { vm: "vm1".into() });
+        let (_, rec) = command_record(&m.command_id(), &plain, "node1", "vm1", None, kind);
+        assert_eq!(job.commands, vec![rec]);
+        let (_, actions) = m.step(Event::Resume).unwrap();
+        assert!(actions
+            .iter()
+            .any(|a| matches!(a, Action::FindOut { cmd, .. } if *cmd == m.command_id())));
+        assert!(!actions
+            .iter()
+            .any(|a| matches!(a, Action::SendCommand { .. })));
+    }
+
+    /// A move's command is journaled by its send, after the destination's
+    /// claim: a refused claim must leave no command entry behind.
+    #[test]
+    fn a_landing_command_is_left_to_the_send_to_journal() {
+        let spec = JobSpec::Move(MoveVm {
+            vm: "vm1".into(),
+            from: "node1".into(),
+            to: "node2".into(),
+            ..Default::default()
+        });
+        let mut job = Job::new(spec, "alice", Some("node1"));
+        prejournal(&mut job);
+        assert!(job.commands.is_empty());
+        let m: Single = serde_json::from_value(job.engine.clone().expect("journaled")).unwrap();
+        assert_eq!(m.phase, Phase::Sent);
     }
 }
