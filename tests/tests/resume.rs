@@ -73,6 +73,7 @@ fn a_resumed_single_job_sends_its_command_and_never_succeeds_having_done_nothing
             Dom::user("web-1", "cs1").off(),
             Dom::user("web-2", "cs1").off(),
             Dom::user("web-3", "cs1").off(),
+            Dom::user("web-4", "cs1").off(),
         ],
     );
     f.wait_registered();
@@ -107,7 +108,12 @@ fn a_resumed_single_job_sends_its_command_and_never_succeeds_having_done_nothing
         ok: None,
         message: None,
     });
-    write_jobs(&f, &[&unjournaled, &unsent, &legacy]);
+    // Recorded by the API with its command journaled (issue 17: the record
+    // the job is created with allows the send), died before sending it.
+    let mut recorded = start_job("web-4", "node1");
+    nodemaint_coordinator::driver::single::prejournal(&mut recorded);
+    assert_eq!(recorded.commands.len(), 1, "{recorded:?}");
+    write_jobs(&f, &[&unjournaled, &unsent, &legacy, &recorded]);
     assert_eq!(unjournaled.state, JobState::Running);
 
     f.start_coordinator();
@@ -115,6 +121,7 @@ fn a_resumed_single_job_sends_its_command_and_never_succeeds_having_done_nothing
         (&unjournaled, "web-1", format!("{}-cmd", unjournaled.id)),
         (&unsent, "web-2", format!("{}-cmd", unsent.id)),
         (&legacy, "web-3", "legacy-7".to_string()),
+        (&recorded, "web-4", format!("{}-cmd", recorded.id)),
     ] {
         let done = wait_ended(&f, &j.id);
         assert_eq!(
@@ -139,6 +146,17 @@ fn a_resumed_single_job_sends_its_command_and_never_succeeds_having_done_nothing
     // again blindly: its journal says so.
     let steps = job(&f, &unsent.id)["steps"].to_string();
     assert!(steps.contains("web-2 started"), "{steps}");
+    // So was the one recorded with its command, under that one entry.
+    let done = job(&f, &recorded.id);
+    assert!(
+        done["steps"].to_string().contains("web-4 started"),
+        "{done:#}"
+    );
+    assert_eq!(
+        done["commands"].as_array().map(Vec::len),
+        Some(1),
+        "{done:#}"
+    );
 }
 
 /// Died after journaling a machine's end, before writing the job's end:
