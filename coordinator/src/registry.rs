@@ -19,13 +19,13 @@ pub struct Registry {
     kv: kv::Store,
     mirror: Arc<RwLock<BTreeMap<String, NodeRecord>>>,
     /// Last heartbeat per node as this coordinator saw it. Liveness lives
-    /// here rather than in a KV write per heartbeat; the stored `last_seen_ms`
-    /// is refreshed only every `PERSIST_SEEN_MS` or when the record changes.
+    /// only here: heartbeats are core NATS messages (no stream stores them)
+    /// and the stored `last_seen_ms` changes only with the record (a new
+    /// boot id, address, capacity...). Every coordinator, standby included,
+    /// subscribes to heartbeats, so a standby that takes the lease knows
+    /// liveness at once and one that starts learns it within one interval.
     seen: Arc<RwLock<HashMap<String, i64>>>,
 }
-
-/// How stale the stored `last_seen_ms` may get before a heartbeat rewrites it.
-pub const PERSIST_SEEN_MS: i64 = 30_000;
 
 impl Registry {
     /// Opens the registry and starts mirroring it; returns once the mirror
@@ -179,9 +179,22 @@ impl Registry {
     }
 }
 
+/// How long after it starts listening a coordinator has heard every live
+/// node (pure): the longest interval a node promised, plus a margin for a
+/// late one, at most 10 s; nothing to learn without nodes.
+pub fn liveness_learned_after(intervals_ms: &[u32]) -> std::time::Duration {
+    let Some(&longest) = intervals_ms.iter().max() else {
+        return std::time::Duration::ZERO;
+    };
+    let ms = u64::from(longest.max(100)) * 5 / 4 + 100;
+    std::time::Duration::from_millis(ms.min(10_000))
+}
+
 /// Whether a heartbeat changes the stored record beyond liveness (pure):
-/// only then, or when the stored `last_seen_ms` is stale, is it written.
-pub fn heartbeat_needs_write(rec: Option<&NodeRecord>, hb: &pb::Heartbeat, ts_ms: i64) -> bool {
+/// only then is it written. Refreshing the stored `last_seen_ms` on a timer
+/// would cost a KV write per node per period (333/s at 10,000 nodes every
+/// 30 s) and still be too stale to say a node is reachable after a restart.
+pub fn heartbeat_needs_write(rec: Option<&NodeRecord>, hb: &pb::Heartbeat) -> bool {
     let Some(r) = rec else { return true };
     let cap = hb.capacity.map(|c| (c.vcpus, c.memory_mib));
     r.boot_id != hb.boot_id
@@ -192,7 +205,6 @@ pub fn heartbeat_needs_write(rec: Option<&NodeRecord>, hb: &pb::Heartbeat, ts_ms
         || r.heartbeat_interval_ms != hb.interval_ms
         || r.protocol_version != hb.protocol_version
         || (cap.is_some() && cap != Some((r.capacity.vcpus, r.capacity.memory_mib)))
-        || ts_ms.saturating_sub(r.last_seen_ms) > PERSIST_SEEN_MS
 }
 
 /// Applies a heartbeat (pure): liveness, boot id, capacity, address.
@@ -294,25 +306,38 @@ mod tests {
     }
 
     #[test]
-    fn only_changes_or_stale_liveness_are_written() {
+    fn only_changes_are_written_never_liveness_alone() {
         let hb = pb::Heartbeat {
             boot_id: "b1".into(),
             interval_ms: 1000,
             ..Default::default()
         };
-        assert!(heartbeat_needs_write(None, &hb, 0));
+        assert!(heartbeat_needs_write(None, &hb));
         let r = apply_heartbeat(None, "n1", &hb, 10_000);
-        assert!(!heartbeat_needs_write(Some(&r), &hb, 11_000));
-        assert!(heartbeat_needs_write(
-            Some(&r),
-            &hb,
-            10_000 + PERSIST_SEEN_MS + 1
-        ));
+        // However old the stored liveness, an unchanged heartbeat is no write.
+        assert!(!heartbeat_needs_write(Some(&r), &hb));
         let rebooted = pb::Heartbeat {
             boot_id: "b2".into(),
+            ..hb.clone()
+        };
+        assert!(heartbeat_needs_write(Some(&r), &rebooted));
+        let slower = pb::Heartbeat {
+            interval_ms: 2000,
             ..hb
         };
-        assert!(heartbeat_needs_write(Some(&r), &rebooted, 11_000));
+        assert!(heartbeat_needs_write(Some(&r), &slower));
+    }
+
+    #[test]
+    fn a_new_leader_waits_about_one_interval_to_learn_liveness() {
+        use std::time::Duration;
+        assert_eq!(liveness_learned_after(&[]), Duration::ZERO);
+        assert_eq!(
+            liveness_learned_after(&[2000, 300]),
+            Duration::from_millis(2600)
+        );
+        assert_eq!(liveness_learned_after(&[0]), Duration::from_millis(225));
+        assert_eq!(liveness_learned_after(&[600_000]), Duration::from_secs(10));
     }
 
     #[test]

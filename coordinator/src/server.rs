@@ -41,6 +41,8 @@ pub struct Coordinator {
     pub stops: crate::driver::executor::Stops,
     /// Pre-flight probes, cached and single-flight per source node.
     pub probes: crate::driver::probes::Probes,
+    /// When this coordinator started listening to heartbeats.
+    listening_since: tokio::time::Instant,
 }
 
 /// Connects to NATS within 5 s, naming the URL when it can't.
@@ -113,6 +115,7 @@ impl Coordinator {
             stops: Default::default(),
             probes: Default::default(),
             leader: Default::default(),
+            listening_since: tokio::time::Instant::now(),
         });
         coord.clone().spawn_event_loops().await?;
         Ok(coord)
@@ -125,6 +128,22 @@ impl Coordinator {
         let elector =
             crate::lease::Elector::new(leader, Duration::from_secs(self.cfg.lease_ttl_s.max(2)));
         tokio::pin!(shutdown);
+        // Liveness is only in memory (heartbeats are not stored): a
+        // coordinator that just started has heard no heartbeat yet and, as
+        // leader, would find every node unreachable. So it listens for about
+        // one interval before it competes for the lease (a standby that
+        // waited for the lease has heard them all long since).
+        let intervals: Vec<u32> = self
+            .registry
+            .all()
+            .iter()
+            .map(|n| n.heartbeat_interval_ms)
+            .collect();
+        let learned = self.listening_since + registry::liveness_learned_after(&intervals);
+        tokio::select! {
+            _ = tokio::time::sleep_until(learned) => {}
+            _ = &mut shutdown => return Ok(()),
+        }
         let held_until = tokio::select! {
             until = elector.acquire() => until,
             _ = &mut shutdown => return Ok(()),
@@ -367,7 +386,7 @@ impl Coordinator {
                 self.registry.saw(&node, ts);
                 let stored = self.registry.get(&node);
                 let generation = stored.as_ref().map(|r| r.inventory_generation);
-                if registry::heartbeat_needs_write(stored.as_ref(), &hb, ts) {
+                if registry::heartbeat_needs_write(stored.as_ref(), &hb) {
                     let res = self
                         .registry
                         .update::<std::convert::Infallible>(&node, |r| {

@@ -80,6 +80,8 @@ fn epoch_file(cfg: &AgentConfig) -> Option<std::path::PathBuf> {
 #[derive(Default)]
 struct InventoryState {
     domains: Option<Vec<Vm>>,
+    /// When the list was last published (for the periodic full resync).
+    sent: Option<Instant>,
 }
 
 /// Runs the agent until `shutdown` completes.
@@ -190,6 +192,18 @@ pub async fn run_with(
     result
 }
 
+/// Whether the domain list is to be published (pure): forced, changed, never
+/// sent, or last sent `resync` ago or more.
+fn needs_publish(
+    force: bool,
+    sent_list: Option<&[Vm]>,
+    now_list: &[Vm],
+    since_sent: Option<Duration>,
+    resync: Duration,
+) -> bool {
+    force || sent_list != Some(now_list) || since_sent.is_none_or(|d| d >= resync)
+}
+
 /// Short pull requests with a quick heartbeat: when the consumer's leader
 /// moves (a cluster member died or came back), the pending pull is lost on
 /// the server; async-nats' defaults (30 s expiry, 15 s heartbeat) left the
@@ -292,7 +306,8 @@ impl Agent {
         }
     }
 
-    /// Lists domains and publishes them when they changed (or when forced).
+    /// Lists domains and publishes them when they changed, when forced, or
+    /// when the last publication is older than `inventory_resync_ms`.
     pub async fn publish_inventory(&self, force: bool) -> anyhow::Result<()> {
         self.publish_inventory_then(force, None).await
     }
@@ -310,8 +325,18 @@ impl Agent {
         let mut state = self.inventory.lock().await;
         let mut failure = None;
         let mut sent = None;
+        let resync = Duration::from_millis(self.cfg.inventory_resync_ms);
+        let since_sent = state.sent.map(|t| t.elapsed());
         match self.blocking(|hv| hv.list()).await {
-            Ok(domains) if force || state.domains.as_ref() != Some(&domains) => {
+            Ok(domains)
+                if needs_publish(
+                    force,
+                    state.domains.as_deref(),
+                    &domains,
+                    since_sent,
+                    resync,
+                ) =>
+            {
                 let generation = self
                     .generation
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
@@ -354,7 +379,10 @@ impl Agent {
                 None => Ok(()),
             };
             match acked {
-                Ok(()) => state.domains = Some(domains),
+                Ok(()) => {
+                    state.domains = Some(domains);
+                    state.sent = Some(Instant::now());
+                }
                 Err(e) => failure = Some(anyhow::anyhow!("cannot publish inventory: {e}")),
             }
         }
@@ -1290,7 +1318,28 @@ fn command_span(node: &str, cmd: &pb::AgentCommand) -> tracing::Span {
 
 #[cfg(test)]
 mod tests {
-    use super::admit_epoch;
+    use super::{admit_epoch, needs_publish};
+    use nodemaint_proto::model::Vm;
+    use std::time::Duration;
+
+    #[test]
+    fn inventory_goes_out_when_changed_forced_or_due_for_resync() {
+        let hour = Duration::from_secs(3600);
+        let a = vec![Vm {
+            name: "a".into(),
+            ..Default::default()
+        }];
+        let b: Vec<Vm> = Vec::new();
+        let sec = Some(Duration::from_secs(1));
+        assert!(needs_publish(false, None, &a, None, hour), "never sent");
+        assert!(!needs_publish(false, Some(&a), &a, sec, hour), "unchanged");
+        assert!(needs_publish(false, Some(&a), &b, sec, hour), "changed");
+        assert!(needs_publish(true, Some(&a), &a, sec, hour), "forced");
+        assert!(
+            needs_publish(false, Some(&a), &a, Some(hour), hour),
+            "resync due"
+        );
+    }
 
     #[test]
     fn commands_of_a_deposed_leader_are_refused() {

@@ -56,9 +56,16 @@ pub struct AgentConfig {
     pub migration_libvirt_uri: Option<String>,
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_interval_ms: u64,
-    /// How often the domain list is polled for changes.
+    /// How often the domain list is polled for changes; it is published
+    /// only when it changed (the heartbeat carries its generation, so a
+    /// coordinator that missed one re-reads the last from the stream).
     #[serde(default = "default_inventory_poll_ms")]
     pub inventory_poll_ms: u64,
+    /// The list is published in full at least this often even unchanged, so
+    /// the events stream (whose events expire after 7 days) always holds
+    /// every node's current list.
+    #[serde(default = "default_inventory_resync_ms")]
+    pub inventory_resync_ms: u64,
     #[serde(default = "default_boot_id_file")]
     pub boot_id_file: PathBuf,
     #[serde(default = "default_prefix")]
@@ -124,6 +131,9 @@ fn default_heartbeat_ms() -> u64 {
 fn default_inventory_poll_ms() -> u64 {
     1000
 }
+fn default_inventory_resync_ms() -> u64 {
+    3_600_000
+}
 fn default_boot_id_file() -> PathBuf {
     "/proc/sys/kernel/random/boot_id".into()
 }
@@ -188,6 +198,12 @@ impl AgentConfig {
             return Err(ConfigError::Invalid(
                 "heartbeat_interval_ms must be at least 100".into(),
             ));
+        }
+        if self.inventory_resync_ms < self.inventory_poll_ms {
+            return Err(ConfigError::Invalid(format!(
+                "inventory_resync_ms ({}) must be at least inventory_poll_ms ({})",
+                self.inventory_resync_ms, self.inventory_poll_ms
+            )));
         }
         crate::checks::validate(&self.checks)
             .map_err(|e| ConfigError::Invalid(format!("checks: {e}")))?;

@@ -862,18 +862,30 @@ pub async fn ensure_streams(
         ..Default::default()
     })
     .await?;
-    js.get_or_create_stream(stream::Config {
-        name: s.events_stream(),
-        subjects: vec![s.events_filter(None, None)],
-        retention: stream::RetentionPolicy::Limits,
-        max_age: Duration::from_secs(7 * 24 * 3600),
-        max_bytes: 1 << 30,
-        // Heartbeats would otherwise crowd out everything else.
-        max_messages_per_subject: 10_000,
-        num_replicas: replicas.max(1),
-        ..Default::default()
-    })
-    .await?;
+    let want = s.stored_events();
+    let events = js
+        .get_or_create_stream(stream::Config {
+            name: s.events_stream(),
+            subjects: want.clone(),
+            retention: stream::RetentionPolicy::Limits,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: 1 << 30,
+            // No one subject (one node's progress, say) crowds out the rest.
+            max_messages_per_subject: 10_000,
+            num_replicas: replicas.max(1),
+            ..Default::default()
+        })
+        .await?;
+    // A stream made by an older release captures every kind (`events.*.*`),
+    // heartbeats included: narrow it, keeping the rest of its configuration
+    // (replicas, limits an operator changed) and everything it stored.
+    let have = &events.cached_info().config;
+    if have.subjects != want {
+        let mut narrowed = have.clone();
+        narrowed.subjects = want;
+        js.update_stream(narrowed).await?;
+        tracing::info!(stream = %s.events_stream(), "events stream no longer stores heartbeats");
+    }
     Ok(())
 }
 
@@ -900,8 +912,9 @@ pub async fn bucket(
 }
 
 /// Wraps a body in an [`pb::Event`] and publishes it on the node's subject
-/// for that kind. Heartbeats and progress go out as core messages (losing
-/// one is harmless); everything else waits for the stream's ack.
+/// for that kind. Heartbeats are plain core NATS messages (no stream stores
+/// them, see [`EventKind::is_stored`]); progress is stored but not waited
+/// for (losing one is harmless); everything else waits for the stream's ack.
 pub async fn publish_event(
     js: &jetstream::Context,
     s: &Subjects,
@@ -944,10 +957,17 @@ pub async fn send_event(
     };
     let subject = s.event(node, kind);
     let payload = bytes::Bytes::from(event.encode_to_vec());
-    let ack = js.publish(subject, payload).await?;
     Ok(match kind {
-        EventKind::Heartbeat | EventKind::Progress => None,
-        _ => Some(ack),
+        // Captured by no stream: a plain message, no ack to wait for.
+        EventKind::Heartbeat => {
+            js.client().publish(subject, payload).await?;
+            None
+        }
+        EventKind::Progress => {
+            js.publish(subject, payload).await?;
+            None
+        }
+        _ => Some(js.publish(subject, payload).await?),
     })
 }
 

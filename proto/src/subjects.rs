@@ -3,6 +3,8 @@
 //! ```text
 //! <prefix>.v1.agent.<node>.cmd           commands to one agent (work-queue stream)
 //! <prefix>.v1.events.<node>.<kind>       heartbeats, inventory, progress, results, jobs
+//!                                        (every kind but heartbeat is stored in the
+//!                                        events stream; heartbeats are core NATS only)
 //! <prefix>.v1.api.<user>.<read|change>.<method>
 //!                                        the coordinator's request/reply API
 //! _INBOX.<principal>.>                   replies to one principal
@@ -57,6 +59,16 @@ impl EventKind {
 
     pub fn parse(s: &str) -> Option<EventKind> {
         Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Whether the events stream stores this kind. Heartbeats are not: one
+    /// every 2 s from every agent was a JetStream write each (0.5 writes/s
+    /// per agent, most of nats-server's CPU at 10,000 agents) that nobody
+    /// replays; the coordinators keep liveness in memory from the live
+    /// messages, and a coordinator that starts learns it within one
+    /// heartbeat interval.
+    pub fn is_stored(self) -> bool {
+        self != EventKind::Heartbeat
     }
 }
 
@@ -163,6 +175,17 @@ impl Subjects {
             node.unwrap_or("*"),
             kind.map(EventKind::as_str).unwrap_or("*")
         )
+    }
+
+    /// The events stream's subjects: one per stored kind, any node (so a
+    /// heartbeat, published on the same `events` subject tree for the same
+    /// permissions and live subscribers, is not captured).
+    pub fn stored_events(&self) -> Vec<String> {
+        EventKind::ALL
+            .into_iter()
+            .filter(|k| k.is_stored())
+            .map(|k| self.events_filter(None, Some(k)))
+            .collect()
     }
 
     /// Splits an event subject into (node, kind).
@@ -298,6 +321,14 @@ mod tests {
             s.event("node1", EventKind::Heartbeat),
             "acme.v1.events.node1.heartbeat"
         );
+        // The events stream captures every kind but heartbeats.
+        let stored = s.stored_events();
+        assert_eq!(stored.len(), EventKind::ALL.len() - 1);
+        assert!(stored.contains(&"acme.v1.events.*.inventory".to_string()));
+        assert!(stored.contains(&"acme.v1.events.*.job".to_string()));
+        assert!(!stored
+            .iter()
+            .any(|x| x.ends_with(".heartbeat") || x.ends_with(".*")));
         assert_eq!(s.events_filter(None, None), "acme.v1.events.*.*");
         assert_eq!(
             s.events_filter(Some("n"), Some(EventKind::Job)),

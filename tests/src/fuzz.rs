@@ -230,7 +230,7 @@ fn event(b: &[u8]) -> Result<(), String> {
     match &ev.body {
         Some(Body::Heartbeat(hb)) => {
             let stored = registry::apply_heartbeat(None, &ev.node, hb, ev.ts_ms);
-            registry::heartbeat_needs_write(Some(&stored), hb, now);
+            registry::heartbeat_needs_write(Some(&stored), hb);
             let rec = registry::apply_heartbeat(Some(stored), &ev.node, hb, now);
             let _ = rec.summary(now);
             let _ = nodemaint_coordinator::fleet::snapshot(&[rec], now);
@@ -347,7 +347,7 @@ fn node_record_json(b: &[u8]) -> Result<(), String> {
         inventory_generation: rec.inventory_generation,
         protocol_version: nodemaint_proto::PROTOCOL_VERSION,
     };
-    let _ = nodemaint_coordinator::registry::heartbeat_needs_write(Some(&rec), &hb, now);
+    let _ = nodemaint_coordinator::registry::heartbeat_needs_write(Some(&rec), &hb);
     let fleet = nodemaint_coordinator::fleet::snapshot(&[rec], now);
     let _ = planner::drain_report(&fleet, &fleet.nodes[0].name, &planner::Limits::default());
     Ok(())

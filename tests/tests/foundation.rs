@@ -459,6 +459,12 @@ fn bad_input_is_refused_by_name_and_changes_nothing() {
         ),
         (
             "alice",
+            &["events", "--kind", "heartbeat"],
+            "heartbeat events are not stored",
+            2,
+        ),
+        (
+            "alice",
             &["events", "--since", "5 fortnights"],
             "unknown time unit",
             2,

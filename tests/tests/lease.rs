@@ -49,6 +49,17 @@ fn only_the_lease_holder_acts_and_a_standby_takes_over() {
         t.elapsed()
     );
     assert!(standby.log_text().contains("holding the leader lease"));
+    // It listened to heartbeats while standing by (they are not stored, so
+    // there is nothing to replay): its first answers know node1 is alive.
+    let nodes = f.cli_json("bob", &["node", "list"]);
+    assert!(
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == "node1" && n["reachable"] == true),
+        "{nodes}"
+    );
     let out = f.cli("alice", &["vm", "start", "vm1"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let jobs = f.cli_json("bob", &["job", "list"]);

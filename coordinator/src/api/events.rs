@@ -61,6 +61,16 @@ pub fn plan(s: &Subjects, r: &pb::ReadEvents) -> Result<Plan> {
                 )
             })?),
         };
+        if let Some(k) = kind.filter(|k| !k.is_stored()) {
+            return refuse(
+                Code::InvalidArgument,
+                format!(
+                    "{} events are not stored (live only): subscribe to {} on NATS",
+                    k.as_str(),
+                    s.events_filter(node, Some(k))
+                ),
+            );
+        }
         filters.push(s.events_filter(node, kind));
     }
     if filters.len() > 16 {
@@ -224,5 +234,18 @@ mod tests {
             };
             assert!(plan(&s, &r).is_err(), "{bad:?}");
         }
+        // Heartbeats are never stored: asking for them names where they are.
+        let hb = pb::ReadEvents {
+            filters: vec![f("node1", "heartbeat")],
+            ..Default::default()
+        };
+        let Err(super::super::Refusal(code, why)) = plan(&s, &hb) else {
+            panic!("heartbeats read from the stream")
+        };
+        assert_eq!(code, Code::InvalidArgument);
+        assert!(
+            why.contains("not stored") && why.contains("nodemaint.v1.events.node1.heartbeat"),
+            "{why}"
+        );
     }
 }

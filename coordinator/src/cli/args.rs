@@ -534,7 +534,8 @@ pub struct EventsArgs {
     /// Only this node's events ("coordinator" for job events).
     #[arg(long, value_parser = parse_node)]
     pub node: Option<String>,
-    /// Only this kind: heartbeat, inventory, progress, result, checks, job, error.
+    /// Only this kind: inventory, progress, result, checks, job, error
+    /// (heartbeats are not stored: subscribe to `<prefix>.v1.events.<node>.heartbeat`).
     #[arg(long, value_parser = parse_event_kind)]
     pub kind: Option<EventKind>,
     /// Start this far back (30s, 10m, 1h30m, 2d) or `all`.
@@ -618,12 +619,24 @@ pub enum JobCmd {
 
 /// `events --kind`: checked before anything is sent (a usage error).
 fn parse_event_kind(s: &str) -> Result<EventKind, String> {
-    EventKind::parse(s).ok_or_else(|| {
-        format!(
-            "unknown event kind; kinds: {}",
-            EventKind::ALL.map(|k| k.as_str()).join(", ")
-        )
-    })
+    let stored = || {
+        EventKind::ALL
+            .into_iter()
+            .filter(|k| k.is_stored())
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match EventKind::parse(s) {
+        Some(k) if k.is_stored() => Ok(k),
+        Some(k) => Err(format!(
+            "{} events are not stored (live only): subscribe to <prefix>.v1.events.<node>.{} on NATS; stored kinds: {}",
+            k.as_str(),
+            k.as_str(),
+            stored()
+        )),
+        None => Err(format!("unknown event kind; kinds: {}", stored())),
+    }
 }
 
 /// `events --node`: a node name is one subject token.
