@@ -205,6 +205,10 @@ pub struct MigrationTimeouts {
     /// it is (a test-driver node's URI names its own XML file).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub test_drivers: bool,
+    /// Escalation of live migrations that do not converge; requests may
+    /// lower the ceiling, permit post-copy or turn auto-converge off.
+    #[serde(default)]
+    pub converge: nodemaint_proto::model::ConvergePolicy,
 }
 
 impl Default for MigrationTimeouts {
@@ -217,6 +221,7 @@ impl Default for MigrationTimeouts {
             migrate_uri: default_migrate_uri(),
             addresses: BTreeMap::new(),
             test_drivers: false,
+            converge: Default::default(),
         }
     }
 }

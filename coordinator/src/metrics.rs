@@ -166,7 +166,9 @@ impl CommandTimer {
         );
         if self.action == "migrate" {
             reg.observe(&MIGRATION_SECONDS, &[("result", result)], secs);
-            let bytes = self.take_bytes();
+            // The result's own count when it has one: it may arrive before
+            // the last progress events.
+            let bytes = self.take_bytes().max(r.migrated_bytes);
             if r.ok {
                 reg.add(&MIGRATED_BYTES, &[], bytes as f64);
             }
@@ -521,6 +523,14 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(reg.value(&MIGRATED_BYTES, &[]).unwrap() - before, 300.0);
+        // A result that arrives before the progress events counts its own bytes.
+        let t = CommandTimer::start("migrate", "c-2");
+        t.finish(&pb::CommandResult {
+            ok: true,
+            migrated_bytes: 700,
+            ..Default::default()
+        });
+        assert_eq!(reg.value(&MIGRATED_BYTES, &[]).unwrap() - before, 1000.0);
         let text = reg.render();
         assert!(text.contains("nodemaint_migration_duration_seconds_count{result=\"ok\"}"));
         assert!(text.contains(

@@ -1188,6 +1188,7 @@ impl Agent {
                 self.cfg.migration_progress_timeout_s
             } as u64),
             cancel: Cancel::default(),
+            policy: m.converge.as_ref().map(policy_of).unwrap_or_default(),
         };
         self.migrations
             .lock()
@@ -1205,22 +1206,35 @@ impl Agent {
             let id = cmd.id.clone();
             let vm = m.vm.clone();
             tokio::spawn(async move {
-                let mut bytes = 0;
+                let (mut bytes, mut downtime_ms) = (0, None);
                 while let Some(p) = rx.recv().await {
                     let p: crate::hypervisor::MigrateProgress = p;
                     bytes = p.bytes_processed;
+                    downtime_ms = downtime_ms.or(p.downtime_ms);
+                    let (step, message) = match p.escalation {
+                        Some(why) => {
+                            timer.escalated(escalation_step(&why));
+                            ("escalating", why)
+                        }
+                        None => ("migrating", String::new()),
+                    };
                     let body = Body::Progress(pb::Progress {
                         command_id: id.clone(),
                         vm: vm.clone(),
-                        step: "migrating".into(),
+                        step: step.into(),
                         percent: p.percent,
                         bytes_processed: p.bytes_processed,
                         bytes_remaining: p.bytes_remaining,
-                        message: String::new(),
+                        message,
+                        pass: p.pass,
+                        dirty_rate_bps: p.dirty_rate,
+                        bandwidth_bps: p.bandwidth,
+                        eta_s: p.eta_s,
+                        downtime_ms: p.downtime_ms,
                     });
                     let _ = bus::publish_event(&js, &s, &node, &op, body).await;
                 }
-                bytes
+                (timer, bytes, downtime_ms)
             })
         };
         let name = m.vm.clone();
@@ -1231,19 +1245,29 @@ impl Agent {
                 })
             })
             .await;
-        let bytes = forward.await.unwrap_or(0);
-        timer.finish(res.is_ok(), bytes);
+        let (bytes, downtime_ms) = match forward.await {
+            Ok((timer, bytes, downtime_ms)) => {
+                timer.finish(res.is_ok(), bytes, downtime_ms);
+                (bytes, downtime_ms)
+            }
+            Err(_) => (0, None),
+        };
         self.migrations.lock().unwrap().remove(&m.vm);
         match res {
             Ok(()) => pb::CommandResult {
                 vm: m.vm.clone(),
                 vm_node: m.dest_node.clone(),
                 vm_state: pb::VmState::Running as i32,
+                migrated_bytes: bytes,
+                downtime_ms,
                 ..ok_result(&format!(
-                    "{} migrated from {} to {}",
+                    "{} migrated from {} to {}{}",
                     m.vm,
                     self.node(),
-                    m.dest_node
+                    m.dest_node,
+                    downtime_ms
+                        .map(|ms| format!(" (downtime {ms} ms)"))
+                        .unwrap_or_default()
                 ))
             },
             Err(e) => pb::CommandResult {
@@ -1253,6 +1277,34 @@ impl Agent {
                 ..failed(hv_error(self.node(), &e))
             },
         }
+    }
+}
+
+/// The convergence policy a migrate command carries.
+fn policy_of(c: &pb::ConvergePolicy) -> crate::converge::Policy {
+    let mut steps: Vec<u64> = c
+        .downtime_steps_ms
+        .iter()
+        .map(|&ms| u64::from(ms))
+        .collect();
+    steps.sort_unstable();
+    steps.dedup();
+    crate::converge::Policy {
+        downtime_steps_ms: steps,
+        passes_per_step: u64::from(c.passes_per_step.max(1)),
+        auto_converge: c.auto_converge,
+        post_copy: c.post_copy,
+    }
+}
+
+/// The metric label of an escalation message.
+fn escalation_step(why: &str) -> &'static str {
+    if why.contains("post-copy") && !why.contains("not permitted") {
+        "post_copy"
+    } else if why.contains("downtime raised") {
+        "downtime"
+    } else {
+        "report"
     }
 }
 

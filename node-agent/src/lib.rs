@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod checks;
 pub mod config;
+pub mod converge;
 pub mod hook;
 pub mod hypervisor;
 pub mod metrics;

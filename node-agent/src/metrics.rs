@@ -25,6 +25,17 @@ pub static MIGRATED_BYTES: Desc = Desc::counter(
     "nodemaint_agent_migrated_bytes_total",
     "Memory bytes sent by successful outgoing live migrations, by node.",
 );
+pub static MIGRATION_DOWNTIME: Desc = Desc::histogram(
+    "nodemaint_agent_migration_downtime_seconds",
+    "Guest downtime (pause at switch-over) of successful outgoing live migrations, as libvirt measured it, by node.",
+    DOWNTIME_BUCKETS,
+);
+pub static MIGRATION_ESCALATIONS: Desc = Desc::counter(
+    "nodemaint_agent_migration_escalations_total",
+    "Steps taken to make live migrations converge, by node and step (downtime, post_copy, report).",
+);
+/// Downtime buckets: QEMU's default allowed downtime is 0.3 s.
+const DOWNTIME_BUCKETS: &[f64] = &[0.01, 0.03, 0.1, 0.3, 0.6, 1.0, 2.0, 5.0];
 pub static CHECK_RUNS: Desc = Desc::counter(
     "nodemaint_agent_check_runs_total",
     "Service check runs, by node and check.",
@@ -52,6 +63,8 @@ pub fn registry() -> &'static Registry {
             &MIGRATIONS_IN_FLIGHT,
             &MIGRATION_SECONDS,
             &MIGRATED_BYTES,
+            &MIGRATION_DOWNTIME,
+            &MIGRATION_ESCALATIONS,
             &CHECK_RUNS,
             &CHECK_FAILURES,
             &CHECK_OK,
@@ -116,11 +129,23 @@ impl MigrationTimer {
         }
     }
 
+    /// An escalation step (`downtime`, `post_copy`, `report`).
+    pub fn escalated(&self, step: &str) {
+        registry().add(
+            &MIGRATION_ESCALATIONS,
+            &[("node", self.node.as_str()), ("step", step)],
+            1.0,
+        );
+    }
+
     /// The migration ended; `bytes` is what its last progress sample said
-    /// was transferred.
-    pub fn finish(self, ok: bool, bytes: u64) {
+    /// was transferred, `downtime_ms` what libvirt measured.
+    pub fn finish(self, ok: bool, bytes: u64, downtime_ms: Option<u64>) {
         let r = registry();
         let node = self.node.as_str();
+        if let Some(ms) = downtime_ms {
+            r.observe(&MIGRATION_DOWNTIME, &[("node", node)], ms as f64 / 1000.0);
+        }
         r.observe(
             &MIGRATION_SECONDS,
             &[("node", node), ("result", result_word(ok))],
@@ -239,7 +264,7 @@ mod tests {
             r.value(&MIGRATIONS_IN_FLIGHT, &[("node", "m-node")]),
             Some(1.0)
         );
-        t.finish(true, 4096);
+        t.finish(true, 4096, Some(250));
         assert_eq!(
             r.value(&MIGRATIONS_IN_FLIGHT, &[("node", "m-node")]),
             Some(0.0)

@@ -170,6 +170,10 @@ pub struct Drain {
     /// The rolling maintenance this drain belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
+    /// Escalation policy fixed when the job was accepted (`None`: the
+    /// coordinator's configured one when each migration starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub converge: Option<crate::model::ConvergePolicy>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -215,6 +219,10 @@ pub struct MoveVm {
     pub progress_timeout_s: u32,
     #[serde(default)]
     pub max_speed_mibs: u64,
+    /// Escalation policy fixed when the job was accepted (`None`: the
+    /// agent's default, jobs from before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub converge: Option<crate::model::ConvergePolicy>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -466,6 +474,7 @@ impl JobSpec {
                         timeout_s: m.timeout_s,
                         max_speed_mibs: m.max_speed_mibs,
                         progress_timeout_s: m.progress_timeout_s,
+                        converge: m.converge.as_ref().map(|c| c.to_pb()),
                     }),
                 ))
             }
@@ -736,6 +745,10 @@ pub(crate) mod tests {
                 deadline_s: 60,
                 retry: true,
                 parent: Some("p".into()),
+                converge: Some(crate::model::ConvergePolicy {
+                    post_copy: true,
+                    ..Default::default()
+                }),
             }),
             JobSpec::StopAll(StopAll {
                 vfw_cloudspaces_down: vec!["cs1".into()],
@@ -759,6 +772,7 @@ pub(crate) mod tests {
                 timeout_s: 300,
                 progress_timeout_s: 30,
                 max_speed_mibs: 50,
+                converge: Some(crate::model::ConvergePolicy::default()),
             }),
             JobSpec::Start(StartVm { vm: "v".into() }),
             JobSpec::Stop(StopVm {

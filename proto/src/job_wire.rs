@@ -3,6 +3,7 @@
 //! state and a phase are known) and names the field that is wrong.
 
 use crate::job::*;
+use crate::model::ConvergePolicy;
 use crate::pb;
 use nodemaint_planner::{DrainPlan, Move};
 
@@ -149,6 +150,7 @@ impl From<&JobSpec> for pb::JobSpec {
                 deadline_s: d.deadline_s,
                 retry: d.retry,
                 parent: d.parent,
+                converge: d.converge.map(|c| c.to_pb()),
             }),
             JobSpec::StopAll(s) => K::StopAll(pb::StopAllSpec {
                 vfw_cloudspaces_down: s.vfw_cloudspaces_down,
@@ -170,6 +172,7 @@ impl From<&JobSpec> for pb::JobSpec {
                 timeout_s: m.timeout_s,
                 progress_timeout_s: m.progress_timeout_s,
                 max_speed_mibs: m.max_speed_mibs,
+                converge: m.converge.map(|c| c.to_pb()),
             }),
             JobSpec::Start(s) => K::Start(pb::StartSpec { vm: s.vm }),
             JobSpec::Stop(s) => K::Stop(pb::StopSpec {
@@ -221,6 +224,7 @@ impl TryFrom<pb::JobSpec> for JobSpec {
                 deadline_s: d.deadline_s,
                 retry: d.retry,
                 parent: d.parent,
+                converge: d.converge.as_ref().map(ConvergePolicy::from_pb),
             }),
             K::StopAll(s) => JobSpec::StopAll(StopAll {
                 vfw_cloudspaces_down: s.vfw_cloudspaces_down,
@@ -242,6 +246,7 @@ impl TryFrom<pb::JobSpec> for JobSpec {
                 timeout_s: m.timeout_s,
                 progress_timeout_s: m.progress_timeout_s,
                 max_speed_mibs: m.max_speed_mibs,
+                converge: m.converge.as_ref().map(ConvergePolicy::from_pb),
             }),
             K::Start(s) => JobSpec::Start(StartVm { vm: s.vm }),
             K::Stop(s) => JobSpec::Stop(StopVm {

@@ -329,6 +329,83 @@ impl From<&Vm> for pb::Domain {
     }
 }
 
+/// How far a live migration may go to converge (issue 17 §1): the
+/// coordinator's `[migration.converge]`, carried by each migrate command.
+/// See `node-agent/src/converge.rs` for the ladder.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConvergePolicy {
+    /// Allowed downtime steps in ms; the first is set when the migration
+    /// starts, the last is the ceiling. Empty: QEMU's 300 ms, never raised.
+    #[serde(default = "default_downtime_steps")]
+    pub downtime_steps_ms: Vec<u32>,
+    /// Memory passes to wait after a step before judging it.
+    #[serde(default = "default_passes_per_step")]
+    pub passes_per_step: u32,
+    /// QEMU throttles the guest's vCPUs when passes stop shrinking.
+    #[serde(default = "default_true")]
+    pub auto_converge: bool,
+    /// Switch to post-copy past the ceiling. Off by default: a destination
+    /// or link failure during post-copy loses the guest.
+    #[serde(default)]
+    pub post_copy: bool,
+}
+
+fn default_downtime_steps() -> Vec<u32> {
+    vec![300, 600, 1200, 2000]
+}
+fn default_passes_per_step() -> u32 {
+    2
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for ConvergePolicy {
+    fn default() -> Self {
+        ConvergePolicy {
+            downtime_steps_ms: default_downtime_steps(),
+            passes_per_step: default_passes_per_step(),
+            auto_converge: true,
+            post_copy: false,
+        }
+    }
+}
+
+impl ConvergePolicy {
+    pub fn to_pb(&self) -> pb::ConvergePolicy {
+        pb::ConvergePolicy {
+            downtime_steps_ms: self.downtime_steps_ms.clone(),
+            passes_per_step: self.passes_per_step,
+            auto_converge: self.auto_converge,
+            post_copy: self.post_copy,
+        }
+    }
+
+    pub fn from_pb(p: &pb::ConvergePolicy) -> Self {
+        ConvergePolicy {
+            downtime_steps_ms: p.downtime_steps_ms.clone(),
+            passes_per_step: p.passes_per_step,
+            auto_converge: p.auto_converge,
+            post_copy: p.post_copy,
+        }
+    }
+
+    /// The policy with a request's changes: another ceiling (steps above it
+    /// dropped, the ceiling added), post-copy permitted, auto-converge off.
+    pub fn with_request(&self, r: Option<&pb::ConvergeRequest>) -> Self {
+        let mut p = self.clone();
+        let Some(r) = r else { return p };
+        if r.max_downtime_ms > 0 {
+            p.downtime_steps_ms.retain(|&ms| ms < r.max_downtime_ms);
+            p.downtime_steps_ms.push(r.max_downtime_ms);
+        }
+        p.post_copy |= r.post_copy;
+        p.auto_converge &= !r.no_auto_converge;
+        p
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -692,6 +692,12 @@ fn agent_command_seeds() -> Vec<Vec<u8>> {
             timeout_s: 600,
             max_speed_mibs: 100,
             progress_timeout_s: 150,
+            converge: Some(pb::ConvergePolicy {
+                downtime_steps_ms: vec![300, 600, 2000],
+                passes_per_step: 2,
+                auto_converge: true,
+                post_copy: false,
+            }),
         }),
         Kind::Define(pb::DefineVm {
             xml: "<domain type='kvm'><name>vm1</name></domain>".into(),
@@ -757,6 +763,8 @@ fn command_result_seed() -> pb::CommandResult {
         }),
         exit_code: 1,
         output: "tail".into(),
+        migrated_bytes: 1 << 26,
+        downtime_ms: Some(42),
     }
 }
 
@@ -792,6 +800,11 @@ fn event_seeds() -> Vec<Vec<u8>> {
             bytes_processed: 1 << 30,
             bytes_remaining: 1 << 29,
             message: String::new(),
+            pass: 3,
+            dirty_rate_bps: 40 << 20,
+            bandwidth_bps: 16 << 20,
+            eta_s: Some(12.5),
+            downtime_ms: None,
         }),
         Body::Result(command_result_seed()),
         Body::Checks(command_result_seed().checks.unwrap()),

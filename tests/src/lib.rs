@@ -770,7 +770,7 @@ pub fn no_nats_context<'a>(c: &'a mut Command, dir: &Path) -> &'a mut Command {
 
 /// The CLI as `user`, without credentials (the caller's environment's
 /// NATS settings removed).
-fn cli_command(url: &str, dir: &Path, user: &str) -> Command {
+pub fn cli_command(url: &str, dir: &Path, user: &str) -> Command {
     let mut c = Command::new(bin("coordinator"));
     c.env("NATS_URL", url)
         .env("NODEMAINT_USER", user)

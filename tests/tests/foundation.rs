@@ -901,3 +901,27 @@ fn shipped_example_configs_load() {
         "{agents} agent and {coordinators} coordinator examples"
     );
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_cli_quietly() {
+    let f = two_node_fleet();
+    // The pipe's reader is closed before the CLI writes: every write fails
+    // with EPIPE, as for `coordinator vm list | head -1` after the first line.
+    let mut child = cli_command(&f.nats.url, f.dir.path(), "viewer")
+        .args(["vm", "list", "--output", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(13),
+        "ended by SIGPIPE: {:?}",
+        out.status
+    );
+}

@@ -5,6 +5,11 @@ use nodemaint_tests::lab::{step, Lab};
 use nodemaint_tests::{stderr, stdout};
 use serde_json::Value;
 
+/// A command line's words (none of them has a space).
+fn words(line: &str) -> Vec<&str> {
+    line.split(' ').collect()
+}
+
 fn json_lines(out: &std::process::Output) -> Vec<Value> {
     stdout(out)
         .lines()
@@ -14,7 +19,10 @@ fn json_lines(out: &std::process::Output) -> Vec<Value> {
 
 #[test]
 fn lab_migration_suite() {
-    let Some(lab) = Lab::up("migration", 1, 3, 2, 2, &[]) else {
+    // Two guests keep writing memory (lab.d/guest.S): node3-vm2 40 MiB/s over
+    // an 8 MiB working set, node2-vm2 40 MiB/s over all of its RAM.
+    let dirty = [("LAB_DIRTY_VM", "node3-vm2=40:8 node2-vm2=40")];
+    let Some(lab) = Lab::up("migration", 1, 3, 2, 2, &dirty) else {
         return;
     };
     let all = lab.vm_names();
@@ -184,6 +192,88 @@ fn lab_migration_suite() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         lab.domains(to).get("cs1-vfw").map(String::as_str),
+        Some("running")
+    );
+    lab.assert_each_vm_once(&all);
+    lab.wait_consistent();
+
+    step("a guest whose hot memory needs more than 300 ms of downtime does not converge without escalation");
+    // 8 MiB re-dirtied every pass at <= 16 MiB/s needs >= 500 ms at switch-over.
+    let out = lab.cli(
+        "operator",
+        &words("vm move node3-vm2 --to node1 --max-speed 16 --max-downtime 300ms --no-auto-converge --timeout 15s"),
+    );
+    assert!(
+        !out.status.success(),
+        "converged without escalation?\n{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        lab.domains("node3").get("node3-vm2").map(String::as_str),
+        Some("running"),
+        "a migration that did not converge leaves the VM where it was"
+    );
+    assert!(!lab.domains("node1").contains_key("node3-vm2"));
+    lab.wait_consistent();
+
+    step("with the default policy the agent raises the allowed downtime and it converges, downtime measured");
+    let out = lab.cli(
+        "operator",
+        &words("vm move node3-vm2 --to node1 --max-speed 16 --output json"),
+    );
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let lines = json_lines(&out);
+    let escalations: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["kind"] == "progress" && l["body"]["step"] == "escalating")
+        .filter_map(|l| l["body"]["message"].as_str())
+        .collect();
+    assert!(
+        escalations
+            .iter()
+            .any(|m| m.contains("allowed downtime raised to")),
+        "{escalations:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["kind"] == "progress" && l["body"]["eta_s"].is_number()),
+        "progress carries an ETA once the migration converges"
+    );
+    let result = lines.iter().find(|l| l["kind"] == "result").unwrap();
+    let message = result["body"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("(downtime "),
+        "libvirt's measured downtime: {message}"
+    );
+    assert_eq!(
+        lab.domains("node1").get("node3-vm2").map(String::as_str),
+        Some("running")
+    );
+    assert!(!lab.domains("node3").contains_key("node3-vm2"));
+
+    step("a guest dirtying all its memory faster than the link copies converges by post-copy when permitted");
+    let from = lab.assert_each_vm_once(&all)["node2-vm2"].0.clone();
+    let to = if from == "node1" { "node3" } else { "node1" };
+    let out = lab.cli(
+        "operator",
+        &words(&format!(
+            "vm move node2-vm2 --to {to} --max-speed 16 --post-copy --output json"
+        )),
+    );
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(
+        json_lines(&out)
+            .iter()
+            .any(|l| l["body"]["step"] == "escalating"
+                && l["body"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("switching to post-copy"))),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        lab.domains(to).get("node2-vm2").map(String::as_str),
         Some("running")
     );
     lab.assert_each_vm_once(&all);

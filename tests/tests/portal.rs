@@ -1825,13 +1825,25 @@ mod browser {
         std::fs::write(screenshots().join(name), png).unwrap();
     }
 
+    /// A live update replaced the element between finding and reading it:
+    /// find it again (bounded).
+    fn stale(e: &fantoccini::error::CmdError, attempt: u32) -> bool {
+        attempt < 50 && e.to_string().contains("stale element")
+    }
+
     async fn text(b: &Client, css: &str) -> String {
-        b.find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("{css}: {e}"))
-            .text()
-            .await
-            .unwrap()
+        for attempt in 0.. {
+            let el = b
+                .find(Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("{css}: {e}"));
+            match el.text().await {
+                Ok(t) => return t,
+                Err(e) if stale(&e, attempt) => {}
+                Err(e) => panic!("{css}: {e}"),
+            }
+        }
+        unreachable!()
     }
 
     /// Waits until the element's text contains `want` (live updates).
@@ -2255,12 +2267,17 @@ mod browser {
     }
 
     async fn click(b: &Client, css: &str) {
-        b.find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("{css}: {e}"))
-            .click()
-            .await
-            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+        for attempt in 0.. {
+            let el = b
+                .find(Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("{css}: {e}"));
+            match el.click().await {
+                Ok(_) => return,
+                Err(e) if stale(&e, attempt) => {}
+                Err(e) => panic!("click {css}: {e}"),
+            }
+        }
     }
 
     async fn wait_el(b: &Client, css: &str, secs: u64) {
@@ -2272,12 +2289,18 @@ mod browser {
     }
 
     async fn is_disabled(b: &Client, css: &str) -> bool {
-        !b.find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("{css}: {e}"))
-            .is_enabled()
-            .await
-            .unwrap()
+        for attempt in 0.. {
+            let el = b
+                .find(Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("{css}: {e}"));
+            match el.is_enabled().await {
+                Ok(enabled) => return !enabled,
+                Err(e) if stale(&e, attempt) => {}
+                Err(e) => panic!("{css}: {e}"),
+            }
+        }
+        unreachable!()
     }
 
     /// Like `Fleet::wait_registered`, for nodes without a VM too.

@@ -59,6 +59,7 @@ pub(super) async fn start_maintenance(
         fallback: r.fallback().into(),
         ack_vfw_downtime: r.ack_vfw_downtime,
         max_speed_mibs: r.max_speed_mibs,
+        converge: c.cfg.migration.converge.with_request(r.converge.as_ref()),
     };
     let (checks, plan) = preflight(c, &n, mode, &opts, false).await?;
     if r.dry_run {
@@ -115,6 +116,7 @@ pub(super) struct DrainOptions {
     deadline_s: u32,
     fallback: jobs::Fallback,
     ack_vfw_downtime: bool,
+    converge: nodemaint_proto::model::ConvergePolicy,
 }
 
 impl DrainOptions {
@@ -128,6 +130,7 @@ impl DrainOptions {
             deadline_s: self.deadline_s,
             retry: false,
             parent: None,
+            converge: Some(self.converge.clone()),
         }
     }
 }
@@ -247,6 +250,7 @@ pub(super) async fn retry_maintenance(
         fallback: r.fallback().into(),
         ack_vfw_downtime: r.ack_vfw_downtime,
         max_speed_mibs: r.max_speed_mibs,
+        converge: c.cfg.migration.converge.with_request(r.converge.as_ref()),
     };
     let (checks, plan) = preflight(c, &n, "move", &opts, true).await?;
     refuse_failed(&n.name, &checks)?;

@@ -134,8 +134,9 @@ pub(super) async fn move_vm(c: &Arc<Coordinator>, user: &str, r: &pb::MoveVm) ->
             ),
         );
     }
+    let converge = c.cfg.migration.converge.with_request(r.converge.as_ref());
     let kind = c
-        .migrate_kind(&vm.name, &dest, r.timeout_s, r.max_speed_mibs)
+        .migrate_kind(&vm.name, &dest, r.timeout_s, r.max_speed_mibs, &converge)
         .map_err(|e| Refusal(Code::Unavailable, e))?;
     let pb::agent_command::Kind::Migrate(m) = kind else {
         return Err(internal("the migrate command is not a migration"));
@@ -149,6 +150,7 @@ pub(super) async fn move_vm(c: &Arc<Coordinator>, user: &str, r: &pb::MoveVm) ->
         timeout_s: m.timeout_s,
         progress_timeout_s: m.progress_timeout_s,
         max_speed_mibs: m.max_speed_mibs,
+        converge: Some(converge),
     });
     launch(c, Job::new(spec, user, Some(&src.name))).await
 }
@@ -167,6 +169,7 @@ pub(super) async fn move_vfw(c: &Arc<Coordinator>, user: &str, r: &pb::MoveVfw) 
             to_node: m.to,
             timeout_s: r.timeout_s,
             max_speed_mibs: 0,
+            converge: None,
         },
     )
     .await

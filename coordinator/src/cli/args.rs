@@ -290,6 +290,39 @@ pub struct DrainArgs {
     /// Bandwidth cap of each migration, MiB/s (default: unlimited).
     #[arg(long, value_name = "MIBS", default_value_t = 0)]
     pub max_speed: u64,
+    #[command(flatten)]
+    pub converge: ConvergeArgs,
+}
+
+/// What a live migration that does not converge may do (the coordinator's
+/// `[migration.converge]` by default): raise the allowed downtime in steps
+/// to a ceiling; let QEMU throttle the guest (auto-converge); post-copy.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConvergeArgs {
+    /// Ceiling of the allowed downtime (pause at switch-over) the migration
+    /// may raise to when it does not converge, e.g. 500ms or 2s (default:
+    /// the configured ceiling, 2s unless changed).
+    #[arg(long, value_name = "DURATION", value_parser = parse_millis)]
+    pub max_downtime: Option<u32>,
+    /// Permit post-copy past the ceiling: switch over at once and fetch the
+    /// remaining memory on demand. A failure of the destination or the link
+    /// during post-copy loses the guest.
+    #[arg(long)]
+    pub post_copy: bool,
+    /// Do not let QEMU throttle the guest's vCPUs (auto-converge).
+    #[arg(long)]
+    pub no_auto_converge: bool,
+}
+
+impl ConvergeArgs {
+    pub fn wire(&self) -> Option<pb::ConvergeRequest> {
+        let r = pb::ConvergeRequest {
+            max_downtime_ms: self.max_downtime.unwrap_or(0),
+            post_copy: self.post_copy,
+            no_auto_converge: self.no_auto_converge,
+        };
+        (r != pb::ConvergeRequest::default()).then_some(r)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -460,6 +493,8 @@ pub enum VmCmd {
         /// Cap the migration bandwidth (MiB/s).
         #[arg(long)]
         max_speed: Option<u64>,
+        #[command(flatten)]
+        converge: ConvergeArgs,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -694,6 +729,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err("too long (at most 3650d)".into());
     }
     Ok(d)
+}
+
+/// `--max-downtime`: a positive duration in whole milliseconds, at most a minute.
+pub fn parse_millis(s: &str) -> Result<u32, String> {
+    let d = parse_duration(s)?;
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return Err("give whole milliseconds (e.g. 500ms or 2s)".into());
+    }
+    match d.as_millis() {
+        0 => Err("must be positive".into()),
+        ms @ 1..=60_000 => Ok(ms as u32),
+        _ => Err("too long for a downtime (at most 60s)".into()),
+    }
 }
 
 /// `--timeout`, `--deadline`, `--reboot-timeout`: a positive duration in

@@ -376,14 +376,23 @@ pub(super) async fn follow_job(cli: &Cli, c: &Client, job_id: &str, from_seq: u6
                 return;
             }
             match &ev.body {
+                Some(Body::Progress(p)) if p.step == "escalating" => {
+                    if bar_open {
+                        eprintln!();
+                        bar_open = false;
+                    }
+                    eprintln!("{:<20} {}", p.vm, p.message);
+                }
                 Some(Body::Progress(p)) => {
                     let line = format!(
-                        "{:<20} {} {}/{} moved",
+                        "{:<20} {} {}/{} moved  {}",
                         p.vm,
                         output::bar(p.percent),
                         mib(p.bytes_processed >> 20),
-                        mib((p.bytes_processed + p.bytes_remaining) >> 20)
+                        mib((p.bytes_processed + p.bytes_remaining) >> 20),
+                        output::migration_note(p)
                     );
+                    let line = line.trim_end();
                     if tty {
                         eprint!("\r{line}\x1b[K");
                         bar_open = true;

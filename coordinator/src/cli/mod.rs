@@ -133,6 +133,7 @@ pub async fn run(cli: Cli) -> CliResult {
             to,
             timeout,
             max_speed,
+            converge,
             wait,
         }) => {
             let req = Req::MoveVm(pb::MoveVm {
@@ -140,6 +141,7 @@ pub async fn run(cli: Cli) -> CliResult {
                 to_node: to.clone(),
                 timeout_s: timeout.unwrap_or(0),
                 max_speed_mibs: max_speed.unwrap_or(0),
+                converge: converge.wire(),
             });
             run_op(&cli, &client, req, *wait).await
         }
@@ -257,6 +259,7 @@ pub async fn run(cli: Cli) -> CliResult {
                 fallback: drain.fallback.wire(),
                 dry_run: *dry_run,
                 max_speed_mibs: drain.max_speed,
+                converge: drain.converge.wire(),
             });
             if *dry_run {
                 let doc = json_reply(client.call(req).await?)?;
@@ -272,6 +275,7 @@ pub async fn run(cli: Cli) -> CliResult {
                 fallback: drain.fallback.wire(),
                 ack_vfw_downtime: drain.ack_vfw_downtime,
                 max_speed_mibs: drain.max_speed,
+                converge: drain.converge.wire(),
             });
             run_op(&cli, &client, req, *wait).await
         }

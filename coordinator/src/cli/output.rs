@@ -168,11 +168,14 @@ pub fn event_json(seq: u64, ev: &pb::Event) -> Value {
         Some(Body::Progress(p)) => json!({
             "command_id": p.command_id, "vm": p.vm, "step": p.step, "percent": p.percent,
             "bytes_processed": p.bytes_processed, "bytes_remaining": p.bytes_remaining,
+            "message": p.message, "pass": p.pass, "dirty_rate_bps": p.dirty_rate_bps,
+            "bandwidth_bps": p.bandwidth_bps, "eta_s": p.eta_s, "downtime_ms": p.downtime_ms,
         }),
         Some(Body::Result(r)) => json!({
             "command_id": r.command_id, "ok": r.ok, "vm": r.vm, "vm_node": r.vm_node,
             "message": r.message, "error": code_name(&r.error), "duplicate": r.duplicate,
-            "duration_ms": r.duration_ms,
+            "duration_ms": r.duration_ms, "migrated_bytes": r.migrated_bytes,
+            "downtime_ms": r.downtime_ms,
         }),
         Some(Body::Checks(c)) => json!({
             "all_ok": c.all_ok,
@@ -216,7 +219,16 @@ pub fn event_line(ev: &pb::Event) -> String {
                 .count();
             format!("{} domains ({} running)", i.domains.len(), running)
         }
-        Some(Body::Progress(p)) => format!("{} {} {:.0}%", p.vm, p.step, p.percent),
+        Some(Body::Progress(p)) if p.step == "escalating" => format!("{} {}", p.vm, p.message),
+        Some(Body::Progress(p)) => format!(
+            "{} {} {:.0}% {}",
+            p.vm,
+            p.step,
+            p.percent,
+            migration_note(p)
+        )
+        .trim_end()
+        .to_string(),
         Some(Body::Result(r)) if r.ok => format!("ok: {}", r.message),
         Some(Body::Result(r)) => format!(
             "FAILED: {}",
@@ -263,8 +275,46 @@ pub fn bar(percent: f64) -> String {
     )
 }
 
+/// A live migration's pass and expected end, from its progress event:
+/// "pass 3, ETA 4s", or why there is no ETA ("not converging: …"); empty
+/// when the event carries neither.
+pub fn migration_note(p: &pb::Progress) -> String {
+    if p.pass == 0 {
+        return String::new();
+    }
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    match p.eta_s {
+        Some(s) => format!("pass {}, ETA {}s", p.pass, s.ceil() as u64),
+        None => format!(
+            "pass {}, not converging: guest dirties {:.0} MiB/s, link copies {:.0} MiB/s",
+            p.pass,
+            mib(p.dirty_rate_bps),
+            mib(p.bandwidth_bps)
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_migrations_note_gives_its_eta_or_why_it_has_none() {
+        let mut p = pb::Progress {
+            step: "migrating".into(),
+            ..Default::default()
+        };
+        assert_eq!(migration_note(&p), "", "not a live migration sample");
+        p.pass = 3;
+        p.eta_s = Some(3.2);
+        assert_eq!(migration_note(&p), "pass 3, ETA 4s");
+        p.eta_s = None;
+        p.dirty_rate_bps = 40 << 20;
+        p.bandwidth_bps = 16 << 20;
+        assert_eq!(
+            migration_note(&p),
+            "pass 3, not converging: guest dirties 40 MiB/s, link copies 16 MiB/s"
+        );
+    }
+
     use super::*;
 
     #[test]

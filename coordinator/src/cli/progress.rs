@@ -18,8 +18,9 @@ pub struct Bars {
 }
 
 /// A VM's bar when its progress carries bytes: rate and ETA.
-const BYTES: &str =
-    "{prefix:<20} [{bar:30}] {bytes}/{total_bytes}  {binary_bytes_per_sec}  ETA {eta}  {msg}";
+/// The ETA is the agent's (from the dirty rate and the bandwidth), in the
+/// message: indicatif's own guess knows nothing of memory passes.
+const BYTES: &str = "{prefix:<20} [{bar:30}] {bytes}/{total_bytes}  {binary_bytes_per_sec}  {msg}";
 /// A VM's bar when its progress is a percentage only.
 const PERCENT: &str = "{prefix:<20} [{bar:30}] {pos:>3}%  {msg}";
 
@@ -72,6 +73,9 @@ impl Bars {
     /// Updates the bars with one event of the job.
     pub fn on_event(&mut self, ev: &pb::Event) {
         match &ev.body {
+            Some(Body::Progress(p)) if p.step == "escalating" => {
+                self.println(&format!("{:<20} {}", p.vm, p.message));
+            }
             Some(Body::Progress(p)) if !self.done.contains(&p.vm) => {
                 self.saw(&p.vm);
                 let multi = &self.multi;
@@ -96,7 +100,12 @@ impl Bars {
                     }
                     bar.set_position(p.percent.clamp(0.0, 100.0) as u64);
                 }
-                bar.set_message(p.step.clone());
+                let note = super::output::migration_note(p);
+                bar.set_message(if note.is_empty() {
+                    p.step.clone()
+                } else {
+                    format!("{}  {note}", p.step)
+                });
             }
             Some(Body::Result(r)) if !r.vm.is_empty() => {
                 self.saw(&r.vm);

@@ -256,16 +256,13 @@ async fn migrate(
     cmd: &str,
     live: bool,
 ) -> Answer {
+    let (max_speed, converge) = match &job.spec {
+        JobSpec::Drain(d) => (d.max_speed_mibs, d.converge.clone()),
+        _ => (0, None),
+    };
+    let converge = converge.unwrap_or_else(|| c.cfg.migration.converge.clone());
     let kind = match c.registry.get(to) {
-        Some(dest) => c.migrate_kind(
-            vm,
-            &dest,
-            0,
-            match &job.spec {
-                JobSpec::Drain(d) => d.max_speed_mibs,
-                _ => 0,
-            },
-        ),
+        Some(dest) => c.migrate_kind(vm, &dest, 0, max_speed, &converge),
         None => Err(format!("unknown node {to}")),
     };
     let kind = match kind {

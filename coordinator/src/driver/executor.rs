@@ -400,6 +400,7 @@ impl Coordinator {
         dest: &NodeRecord,
         timeout_s: u32,
         max_speed_mibs: u64,
+        converge: &nodemaint_proto::model::ConvergePolicy,
     ) -> Result<Kind, String> {
         let (dest_libvirt_uri, dest_migrate_uri) = self.destination(dest)?;
         let memory = self
@@ -421,6 +422,7 @@ impl Coordinator {
             },
             max_speed_mibs,
             progress_timeout_s: t.progress_timeout_s,
+            converge: Some(converge.to_pb()),
         }))
     }
 

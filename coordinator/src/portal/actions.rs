@@ -255,6 +255,7 @@ pub async fn vm_move(
         to_node: f.to_node,
         timeout_s: 0,
         max_speed_mibs: 0,
+        converge: None,
     });
     submit(&st, &auth, req, "Move refused").await
 }

@@ -309,7 +309,15 @@ pub async fn job_sse(
                             }
                             match ev.body {
                                 Some(Body::Progress(p)) => {
-                                    live.insert(p.vm.clone(), (p.percent, p.step.clone()));
+                                    // An escalation keeps the bar and says what was done.
+                                    let (percent, text) = if p.step == "escalating" {
+                                        let percent = live.get(&p.vm).map_or(p.percent, |l| l.0);
+                                        (percent, p.message.clone())
+                                    } else {
+                                        let note = crate::cli::output::migration_note(&p);
+                                        (p.percent, format!("{} {note}", p.step).trim_end().to_string())
+                                    };
+                                    live.insert(p.vm.clone(), (percent, text));
                                     dirty = true;
                                 }
                                 Some(Body::Job(j)) => {

@@ -4,6 +4,7 @@
 
 use super::metadata;
 use super::{HvError, Hypervisor, MigrateProgress, MigrateTarget, StopOutcome};
+use crate::converge::{self, Escalator};
 use nodemaint_proto::model::{Capacity, Vm, VmState};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -145,6 +146,71 @@ fn describe(dom: &Domain) -> Result<Vm, VirtError> {
 
 /// How long a migration may take to stop after its abort before the agent
 /// answers without waiting for it.
+/// A domain job's statistics by name (numbers only), from
+/// virDomainGetJobStats. Raw: virt 0.5's `job_stats` hands a NULL parameter
+/// array to `Vec::from_raw_parts` when no job runs, which aborts the process.
+struct JobStats(Vec<(String, u64)>);
+
+impl JobStats {
+    fn get(&self, name: &std::ffi::CStr) -> Option<u64> {
+        let name = name.to_str().ok()?;
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+    }
+}
+
+fn job_stats(dom: &Domain, flags: u32) -> Option<JobStats> {
+    let mut kind = 0;
+    let mut params: sys::virTypedParameterPtr = std::ptr::null_mut();
+    let mut n = 0;
+    // SAFETY: `dom` is a live domain; libvirt allocates `params` (n entries)
+    // and we free it with virTypedParamsFree below.
+    let rc =
+        unsafe { sys::virDomainGetJobStats(dom.as_ptr(), &mut kind, &mut params, &mut n, flags) };
+    if rc < 0 || params.is_null() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(n.max(0) as usize);
+    for i in 0..n.max(0) as usize {
+        // SAFETY: i < n entries, initialised by libvirt.
+        let p = unsafe { &*params.add(i) };
+        let name = unsafe { std::ffi::CStr::from_ptr(p.field.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        // SAFETY: the union member read is the one `type_` names.
+        let v = unsafe {
+            match p.type_ as u32 {
+                sys::VIR_TYPED_PARAM_INT => p.value.i.max(0) as u64,
+                sys::VIR_TYPED_PARAM_UINT => u64::from(p.value.ui),
+                sys::VIR_TYPED_PARAM_LLONG => p.value.l.max(0) as u64,
+                sys::VIR_TYPED_PARAM_ULLONG => p.value.ul,
+                sys::VIR_TYPED_PARAM_DOUBLE => p.value.d.max(0.0) as u64,
+                _ => continue,
+            }
+        };
+        out.push((name, v));
+    }
+    unsafe { sys::virTypedParamsFree(params, n) };
+    Some(JobStats(out))
+}
+
+fn set_downtime(dom: &Domain, vm: &str, ms: u64) {
+    if let Err(e) = dom.migrate_set_max_downtime(ms, 0) {
+        tracing::warn!(vm, ms, error = %e, "cannot set the allowed downtime");
+    }
+}
+
+fn last_error() -> String {
+    VirtError::last_error().message().to_string()
+}
+
+/// Downtime (ms) of a completed incoming migration, from the destination.
+fn completed_downtime_ms(uri: &str, vm: &str) -> Option<u64> {
+    let conn = Connect::open(Some(uri)).ok()?;
+    let dom = conn.lookup_domain_by_name(vm).ok()?;
+    job_stats(&dom, sys::VIR_DOMAIN_JOB_STATS_COMPLETED)
+        .and_then(|s| s.get(sys::VIR_DOMAIN_JOB_DOWNTIME))
+}
+
 const ABORT_GRACE: Duration = Duration::from_secs(30);
 
 impl Hypervisor for LibvirtHypervisor {
@@ -232,11 +298,17 @@ impl Hypervisor for LibvirtHypervisor {
         let dom = self.domain(vm)?;
         // A shut-off domain has no memory to copy: move its definition only.
         let live = dom.is_active().map_err(map_err)?;
+        let policy = &target.policy;
         let flags = if live {
             sys::VIR_MIGRATE_LIVE
                 | sys::VIR_MIGRATE_PEER2PEER
                 | sys::VIR_MIGRATE_PERSIST_DEST
                 | sys::VIR_MIGRATE_UNDEFINE_SOURCE
+                // Both are requested at the start or never (libvirt's rule);
+                // QEMU throttles only when passes stop shrinking, and post-copy
+                // starts only when the escalator says so.
+                | if policy.auto_converge { sys::VIR_MIGRATE_AUTO_CONVERGE } else { 0 }
+                | if policy.post_copy { sys::VIR_MIGRATE_POSTCOPY } else { 0 }
         } else {
             sys::VIR_MIGRATE_OFFLINE
                 | sys::VIR_MIGRATE_PEER2PEER
@@ -260,6 +332,8 @@ impl Hypervisor for LibvirtHypervisor {
         let started = Instant::now();
         let mut last_sample = started;
         let mut total_seen = 0u64;
+        let mut escalator = Escalator::new(policy.clone());
+        let mut job_seen = false;
         // The lowest data-remaining seen and when: progress means a new low.
         let mut lowest = (u64::MAX, started);
         let mut aborted: Option<HvError> = None;
@@ -319,35 +393,96 @@ impl Hypervisor for LibvirtHypervisor {
                 continue;
             }
             last_sample = Instant::now();
-            // job_info, not job_stats: virt 0.5's job_stats hands a NULL parameter
-            // array to Vec::from_raw_parts when no job runs (the migration just
-            // ended), which aborts the process.
-            if let Ok(stats) = dom.job_info() {
-                let total = stats.data_total.unwrap_or(0);
-                let processed = stats.data_processed.unwrap_or(0);
-                let remaining = stats.data_remaining.unwrap_or(0);
-                if total > 0 {
-                    total_seen = total;
-                    if remaining < lowest.0 {
-                        lowest = (remaining, Instant::now());
-                    }
+            let Some(stats) = job_stats(&dom, 0) else {
+                continue;
+            };
+            let total = stats.get(sys::VIR_DOMAIN_JOB_DATA_TOTAL).unwrap_or(0);
+            if total == 0 {
+                continue;
+            }
+            let mut sample = MigrateProgress {
+                bytes_processed: stats.get(sys::VIR_DOMAIN_JOB_DATA_PROCESSED).unwrap_or(0),
+                bytes_remaining: stats.get(sys::VIR_DOMAIN_JOB_DATA_REMAINING).unwrap_or(0),
+                ..Default::default()
+            };
+            sample.percent = (sample.bytes_processed as f64 * 100.0 / total as f64).min(100.0);
+            total_seen = total;
+            if sample.bytes_remaining < lowest.0 {
+                lowest = (sample.bytes_remaining, Instant::now());
+            }
+            if !job_seen && live {
+                job_seen = true;
+                if let Some(ms) = escalator.start() {
+                    set_downtime(&dom, vm, ms);
+                }
+            }
+            let page = stats
+                .get(sys::VIR_DOMAIN_JOB_MEMORY_PAGE_SIZE)
+                .unwrap_or(4096);
+            let conv = converge::Sample {
+                pass: stats.get(sys::VIR_DOMAIN_JOB_MEMORY_ITERATION).unwrap_or(0),
+                remaining: stats.get(sys::VIR_DOMAIN_JOB_MEMORY_REMAINING).unwrap_or(0),
+                dirty_rate: stats
+                    .get(sys::VIR_DOMAIN_JOB_MEMORY_DIRTY_RATE)
+                    .unwrap_or(0)
+                    * page,
+                bandwidth: stats.get(sys::VIR_DOMAIN_JOB_MEMORY_BPS).unwrap_or(0),
+                expected_downtime_ms: stats.get(sys::VIR_DOMAIN_JOB_DOWNTIME),
+                throttle_pct: stats
+                    .get(sys::VIR_DOMAIN_JOB_AUTO_CONVERGE_THROTTLE)
+                    .unwrap_or(0),
+            };
+            sample.pass = conv.pass;
+            sample.dirty_rate = conv.dirty_rate;
+            sample.bandwidth = conv.bandwidth;
+            if live && aborted.is_none() {
+                for action in escalator.observe(&conv) {
+                    let reason = match action {
+                        converge::Action::SetDowntime { ms, reason } => {
+                            set_downtime(&dom, vm, ms);
+                            reason
+                        }
+                        converge::Action::StartPostCopy { reason } => {
+                            // Not in the safe wrapper; `dom` outlives the call.
+                            let rc = unsafe { sys::virDomainMigrateStartPostCopy(dom.as_ptr(), 0) };
+                            if rc == 0 {
+                                reason
+                            } else {
+                                format!(
+                                    "{reason}; libvirt refused to start post-copy ({})",
+                                    last_error()
+                                )
+                            }
+                        }
+                        converge::Action::Report { reason } => reason,
+                    };
+                    tracing::info!(vm, "{reason}");
                     progress(MigrateProgress {
-                        percent: (processed as f64 * 100.0 / total as f64).min(100.0),
-                        bytes_processed: processed,
-                        bytes_remaining: remaining,
+                        escalation: Some(reason),
+                        ..sample.clone()
                     });
                 }
             }
+            sample.eta_s = converge::eta(&conv, escalator.downtime_ms(), escalator.in_post_copy())
+                .map(|d| d.as_secs_f64());
+            progress(sample);
         }
         let result = worker
             .join()
             .map_err(|_| HvError::Other("migration thread panicked".into()))?;
         match result {
             Ok(()) => {
+                // What the guest felt: libvirt keeps the completed job's
+                // statistics on the destination, where the domain now lives.
+                let downtime_ms = live
+                    .then(|| completed_downtime_ms(&target.libvirt_uri, vm))
+                    .flatten();
                 progress(MigrateProgress {
                     percent: 100.0,
                     bytes_processed: total_seen,
                     bytes_remaining: 0,
+                    downtime_ms,
+                    ..Default::default()
                 });
                 Ok(())
             }

@@ -29,6 +29,8 @@ pub struct MigrateTarget {
     pub progress_timeout: Duration,
     /// Set (with a reason) to cancel the migration; checked while it runs.
     pub cancel: Cancel,
+    /// How far a live migration may go to converge.
+    pub policy: crate::converge::Policy,
 }
 
 /// A cancellation request shared between the agent and a running migration.
@@ -49,11 +51,21 @@ impl Cancel {
 }
 
 /// A migration progress sample from the domain's job stats.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct MigrateProgress {
     pub percent: f64,
     pub bytes_processed: u64,
     pub bytes_remaining: u64,
+    /// Memory pass, guest dirty rate and copy rate (bytes/s), when known.
+    pub pass: u64,
+    pub dirty_rate: u64,
+    pub bandwidth: u64,
+    /// Expected seconds to the end; `None` while it does not converge.
+    pub eta_s: Option<f64>,
+    /// An escalation (or what QEMU did on its own) and why.
+    pub escalation: Option<String>,
+    /// The guest's measured downtime, on the last sample of a live migration.
+    pub downtime_ms: Option<u64>,
 }
 
 /// How a stop ended.

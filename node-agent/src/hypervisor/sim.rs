@@ -224,6 +224,7 @@ impl Hypervisor for SimHypervisor {
                 percent: frac * 100.0,
                 bytes_processed: (total_bytes as f64 * frac) as u64,
                 bytes_remaining: (total_bytes as f64 * (1.0 - frac)) as u64,
+                ..Default::default()
             });
             std::thread::sleep((total - elapsed).min(Duration::from_millis(200)));
         }
@@ -238,6 +239,7 @@ impl Hypervisor for SimHypervisor {
             percent: 100.0,
             bytes_processed: total_bytes,
             bytes_remaining: 0,
+            ..Default::default()
         });
         Ok(())
     }
