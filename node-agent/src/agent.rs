@@ -1212,9 +1212,9 @@ impl Agent {
                     bytes = p.bytes_processed;
                     downtime_ms = downtime_ms.or(p.downtime_ms);
                     let (step, message) = match p.escalation {
-                        Some(why) => {
-                            timer.escalated(escalation_step(&why));
-                            ("escalating", why)
+                        Some(e) => {
+                            timer.escalated(e.step);
+                            ("escalating", e.reason)
                         }
                         None => ("migrating", String::new()),
                     };
@@ -1282,30 +1282,7 @@ impl Agent {
 
 /// The convergence policy a migrate command carries.
 fn policy_of(c: &pb::ConvergePolicy) -> crate::converge::Policy {
-    let mut steps: Vec<u64> = c
-        .downtime_steps_ms
-        .iter()
-        .map(|&ms| u64::from(ms))
-        .collect();
-    steps.sort_unstable();
-    steps.dedup();
-    crate::converge::Policy {
-        downtime_steps_ms: steps,
-        passes_per_step: u64::from(c.passes_per_step.max(1)),
-        auto_converge: c.auto_converge,
-        post_copy: c.post_copy,
-    }
-}
-
-/// The metric label of an escalation message.
-fn escalation_step(why: &str) -> &'static str {
-    if why.contains("post-copy") && !why.contains("not permitted") {
-        "post_copy"
-    } else if why.contains("downtime raised") {
-        "downtime"
-    } else {
-        "report"
-    }
+    (&nodemaint_proto::model::ConvergePolicy::from_pb(c)).into()
 }
 
 /// A command's own value, or the agent's default when it gives none (0).

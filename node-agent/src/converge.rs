@@ -33,13 +33,27 @@ pub struct Policy {
     pub post_copy: bool,
 }
 
+/// The agent's default is the coordinator's (`[migration.converge]`).
 impl Default for Policy {
     fn default() -> Self {
+        Policy::from(&nodemaint_proto::model::ConvergePolicy::default())
+    }
+}
+
+impl From<&nodemaint_proto::model::ConvergePolicy> for Policy {
+    fn from(c: &nodemaint_proto::model::ConvergePolicy) -> Self {
+        let mut steps: Vec<u64> = c
+            .downtime_steps_ms
+            .iter()
+            .map(|&ms| u64::from(ms))
+            .collect();
+        steps.sort_unstable();
+        steps.dedup();
         Policy {
-            downtime_steps_ms: vec![300, 600, 1200, 2000],
-            passes_per_step: 2,
-            auto_converge: true,
-            post_copy: false,
+            downtime_steps_ms: steps,
+            passes_per_step: u64::from(c.passes_per_step.max(1)),
+            auto_converge: c.auto_converge,
+            post_copy: c.post_copy,
         }
     }
 }
@@ -87,6 +101,17 @@ pub enum Action {
     Report {
         reason: String,
     },
+}
+
+impl Action {
+    /// The step's metric label.
+    pub fn step(&self) -> &'static str {
+        match self {
+            Action::SetDowntime { .. } => "downtime",
+            Action::StartPostCopy { .. } => "post_copy",
+            Action::Report { .. } => "report",
+        }
+    }
 }
 
 /// The escalation state of one migration.

@@ -3,7 +3,7 @@
 //! `test:///abs/path/node.xml`).
 
 use super::metadata;
-use super::{HvError, Hypervisor, MigrateProgress, MigrateTarget, StopOutcome};
+use super::{Escalation, HvError, Hypervisor, MigrateProgress, MigrateTarget, StopOutcome};
 use crate::converge::{self, Escalator};
 use nodemaint_proto::model::{Capacity, Vm, VmState};
 use std::sync::Mutex;
@@ -437,6 +437,7 @@ impl Hypervisor for LibvirtHypervisor {
             sample.bandwidth = conv.bandwidth;
             if live && aborted.is_none() {
                 for action in escalator.observe(&conv) {
+                    let step = action.step();
                     let reason = match action {
                         converge::Action::SetDowntime { ms, reason } => {
                             set_downtime(&dom, vm, ms);
@@ -458,7 +459,7 @@ impl Hypervisor for LibvirtHypervisor {
                     };
                     tracing::info!(vm, "{reason}");
                     progress(MigrateProgress {
-                        escalation: Some(reason),
+                        escalation: Some(Escalation { step, reason }),
                         ..sample.clone()
                     });
                 }

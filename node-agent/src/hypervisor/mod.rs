@@ -63,9 +63,17 @@ pub struct MigrateProgress {
     /// Expected seconds to the end; `None` while it does not converge.
     pub eta_s: Option<f64>,
     /// An escalation (or what QEMU did on its own) and why.
-    pub escalation: Option<String>,
+    pub escalation: Option<Escalation>,
     /// The guest's measured downtime, on the last sample of a live migration.
     pub downtime_ms: Option<u64>,
+}
+
+/// One escalation step of a migration: its metric label
+/// ([`crate::converge::Action::step`]) and its reason.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Escalation {
+    pub step: &'static str,
+    pub reason: String,
 }
 
 /// How a stop ended.
