@@ -7,42 +7,6 @@ use nodemaint_tests::*;
 use serde_json::Value;
 use std::time::Duration;
 
-/// A stand-in `ovs` command: `monitor services` prints Upstart-style lines
-/// from a state file; `start services` starts them all.
-fn fake_ovs(dir: &std::path::Path, stopped: &[&str]) -> std::path::PathBuf {
-    let state = dir.join("ovs.state");
-    let mut lines = String::new();
-    for svc in ["ovs-workers", "ovs-watcher-framework", "ovs-arakoon-voldrv"] {
-        let up = !stopped.contains(&svc);
-        lines.push_str(&format!("{svc} {}\n", if up { "up" } else { "down" }));
-    }
-    std::fs::write(&state, lines).unwrap();
-    let script = dir.join("ovs");
-    std::fs::write(
-        &script,
-        format!(
-            r#"#!/bin/sh
-state={state}
-case "$1 $2" in
-  "monitor services")
-    echo "Running processes:"
-    n=100; while read svc st; do n=$((n+1)); [ "$st" = up ] && echo "$svc start/running, process $n"; done < "$state"
-    echo; echo "Non-running processes:"
-    while read svc st; do [ "$st" = down ] && echo "$svc stop/waiting"; done < "$state"
-    ;;
-  "start services") sed -i 's/ down$/ up/' "$state" ;;
-  *) echo "usage: ovs monitor services | ovs start services" >&2; exit 2 ;;
-esac
-"#,
-            state = state.display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    script
-}
-
 fn json_lines(out: &std::process::Output) -> Vec<Value> {
     stdout(out)
         .lines()
