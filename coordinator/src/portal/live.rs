@@ -198,20 +198,26 @@ pub async fn stacks_sse(
     sse(rx).into_response()
 }
 
+/// The coordinator's job events as they happen (live pages refresh on
+/// them); `None` when the subscription fails: the page then ticks only.
+pub(super) async fn job_event_subscription(c: &Coordinator) -> Option<async_nats::Subscriber> {
+    c.link
+        .client
+        .subscribe(
+            c.link
+                .subjects
+                .events_filter(Some(COORDINATOR_NODE), Some(EventKind::Job)),
+        )
+        .await
+        .map_err(|e| tracing::warn!(error = %e, "portal: no job events; ticking only"))
+        .ok()
+}
+
 pub async fn jobs_sse(State(st): State<Arc<Portal>>, _auth: Auth) -> Response {
     let (tx, rx) = mpsc::channel(8);
     let c = st.c.clone();
     tokio::spawn(async move {
-        let mut sub = c
-            .link
-            .client
-            .subscribe(
-                c.link
-                    .subjects
-                    .events_filter(Some(COORDINATOR_NODE), Some(EventKind::Job)),
-            )
-            .await
-            .ok();
+        let mut sub = job_event_subscription(&c).await;
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         let mut last = String::new();
         loop {

@@ -21,7 +21,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Form;
 use maud::{html, Markup};
 use nodemaint_proto::pb::{self, api_request::Kind as Req};
-use nodemaint_proto::subjects::{EventKind, COORDINATOR_NODE};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -579,17 +578,7 @@ pub async fn sse(State(st): State<Arc<Portal>>, auth: Auth, Path(id): Path<Strin
     let c = st.c.clone();
     tokio::spawn(async move {
         // Every phase change is a job event of the coordinator's.
-        let mut sub = c
-            .link
-            .client
-            .subscribe(
-                c.link
-                    .subjects
-                    .events_filter(Some(COORDINATOR_NODE), Some(EventKind::Job)),
-            )
-            .await
-            .map_err(|e| tracing::warn!(error = %e, "portal: no job events; ticking only"))
-            .ok();
+        let mut sub = super::live::job_event_subscription(&c).await;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut job = first;
         let mut last = String::new();
