@@ -275,31 +275,58 @@ fn routes_admit_only_servers_with_the_cas_certificate_and_the_route_secret() {
             "Authorization Violation",
         ),
     ] {
-        let (client, route) = ports[3];
         let login = if name == "wrong-secret" {
             "nodemaint-route:0123456789abcdef0123@"
         } else {
             ""
         };
-        let conf = dir.path().join(format!("{name}.conf"));
-        std::fs::write(
-            &conf,
-            format!(
-                "server_name: {name}\nlisten: 127.0.0.1:{client}\ncluster {{\n  name: nodemaint\n  \
-                 listen: 127.0.0.1:{route}\n{cluster}  routes: [ nats-route://{login}127.0.0.1:{route1} ]\n}}\n"
-            ),
-        )
-        .unwrap();
-        let mut intruder = Proc::spawn(
-            name,
-            Command::new("nats-server").arg("-c").arg(&conf),
-            dir.path().join(format!("{name}.log")),
-        );
-        wait_for(
-            Duration::from_secs(20),
-            &format!("member 1 refusing {name}"),
-            || log("nats-1.log").contains(refusal) || log(&format!("{name}.log")).contains(refusal),
-        );
+        // An intruder whose ports were taken meanwhile (free_port releases
+        // them) exits at start and never dials: try again on new ports.
+        let mut attempt = 0;
+        let mut intruder = loop {
+            attempt += 1;
+            let (client, route) = if attempt == 1 {
+                ports[3]
+            } else {
+                (free_port(), free_port())
+            };
+            let conf = dir.path().join(format!("{name}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "server_name: {name}\nlisten: 127.0.0.1:{client}\ncluster {{\n  name: nodemaint\n  \
+                     listen: 127.0.0.1:{route}\n{cluster}  routes: [ nats-route://{login}127.0.0.1:{route1} ]\n}}\n"
+                ),
+            )
+            .unwrap();
+            let mut intruder = Proc::spawn(
+                name,
+                Command::new("nats-server").arg("-c").arg(&conf),
+                dir.path().join(format!("{name}.log")),
+            );
+            let mut exited = false;
+            wait_for(
+                Duration::from_secs(20),
+                &format!("member 1 refusing {name}"),
+                || {
+                    if log("nats-1.log").contains(refusal)
+                        || log(&format!("{name}.log")).contains(refusal)
+                    {
+                        return true;
+                    }
+                    exited = !intruder.is_running();
+                    exited
+                },
+            );
+            if !exited || attempt == 3 {
+                assert!(
+                    !exited,
+                    "{name} exited 3 times:\n{}",
+                    log(&format!("{name}.log"))
+                );
+                break intruder;
+            }
+        };
 
         let routes = routez(monitor);
         assert!(routes.contains("\"remote_name\": \"nats-2\""), "{routes}");
