@@ -198,7 +198,9 @@ pub async fn listen(addr: std::net::SocketAddr) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("metrics: cannot listen on {addr}: {e}"))?;
-    tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+    // The bound address (port 0 picks one): what the tests read to scrape.
+    let bound = listener.local_addr()?;
+    tracing::info!("Prometheus metrics on http://{bound}/metrics");
     tokio::spawn(async move {
         let render = || async { registry().render() };
         if let Err(e) = nodemaint_proto::metrics::serve(listener, render).await {

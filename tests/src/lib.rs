@@ -163,11 +163,165 @@ impl Drop for Proc {
     }
 }
 
+/// A port free when asked. Released at once, so another process can take it
+/// before ours binds it: prefer letting the process bind port 0 (or -1 for
+/// nats-server) and report its port; where ports must be known before the
+/// start (a NATS cluster's routes), start through [`retry_on_taken_ports`].
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
+}
+
+/// A process exited at start because a port chosen for it was taken
+/// meanwhile (its log says "address already in use").
+#[derive(Debug)]
+pub struct PortTaken {
+    pub name: String,
+    pub log: String,
+}
+
+/// Waits until `ready` holds for processes just started. One that exits
+/// first ends the wait: with [`PortTaken`] when its log says a port was
+/// taken (see [`retry_on_taken_ports`]), else with a panic showing its log,
+/// instead of waiting out the timeout for something that cannot come.
+pub fn wait_started(
+    procs: &mut [Proc],
+    timeout: Duration,
+    what: &str,
+    mut ready: impl FnMut(&[Proc]) -> bool,
+) -> Result<(), PortTaken> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        for p in procs.iter_mut() {
+            if !p.is_running() {
+                let log = p.log_text();
+                if log.contains("address already in use") {
+                    return Err(PortTaken {
+                        name: p.name.clone(),
+                        log,
+                    });
+                }
+                panic!("{} exited while waiting for {what}:\n{log}", p.name);
+            }
+        }
+        if ready(procs) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let logs: Vec<String> = procs
+                .iter()
+                .map(|p| format!("--- {}:\n{}", p.name, p.log_text()))
+                .collect();
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                logs.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `start(attempt)` (1, 2, 3) until it does not fail with
+/// [`PortTaken`]: for processes that must know ports before they start
+/// (members of a NATS cluster route to each other's pre-chosen ports).
+/// `start` chooses new ports each time ([`free_port`]) and kills what it
+/// started when it fails (dropping its [`Proc`]s does).
+pub fn retry_on_taken_ports<T>(
+    what: &str,
+    mut start: impl FnMut(u32) -> Result<T, PortTaken>,
+) -> T {
+    const ATTEMPTS: u32 = 3;
+    for attempt in 1..=ATTEMPTS {
+        match start(attempt) {
+            Ok(t) => return t,
+            Err(PortTaken { name, log }) if attempt < ATTEMPTS => {
+                let line = log
+                    .lines()
+                    .find(|l| l.contains("address already in use"))
+                    .unwrap_or_default();
+                eprintln!("{what}: {name} found a port taken, trying new ports: {line}");
+            }
+            Err(PortTaken { name, log }) => {
+                panic!("{what}: a port was taken {ATTEMPTS} times; {name}'s log:\n{log}")
+            }
+        }
+    }
+    unreachable!()
+}
+
+/// The ports a nats-server bound, from the file `--ports_file_dir DIR`
+/// makes it write once it listens (`<exe>_<pid>.ports`, JSON lists of
+/// URLs). With `-1` for a port the server picks a free one itself.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NatsPorts {
+    pub client: u16,
+    pub monitoring: Option<u16>,
+    pub cluster: Option<u16>,
+}
+
+impl NatsPorts {
+    /// The ports file of the server `pid` in `dir`, once written whole
+    /// (`None` before, or while only part of it is written).
+    pub fn read(dir: &Path, pid: u32) -> Option<NatsPorts> {
+        let suffix = format!("_{pid}.ports");
+        let file = std::fs::read_dir(dir)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .find(|e| e.file_name().to_string_lossy().ends_with(&suffix))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(file.path()).ok()?).ok()?;
+        let port = |key: &str| -> Option<u16> {
+            let url = v[key].as_array()?.first()?.as_str()?;
+            url.rsplit_once(':')?.1.trim_end_matches('/').parse().ok()
+        };
+        Some(NatsPorts {
+            client: port("nats")?,
+            monitoring: port("monitoring"),
+            cluster: port("cluster"),
+        })
+    }
+}
+
+/// `dir/{stem}-N.{ext}` for the first N not in use (a restarted server's
+/// log does not overwrite the first one's).
+fn unused_path(dir: &Path, stem: &str, ext: &str) -> PathBuf {
+    (1..)
+        .map(|n| dir.join(format!("{stem}-{n}.{ext}")))
+        .find(|p| !p.exists())
+        .unwrap()
+}
+
+/// Starts nats-server with `args` and waits for its ports file.
+fn spawn_nats(dir: &Path, args: &[&str]) -> Result<(Proc, NatsPorts), PortTaken> {
+    let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
+    // A directory of its own: a killed server leaves its file behind.
+    let ports_dir = tempfile::Builder::new()
+        .prefix("nats-ports")
+        .tempdir_in(dir)
+        .unwrap()
+        .keep();
+    let mut proc = Proc::spawn(
+        "nats-server",
+        Command::new(&bin)
+            .args(args)
+            .arg("--ports_file_dir")
+            .arg(&ports_dir),
+        unused_path(dir, "nats", "log"),
+    );
+    let pid = proc.pid();
+    let mut ports = None;
+    wait_started(
+        std::slice::from_mut(&mut proc),
+        Duration::from_secs(60),
+        "nats-server to listen",
+        |_| {
+            ports = NatsPorts::read(&ports_dir, pid);
+            ports.is_some()
+        },
+    )?;
+    Ok((proc, ports.unwrap()))
 }
 
 /// A real nats-server with JetStream in a temporary store.
@@ -179,80 +333,118 @@ pub struct Nats {
 }
 
 impl Nats {
+    /// On a client port the server picks (`-p -1`), read from its ports
+    /// file: no other process can take it between choosing and binding.
     pub fn start(dir: &Path) -> Nats {
-        Self::start_on(dir, free_port())
+        Self::try_start_on(dir, -1).unwrap_or_else(|t| panic!("{}: {}", t.name, t.log))
     }
 
-    pub fn start_on(dir: &Path, port: u16) -> Nats {
-        let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
+    /// On `port` (`-1`: one of the server's choosing); [`PortTaken`] when
+    /// it is taken.
+    pub fn try_start_on(dir: &Path, port: i32) -> Result<Nats, PortTaken> {
         let store = dir.join("jetstream");
         std::fs::create_dir_all(&store).unwrap();
-        let proc = Proc::spawn(
-            "nats-server",
-            Command::new(&bin).args([
+        let port = port.to_string();
+        let (proc, ports) = spawn_nats(
+            dir,
+            &[
                 "-js",
                 "-a",
                 "127.0.0.1",
                 "-p",
-                &port.to_string(),
+                &port,
                 "-sd",
                 store.to_str().unwrap(),
-            ]),
-            dir.join(format!("nats-{port}.log")),
-        );
-        let url = format!("nats://127.0.0.1:{port}");
-        wait_for(Duration::from_secs(60), "nats-server to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        Nats {
+            ],
+        )?;
+        Ok(Nats {
             proc,
-            port,
-            url,
+            port: ports.client,
+            url: format!("nats://127.0.0.1:{}", ports.client),
             dir: dir.to_path_buf(),
-        }
+        })
     }
 
     /// Kills the server (SIGKILL: no clean shutdown) and starts it again on
-    /// the same port and JetStream store (default path only).
+    /// the same port (the clients reconnect there) and JetStream store
+    /// (default path only).
     pub fn restart(&mut self) {
         self.proc.kill();
-        *self = Nats::start_on(&self.dir.clone(), self.port);
+        let port = self.port;
+        *self = Nats::try_start_on(&self.dir.clone(), port.into()).unwrap_or_else(|t| {
+            panic!(
+                "nats-server: its port {port} was taken while it restarted:\n{}",
+                t.log
+            )
+        });
     }
 }
 
 impl Nats {
-    /// A nats-server on a free port with JetStream and `extra` appended to
-    /// its config file (e.g. `include auth.conf`); the default path
-    /// ([`Nats::start`]) takes no config file.
+    /// A nats-server on a port of its choosing with JetStream and `extra`
+    /// appended to its config file (e.g. `include auth.conf`); the default
+    /// path ([`Nats::start`]) takes no config file.
     pub fn start_with_config(dir: &Path, extra: &str) -> Nats {
-        let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
-        let port = free_port();
         let store = dir.join("jetstream");
         std::fs::create_dir_all(&store).unwrap();
-        let conf = dir.join(format!("nats-{port}.conf"));
+        let conf = unused_path(dir, "nats", "conf");
         std::fs::write(
             &conf,
             format!(
-                "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{}\" }}\n{extra}\n",
+                "listen: \"127.0.0.1:-1\"\njetstream {{ store_dir: \"{}\" }}\n{extra}\n",
                 store.display()
             ),
         )
         .unwrap();
-        let proc = Proc::spawn(
-            "nats-server",
-            Command::new(&bin).arg("-c").arg(&conf),
-            dir.join(format!("nats-{port}.log")),
-        );
-        wait_for(Duration::from_secs(10), "nats-server to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        let (proc, ports) = spawn_nats(dir, &["-c", conf.to_str().unwrap()])
+            .unwrap_or_else(|t| panic!("{}: {}", t.name, t.log));
         Nats {
             proc,
-            port,
-            url: format!("nats://127.0.0.1:{port}"),
+            port: ports.client,
+            url: format!("nats://127.0.0.1:{}", ports.client),
             dir: dir.to_path_buf(),
         }
     }
+}
+
+/// Waits until a process's log yields something (`find`); panics with the
+/// log if the process exits first or on timeout.
+pub fn wait_for_log<T>(
+    p: &mut Proc,
+    timeout: Duration,
+    what: &str,
+    mut find: impl FnMut(&str) -> Option<T>,
+) -> T {
+    let mut found = None;
+    wait_started(std::slice::from_mut(p), timeout, what, |ps| {
+        found = find(&ps[0].log_text());
+        found.is_some()
+    })
+    .unwrap_or_else(|t| panic!("{}: {}", t.name, t.log));
+    found.unwrap()
+}
+
+/// The address in the first log line saying `"{what} on SCHEME://ADDR/..."`
+/// (text or JSON logs): our daemons log where they listen, so the tests can
+/// have them bind port 0.
+pub fn logged_addr(log: &str, what: &str) -> Option<std::net::SocketAddr> {
+    let marker = format!("{what} on ");
+    log.lines().find_map(|l| {
+        let rest = &l[l.find(&marker)? + marker.len()..];
+        let url = rest.split(|c: char| c.is_whitespace() || c == '"').next()?;
+        let host_port = url.split_once("://").map_or(url, |(_, r)| r);
+        host_port.split('/').next()?.parse().ok()
+    })
+}
+
+/// Waits for `p` to log that it listens (see [`logged_addr`]).
+pub fn wait_listening(p: &mut Proc, what: &str) -> std::net::SocketAddr {
+    wait_for_log(
+        p,
+        Duration::from_secs(30),
+        &format!("{what} to listen"),
+        |log| logged_addr(log, what),
+    )
 }
 
 /// NATS security for a test: a lab CA and server certificate
@@ -867,31 +1059,29 @@ impl Fleet {
     }
 
     /// Like [`Fleet::start`] with [`coordinator_config_with_passwords`], the coordinator
-    /// also serving the operator portal (`serve --http`) on a free port.
+    /// also serving the operator portal (`serve --http`) on a port it
+    /// picks (port 0; its log names the bound address).
     /// Returns the fleet and the portal's base URL (`http://127.0.0.1:PORT`).
     pub fn start_with_portal() -> (Fleet, String) {
         let mut f = Fleet::start_bare();
-        let port = free_port();
         let log = f.dir.path().join("coordinator.log");
-        let p = Proc::spawn(
+        let mut p = Proc::spawn(
             "coordinator",
             Command::new(bin("coordinator"))
                 .args(["serve", "--config"])
                 .arg(&f.config)
-                .args(["--http", &format!("127.0.0.1:{port}")])
+                .args(["--http", "127.0.0.1:0"])
                 .env("NATS_URL", &f.nats.url)
                 .envs(f.insecure_env())
                 .env("RUST_LOG", "info"),
             log,
         );
+        let addr = wait_listening(&mut p, "operator portal");
         f.coordinator = Some(p);
         wait_for(Duration::from_secs(20), "coordinator to answer", || {
             f.cli("alice", &["node", "list"]).status.success()
         });
-        wait_for(Duration::from_secs(10), "portal to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        (f, format!("http://127.0.0.1:{port}"))
+        (f, format!("http://{addr}"))
     }
 }
 
@@ -929,4 +1119,87 @@ esac
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     script
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpStream;
+
+    /// A port taken between choosing and binding (what `free_port` alone
+    /// let happen, failing CI once) no longer fails a start.
+    #[test]
+    fn a_start_survives_a_port_taken_before_the_server_binds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = |name: &str| {
+            let d = dir.path().join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        };
+        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        let busy = held.local_addr().unwrap().port();
+
+        // What happened before: told to use a port someone took, the server
+        // exits at start.
+        let taken = Nats::try_start_on(&sub("old"), busy.into())
+            .err()
+            .expect("a start on a held port fails");
+        assert!(
+            taken.log.contains("address already in use"),
+            "{}",
+            taken.log
+        );
+
+        // Pre-chosen ports (a cluster's): the start is retried on new ones.
+        let mut tried = Vec::new();
+        let nats = retry_on_taken_ports("test server", |attempt| {
+            let port = if attempt == 1 { busy } else { free_port() };
+            tried.push(port);
+            Nats::try_start_on(&sub(&format!("retry-{attempt}")), port.into())
+        });
+        assert_eq!(tried.len(), 2, "{tried:?}");
+        assert_eq!(nats.port, tried[1]);
+        assert!(TcpStream::connect(("127.0.0.1", nats.port)).is_ok());
+
+        // Nats::start: the server picks its port and reports it.
+        for n in [
+            Nats::start(&sub("random")),
+            Nats::start_with_config(&sub("config"), ""),
+        ] {
+            assert_ne!(n.port, busy);
+            assert_eq!(n.url, format!("nats://127.0.0.1:{}", n.port));
+            assert!(TcpStream::connect(("127.0.0.1", n.port)).is_ok());
+        }
+        drop(held);
+    }
+
+    /// A restarted server comes back on its port (clients reconnect there).
+    #[test]
+    fn a_restarted_server_keeps_its_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nats = Nats::start(dir.path());
+        let port = nats.port;
+        let first = nats.proc.pid();
+        nats.restart();
+        assert_ne!(nats.proc.pid(), first);
+        assert_eq!(nats.port, port);
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
+    }
+
+    #[test]
+    fn logged_addresses_are_read_from_text_and_json_logs() {
+        let text = "2026-12-01T03:40:00Z  INFO nodemaint_coordinator::portal::listen: \
+                    operator portal on http://127.0.0.1:41234/\n";
+        assert_eq!(
+            logged_addr(text, "operator portal"),
+            Some("127.0.0.1:41234".parse().unwrap())
+        );
+        let json =
+            r#"{"fields":{"message":"Prometheus metrics on http://127.0.0.1:9100/metrics"}}"#;
+        assert_eq!(
+            logged_addr(json, "Prometheus metrics"),
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        assert_eq!(logged_addr(text, "Prometheus metrics"), None);
+    }
 }

@@ -8,13 +8,16 @@ use serde_json::Value;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// One shipped member config, pointed at loopback ports and a temp store.
+/// One shipped member config, pointed at loopback, a fresh temp store, the
+/// route port `routes[i - 1]` (the members route to each other's:
+/// pre-chosen, so started through `retry_on_taken_ports`) and a client port
+/// of the server's choosing (read from its ports file, see `spawn_member`).
 /// `secured`: the directory (relative to `dir`) holding gen-tls's and
 /// gen-routes' output for the routes; `None` makes plain routes (a plain test
 /// bus: the shipped configs include generated security files).
 fn member_config(
     i: usize,
-    ports: &[(u16, u16)],
+    routes: &[u16],
     dir: &std::path::Path,
     secured: Option<&str>,
 ) -> std::path::PathBuf {
@@ -28,7 +31,7 @@ fn member_config(
     ] {
         assert!(text.contains(include), "{shipped:?} lacks {include}");
     }
-    let (client, route) = ports[i - 1];
+    let route = routes[i - 1];
     let routes = match secured {
         // nats-server resolves includes relative to the including file.
         Some(sub) => {
@@ -36,18 +39,15 @@ fn member_config(
         }
         None => format!(
             "routes: [ {} ]",
-            ports
+            routes
                 .iter()
-                .map(|(_, r)| format!("nats-route://127.0.0.1:{r}"))
+                .map(|r| format!("nats-route://127.0.0.1:{r}"))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
     };
     text = text
-        .replace(
-            "listen: 0.0.0.0:4222",
-            &format!("listen: 127.0.0.1:{client}"),
-        )
+        .replace("listen: 0.0.0.0:4222", "listen: \"127.0.0.1:-1\"")
         .replace(
             "listen: 0.0.0.0:6222",
             &format!("listen: 127.0.0.1:{route}"),
@@ -60,9 +60,31 @@ fn member_config(
             "store_dir: /var/lib/nats",
             &format!("store_dir: \"{}\"", dir.join(format!("s{i}")).display()),
         );
+    // A retried start must not find the failed attempt's cluster state.
+    let _ = std::fs::remove_dir_all(dir.join(format!("s{i}")));
     let path = dir.join(format!("nats-{i}.conf"));
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// Starts member `i` on `conf`, writing its ports file into `dir/ports`.
+fn spawn_member(i: usize, conf: &std::path::Path, dir: &std::path::Path) -> Proc {
+    let ports = dir.join("ports");
+    std::fs::create_dir_all(&ports).unwrap();
+    Proc::spawn(
+        &format!("nats-server {i}"),
+        Command::new("nats-server")
+            .arg("-c")
+            .arg(conf)
+            .arg("--ports_file_dir")
+            .arg(ports),
+        dir.join(format!("nats-{i}.log")),
+    )
+}
+
+/// The ports member `p` bound, once it wrote them.
+fn member_ports(p: &Proc, dir: &std::path::Path) -> Option<NatsPorts> {
+    NatsPorts::read(&dir.join("ports"), p.pid())
 }
 
 fn replicas(url: &str, stream: &str) -> usize {
@@ -80,29 +102,36 @@ fn replicas(url: &str, stream: &str) -> usize {
 #[test]
 fn nodemaint_runs_on_the_shipped_three_node_cluster_and_survives_a_lost_member() {
     let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-    let mut servers: Vec<Option<Proc>> = (1..=3)
-        .map(|i| {
-            let conf = member_config(i, &ports, dir.path(), None);
-            Some(Proc::spawn(
-                &format!("nats-server {i}"),
-                Command::new("nats-server").arg("-c").arg(conf),
-                dir.path().join(format!("nats-{i}.log")),
-            ))
-        })
-        .collect();
-    let url = ports
-        .iter()
-        .map(|(p, _)| format!("nats://127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    wait_for(Duration::from_secs(20), "a JetStream meta leader", || {
-        (1..=3).any(|i| {
-            std::fs::read_to_string(dir.path().join(format!("nats-{i}.log")))
-                .unwrap_or_default()
-                .contains("JetStream cluster new metadata leader")
-        })
+    let (servers, url) = retry_on_taken_ports("the 3-node cluster", |_| {
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut servers: Vec<Proc> = (1..=3)
+            .map(|i| spawn_member(i, &member_config(i, &routes, dir.path(), None), dir.path()))
+            .collect();
+        wait_started(
+            &mut servers,
+            Duration::from_secs(20),
+            "a JetStream meta leader",
+            |ps| {
+                ps.iter().all(|p| member_ports(p, dir.path()).is_some())
+                    && ps.iter().any(|p| {
+                        p.log_text()
+                            .contains("JetStream cluster new metadata leader")
+                    })
+            },
+        )?;
+        let url = servers
+            .iter()
+            .map(|p| {
+                format!(
+                    "nats://127.0.0.1:{}",
+                    member_ports(p, dir.path()).unwrap().client
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok((servers, url))
     });
+    let mut servers: Vec<Option<Proc>> = servers.into_iter().map(Some).collect();
 
     let config = dir.path().join("coordinator.toml");
     let mut cfg = coordinator_config();
@@ -206,7 +235,6 @@ fn nodemaint_runs_on_the_shipped_three_node_cluster_and_survives_a_lost_member()
 #[test]
 fn routes_admit_only_servers_with_the_cas_certificate_and_the_route_secret() {
     let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<(u16, u16)> = (0..4).map(|_| (free_port(), free_port())).collect();
     let run = |script: &str, args: &[String]| {
         let out = Command::new(lab::repo().join("deploy/nats").join(script))
             .args(args)
@@ -217,15 +245,46 @@ fn routes_admit_only_servers_with_the_cas_certificate_and_the_route_secret() {
     let at = |sub: &str| dir.path().join(sub).display().to_string();
     run("gen-tls", &[at("tls"), "127.0.0.1".into()]);
     run("gen-tls", &[at("other/tls"), "127.0.0.1".into()]);
-    let members: Vec<String> = ports[..3]
-        .iter()
-        .map(|(_, r)| format!("127.0.0.1:{r}"))
-        .collect();
-    run("gen-routes", &[&[at("tls")], &members[..]].concat());
+    let addrs = |routes: &[u16]| -> Vec<String> {
+        routes.iter().map(|r| format!("127.0.0.1:{r}")).collect()
+    };
+
+    let log = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+    // Members 1 and 2 of 3 (3 is never started); member 1's monitoring port
+    // answers which servers it is routed to.
+    let (routes, _members, monitor) = retry_on_taken_ports("members 1 and 2", |_| {
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        run("gen-routes", &[&[at("tls")], &addrs(&routes)[..]].concat());
+        let mut members: Vec<Proc> = (1..=2)
+            .map(|i| {
+                let conf = member_config(i, &routes, dir.path(), Some("tls"));
+                if i == 1 {
+                    let text = std::fs::read_to_string(&conf).unwrap();
+                    std::fs::write(&conf, format!("http: \"127.0.0.1:-1\"\n{text}")).unwrap();
+                }
+                spawn_member(i, &conf, dir.path())
+            })
+            .collect();
+        let mut monitor = None;
+        wait_started(
+            &mut members,
+            Duration::from_secs(20),
+            "members 1 and 2 routed",
+            |ps| {
+                monitor = member_ports(&ps[0], dir.path()).and_then(|p| p.monitoring);
+                monitor.is_some_and(|m| routez(m).contains("\"remote_name\": \"nats-2\""))
+            },
+        )?;
+        Ok((routes, members, monitor.unwrap()))
+    });
+
+    // gen-routes names every member with the cluster's secret, and
+    // re-running it keeps the secret (adding a member must not cut the
+    // others off). The running members read the files at start only.
+    let members = addrs(&routes);
     let secret = std::fs::read_to_string(dir.path().join("tls/route.password")).unwrap();
     let routes_conf = std::fs::read_to_string(dir.path().join("tls/cluster-routes.conf")).unwrap();
     assert!(routes_conf.contains(&format!("nodemaint-route:{secret}@{}", members[2])));
-    // Re-running keeps the secret (adding a member must not cut the others off).
     run("gen-routes", &[&[at("tls")], &members[..2]].concat());
     assert_eq!(
         std::fs::read_to_string(dir.path().join("tls/route.password")).unwrap(),
@@ -233,30 +292,9 @@ fn routes_admit_only_servers_with_the_cas_certificate_and_the_route_secret() {
     );
     run("gen-routes", &[&[at("tls")], &members[..]].concat());
 
-    let log = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
-    // Member 1's monitoring port answers which servers it is routed to.
-    let monitor = free_port();
-    let _members: Vec<Proc> = (1..=2)
-        .map(|i| {
-            let conf = member_config(i, &ports[..3], dir.path(), Some("tls"));
-            if i == 1 {
-                let text = std::fs::read_to_string(&conf).unwrap();
-                std::fs::write(&conf, format!("http: 127.0.0.1:{monitor}\n{text}")).unwrap();
-            }
-            Proc::spawn(
-                &format!("nats-server {i}"),
-                Command::new("nats-server").arg("-c").arg(&conf),
-                dir.path().join(format!("nats-{i}.log")),
-            )
-        })
-        .collect();
-    wait_for(Duration::from_secs(20), "members 1 and 2 routed", || {
-        routez(monitor).contains("\"remote_name\": \"nats-2\"")
-    });
-
     // Intruders on member 1's route port: plain; TLS from another CA; the
     // right CA's certificate without the route secret.
-    let route1 = ports[0].1;
+    let route1 = routes[0];
     for (name, cluster, refusal) in [
         ("plain", String::new(), "TLS route handshake error"),
         (
@@ -280,53 +318,30 @@ fn routes_admit_only_servers_with_the_cas_certificate_and_the_route_secret() {
         } else {
             ""
         };
-        // An intruder whose ports were taken meanwhile (free_port releases
-        // them) exits at start and never dials: try again on new ports.
-        let mut attempt = 0;
-        let mut intruder = loop {
-            attempt += 1;
-            let (client, route) = if attempt == 1 {
-                ports[3]
-            } else {
-                (free_port(), free_port())
-            };
-            let conf = dir.path().join(format!("{name}.conf"));
-            std::fs::write(
-                &conf,
-                format!(
-                    "server_name: {name}\nlisten: 127.0.0.1:{client}\ncluster {{\n  name: nodemaint\n  \
-                     listen: 127.0.0.1:{route}\n{cluster}  routes: [ nats-route://{login}127.0.0.1:{route1} ]\n}}\n"
-                ),
-            )
-            .unwrap();
-            let mut intruder = Proc::spawn(
-                name,
-                Command::new("nats-server").arg("-c").arg(&conf),
-                dir.path().join(format!("{name}.log")),
-            );
-            let mut exited = false;
-            wait_for(
-                Duration::from_secs(20),
-                &format!("member 1 refusing {name}"),
-                || {
-                    if log("nats-1.log").contains(refusal)
-                        || log(&format!("{name}.log")).contains(refusal)
-                    {
-                        return true;
-                    }
-                    exited = !intruder.is_running();
-                    exited
-                },
-            );
-            if !exited || attempt == 3 {
-                assert!(
-                    !exited,
-                    "{name} exited 3 times:\n{}",
-                    log(&format!("{name}.log"))
-                );
-                break intruder;
-            }
-        };
+        // On ports of its own choosing (-1): nothing routes to it.
+        let conf = dir.path().join(format!("{name}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "server_name: {name}\nlisten: \"127.0.0.1:-1\"\ncluster {{\n  name: nodemaint\n  \
+                 listen: \"127.0.0.1:-1\"\n{cluster}  routes: [ nats-route://{login}127.0.0.1:{route1} ]\n}}\n"
+            ),
+        )
+        .unwrap();
+        let mut intruder = Proc::spawn(
+            name,
+            Command::new("nats-server").arg("-c").arg(&conf),
+            dir.path().join(format!("{name}.log")),
+        );
+        wait_started(
+            std::slice::from_mut(&mut intruder),
+            Duration::from_secs(20),
+            &format!("member 1 refusing {name}"),
+            |_| {
+                log("nats-1.log").contains(refusal) || log(&format!("{name}.log")).contains(refusal)
+            },
+        )
+        .unwrap_or_else(|t| panic!("{}: {}", t.name, t.log));
 
         let routes = routez(monitor);
         assert!(routes.contains("\"remote_name\": \"nats-2\""), "{routes}");

@@ -542,6 +542,9 @@ fn tables_for_scripts_drop_headers_and_choose_columns() {
 #[test]
 fn unreachable_nats_is_named_within_five_seconds() {
     let dir = tempfile::tempdir().unwrap();
+    // free_port on purpose: a port nothing listens on (a process taking it
+    // within the next instant is far less likely than the bind race of a
+    // start, and there is no server start here to retry).
     let url = format!("nats://127.0.0.1:{}", free_port());
     let t = Instant::now();
     let out = cli_in(&url, dir.path(), "alice", &["node", "list"]);

@@ -61,22 +61,25 @@ fn assert_well_formed(text: &str) {
     }
 }
 
+/// The metrics endpoints bind port 0 and log the port they got.
+const METRICS: &str = "Prometheus metrics";
+
 /// Starts the coordinator with `--metrics-listen` and JSON logs; returns the
 /// metrics port.
 fn start_coordinator(f: &mut Fleet) -> u16 {
-    let port = free_port();
-    let p = Proc::spawn(
+    let mut p = Proc::spawn(
         "coordinator",
         Command::new(bin("coordinator"))
             .args(["serve", "--config"])
             .env(INSECURE.0, INSECURE.1)
             .arg(&f.config)
-            .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .args(["--log-format", "json"])
             .env("NATS_URL", &f.nats.url)
             .env("RUST_LOG", "info"),
         f.dir.path().join("coordinator.log"),
     );
+    let port = wait_listening(&mut p, METRICS).port();
     f.coordinator = Some(p);
     wait_for(Duration::from_secs(20), "coordinator to answer", || {
         f.cli("alice", &["node", "list"]).status.success()
@@ -87,7 +90,6 @@ fn start_coordinator(f: &mut Fleet) -> u16 {
 /// Starts a test-driver agent with `metrics_listen` and JSON logs; returns
 /// the metrics port.
 fn start_agent(f: &mut Fleet, node: &str, doms: &[Dom], checks: Vec<CheckConfig>) -> u16 {
-    let port = free_port();
     node_xml(&f.dir.path().join(format!("{node}.xml")), 8192, 8, doms);
     std::fs::write(
         f.dir.path().join(format!("{node}.boot_id")),
@@ -97,12 +99,12 @@ fn start_agent(f: &mut Fleet, node: &str, doms: &[Dom], checks: Vec<CheckConfig>
     f.agent_edits.insert(
         node.into(),
         Box::new(move |c| {
-            c.metrics_listen = Some(([127, 0, 0, 1], port).into());
+            c.metrics_listen = Some(([127, 0, 0, 1], 0).into());
             c.checks = checks.clone();
         }),
     );
     let cfg = f.agent_config(node);
-    let p = Proc::spawn(
+    let mut p = Proc::spawn(
         &format!("agent {node}"),
         Command::new(bin("node-agent"))
             .arg("--config")
@@ -112,6 +114,7 @@ fn start_agent(f: &mut Fleet, node: &str, doms: &[Dom], checks: Vec<CheckConfig>
             .env("RUST_LOG", "info"),
         f.dir.path().join(format!("agent-{node}.log")),
     );
+    let port = wait_listening(&mut p, METRICS).port();
     f.agents.push((node.to_string(), Some(p)));
     port
 }
@@ -343,33 +346,36 @@ fn metrics_move_with_jobs_and_json_logs_name_job_and_node() {
 fn successful_migrations_count_their_bytes_on_both_sides() {
     let mut f = Fleet::start_bare();
     let cport = start_coordinator(&mut f);
-    let sport = free_port();
     let vm_mib: u64 = 256;
-    let _sim = Proc::spawn(
+    let mut sim = Proc::spawn(
         "sim-fleet",
-        Command::new(bin("sim-fleet")).args([
-            "--nats-url",
-            &f.nats.url,
-            "--nodes",
-            "3",
-            "--vms-per-node",
-            "2",
-            "--cloudspaces",
-            "1",
-            "--vm-memory-mib",
-            &vm_mib.to_string(),
-            "--time-scale",
-            "0.05",
-            "--heartbeat-interval-ms",
-            "300",
-            "--check-invariants",
-            "--state-dir",
-            f.dir.path().join("sim").to_str().unwrap(),
-            "--metrics-listen",
-            &format!("127.0.0.1:{sport}"),
-        ]),
+        Command::new(bin("sim-fleet"))
+            .args([
+                "--nats-url",
+                &f.nats.url,
+                "--nodes",
+                "3",
+                "--vms-per-node",
+                "2",
+                "--cloudspaces",
+                "1",
+                "--vm-memory-mib",
+                &vm_mib.to_string(),
+                "--time-scale",
+                "0.05",
+                "--heartbeat-interval-ms",
+                "300",
+                "--check-invariants",
+                "--state-dir",
+                f.dir.path().join("sim").to_str().unwrap(),
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            // Its default is warnings only: the line naming the bound port.
+            .env("RUST_LOG", "warn,nodemaint_agent::metrics=info"),
         f.dir.path().join("sim-fleet.log"),
     );
+    let sport = wait_listening(&mut sim, METRICS).port();
     wait_for(Duration::from_secs(30), "3 simulated nodes", || {
         let v = f.cli_json("bob", &["node", "list"]);
         v.as_array().is_some_and(|a| {

@@ -1786,16 +1786,25 @@ mod browser {
             eprintln!("SKIPPED browser test: {why}");
             return None;
         }
-        let port = free_port();
-        let driver = Proc::spawn(
+        // Port 0: chromedriver picks a free one and says which.
+        let mut driver = Proc::spawn(
             "chromedriver",
-            std::process::Command::new(CHROMEDRIVER).arg(format!("--port={port}")),
+            std::process::Command::new(CHROMEDRIVER).arg("--port=0"),
             dir.join("chromedriver.log"),
         );
-        tokio::task::block_in_place(|| {
-            wait_for(Duration::from_secs(20), "chromedriver to listen", || {
-                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            })
+        let port: u16 = tokio::task::block_in_place(|| {
+            wait_for_log(
+                &mut driver,
+                Duration::from_secs(20),
+                "chromedriver to listen",
+                |log| {
+                    let rest = log.split("started successfully on port ").nth(1)?;
+                    rest.split(|c: char| !c.is_ascii_digit())
+                        .next()?
+                        .parse()
+                        .ok()
+                },
+            )
         });
         let profile = dir.join(format!("chrome-profile-{port}"));
         let mut caps = serde_json::Map::new();
