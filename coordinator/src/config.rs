@@ -75,6 +75,9 @@ pub struct CoordinatorConfig {
     pub users: BTreeMap<String, User>,
     #[serde(default)]
     pub limits: Limits,
+    /// How a drain paces its migrations (`[drain]`).
+    #[serde(default)]
+    pub drain: DrainPacing,
     /// Default graceful stop timeout of stop commands.
     #[serde(default = "default_stop_timeout")]
     pub stop_graceful_timeout_s: u32,
@@ -351,6 +354,63 @@ pub struct User {
 /// Migration concurrency limits: the planner's type (`[limits]`).
 pub use nodemaint_planner::Limits;
 
+/// `[drain]`: how many migrations a drain keeps in flight.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainPacing {
+    /// `fixed` (the per-source limit) or `adaptive` (start there, add one
+    /// while the drain's throughput rises, back off when it falls or a
+    /// migration stops converging); a request may choose either.
+    #[serde(default)]
+    pub concurrency: Concurrency,
+    /// The most an adaptive drain goes to (0: the global limit); the
+    /// per-destination and global limits still hold.
+    #[serde(default)]
+    pub adaptive_max: usize,
+    /// An adaptive drain measures its throughput over windows this long.
+    #[serde(default = "default_adaptive_window_ms")]
+    pub adaptive_window_ms: u64,
+}
+
+fn default_adaptive_window_ms() -> u64 {
+    2000
+}
+
+impl Default for DrainPacing {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults parse")
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Concurrency {
+    #[default]
+    Fixed,
+    Adaptive,
+}
+
+impl DrainPacing {
+    /// Whether a drain requested with `r` is adaptive.
+    pub fn adaptive(&self, r: nodemaint_proto::pb::Concurrency) -> bool {
+        use nodemaint_proto::pb::Concurrency as C;
+        match r {
+            C::Configured => self.concurrency == Concurrency::Adaptive,
+            C::Fixed => false,
+            C::Adaptive => true,
+        }
+    }
+
+    /// The adaptive ceiling under `limits`.
+    pub fn max(&self, limits: &Limits) -> usize {
+        match self.adaptive_max {
+            0 => limits.global,
+            n => n.min(limits.global),
+        }
+        .max(1)
+    }
+}
+
 fn default_nats_url() -> String {
     "nats://127.0.0.1:4222".into()
 }
@@ -499,6 +559,24 @@ mod tests {
         assert_eq!((c.limits.per_source, c.limits.per_destination), (2, 2));
         let typo = toml::from_str::<CoordinatorConfig>("[limits]\nglobl = 3\n");
         assert!(typo.is_err(), "an unknown key is refused");
+    }
+
+    #[test]
+    fn drain_pacing_is_fixed_unless_configured_or_requested() {
+        use nodemaint_proto::pb::Concurrency as C;
+        let d = CoordinatorConfig::default().drain;
+        assert!(!d.adaptive(C::Configured) && d.adaptive(C::Adaptive));
+        assert_eq!(d.adaptive_window_ms, 2000);
+        let c: CoordinatorConfig = toml::from_str(
+            "[limits]\nglobal = 4\n[drain]\nconcurrency = \"adaptive\"\nadaptive_max = 9\n",
+        )
+        .unwrap();
+        assert!(c.drain.adaptive(C::Configured) && !c.drain.adaptive(C::Fixed));
+        assert_eq!(c.drain.max(&c.limits), 4, "the global limit caps it");
+        let bad = toml::from_str::<CoordinatorConfig>("[drain]\nconcurrency = \"fast\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("fixed") && bad.contains("adaptive"), "{bad}");
     }
 
     #[test]

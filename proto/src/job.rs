@@ -174,6 +174,10 @@ pub struct Drain {
     /// coordinator's configured one when each migration starts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub converge: Option<crate::model::ConvergePolicy>,
+    /// Adaptive concurrency: the number of migrations in flight follows
+    /// the measured throughput instead of staying at the fixed limit.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub adaptive: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -749,6 +753,7 @@ pub(crate) mod tests {
                     post_copy: true,
                     ..Default::default()
                 }),
+                adaptive: true,
             }),
             JobSpec::StopAll(StopAll {
                 vfw_cloudspaces_down: vec!["cs1".into()],

@@ -151,6 +151,7 @@ impl From<&JobSpec> for pb::JobSpec {
                 retry: d.retry,
                 parent: d.parent,
                 converge: d.converge.map(|c| c.to_pb()),
+                adaptive: d.adaptive,
             }),
             JobSpec::StopAll(s) => K::StopAll(pb::StopAllSpec {
                 vfw_cloudspaces_down: s.vfw_cloudspaces_down,
@@ -225,6 +226,7 @@ impl TryFrom<pb::JobSpec> for JobSpec {
                 retry: d.retry,
                 parent: d.parent,
                 converge: d.converge.as_ref().map(ConvergePolicy::from_pb),
+                adaptive: d.adaptive,
             }),
             K::StopAll(s) => JobSpec::StopAll(StopAll {
                 vfw_cloudspaces_down: s.vfw_cloudspaces_down,

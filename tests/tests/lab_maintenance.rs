@@ -35,6 +35,10 @@ fn lab_maintenance_suite() {
             "node1",
             "--mode",
             "move",
+            // Adaptive pacing on real migrations: metered from their
+            // progress, changed only with a reason in the journal.
+            "--concurrency",
+            "adaptive",
             "--output",
             "json",
         ],
@@ -43,6 +47,18 @@ fn lab_maintenance_suite() {
     let job = job_of(&out);
     let first = job["commands"][0]["vm"].as_str().unwrap();
     assert!(first.ends_with("-vfw"), "VFW moved first: {job}");
+    assert_eq!(job["params"]["adaptive"], true, "{job}");
+    let steps = job["steps"].as_array().unwrap();
+    assert!(
+        steps[0]["message"].as_str().unwrap().contains("(adaptive)"),
+        "{job}"
+    );
+    for st in steps {
+        let msg = st["message"].as_str().unwrap_or("");
+        if msg.starts_with("concurrency ") {
+            assert!(msg.contains(": "), "a change names its reason: {msg}");
+        }
+    }
     assert!(
         lab.domains("node1").is_empty(),
         "node1 empty: {:?}",

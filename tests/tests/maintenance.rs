@@ -491,3 +491,69 @@ fn repeated_dry_runs_probe_once() {
     });
     assert_eq!(probes(), 1, "one probe for three dry runs");
 }
+
+/// Most migrations in flight at once, from the journal's order of
+/// "moving X" and "migration of X … ended" steps.
+fn peak_in_flight(job: &Value) -> i32 {
+    let (mut now, mut peak) = (0, 0);
+    for st in job["steps"].as_array().unwrap() {
+        let msg = st["message"].as_str().unwrap_or("");
+        if msg.starts_with("moving ") {
+            now += 1;
+            peak = peak.max(now);
+        } else if msg.starts_with("migration of ") && msg.contains(" ended: ") {
+            now -= 1;
+        }
+    }
+    peak
+}
+
+#[test]
+fn a_drain_keeps_its_concurrency_and_an_adaptive_one_is_recorded_as_such() {
+    let f = fleet();
+    let drain = |extra: &[&str]| {
+        let mut args = vec!["maintenance", "start", "node1", "--mode", "move"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--output", "json"]);
+        // The test driver refuses migrations: each VM is tried twice.
+        let job = job_of(&f.cli("alice", &args));
+        assert_eq!(job["state"], "FAILED", "{job}");
+        ok(&f.cli("alice", &["node", "enable", "node1"]));
+        assert_each_vm_once(&f, 8);
+        job
+    };
+    let fixed = drain(&["--max-parallel", "1"]);
+    assert_eq!(peak_in_flight(&fixed), 1, "--max-parallel 1: {fixed}");
+    assert!(fixed["steps"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("1 at once;"));
+    let wide = drain(&["--max-parallel", "3"]);
+    assert!(
+        peak_in_flight(&wide) > 1,
+        "no barrier holds it to one: {wide}"
+    );
+    assert!(peak_in_flight(&wide) <= 3, "{wide}");
+    let adaptive = drain(&["--concurrency", "adaptive"]);
+    let plan = adaptive["steps"][0]["message"].as_str().unwrap();
+    assert!(plan.contains("at once to start (adaptive)"), "{plan}");
+    assert_eq!(adaptive["params"]["adaptive"], true, "{adaptive}");
+    assert!(fixed["params"].get("adaptive").is_none(), "{fixed}");
+    // A bad value is refused by the CLI, naming the choices.
+    let out = f.cli(
+        "alice",
+        &[
+            "maintenance",
+            "start",
+            "node1",
+            "--mode",
+            "move",
+            "--concurrency",
+            "fast",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("fixed") && err.contains("adaptive"), "{err}");
+    assert_eq!(node_status(&f, "node1"), "ENABLED");
+}

@@ -60,6 +60,7 @@ pub(super) async fn start_maintenance(
         ack_vfw_downtime: r.ack_vfw_downtime,
         max_speed_mibs: r.max_speed_mibs,
         converge: c.cfg.migration.converge.with_request(r.converge.as_ref()),
+        adaptive: c.cfg.drain.adaptive(r.concurrency()),
     };
     let (checks, plan) = preflight(c, &n, mode, &opts, false).await?;
     if r.dry_run {
@@ -117,6 +118,7 @@ pub(super) struct DrainOptions {
     fallback: jobs::Fallback,
     ack_vfw_downtime: bool,
     converge: nodemaint_proto::model::ConvergePolicy,
+    adaptive: bool,
 }
 
 impl DrainOptions {
@@ -131,6 +133,7 @@ impl DrainOptions {
             retry: false,
             parent: None,
             converge: Some(self.converge.clone()),
+            adaptive: self.adaptive,
         }
     }
 }
@@ -251,6 +254,7 @@ pub(super) async fn retry_maintenance(
         ack_vfw_downtime: r.ack_vfw_downtime,
         max_speed_mibs: r.max_speed_mibs,
         converge: c.cfg.migration.converge.with_request(r.converge.as_ref()),
+        adaptive: c.cfg.drain.adaptive(r.concurrency()),
     };
     let (checks, plan) = preflight(c, &n, "move", &opts, true).await?;
     refuse_failed(&n.name, &checks)?;

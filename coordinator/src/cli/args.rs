@@ -268,6 +268,16 @@ impl FallbackArg {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ConcurrencyArg {
+    /// Keep --max-parallel (or the configured per-node limit) in flight.
+    Fixed,
+    /// Start there; add a migration while the drain's throughput rises,
+    /// back off when it falls or a migration stops converging (each change
+    /// is a job step with its reason).
+    Adaptive,
+}
+
 /// How a drain goes (maintenance start and retry).
 #[derive(Args, Debug, Clone)]
 pub struct DrainArgs {
@@ -290,8 +300,22 @@ pub struct DrainArgs {
     /// Bandwidth cap of each migration, MiB/s (default: unlimited).
     #[arg(long, value_name = "MIBS", default_value_t = 0)]
     pub max_speed: u64,
+    /// How many migrations run at once (default: the coordinator's
+    /// `[drain] concurrency`, fixed unless changed).
+    #[arg(long, value_enum)]
+    pub concurrency: Option<ConcurrencyArg>,
     #[command(flatten)]
     pub converge: ConvergeArgs,
+}
+
+impl DrainArgs {
+    pub fn concurrency_wire(&self) -> i32 {
+        (match self.concurrency {
+            None => pb::Concurrency::Configured,
+            Some(ConcurrencyArg::Fixed) => pb::Concurrency::Fixed,
+            Some(ConcurrencyArg::Adaptive) => pb::Concurrency::Adaptive,
+        }) as i32
+    }
 }
 
 /// What a live migration that does not converge may do (the coordinator's
@@ -335,9 +359,10 @@ pub enum MaintenanceCmd {
     /// destination's, the nodes-in-maintenance limit holds, and no other job
     /// touches these VMs. A failed check refuses the start and changes nothing.
     ///
-    /// --mode move: migrates in waves (VFWs first) within the fleet-wide
-    /// migration slots; a failed move is retried once on another node, then
-    /// --fallback applies. --mode stop: stops every VM; refused while VFWs run
+    /// --mode move: migrates VFWs first, then the largest VMs first, starting
+    /// the next as soon as one ends (--max-parallel at once, or --concurrency
+    /// adaptive), within the fleet-wide migration slots; a failed move is
+    /// retried once on another node, then --fallback applies. --mode stop: stops every VM; refused while VFWs run
     /// on the node unless --ack-vfw-downtime is given. --mode none: cordon.
     ///
     /// Examples:

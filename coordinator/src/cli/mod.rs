@@ -260,6 +260,7 @@ pub async fn run(cli: Cli) -> CliResult {
                 dry_run: *dry_run,
                 max_speed_mibs: drain.max_speed,
                 converge: drain.converge.wire(),
+                concurrency: drain.concurrency_wire(),
             });
             if *dry_run {
                 let doc = json_reply(client.call(req).await?)?;
@@ -276,6 +277,7 @@ pub async fn run(cli: Cli) -> CliResult {
                 ack_vfw_downtime: drain.ack_vfw_downtime,
                 max_speed_mibs: drain.max_speed,
                 converge: drain.converge.wire(),
+                concurrency: drain.concurrency_wire(),
             });
             run_op(&cli, &client, req, *wait).await
         }

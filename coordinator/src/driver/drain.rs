@@ -7,6 +7,7 @@
 use crate::driver::executor::{record_stopped, stopped};
 use crate::driver::slots::Priority;
 use crate::driver::stop_all::{answer, journal, stop_reason, FIND_OUT_WAIT};
+use crate::engine::concurrency::{Change, Controller, Window};
 use crate::engine::drain::{Action, Drain, Event, Planned};
 use crate::engine::{Answer, Ending};
 use crate::jobs::{Job, JobSpec, JobState, Report};
@@ -51,13 +52,63 @@ fn new_machine(c: &Coordinator, job: &Job, node: &str, resumed: bool) -> Result<
                 not_migratable: m.not_migratable.clone(),
             })
             .collect();
-    Ok(Drain::new(
-        &job.id,
-        node,
-        spec.fallback,
-        spec.ack_vfw_downtime,
-        moves,
-    ))
+    // The engine paces the drain (in plan order); the slots hold the
+    // fleet-wide limits.
+    let start = if spec.adaptive {
+        limits.per_source.min(c.cfg.drain.max(&c.cfg.limits))
+    } else {
+        limits.per_source
+    };
+    Ok(
+        Drain::new(&job.id, node, spec.fallback, spec.ack_vfw_downtime, moves)
+            .with_concurrency(start as u32),
+    )
+}
+
+/// An adaptive drain's controller and its measurement windows.
+struct Pacing {
+    controller: Controller,
+    tick: tokio::time::Interval,
+    since: tokio::time::Instant,
+}
+
+impl Pacing {
+    fn new(c: &Coordinator, start: u32) -> Pacing {
+        let period = std::time::Duration::from_millis(c.cfg.drain.adaptive_window_ms.max(100));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Pacing {
+            controller: Controller::new(start, c.cfg.drain.max(&c.cfg.limits) as u32),
+            tick,
+            since: tokio::time::Instant::now(),
+        }
+    }
+
+    /// One window: what the drain's migrations copied since the last one,
+    /// and whether VMs waited for the limit.
+    fn window(&mut self, c: &Coordinator, node: &str, m: &Drain) -> Option<Change> {
+        let now = tokio::time::Instant::now();
+        let secs = (now - self.since).as_secs_f64();
+        self.since = now;
+        let (bytes, stalled) = c.slots.take_meter(node);
+        let binding = m.held_back() > 0 && m.in_flight() >= m.concurrency as usize;
+        self.controller.window(&Window {
+            bytes,
+            secs,
+            binding,
+            stalled,
+        })
+    }
+}
+
+/// The next window of an adaptive drain; never, for a fixed one.
+async fn next_window(p: &mut Option<Pacing>) {
+    match p {
+        Some(p) => {
+            p.tick.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Move all, started or resumed: the machine comes from the job's journal
@@ -72,15 +123,17 @@ pub async fn drain(c: Arc<Coordinator>, job: Job, resumed: bool) {
         Some(m) => m,
         None => match new_machine(&c, &job, &node, resumed) {
             Ok(m) => {
-                let waves = m.vms.iter().map(|t| t.plan.wave + 1).max().unwrap_or(0);
+                let adaptive = matches!(&job.spec, JobSpec::Drain(d) if d.adaptive);
                 c.jobs
                     .step(
                         &job.id,
                         None,
                         None,
                         format!(
-                            "plan: {} VMs to move in {waves} waves (VFWs first), fallback {}",
+                            "plan: {} VMs to move, VFWs first, then the largest first; {} at once{}; fallback {}",
                             m.vms.len(),
+                            m.concurrency,
+                            if adaptive { " to start (adaptive)" } else { "" },
                             m.fallback.as_str()
                         ),
                     )
@@ -107,6 +160,20 @@ pub async fn drain(c: Arc<Coordinator>, job: Job, resumed: bool) {
         };
         return finish(&c, &job, &node, &machine, ending, summary).await;
     }
+    let (adaptive, per_source) = match &job.spec {
+        JobSpec::Drain(d) => (
+            d.adaptive,
+            crate::fleet::limits(&c.cfg.limits, d.max_parallel).per_source,
+        ),
+        _ => (false, c.cfg.limits.per_source),
+    };
+    let mut pacing = adaptive.then(|| Pacing::new(&c, machine.concurrency));
+    let ceiling = if adaptive {
+        c.cfg.drain.max(&c.cfg.limits)
+    } else {
+        per_source
+    };
+    let _paced = c.slots.pace(&node, ceiling);
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
     let mut stops = c.stops.watch(&job.id);
     let mut stop_fed = machine.stopping.is_some();
@@ -119,6 +186,13 @@ pub async fn drain(c: Arc<Coordinator>, job: Job, resumed: bool) {
                 reason = stopped(&mut stops), if !stop_fed => {
                     stop_fed = true;
                     Event::Stop(stop_reason(reason))
+                }
+                _ = next_window(&mut pacing) => {
+                    let Some(p) = pacing.as_mut() else { continue };
+                    let Some(ch) = p.window(&c, &node, &machine) else { continue };
+                    let msg = format!("concurrency {} → {}: {}", ch.from, ch.to, ch.reason);
+                    c.jobs.step(&job.id, None, None, msg).await;
+                    Event::Concurrency(ch.to)
                 }
             },
         };

@@ -562,6 +562,17 @@ impl Coordinator {
         cmd: &pb::AgentCommand,
         wait: Duration,
     ) -> pb::CommandResult {
+        let r = self.send_and_wait_result(node, cmd, wait).await;
+        self.slots.ended(node, &cmd.id, &r);
+        r
+    }
+
+    async fn send_and_wait_result(
+        &self,
+        node: &str,
+        cmd: &pb::AgentCommand,
+        wait: Duration,
+    ) -> pb::CommandResult {
         let mut rx = match self.link.send_command(node, cmd).await {
             Ok(rx) => rx,
             // Not acknowledged by NATS: it may still have landed.
@@ -579,7 +590,10 @@ impl Coordinator {
                     ..
                 })) => return r,
                 // Progress: the CLI follows it from the stream; metrics count it.
-                Ok(Some(ev)) => crate::metrics::progress(&ev),
+                Ok(Some(ev)) => {
+                    crate::metrics::progress(&ev);
+                    self.slots.observe(node, &ev);
+                }
                 Ok(None) => return failed(Code::Internal, "result channel closed".into()),
                 Err(_) if tokio::time::Instant::now() < deadline => {
                     if let Ok(Some(r)) = self.link.recorded_result(node, &cmd.id).await {

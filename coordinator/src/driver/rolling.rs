@@ -505,6 +505,7 @@ async fn drain(
             plan: Some(plan),
             parent: Some(job.id.clone()),
             deadline_s: job.spec.deadline_s(),
+            adaptive: c.cfg.drain.concurrency == crate::config::Concurrency::Adaptive,
             ..Default::default()
         });
         let mut j = Job::new(spec, &job.user, Some(&node));

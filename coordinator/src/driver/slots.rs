@@ -9,6 +9,8 @@
 //! first (their nodes are free, so nothing it needs is taken from it except
 //! global slots, which it would not get while its nodes are busy anyway).
 
+use crate::engine::concurrency::Meter;
+use nodemaint_proto::pb::{self, event::Body};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
@@ -27,6 +29,8 @@ pub struct Ledger {
     global: usize,
     out: HashMap<String, usize>,
     inb: HashMap<String, usize>,
+    /// Per-source limits that replace `limits.0` (adaptive drains).
+    source_limit: HashMap<String, usize>,
 }
 
 impl Ledger {
@@ -40,7 +44,12 @@ impl Ledger {
 
     pub fn fits(&self, from: &str, to: &str) -> bool {
         self.global < self.limits.2
-            && self.out.get(from).copied().unwrap_or(0) < self.limits.0
+            && self.out.get(from).copied().unwrap_or(0)
+                < self
+                    .source_limit
+                    .get(from)
+                    .copied()
+                    .unwrap_or(self.limits.0)
             && self.inb.get(to).copied().unwrap_or(0) < self.limits.1
     }
 
@@ -78,6 +87,8 @@ struct State {
     ledger: Ledger,
     waiting: BTreeMap<(Priority, u64), Waiter>,
     seq: u64,
+    /// Throughput meters of the sources under adaptive drains.
+    meters: HashMap<String, Meter>,
 }
 
 impl State {
@@ -177,6 +188,65 @@ impl MigrationSlots {
     pub fn in_use(&self) -> usize {
         self.0.lock().unwrap().ledger.in_use()
     }
+
+    /// Puts `source` under its drain's pacing until the guard is dropped:
+    /// its outbound limit becomes `limit` (`--max-parallel`, or an adaptive
+    /// drain's ceiling, below which the drain paces itself) and its
+    /// migrations' bytes are metered. One drain per source at a time (the
+    /// node is held by it).
+    pub fn pace(&self, source: &str, limit: usize) -> PaceGuard {
+        let mut s = self.0.lock().unwrap();
+        s.ledger.source_limit.insert(source.into(), limit.max(1));
+        s.meters.insert(source.into(), Meter::default());
+        s.grant();
+        PaceGuard {
+            slots: self.clone(),
+            source: source.into(),
+        }
+    }
+
+    /// Feeds a progress event of a command sent to `source` into its
+    /// meter (when it has one).
+    pub fn observe(&self, source: &str, ev: &pb::Event) {
+        let Some(Body::Progress(p)) = &ev.body else {
+            return;
+        };
+        if let Some(m) = self.0.lock().unwrap().meters.get_mut(source) {
+            let escalation = (p.step == "escalating").then(|| format!("{}: {}", p.vm, p.message));
+            m.progress(&p.command_id, p.bytes_processed, escalation);
+        }
+    }
+
+    /// The command `id` sent to `source` ended with this result.
+    pub fn ended(&self, source: &str, id: &str, r: &pb::CommandResult) {
+        if let Some(m) = self.0.lock().unwrap().meters.get_mut(source) {
+            m.ended(id, r.migrated_bytes);
+        }
+    }
+
+    /// What `source`'s meter measured since the last take.
+    pub fn take_meter(&self, source: &str) -> (u64, Option<String>) {
+        let mut s = self.0.lock().unwrap();
+        s.meters
+            .get_mut(source)
+            .map(Meter::take)
+            .unwrap_or_default()
+    }
+}
+
+/// A drain's hold on its source's limit and meter.
+pub struct PaceGuard {
+    slots: MigrationSlots,
+    source: String,
+}
+
+impl Drop for PaceGuard {
+    fn drop(&mut self) {
+        let mut s = self.slots.0.lock().unwrap();
+        s.ledger.source_limit.remove(&self.source);
+        s.meters.remove(&self.source);
+        s.grant();
+    }
 }
 
 /// While waiting: if dropped, either the waiter is still queued (its closed
@@ -223,6 +293,49 @@ mod tests {
         l.release("a", "b");
         assert!(l.fits("a", "e"));
         assert_eq!(l.in_use(), 1);
+    }
+
+    #[test]
+    fn an_adaptive_source_has_its_own_outbound_limit_and_meter() {
+        let s = slots(1, 5, 5);
+        let guard = s.pace("a", 3);
+        {
+            let mut st = s.0.lock().unwrap();
+            for to in ["x", "y", "z"] {
+                assert!(st.ledger.fits("a", to));
+                st.ledger.take("a", to);
+            }
+            assert!(!st.ledger.fits("a", "w"), "3 is a's limit");
+            assert!(st.ledger.fits("b", "w"));
+            st.ledger.take("b", "w");
+            assert!(!st.ledger.fits("b", "v"), "b keeps the configured 1");
+        }
+        let progress = |id: &str, bytes: u64, step: &str| pb::Event {
+            body: Some(Body::Progress(pb::Progress {
+                command_id: id.into(),
+                bytes_processed: bytes,
+                step: step.into(),
+                vm: "vm1".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        s.observe("a", &progress("c1", 100, "migrating"));
+        s.observe("b", &progress("c2", 100, "migrating"));
+        s.observe("a", &progress("c1", 250, "escalating"));
+        let result = pb::CommandResult {
+            migrated_bytes: 300,
+            ..Default::default()
+        };
+        s.ended("a", "c1", &result);
+        let (bytes, stalled) = s.take_meter("a");
+        assert_eq!(bytes, 300);
+        assert!(stalled.is_some_and(|w| w.starts_with("vm1")));
+        assert_eq!(s.take_meter("b"), (0, None), "b is not metered");
+        drop(guard);
+        let st = s.0.lock().unwrap();
+        assert!(!st.ledger.fits("a", "w"), "back to the configured 1");
+        assert!(st.meters.is_empty());
     }
 
     #[tokio::test]

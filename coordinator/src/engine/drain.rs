@@ -35,6 +35,15 @@ pub struct Drain {
     pub check: Check,
     #[serde(default)]
     pub finished: bool,
+    /// At most this many VMs between their first command and their end at
+    /// once (the fleet-wide slots limit them too); an adaptive drain's
+    /// driver changes it ([`Event::Concurrency`]).
+    #[serde(default = "unlimited")]
+    pub concurrency: u32,
+}
+
+fn unlimited() -> u32 {
+    u32::MAX
 }
 
 /// One planned move (the planner's `Move`, plus whether the VM runs).
@@ -276,6 +285,8 @@ pub enum Event {
     /// fresh inventory (or why there is none).
     Inventory(Result<Vec<String>, String>),
     Stop(StopReason),
+    /// The adaptive driver's new limit of VMs in flight (at least 1).
+    Concurrency(u32),
 }
 
 pub type Output = (Drain, Vec<Action>);
@@ -296,10 +307,10 @@ impl Drain {
                 failures: Vec::new(),
             })
             .collect();
-        // VFWs first within a wave (the planner puts them in earlier waves).
-        vms.sort_by(|a, b| {
-            (a.plan.wave, !a.plan.vfw, &a.plan.vm).cmp(&(b.plan.wave, !b.plan.vfw, &b.plan.vm))
-        });
+        // VFWs first within a wave (the planner puts them in earlier
+        // waves); otherwise the planner's order (largest first), kept by
+        // the stable sort.
+        vms.sort_by_key(|t| (t.plan.wave, !t.plan.vfw));
         Drain {
             job: job.into(),
             node: node.into(),
@@ -309,7 +320,40 @@ impl Drain {
             stopping: None,
             check: Check::NotYet,
             finished: false,
+            concurrency: unlimited(),
         }
+    }
+
+    /// The same, at most `n` VMs in flight at once.
+    pub fn with_concurrency(mut self, n: u32) -> Drain {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// VMs that wait only for the concurrency limit (not for the VFWs).
+    pub fn held_back(&self) -> usize {
+        if self.stopping.is_some() {
+            return 0;
+        }
+        let vfws_pending = self.vfws_pending();
+        self.vms
+            .iter()
+            .filter(|t| t.phase == Phase::Waiting && (t.plan.vfw || !vfws_pending))
+            .count()
+    }
+
+    /// VMs started and not ended.
+    pub fn in_flight(&self) -> usize {
+        self.vms
+            .iter()
+            .filter(|t| !matches!(t.phase, Phase::Waiting | Phase::Done(_)))
+            .count()
+    }
+
+    fn vfws_pending(&self) -> bool {
+        self.vms
+            .iter()
+            .any(|t| t.plan.vfw && !matches!(t.phase, Phase::Done(_)))
     }
 
     /// The command id of a step of the VM at `index`.
@@ -463,6 +507,7 @@ impl Drain {
                     }
                 };
             }
+            Event::Concurrency(n) => s.concurrency = n.max(1),
             Event::Stop(reason) => {
                 if s.stopping.is_some() {
                     return Err(Invalid("already stopping".into()));
@@ -807,27 +852,30 @@ impl Drain {
         self.done(i, outcome);
     }
 
-    /// Starts the waiting VMs of the lowest unfinished wave; once every VM
+    /// Starts waiting VMs in plan order (VFWs first, then by decreasing
+    /// memory: the longest first) while fewer than `concurrency` are in
+    /// flight; user VMs start once every VFW ended. No barrier between the
+    /// planner's waves: a VM starts as soon as one ends. Once every VM
     /// ended, asks for the inventory check.
     fn schedule(&mut self, out: &mut Vec<Action>) {
-        let wave = self
-            .vms
-            .iter()
-            .filter(|t| !matches!(t.phase, Phase::Done(_)))
-            .map(|t| t.plan.wave)
-            .min();
-        let Some(wave) = wave else {
+        if self.vms.iter().all(|t| matches!(t.phase, Phase::Done(_))) {
             if self.check == Check::NotYet {
                 self.check = Check::Asking(1);
                 out.push(Action::CheckEmpty);
             }
             return;
-        };
+        }
         if self.stopping.is_some() {
             return;
         }
+        let vfws_pending = self.vfws_pending();
+        let mut in_flight = self.in_flight();
+        let mut ended_at_once = false;
         for i in 0..self.vms.len() {
-            if self.vms[i].phase != Phase::Waiting || self.vms[i].plan.wave != wave {
+            if in_flight >= self.concurrency as usize {
+                break;
+            }
+            if self.vms[i].phase != Phase::Waiting || (vfws_pending && !self.vms[i].plan.vfw) {
                 continue;
             }
             match self.vms[i].plan.not_migratable.clone() {
@@ -849,13 +897,13 @@ impl Drain {
                     };
                 }
             }
+            match self.vms[i].phase {
+                Phase::Done(_) => ended_at_once = true,
+                _ => in_flight += 1,
+            }
         }
-        // A fallback may have ended VMs at once: the next wave can start.
-        if self
-            .vms
-            .iter()
-            .all(|t| t.plan.wave != wave || matches!(t.phase, Phase::Done(_)))
-        {
+        // A fallback that ended a VM at once (or the last VFW) frees room.
+        if ended_at_once {
             self.schedule(out);
         }
     }
@@ -1022,6 +1070,40 @@ mod tests {
             s.report()[1],
             ("a".to_string(), Ok("moved to n2".to_string()))
         );
+    }
+
+    #[test]
+    fn vms_start_as_others_end_within_the_concurrency_and_the_driver_can_change_it() {
+        let mut moves = vec![planned("cs1-vfw", "n2", 0), planned("cs2-vfw", "n3", 0)];
+        for (i, vm) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            moves.push(planned(vm, "n2", 1 + i as u32 / 2));
+        }
+        let s = drain(Fallback::Fail, moves).with_concurrency(3);
+        let (s, out) = go(&s, Event::Resume);
+        // VFWs first: users wait for them even with room to spare.
+        assert_eq!(migrations(&out).len(), 2, "{out:?}");
+        assert_eq!((s.in_flight(), s.held_back()), (2, 0));
+        let (s, out) = go(&s, answer("cs1-vfw", "j1-move0", done("ok")));
+        assert!(migrations(&out).is_empty());
+        let (s, out) = go(&s, answer("cs2-vfw", "j1-move1", done("ok")));
+        let vms = |out: &[Action]| migrations(out).into_iter().map(|m| m.0).collect::<Vec<_>>();
+        assert_eq!(vms(&out), ["a", "b", "c"], "plan order, up to the limit");
+        assert_eq!((s.in_flight(), s.held_back()), (3, 2));
+        // No barrier between waves: c (wave 2) ran beside a and b (wave 1),
+        // and d starts as soon as one ends.
+        let (s, out) = go(&s, answer("b", "j1-move3", done("ok")));
+        assert_eq!(vms(&out), ["d"]);
+        // Raised: one more at once; lowered: nothing new until below it.
+        let (s, out) = go(&s, Event::Concurrency(4));
+        assert_eq!(out[0], Action::Journal);
+        assert_eq!(vms(&out), ["e"]);
+        let (s, _) = go(&s, Event::Concurrency(1));
+        let (s, out) = go(&s, answer("a", "j1-move2", done("ok")));
+        assert!(vms(&out).is_empty());
+        assert_eq!(s.concurrency, 1);
+        // Zero is taken as one: a drain never stalls on its own limit.
+        let (s, _) = go(&s, Event::Concurrency(0));
+        assert_eq!(s.concurrency, 1);
     }
 
     #[test]
@@ -1260,7 +1342,8 @@ mod tests {
         let s = drain(
             Fallback::Stop,
             vec![planned("a", "n2", 0), planned("b", "n2", 1)],
-        );
+        )
+        .with_concurrency(1);
         let (s, _) = go(&s, Event::Resume);
         let (s, out) = go(&s, Event::Stop(StopReason::Abort("alice".into())));
         assert!(out.contains(&Action::Cancel {

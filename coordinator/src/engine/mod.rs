@@ -14,6 +14,7 @@
 //! - **Invalid transitions are rejected** ([`Invalid`]): a duplicated or
 //!   late answer changes nothing.
 
+pub mod concurrency;
 pub mod drain;
 pub mod enable;
 pub mod rolling;

@@ -24,8 +24,9 @@
 //! heals, every queued command runs, `enable` starts what is recorded on
 //! each node, and every VM that ran must run again.
 //!
-//! Not modelled: the fleet-wide migration slots (a wave's moves run at
-//! once), the real planner (a greedy one by free memory stands in), the
+//! The drain's limit of VMs in flight is random (or unlimited), and an
+//! adaptive driver's changes of it (down to 0, taken as 1) arrive at random
+//! times. Not modelled: the fleet-wide migration slots, the real planner (a greedy one by free memory stands in), the
 //! agent's own at-most-once logic (it keeps results by command id, as the
 //! real one does in its bucket), NATS and KV internals, real time.
 //!
@@ -60,6 +61,10 @@ pub struct Faults {
     pub deadline_at: Option<u64>,
     /// A VM (created just before the node was marked) lands on it then.
     pub stray_at: Option<u64>,
+    /// The drain's first limit of VMs in flight (`None`: unlimited), and
+    /// the adaptive driver's changes of it: (time, new limit).
+    pub concurrency: Option<u32>,
+    pub concurrency_changes: Vec<(u64, u32)>,
 }
 
 impl Faults {
@@ -92,6 +97,13 @@ impl Faults {
         }
         if rng.chance(200) {
             f.stray_at = Some(rng.below(200));
+        }
+        if rng.chance(500) {
+            f.concurrency = Some(1 + rng.below(3) as u32);
+            for _ in 0..rng.below(4) {
+                f.concurrency_changes
+                    .push((rng.below(300), rng.below(4) as u32));
+            }
         }
         f
     }
@@ -147,6 +159,7 @@ enum Pending {
     },
     Abort,
     Deadline,
+    Concurrency(u32),
     // World side: durable, survives coordinator restarts.
     Deliver {
         cmd: String,
@@ -291,7 +304,10 @@ pub fn run(seed: u64) -> Result<Stats, Failure> {
         _ => Fallback::Cold,
     };
     let ack = rng.chance(500);
-    let job = Drain::new("job", NODE, fallback, ack, moves);
+    let mut job = Drain::new("job", NODE, fallback, ack, moves);
+    if let Some(n) = faults.concurrency {
+        job = job.with_concurrency(n);
+    }
     let ran = hosts
         .values()
         .flat_map(|h| h.iter().filter(|(_, up)| **up).map(|(v, _)| v.clone()))
@@ -333,6 +349,9 @@ pub fn run(seed: u64) -> Result<Stats, Failure> {
     }
     if let Some(t) = w.faults.stray_at {
         w.at(t, Pending::StrayArrives);
+    }
+    for (t, n) in w.faults.concurrency_changes.clone() {
+        w.at(t, Pending::Concurrency(n));
     }
     let fail = |w: &World, message: String| Failure {
         job: "drain",
@@ -612,6 +631,7 @@ impl World {
         match p {
             Pending::Abort => self.feed(Event::Stop(StopReason::Abort("operator".into()))),
             Pending::Deadline => self.feed(Event::Stop(StopReason::Deadline)),
+            Pending::Concurrency(n) => self.feed(Event::Concurrency(n)),
             Pending::Restarted { epoch } if epoch == self.epoch => {
                 self.log("coordinator restarts from its journal".into());
                 self.engine = Some(self.journal.clone());
