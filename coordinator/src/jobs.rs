@@ -211,7 +211,7 @@ impl JobStore {
                 Err(e) if !bus::create_conflict(&e) => return Err(format!("cannot lock: {e}")),
                 Err(_) => {}
             }
-            let Ok(Some(entry)) = self.kv.entry(key).await else {
+            let Ok(Some(entry)) = bus::leader_entry(&self.kv, key).await else {
                 continue;
             };
             if entry.operation != kv::Operation::Put {
@@ -246,7 +246,7 @@ impl JobStore {
 
     /// Gives lock `key` back if job `id` holds it.
     async fn unlock(&self, key: &str, id: &str) {
-        if let Ok(Some(entry)) = self.kv.entry(key).await {
+        if let Ok(Some(entry)) = bus::leader_entry(&self.kv, key).await {
             if entry.operation == kv::Operation::Put && entry.value.as_ref() == id.as_bytes() {
                 if let Err(e) = self
                     .kv
@@ -315,6 +315,8 @@ impl JobStore {
         }
     }
 
+    /// The job's record as the bucket's stream leader has it (`None` also
+    /// when the bucket does not answer: [`JobStore::vanished`] tells).
     pub async fn get(&self, id: &str) -> Option<Job> {
         bus::get_json(&self.kv, id).await.ok().flatten()
     }
@@ -363,10 +365,11 @@ impl JobStore {
         Ok(j)
     }
 
-    /// True when the job's record is gone while the bucket answers (a
-    /// journal write that fails for that reason will never succeed).
+    /// True when the bucket's stream leader answers that the job's record
+    /// is gone (a journal write that fails for that reason will never
+    /// succeed). Not on an error: the leader may be changing.
     pub async fn vanished(&self, id: &str) -> bool {
-        self.get(id).await.is_none() && self.kv.status().await.is_ok()
+        matches!(bus::leader_value(&self.kv, id).await, Ok(None))
     }
 
     /// Read-modify-write of a job record.

@@ -129,7 +129,9 @@ impl Elector {
     /// One attempt to take or renew the lease.
     pub async fn try_hold(&self) -> Hold {
         let sent = Instant::now();
-        let current = match self.kv.entry(KEY).await {
+        // From the stream leader: a lagging replica's older revision would
+        // make a renewal fail (and the lease look unchanged to a standby).
+        let current = match nodemaint_proto::bus::leader_entry(&self.kv, KEY).await {
             Ok(Some(e)) if e.operation == kv::Operation::Put => {
                 // An unreadable lease is somebody's: it expires like any.
                 let l = serde_json::from_slice::<Lease>(&e.value).unwrap_or(Lease {

@@ -127,7 +127,7 @@ impl AgentLink {
         id: &str,
     ) -> Result<Option<pb::CommandResult>, bus::BoxError> {
         let key = format!("{node}.{id}");
-        match self.results.get(&key).await? {
+        match bus::leader_value(&self.results, &key).await? {
             Some(v) if v.first() == Some(&b'R') => {
                 Ok(Some(pb::CommandResult::decode(&v[1..]).map_err(|e| {
                     format!("unreadable recorded result of {key}: {e}")

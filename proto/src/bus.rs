@@ -989,6 +989,60 @@ pub fn update_conflict(e: &kv::UpdateError) -> bool {
     e.kind() == kv::UpdateErrorKind::WrongLastRevision || says_conflict(e)
 }
 
+/// The latest entry of `key` as the bucket's stream leader holds it (`None`:
+/// never written; a deleted or purged key is an entry whose operation says
+/// so). Every read that a decision rests on goes through here: a CAS's
+/// read, "is the record gone", locks, the leader lease.
+///
+/// Why not `Store::entry`/`get`: async-nats creates buckets with
+/// `allow_direct: true`, so those are DIRECT GETs, which any replica answers,
+/// including a follower that has not applied the latest acknowledged writes
+/// (just restarted, or lagging after a failover). On a 3-server cluster
+/// that made a job record written a moment before look absent ("job …
+/// vanished", drain halted). This is a STREAM.MSG.GET, which only the
+/// stream leader answers. Why not buckets with `allow_direct: false`
+/// instead: the flag lives in each bucket's stream config (existing
+/// buckets would need a stream update that `update_key_value` cannot make,
+/// it forces `true`), and every client that opened the bucket before the
+/// change keeps the cached flag; agents may only DIRECT GET their own keys
+/// (a MSG.GET request names no key, so no permission can limit it). The
+/// cost is one JetStream API round trip to the leader instead of the
+/// nearest replica: negligible next to the replicated write that a
+/// decision read precedes.
+pub async fn leader_entry(store: &kv::Store, key: &str) -> Result<Option<kv::Entry>, BoxError> {
+    use stream::LastRawMessageErrorKind as Kind;
+    let subject = format!("{}{key}", store.prefix);
+    match store.stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(m) => Ok(Some(kv::Entry {
+            bucket: store.name.clone(),
+            key: key.to_string(),
+            operation: kv_operation(
+                m.headers.get("KV-Operation").map(|v| v.as_str()),
+                m.headers.get("Nats-Marker-Reason").map(|v| v.as_str()),
+            ),
+            value: m.payload,
+            revision: m.sequence,
+            created: m.time,
+            delta: 0,
+            seen_current: false,
+        })),
+        Err(e) if e.kind() == Kind::NoMessageFound => Ok(None),
+        // Worded for `classify`: a timeout here is transient.
+        Err(e) => Err(format!("KV read from the leader of {}: {e}", store.stream_name).into()),
+    }
+}
+
+/// A KV message's operation from its headers, as async-nats decodes it:
+/// `KV-Operation` (absent on a plain put), else a server marker's reason
+/// (an expired or purged key, a removed message).
+fn kv_operation(op: Option<&str>, marker: Option<&str>) -> kv::Operation {
+    match (op, marker) {
+        (Some("DEL"), _) | (None, Some("Remove")) => kv::Operation::Delete,
+        (Some("PURGE"), _) | (None, Some("MaxAge" | "Purge")) => kv::Operation::Purge,
+        _ => kv::Operation::Put,
+    }
+}
+
 /// Outcome of a read-modify-write: the new value and its revision.
 pub struct Updated<T> {
     pub value: T,
@@ -1013,7 +1067,7 @@ pub enum CasError<E> {
 const STORE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Read-modify-write of a JSON record with compare-and-set: `f` sees the
-/// current value (or `None`) and returns the new one or refuses; on a
+/// current value as the stream leader has it (or `None`) and returns the new one or refuses; on a
 /// concurrent write (wrong last revision) it is re-read and `f` runs again.
 /// Transport errors are retried for up to 30 s.
 pub async fn cas_update<T, E>(
@@ -1043,10 +1097,10 @@ where
         }
     };
     while conflicts < 64 {
-        let entry = match store.entry(key).await {
+        let entry = match leader_entry(store, key).await {
             Ok(e) => e,
             Err(e) => {
-                unavailable(e.into()).await?;
+                unavailable(e).await?;
                 continue;
             }
         };
@@ -1108,15 +1162,25 @@ where
     Err(CasError::Contention(key.to_string()))
 }
 
-/// Reads a JSON record.
+/// Reads a JSON record from the stream leader ([`leader_entry`]); `None`
+/// when there is none (never written, deleted or purged).
 pub async fn get_json<T: DeserializeOwned>(
     store: &kv::Store,
     key: &str,
 ) -> Result<Option<T>, BoxError> {
-    match store.get(key).await? {
+    match leader_value(store, key).await? {
         Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
         None => Ok(None),
     }
+}
+
+/// The value of `key` from the stream leader ([`leader_entry`]); `None`
+/// when there is none (never written, deleted or purged).
+pub async fn leader_value(store: &kv::Store, key: &str) -> Result<Option<bytes::Bytes>, BoxError> {
+    Ok(leader_entry(store, key)
+        .await?
+        .filter(|e| e.operation == kv::Operation::Put)
+        .map(|e| e.value))
 }
 
 /// Every record of a bucket, in key order.
@@ -1142,6 +1206,22 @@ pub async fn all_json<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kv_message_is_a_put_unless_its_headers_say_delete_or_purge() {
+        use kv::Operation::*;
+        for (op, marker, want) in [
+            (None, None, Put),
+            (Some("PUT"), None, Put),
+            (Some("DEL"), None, Delete),
+            (Some("PURGE"), None, Purge),
+            (None, Some("MaxAge"), Purge),
+            (None, Some("Purge"), Purge),
+            (None, Some("Remove"), Delete),
+        ] {
+            assert_eq!(kv_operation(op, marker), want, "{op:?} {marker:?}");
+        }
+    }
 
     #[test]
     fn waiting_fixes_missing_streams_and_timeouts_not_refusals() {

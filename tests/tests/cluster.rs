@@ -366,3 +366,275 @@ fn routez(port: u16) -> String {
     s.read_to_string(&mut body).unwrap();
     body
 }
+
+/// A TCP forwarder for one route between two members, which the test can
+/// stall: connections stay up but nothing passes (a slow network), so the
+/// member on the other side does not notice at once; the data held back
+/// flows again once it is reopened.
+struct Link {
+    open: tokio::sync::watch::Sender<bool>,
+    port: u16,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Link {
+    /// A link to port `to`, listening on a port of its own ([`Link::port`]).
+    async fn start(to: u16) -> Link {
+        let (open, rx) = tokio::sync::watch::channel(true);
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accept = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                    continue;
+                };
+                let (a_read, a_write) = inbound.into_split();
+                let (b_read, b_write) = outbound.into_split();
+                tokio::spawn(pump(a_read, b_write, rx.clone()));
+                tokio::spawn(pump(b_read, a_write, rx.clone()));
+            }
+        });
+        Link { open, port, accept }
+    }
+
+    fn set(&self, open: bool) {
+        self.open.send_replace(open);
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// Copies `from` to `to`, holding what it read while the link is stalled.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut open: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if open.wait_for(|open| *open).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+struct Record {
+    steps: u32,
+}
+
+/// The bug behind "job … vanished; drain halted" after a coordinator
+/// failover: KV reads are DIRECT GETs, answered by whichever replica is
+/// nearest, and a follower that has not applied the latest writes answers
+/// "no such key" for a record written a moment before. Here member F's
+/// routes run through forwarders the test stalls: a record is written through
+/// the other two (a quorum), and a client connected to F reads it. F's
+/// DIRECT GET answers "absent" (the lag, checked); nodemaint's reads
+/// (`bus::leader_entry`, `get_json`, `cas_update`) never conclude "absent":
+/// the journal-style update waits for the leader and lands once F is back.
+#[test]
+fn a_record_written_while_a_follower_lags_is_never_read_as_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (_servers, links, clients) = retry_on_taken_ports("the 3-node cluster", |_| {
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        // links[i][j]: member i+1 routes to member j+1 through it.
+        let links: Vec<Vec<Option<Link>>> = rt.block_on(async {
+            let mut all = Vec::new();
+            for i in 0..3 {
+                let mut row = Vec::new();
+                for (j, &to) in routes.iter().enumerate() {
+                    row.push(if i == j {
+                        None
+                    } else {
+                        Some(Link::start(to).await)
+                    });
+                }
+                all.push(row);
+            }
+            all
+        });
+        let direct = format!(
+            "routes: [ {} ]",
+            routes
+                .iter()
+                .map(|r| format!("nats-route://127.0.0.1:{r}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut servers: Vec<Proc> = (1..=3)
+            .map(|i| {
+                let conf = member_config(i, &routes, dir.path(), None);
+                // Advertised to the others as a dead address: gossip must
+                // not hand out the member's own route port, around the links.
+                let via_links = format!(
+                    "routes: [ {} ]\n  advertise: \"127.0.0.1:1\"",
+                    links[i - 1]
+                        .iter()
+                        .flatten()
+                        .map(|l| format!("nats-route://127.0.0.1:{}", l.port))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let text = std::fs::read_to_string(&conf).unwrap();
+                assert!(text.contains(&direct));
+                std::fs::write(&conf, text.replace(&direct, &via_links)).unwrap();
+                spawn_member(i, &conf, dir.path())
+            })
+            .collect();
+        wait_started(
+            &mut servers,
+            Duration::from_secs(20),
+            "a JetStream meta leader",
+            |ps| {
+                ps.iter().all(|p| member_ports(p, dir.path()).is_some())
+                    && ps.iter().any(|p| {
+                        p.log_text()
+                            .contains("JetStream cluster new metadata leader")
+                    })
+            },
+        )?;
+        let clients: Vec<u16> = servers
+            .iter()
+            .map(|p| member_ports(p, dir.path()).unwrap().client)
+            .collect();
+        Ok((servers, links, clients))
+    });
+    let url = |i: usize| format!("nats://127.0.0.1:{}", clients[i]);
+    let connect = |i: usize| {
+        let u = url(i);
+        async move {
+            let c = nodemaint_proto::bus::connect(&u, "test", &Default::default())
+                .await
+                .unwrap();
+            async_nats::jetstream::new(c)
+        }
+    };
+    use nodemaint_proto::bus;
+    rt.block_on(async {
+        let js = connect(0).await;
+        let kv = bus::Retry::within("bucket", Duration::from_secs(30))
+            .run(|| bus::bucket(&js, "lagtest", 5, Duration::ZERO, 3))
+            .await
+            .unwrap();
+        // Pick F: a follower of the bucket's stream; write through another.
+        let leader = bus::Retry::within("stream leader", Duration::from_secs(30))
+            .run(|| {
+                let mut s = kv.stream.clone();
+                async move {
+                    s.info()
+                        .await?
+                        .cluster
+                        .clone()
+                        .and_then(|c| c.leader)
+                        .ok_or_else(|| bus::BoxError::from("no stream leader yet"))
+                }
+            })
+            .await
+            .unwrap();
+        let l: usize = leader.trim_start_matches("nats-").parse::<usize>().unwrap() - 1;
+        let f = (l + 1) % 3;
+        let w = (l + 2) % 3;
+        eprintln!(
+            "stream leader nats-{}, lagging follower nats-{}",
+            l + 1,
+            f + 1
+        );
+        let writer = connect(w).await.get_key_value("lagtest").await.unwrap();
+        // Short request timeouts through F: while F lags, a request that
+        // F routes to another member goes unanswered.
+        let reader = async_nats::jetstream::ContextBuilder::new()
+            .timeout(Duration::from_millis(500))
+            .build(connect(f).await.client())
+            .get_key_value("lagtest")
+            .await
+            .unwrap();
+
+        // Figures: a direct read against a leader read, on a healthy cluster.
+        writer.put("warm", "{}".into()).await.unwrap();
+        let t = Instant::now();
+        while reader.entry("warm").await.unwrap().is_none() {
+            assert!(t.elapsed() < Duration::from_secs(20), "F never caught up");
+        }
+        let t = Instant::now();
+        for _ in 0..200 {
+            assert!(reader.entry("warm").await.unwrap().is_some());
+        }
+        let direct = t.elapsed() / 200;
+        let t = Instant::now();
+        for _ in 0..200 {
+            assert!(bus::leader_entry(&reader, "warm").await.unwrap().is_some());
+        }
+        let via_leader = t.elapsed() / 200;
+        eprintln!("one read through F: direct {direct:?}, from the leader {via_leader:?}");
+
+        // F falls behind: its routes stall, the others keep a quorum.
+        for (i, row) in links.iter().enumerate() {
+            for (j, link) in row.iter().enumerate() {
+                if let Some(link) = link.as_ref().filter(|_| i == f || j == f) {
+                    link.set(false);
+                }
+            }
+        }
+        let rec = serde_json::to_vec(&Record { steps: 0 }).unwrap();
+        bus::Retry::within("write while F lags", Duration::from_secs(30))
+            .run(|| writer.create("job", rec.clone().into()))
+            .await
+            .unwrap();
+        // The lag: F's DIRECT GET says the record does not exist.
+        // A DIRECT GET goes to any replica (a queue group): the others,
+        // behind the stalled routes, do not answer; F's answer, the first
+        // to come, is its older state.
+        let mut stale = None;
+        for _ in 0..50 {
+            if let Ok(answer) = reader.entry("job").await {
+                stale = Some(answer);
+                break;
+            }
+        }
+        let stale = stale.expect("F answers a DIRECT GET");
+        assert!(
+            stale.is_none(),
+            "F should answer from its older state: {stale:?}"
+        );
+        // nodemaint's read does not say so.
+        let read = bus::get_json::<Record>(&reader, "job").await;
+        assert!(!matches!(read, Ok(None)), "a lagging replica's absent");
+        // A journal-style update through F: needs the record, waits for
+        // the leader (F back a moment later), then lands.
+        let mut update = tokio::spawn(async move {
+            bus::cas_update::<Record, String>(&reader, "job", |r| {
+                let mut r = r.ok_or_else(|| "job vanished".to_string())?;
+                r.steps += 1;
+                Ok(r)
+            })
+            .await
+            .map(|u| u.value)
+            .map_err(|e| e.to_string())
+        });
+        // While F lags, the update cannot read the record: it waits for the
+        // leader rather than conclude the record is gone.
+        let early = tokio::time::timeout(Duration::from_secs(2), &mut update).await;
+        assert!(early.is_err(), "update concluded while F lagged: {early:?}");
+        for row in &links {
+            for link in row.iter().flatten() {
+                link.set(true);
+            }
+        }
+        let done = update.await.unwrap();
+        assert_eq!(done, Ok(Record { steps: 1 }));
+        let read = bus::get_json::<Record>(&writer, "job").await.unwrap();
+        assert_eq!(read, Some(Record { steps: 1 }));
+    });
+}

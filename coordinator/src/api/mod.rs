@@ -159,7 +159,7 @@ async fn claim_request(c: &Coordinator, key: &str) -> Claim {
             Ok(w) => w,
             Err(e) => return Claim::Refused(internal(e)),
         };
-        match c.requests.get(key).await {
+        match nodemaint_proto::bus::leader_value(&c.requests, key).await {
             Ok(Some(v)) if v.as_ref() != IN_FLIGHT => {
                 return Claim::Done(String::from_utf8_lossy(&v).into_owned())
             }

@@ -312,7 +312,9 @@ impl Coordinator {
                 Err(e) => return failed(Code::Internal, e.to_string()),
                 Ok(None) if !resent => {
                     // Not recorded: claimed (executing) or never claimed.
-                    if let Ok(None) = self.link.results.get(&key).await {
+                    if let Ok(None) =
+                        nodemaint_proto::bus::leader_value(&self.link.results, &key).await
+                    {
                         resent = self
                             .link
                             .publish_command(

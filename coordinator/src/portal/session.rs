@@ -119,7 +119,9 @@ impl Sessions {
             return None;
         }
         let k = key(token);
-        let bytes = match self.kv.get(&k).await {
+        // From the leader: a session stored a moment ago (the login's
+        // redirect) must not look unknown on a lagging replica.
+        let bytes = match nodemaint_proto::bus::leader_value(&self.kv, &k).await {
             Ok(b) => b?,
             Err(e) => {
                 tracing::warn!(error = %e, "portal: cannot read a session");
