@@ -88,6 +88,9 @@ pub struct Elector {
     pub ttl: Duration,
     seen: Mutex<Option<(u64, Instant)>>,
     epoch: AtomicU64,
+    /// The revision of this process's last lease write that is known to
+    /// have landed: a renewal is a compare-and-set on it, with no read.
+    written: Mutex<Option<u64>>,
 }
 
 impl Elector {
@@ -98,6 +101,7 @@ impl Elector {
             ttl,
             seen: Mutex::new(None),
             epoch: AtomicU64::new(0),
+            written: Mutex::new(None),
         }
     }
 
@@ -129,6 +133,32 @@ impl Elector {
     /// One attempt to take or renew the lease.
     pub async fn try_hold(&self) -> Hold {
         let sent = Instant::now();
+        let lease = Lease {
+            holder: self.me.clone(),
+            ttl_ms: self.ttl.as_millis() as u64,
+        };
+        let bytes: bytes::Bytes = serde_json::to_vec(&lease).expect("lease serializes").into();
+        // Renewal: compare-and-set on our own last write, no read first (a
+        // read from the stream leader would add a round trip, and a whole
+        // request timeout while a cluster elects one). It fails only if
+        // someone wrote since, or our last write's answer was lost while it
+        // landed: then read the lease and decide as below.
+        let ours = *self.written.lock().unwrap();
+        if let Some(rev) = ours {
+            match self.kv.update(KEY, bytes.clone(), rev).await {
+                Ok(revision) => {
+                    *self.written.lock().unwrap() = Some(revision);
+                    return Hold::Held(sent + self.ttl);
+                }
+                Err(e) if nodemaint_proto::bus::update_conflict(&e) => {
+                    *self.written.lock().unwrap() = None;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot write leader lease");
+                    return Hold::Unknown;
+                }
+            }
+        }
         // From the stream leader: a lagging replica's older revision would
         // make a renewal fail (and the lease look unchanged to a standby).
         let current = match nodemaint_proto::bus::leader_entry(&self.kv, KEY).await {
@@ -146,7 +176,7 @@ impl Elector {
                 return Hold::Unknown;
             }
         };
-        let ttl_ms = self.ttl.as_millis() as u64;
+        let ttl_ms = lease.ttl_ms;
         let seen = match &current {
             Some((_, rev)) => self.observe(*rev),
             None => Seen {
@@ -155,11 +185,6 @@ impl Elector {
             },
         };
         let taking = current.as_ref().is_none_or(|(l, _)| l.holder != self.me);
-        let lease = Lease {
-            holder: self.me.clone(),
-            ttl_ms,
-        };
-        let bytes: bytes::Bytes = serde_json::to_vec(&lease).expect("lease serializes").into();
         let written = match decide(current, &self.me, seen, ttl_ms) {
             Decision::Create => self
                 .kv
@@ -178,6 +203,7 @@ impl Elector {
                 if taking {
                     self.epoch.store(revision, Ordering::SeqCst);
                 }
+                *self.written.lock().unwrap() = Some(revision);
                 Hold::Held(sent + self.ttl)
             }
             // Somebody else wrote first.
