@@ -285,12 +285,9 @@ async fn perform(
             let (c, node, tx) = (c.clone(), node.to_string(), tx.clone());
             tokio::spawn(async move {
                 c.wait_placed(&placements).await;
-                let asked = nodemaint_proto::now_ms();
-                c.refresh_inventory(&node).await;
-                c.wait_fresh(&node, asked).await;
-                let answer = match c.registry.get(&node) {
-                    Some(rec) if rec.last_seen_ms > asked => Ok(rec.running_unrecorded()),
-                    _ => Err(format!("no fresh inventory from {node}")),
+                let answer = match c.fresh_inventory(&node).await {
+                    Some(rec) => Ok(rec.running_unrecorded()),
+                    None => Err(format!("no fresh inventory from {node}")),
                 };
                 send(&tx, Event::Inventory(answer));
             });

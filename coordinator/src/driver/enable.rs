@@ -54,7 +54,7 @@ pub async fn run(c: Arc<Coordinator>, job: Job, resumed: bool, which: Which) {
             if resumed {
                 // Nothing journaled, so nothing started: decide on a
                 // current inventory.
-                c.wait_fresh(&node, nodemaint_proto::now_ms()).await;
+                let _ = c.fresh_inventory(&node).await;
             }
             let mut rec = c.registry.get(&node).unwrap_or_default();
             rec.name = node.clone();

@@ -346,15 +346,37 @@ impl Coordinator {
 
     /// Waits until `node` heartbeats after `since_ms`, so its inventory is
     /// current (up to 15 s).
-    pub async fn wait_fresh(&self, node: &str, since_ms: i64) {
-        for _ in 0..150 {
-            if let Some(n) = self.registry.get(node) {
-                let interval = i64::from(n.heartbeat_interval_ms.max(100));
-                if n.last_seen_ms > since_ms + interval {
-                    return;
-                }
+    /// The node's record once it holds an inventory taken now: the agent
+    /// publishes one before it answers a refresh, and generations only
+    /// grow, so a newer generation than before the ask is one taken after
+    /// it. (Waiting for a heartbeat interval past the ask, as before, cost
+    /// every drain a second or more at its end.) `None` when the agent does
+    /// not answer within 15 s or its inventory does not land within 5 s.
+    pub async fn fresh_inventory(&self, node: &str) -> Option<NodeRecord> {
+        let before = self.registry.get(node)?.inventory_generation;
+        let cmd = pb::AgentCommand {
+            id: uuid::Uuid::new_v4().to_string(),
+            op_id: String::new(),
+            requested_by: "coordinator".into(),
+            kind: Some(Kind::RefreshInventory(pb::RefreshInventory {})),
+            ..Default::default()
+        };
+        let r = self
+            .send_and_wait(node, &cmd, Duration::from_secs(15))
+            .await;
+        if !r.ok {
+            tracing::warn!(node, error = %describe(&r), "no inventory refresh");
+            return None;
+        }
+        // The inventory event and the answer travel on different subjects:
+        // the registry may apply the inventory a moment after the answer.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.registry.get(node) {
+                Some(rec) if rec.inventory_generation > before => return Some(rec),
+                _ if tokio::time::Instant::now() >= deadline => return None,
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

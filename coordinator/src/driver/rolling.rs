@@ -543,11 +543,8 @@ async fn drain(
 
 /// A fresh inventory of a drained node: what runs there unrecorded.
 async fn inspect(c: &Coordinator, node: &str) -> Inspection {
-    let asked = nodemaint_proto::now_ms();
-    c.refresh_inventory(node).await;
-    c.wait_fresh(node, asked).await;
-    match c.registry.get(node) {
-        Some(rec) if rec.last_seen_ms > asked => {
+    match c.fresh_inventory(node).await {
+        Some(rec) => {
             let running = rec.running_unrecorded();
             if running.is_empty() {
                 Inspection::Empty {

@@ -100,7 +100,9 @@ impl Controller {
         if let Some((c, left)) = self.ceiling {
             self.ceiling = (left > 1).then_some((c, left - 1));
         }
-        if !w.binding || w.secs <= 0.0 {
+        // Nothing measured (no migration sent a byte's worth of news): no
+        // evidence either way.
+        if !w.binding || w.secs <= 0.0 || w.bytes == 0 {
             return None;
         }
         let now = w.bytes as f64 / w.secs;
@@ -216,6 +218,7 @@ mod tests {
             ..w(10)
         };
         assert_eq!(c.window(&idle), None);
+        assert_eq!(c.window(&w(0)), None, "no bytes, no evidence");
         assert_eq!(c.limit(), 3);
         let stall = Window {
             stalled: Some("vm7 dirties 80 MiB/s".into()),

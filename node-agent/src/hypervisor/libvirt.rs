@@ -204,11 +204,26 @@ fn last_error() -> String {
 }
 
 /// Downtime (ms) of a completed incoming migration, from the destination.
-fn completed_downtime_ms(uri: &str, vm: &str) -> Option<u64> {
-    let conn = Connect::open(Some(uri)).ok()?;
-    let dom = conn.lookup_domain_by_name(vm).ok()?;
-    job_stats(&dom, sys::VIR_DOMAIN_JOB_STATS_COMPLETED)
-        .and_then(|s| s.get(sys::VIR_DOMAIN_JOB_DOWNTIME))
+/// The completed migration job's (downtime ms, bytes sent), as libvirt
+/// keeps them on the destination; kept there for others to read too
+/// (without KEEP_COMPLETED the first reader clears them).
+fn completed_stats(uri: &str, vm: &str) -> (Option<u64>, Option<u64>) {
+    let stats = Connect::open(Some(uri))
+        .ok()
+        .and_then(|conn| conn.lookup_domain_by_name(vm).ok())
+        .and_then(|dom| {
+            job_stats(
+                &dom,
+                sys::VIR_DOMAIN_JOB_STATS_COMPLETED | sys::VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED,
+            )
+        });
+    match stats {
+        Some(s) => (
+            s.get(sys::VIR_DOMAIN_JOB_DOWNTIME),
+            s.get(sys::VIR_DOMAIN_JOB_DATA_PROCESSED),
+        ),
+        None => (None, None),
+    }
 }
 
 const ABORT_GRACE: Duration = Duration::from_secs(30);
@@ -473,14 +488,17 @@ impl Hypervisor for LibvirtHypervisor {
             .map_err(|_| HvError::Other("migration thread panicked".into()))?;
         match result {
             Ok(()) => {
-                // What the guest felt: libvirt keeps the completed job's
-                // statistics on the destination, where the domain now lives.
-                let downtime_ms = live
-                    .then(|| completed_downtime_ms(&target.libvirt_uri, vm))
-                    .flatten();
+                // What the guest felt and what was sent: libvirt keeps the
+                // completed job's statistics on the destination, where the
+                // domain now lives (a short migration had no sample).
+                let (downtime_ms, sent) = if live {
+                    completed_stats(&target.libvirt_uri, vm)
+                } else {
+                    (None, None)
+                };
                 progress(MigrateProgress {
                     percent: 100.0,
-                    bytes_processed: total_seen,
+                    bytes_processed: sent.unwrap_or(total_seen),
                     bytes_remaining: 0,
                     downtime_ms,
                     ..Default::default()

@@ -7,12 +7,23 @@ pub struct DrainRun {
     pub wall_s: f64,
     /// CPUs busy on average during the run (all processes).
     pub cpus: f64,
+    /// The same in the 2 s before it, nothing migrating (guests, agents,
+    /// whatever else the machine runs).
+    pub cpus_idle: f64,
     /// Per-migration libvirt stats on the destination.
     pub libvirt: Vec<JobInfo>,
     /// Sequential loop only: wall time of each virsh migrate.
     pub each_s: Vec<f64>,
     /// nodemaint only: journal analysis.
     pub analysis: Option<Value>,
+}
+
+/// CPUs busy over 2 s with nothing migrating: what the run's figure is
+/// measured against.
+async fn idle_cpus() -> f64 {
+    let before = cpu_jiffies();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cpus_busy(before, cpu_jiffies())
 }
 
 /// Moves every VM in `vms` back to node1 with virsh (one sequential stream
@@ -45,8 +56,9 @@ pub async fn gather(lab: &Lab, api: &Api, vms: &[String]) -> Result<()> {
 }
 
 /// Journal analysis of a drain job: per-VM migration intervals from the
-/// "moving X" / "moved X" steps, waves, concurrency and where time goes.
-pub fn analyse_drain(job: &Value, plan: &Value, cli_start_ms: i64, cli_end_ms: i64) -> Value {
+/// "moving X" / "migration of X … ended" steps, concurrency, the adaptive
+/// limit's changes and where time goes.
+pub fn analyse_drain(job: &Value, cli_start_ms: i64, cli_end_ms: i64) -> Value {
     let created = job["created_ms"].as_i64().unwrap_or(0);
     let ended = job["updated_ms"].as_i64().unwrap_or(0);
     let mut start: BTreeMap<String, i64> = BTreeMap::new();
@@ -78,17 +90,6 @@ pub fn analyse_drain(job: &Value, plan: &Value, cli_start_ms: i64, cli_end_ms: i
         now += d;
         peak = peak.max(now);
     }
-    let wave_of: HashMap<String, u64> = plan["moves"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|m| {
-            (
-                m["vm"].as_str().unwrap_or("").to_string(),
-                m["wave"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect();
     let durs: Vec<f64> = start
         .iter()
         .filter_map(|(vm, s)| end.get(vm).map(|e| (e - s) as f64))
@@ -96,24 +97,6 @@ pub fn analyse_drain(job: &Value, plan: &Value, cli_start_ms: i64, cli_end_ms: i
     let first = start.values().min().copied().unwrap_or(created);
     let last = end.values().max().copied().unwrap_or(ended);
     let span = (last - first) as f64;
-    let mut waves: BTreeMap<u64, (i64, i64, f64)> = BTreeMap::new();
-    for (vm, s) in &start {
-        let Some(e) = end.get(vm) else { continue };
-        let w = wave_of.get(vm).copied().unwrap_or(0);
-        let x = waves.entry(w).or_insert((i64::MAX, 0, 0.0));
-        x.0 = x.0.min(*s);
-        x.1 = x.1.max(*e);
-        x.2 = x.2.max((e - s) as f64);
-    }
-    let mut barrier_ms = 0.0;
-    let mut prev_end: Option<i64> = None;
-    let mut wave_rows = Vec::new();
-    for (w, (s, e, longest)) in &waves {
-        let gap = prev_end.map(|p| (s - p) as f64).unwrap_or(0.0);
-        barrier_ms += gap;
-        prev_end = Some(*e);
-        wave_rows.push(json!({"wave": w, "start_ms": s - created, "span_ms": e - s, "longest_ms": longest, "gap_before_ms": gap}));
-    }
     json!({
         "cli_start_to_job_created_ms": created - cli_start_ms,
         "job_created_to_first_migration_ms": first - created,
@@ -124,8 +107,6 @@ pub fn analyse_drain(job: &Value, plan: &Value, cli_start_ms: i64, cli_end_ms: i
         "migration_ms_median": median(&durs),
         "migration_ms_sum": durs.iter().sum::<f64>(),
         "mean_concurrency": if span > 0.0 { durs.iter().sum::<f64>() / span } else { 0.0 },
-        "waves": wave_rows,
-        "gaps_between_waves_ms": barrier_ms,
         "max_concurrency": peak,
         "concurrency_changes": changes,
     })
@@ -137,12 +118,7 @@ pub async fn drain_nodemaint(
     vms: &[String],
     adaptive: bool,
 ) -> Result<DrainRun> {
-    let plan = api
-        .json(Req::PlanDrain(pb::PlanDrain {
-            node: "node1".into(),
-            max_parallel: 0,
-        }))
-        .await?;
+    let cpus_idle = idle_cpus().await;
     let wall0 = nodemaint_proto::now_ms();
     let cpu0 = cpu_jiffies();
     let t0 = Instant::now();
@@ -170,7 +146,7 @@ pub async fn drain_nodemaint(
     }
     let id = job_id_of(&text(&out)).ok_or_else(|| anyhow!("no job id in the CLI's output"))?;
     let job = api.job(&id).await?;
-    let analysis = analyse_drain(&job, &plan, wall0, wall1);
+    let analysis = analyse_drain(&job, wall0, wall1);
     // Where each VM went, libvirt's stats there.
     let view = api.vms().await?;
     let mut libvirt = Vec::new();
@@ -191,7 +167,7 @@ pub async fn drain_nodemaint(
     )
     .await?;
     log(format!(
-        "nodemaint drain ({concurrency}): {:.2} s, {cpus:.2} CPUs busy, peak {} at once (node enable {:.2} s)",
+        "nodemaint drain ({concurrency}): {:.2} s, {cpus:.2} CPUs busy ({cpus_idle:.2} before it), peak {} at once (node enable {:.2} s)",
         secs(wall),
         analysis["max_concurrency"],
         secs(en)
@@ -201,6 +177,7 @@ pub async fn drain_nodemaint(
         method: if adaptive { "adaptive" } else { "nodemaint" },
         wall_s: secs(wall),
         cpus,
+        cpus_idle,
         libvirt,
         each_s: Vec::new(),
         analysis: Some(analysis),
@@ -228,6 +205,7 @@ echo "end - - $EPOCHREALTIME"
     );
     let mut cmd = tokio::process::Command::new("bash");
     cmd.arg("-c").arg(&script).kill_on_drop(true);
+    let cpus_idle = idle_cpus().await;
     let cpu0 = cpu_jiffies();
     let (wall, stdout) = checked("the sequential virsh loop", cmd).await?;
     let cpus = cpus_busy(cpu0, cpu_jiffies());
@@ -249,7 +227,7 @@ echo "end - - $EPOCHREALTIME"
         }
     }
     log(format!(
-        "sequential virsh loop: {:.2} s, {cpus:.2} CPUs busy",
+        "sequential virsh loop: {:.2} s, {cpus:.2} CPUs busy ({cpus_idle:.2} before it)",
         secs(wall)
     ));
     gather(lab, api, vms).await?;
@@ -257,6 +235,7 @@ echo "end - - $EPOCHREALTIME"
         method: "seed loop",
         wall_s: secs(wall),
         cpus,
+        cpus_idle,
         libvirt,
         each_s,
         analysis: None,
@@ -264,7 +243,14 @@ echo "end - - $EPOCHREALTIME"
 }
 
 pub async fn bench_drain(a: &Args) -> Result<Report> {
-    a.known(&["vms", "rounds", "per-source", "per-destination", "global"])?;
+    a.known(&[
+        "vms",
+        "rounds",
+        "per-source",
+        "per-destination",
+        "global",
+        "dirty",
+    ])?;
     let nvms: usize = a.get("vms", 12)?;
     let rounds: usize = a.get("rounds", 2)?;
     let nodes = 4;
@@ -277,6 +263,12 @@ pub async fn bench_drain(a: &Args) -> Result<Report> {
         if let Some(v) = a.opt::<usize>(flag)? {
             env.push((var, v.to_string()));
         }
+    }
+    // Guests that keep writing (MiB/s[:working set MiB]): the lab's `up
+    // --dirty`; every guest here is a copy of the first, so all of them.
+    let dirty = a.opt::<String>("dirty")?;
+    if let Some(d) = &dirty {
+        env.push(("LAB_DIRTY", d.clone()));
     }
     let limit = |var: &str, default: usize| {
         env.iter()
@@ -381,8 +373,12 @@ pub async fn bench_drain(a: &Args) -> Result<Report> {
     let seed_w: Vec<f64> = seed.iter().map(|r| r.wall_s).collect();
     let ratio = median(&nm_w) / median(&seed_w);
     let ratio_ad = median(&ad_w) / median(&seed_w);
-    let cpus_of = |rs: &[&DrainRun]| median(&rs.iter().map(|r| r.cpus).collect::<Vec<_>>());
+    // What the migrations themselves cost: busy during the run less busy
+    // just before it.
+    let cpus_of =
+        |rs: &[&DrainRun]| median(&rs.iter().map(|r| r.cpus - r.cpus_idle).collect::<Vec<_>>());
     let (cpu_nm, cpu_ad, cpu_seed) = (cpus_of(&nm), cpus_of(&ad), cpus_of(&seed));
+    let cpu_idle = median(&results.iter().map(|r| r.cpus_idle).collect::<Vec<_>>());
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     // CPU-seconds one migration costs the machine (the loop runs one at a
     // time): the drain's CPU bound is their sum over the CPUs there are.
@@ -419,9 +415,13 @@ pub async fn bench_drain(a: &Args) -> Result<Report> {
         .collect();
 
     let mut md = format!(
-        "### `bench drain` (issue 6): node1 of a 4-node lab holds {} {virt} guests (1 VFW + {} user VMs, {sum_mem:.0} MiB); limits per_source={per_source}, per_destination={per_dest}, global={global}; {rounds} rounds (ABBA)\n\n",
+        "### `bench drain` (issues 6, 17 §4): node1 of a 4-node lab holds {} {virt} guests (1 VFW + {} user VMs, {sum_mem:.0} MiB{}); limits per_source={per_source}, per_destination={per_dest}, global={global} (the adaptive ceiling); {rounds} rounds, the three methods' order rotated\n\n",
         vms.len(),
-        vms.len() - 1
+        vms.len() - 1,
+        dirty
+            .as_deref()
+            .map(|d| format!(", each writing {d} MiB/s[:MiB]"))
+            .unwrap_or_default()
     );
     let rows: Vec<Vec<String>> = results
         .iter()
@@ -445,7 +445,7 @@ pub async fn bench_drain(a: &Args) -> Result<Report> {
                 },
                 format!("{:.2}", r.wall_s),
                 peak,
-                format!("{:.2}", r.cpus),
+                format!("{:.2} ({:.2})", r.cpus, r.cpus_idle),
                 format!(
                     "{:.0}",
                     median(&r.libvirt.iter().map(|j| j.elapsed_ms).collect::<Vec<_>>())
@@ -459,7 +459,7 @@ pub async fn bench_drain(a: &Args) -> Result<Report> {
             "method",
             "wall s",
             "most migrations at once",
-            "CPUs busy (of the machine's)",
+            "CPUs busy (in the 2 s before)",
             "libvirt job ms (median per VM)",
         ],
         &rows,
@@ -470,7 +470,7 @@ pub async fn bench_drain(a: &Args) -> Result<Report> {
         if ratio_ad <= 0.4 { "met" } else { "missed" },
     ));
     md.push_str(&format!(
-        "CPUs busy (medians, {ncpu} CPUs): sequential loop {cpu_seed:.2}, fixed drain {cpu_nm:.2}, adaptive drain {cpu_ad:.2}. One migration costs {cpu_s_each:.2} CPU-seconds (loop CPUs × loop wall ÷ VMs), so the CPU bound of the drain is {bound_cpu:.2} s ({} VMs × {cpu_s_each:.2} s ÷ {ncpu} CPUs); the adaptive drain took {:.2}× that bound.\n\n",
+        "CPUs the migrations kept busy (during the run less the 2 s before it, medians; {ncpu} CPUs, {cpu_idle:.2} busy before the runs): sequential loop {cpu_seed:.2}, fixed drain {cpu_nm:.2}, adaptive drain {cpu_ad:.2}. One migration costs {cpu_s_each:.2} CPU-seconds (loop CPUs × loop wall ÷ VMs), so the CPU bound of the drain is {bound_cpu:.2} s ({} VMs × {cpu_s_each:.2} s ÷ {ncpu} CPUs); the adaptive drain took {:.2}× that bound.\n\n",
         vms.len(),
         median(&ad_w) / bound_cpu,
     ));
@@ -527,7 +527,7 @@ pub async fn bench_drain(a: &Args) -> Result<Report> {
     for (i, r) in nm.iter().enumerate() {
         if let Some(an) = &r.analysis {
             md.push_str(&format!(
-                "\nnodemaint drain {} journal: CLI start → job created {} ms; job created → first migration {} ms; migrations span {:.0} ms ({} migrations, median {:.0} ms each, mean concurrency {:.2}); gaps between waves {:.0} ms total; last migration → job end {} ms; job end → CLI exit {} ms.\n",
+                "\nfixed drain {} journal: CLI start → job created {} ms; job created → first migration {} ms; migrations span {:.0} ms ({} migrations, median {:.0} ms each, mean concurrency {:.2}); last migration → job end {} ms; job end → CLI exit {} ms.\n",
                 i + 1,
                 an["cli_start_to_job_created_ms"],
                 an["job_created_to_first_migration_ms"],
@@ -535,34 +535,8 @@ pub async fn bench_drain(a: &Args) -> Result<Report> {
                 an["migrations"],
                 an["migration_ms_median"].as_f64().unwrap_or(0.0),
                 an["mean_concurrency"].as_f64().unwrap_or(0.0),
-                an["gaps_between_waves_ms"].as_f64().unwrap_or(0.0),
                 an["last_migration_to_job_end_ms"],
                 an["job_end_to_cli_exit_ms"],
-            ));
-            let wrows: Vec<Vec<String>> = an["waves"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|w| {
-                    vec![
-                        w["wave"].to_string(),
-                        w["start_ms"].to_string(),
-                        w["span_ms"].to_string(),
-                        format!("{:.0}", w["longest_ms"].as_f64().unwrap_or(0.0)),
-                        format!("{:.0}", w["gap_before_ms"].as_f64().unwrap_or(0.0)),
-                    ]
-                })
-                .collect();
-            md.push('\n');
-            md.push_str(&table(
-                &[
-                    "wave",
-                    "starts at ms (after job created)",
-                    "span ms",
-                    "longest migration ms",
-                    "gap before ms",
-                ],
-                &wrows,
             ));
         }
     }
@@ -575,8 +549,9 @@ pub async fn bench_drain(a: &Args) -> Result<Report> {
             "vms": vms.len(),
             "memory_mib_total": sum_mem,
             "limits": {"per_source": per_source, "per_destination": per_dest, "global": global},
+            "dirty": dirty,
             "runs": results.iter().map(|r| json!({
-                "method": r.method, "wall_s": r.wall_s, "cpus": r.cpus, "each_s": r.each_s,
+                "method": r.method, "wall_s": r.wall_s, "cpus": r.cpus, "cpus_idle": r.cpus_idle, "each_s": r.each_s,
                 "libvirt_ms": r.libvirt.iter().map(|j| j.elapsed_ms).collect::<Vec<_>>(),
                 "libvirt_mibs": r.libvirt.iter().map(|j| j.bandwidth_mibs).collect::<Vec<_>>(),
                 "libvirt_data_mib": r.libvirt.iter().map(|j| j.data_mib).collect::<Vec<_>>(),
@@ -588,7 +563,7 @@ pub async fn bench_drain(a: &Args) -> Result<Report> {
             "seed_median_s": median(&seed_w),
             "ratio": ratio,
             "ratio_adaptive": ratio_ad,
-            "cpus_busy": {"seed": cpu_seed, "fixed": cpu_nm, "adaptive": cpu_ad, "machine": ncpu},
+            "cpus_busy": {"seed": cpu_seed, "fixed": cpu_nm, "adaptive": cpu_ad, "idle": cpu_idle, "machine": ncpu},
             "cpu_s_per_migration": cpu_s_each,
             "bound_cpu_s": bound_cpu,
             "goal": 0.4,

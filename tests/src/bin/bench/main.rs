@@ -11,7 +11,7 @@
 //!     2-node lab; the same VM moves node1 <-> node2 alternately with raw
 //!     `virsh migrate --live --p2p --persistent --undefinesource` and with
 //!     `coordinator vm move`, interleaved (ABBA); medians, p90, ratio.
-//! bench drain [--vms 12] [--rounds 2] [--per-source N] [--per-destination N] [--global N]
+//! bench drain [--vms 12] [--rounds 2] [--per-source N] [--per-destination N] [--global N] [--dirty MIBS[:WSS]]
 //!     4-node lab, node1 holding VMS VMs (its cloudspace's VFW + user VMs):
 //!     `coordinator maintenance start node1 --mode move` against the seed's
 //!     sequential `virsh migrate` shell loop; bounds from measured bandwidth.
@@ -94,7 +94,7 @@ use stats::*;
 
 const USAGE: &str = "usage: bench migrate|drain|latency|rolling|fuzz|soak|sim [options] [--json]
   migrate  [--runs 10]
-  drain    [--vms 12] [--rounds 2] [--per-source N] [--per-destination N] [--global N]
+  drain    [--vms 12] [--rounds 2] [--per-source N] [--per-destination N] [--global N] [--dirty MIBS[:WSS]]
   latency  [--agents 200,1000] [--ops 200]
   rolling  [--nodes 20] [--k 2] [--vms-per-node 4] [--vm-memory-mib 2048] [--bandwidth-mibs 1024]
            [--time-scale 0.5] [--reboot-secs 6] [--heartbeat-ms 1000]
