@@ -315,10 +315,16 @@ impl JobStore {
         }
     }
 
-    /// The job's record as the bucket's stream leader has it (`None` also
-    /// when the bucket does not answer: [`JobStore::vanished`] tells).
+    /// The job's record as the bucket's stream leader has it; `None` also
+    /// when the bucket did not answer for 30 s (logged).
     pub async fn get(&self, id: &str) -> Option<Job> {
-        bus::get_json(&self.kv, id).await.ok().flatten()
+        match bus::get_json(&self.kv, id).await {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::warn!(job = id, error = %e, "cannot read job record");
+                None
+            }
+        }
     }
 
     /// Appends a journal step (CAS) and publishes it as a job event.

@@ -989,6 +989,9 @@ pub fn update_conflict(e: &kv::UpdateError) -> bool {
     e.kind() == kv::UpdateErrorKind::WrongLastRevision || says_conflict(e)
 }
 
+/// How long [`leader_entry`] waits for the stream leader's answer.
+const LEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The latest entry of `key` as the bucket's stream leader holds it (`None`:
 /// never written; a deleted or purged key is an entry whose operation says
 /// so). Every read that a decision rests on goes through here: a CAS's
@@ -1012,7 +1015,20 @@ pub fn update_conflict(e: &kv::UpdateError) -> bool {
 pub async fn leader_entry(store: &kv::Store, key: &str) -> Result<Option<kv::Entry>, BoxError> {
     use stream::LastRawMessageErrorKind as Kind;
     let subject = format!("{}{key}", store.prefix);
-    match store.stream.get_last_raw_message_by_subject(&subject).await {
+    // A stream without a leader (a cluster electing one) leaves the request
+    // unanswered: give up sooner than the context's 5 s, so that retries
+    // reach the new leader soon after it is elected. An error here never
+    // means "absent", so a slow answer only costs a retry.
+    let read = store.stream.get_last_raw_message_by_subject(&subject);
+    let answer = tokio::time::timeout(LEADER_READ_TIMEOUT, read)
+        .await
+        .map_err(|_| {
+            format!(
+                "KV read from the leader of {}: timed out",
+                store.stream_name
+            )
+        })?;
+    match answer {
         Ok(m) => Ok(Some(kv::Entry {
             bucket: store.name.clone(),
             key: key.to_string(),
@@ -1163,12 +1179,18 @@ where
 }
 
 /// Reads a JSON record from the stream leader ([`leader_entry`]); `None`
-/// when there is none (never written, deleted or purged).
+/// when there is none (never written, deleted or purged). Transport errors
+/// (no stream leader while a cluster elects one) are retried for up to
+/// 30 s, as in [`cas_update`]: callers decide on `None`, so it must mean
+/// "the leader says absent", not "no answer yet".
 pub async fn get_json<T: DeserializeOwned>(
     store: &kv::Store,
     key: &str,
 ) -> Result<Option<T>, BoxError> {
-    match leader_value(store, key).await? {
+    let value = Retry::within(format!("KV record {key}"), STORE_PATIENCE)
+        .run(|| leader_value(store, key))
+        .await?;
+    match value {
         Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
         None => Ok(None),
     }

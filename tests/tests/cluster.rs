@@ -608,11 +608,18 @@ fn a_record_written_while_a_follower_lags_is_never_read_as_gone() {
             stale.is_none(),
             "F should answer from its older state: {stale:?}"
         );
-        // nodemaint's read does not say so.
-        let read = bus::get_json::<Record>(&reader, "job").await;
-        assert!(!matches!(read, Ok(None)), "a lagging replica's absent");
-        // A journal-style update through F: needs the record, waits for
-        // the leader (F back a moment later), then lands.
+        // nodemaint's read and a journal-style update through F (which
+        // needs the record) wait for the leader rather than conclude the
+        // record is gone; they end once F is back.
+        let reader = std::sync::Arc::new(reader);
+        let mut read = tokio::spawn({
+            let reader = reader.clone();
+            async move {
+                bus::get_json::<Record>(&reader, "job")
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        });
         let mut update = tokio::spawn(async move {
             bus::cas_update::<Record, String>(&reader, "job", |r| {
                 let mut r = r.ok_or_else(|| "job vanished".to_string())?;
@@ -623,10 +630,10 @@ fn a_record_written_while_a_follower_lags_is_never_read_as_gone() {
             .map(|u| u.value)
             .map_err(|e| e.to_string())
         });
-        // While F lags, the update cannot read the record: it waits for the
-        // leader rather than conclude the record is gone.
         let early = tokio::time::timeout(Duration::from_secs(2), &mut update).await;
         assert!(early.is_err(), "update concluded while F lagged: {early:?}");
+        let early = tokio::time::timeout(Duration::from_millis(10), &mut read).await;
+        assert!(early.is_err(), "read concluded while F lagged: {early:?}");
         for row in &links {
             for link in row.iter().flatten() {
                 link.set(true);
@@ -634,6 +641,8 @@ fn a_record_written_while_a_follower_lags_is_never_read_as_gone() {
         }
         let done = update.await.unwrap();
         assert_eq!(done, Ok(Record { steps: 1 }));
+        let seen = read.await.unwrap().unwrap().expect("the record");
+        assert!(seen.steps <= 1, "{seen:?}");
         let read = bus::get_json::<Record>(&writer, "job").await.unwrap();
         assert_eq!(read, Some(Record { steps: 1 }));
     });
