@@ -570,7 +570,17 @@ impl Agent {
 
     /// A command id seen before: answer with what happened the first time.
     async fn answer_repeat(&self, cmd: pb::AgentCommand, key: &str) {
-        let recorded = self.results.get(key).await.ok().flatten();
+        // The failed create proves the key exists, but a direct get may be
+        // answered by a replica that has not seen it yet (agents may not
+        // read through the stream leader): ask again until one has.
+        let mut recorded = None;
+        for _ in 0..50 {
+            recorded = self.results.get(key).await.ok().flatten();
+            if recorded.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let mut result = match recorded.as_deref() {
             Some([RESULT, rest @ ..]) => match pb::CommandResult::decode(rest) {
                 Ok(r) => r,
