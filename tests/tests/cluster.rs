@@ -87,6 +87,23 @@ fn member_ports(p: &Proc, dir: &std::path::Path) -> Option<NatsPorts> {
     NatsPorts::read(&dir.join("ports"), p.pid())
 }
 
+/// Waits until every member wrote its ports and one was elected the
+/// JetStream meta leader.
+fn wait_meta_leader(servers: &mut [Proc], dir: &std::path::Path) -> Result<(), PortTaken> {
+    wait_started(
+        servers,
+        Duration::from_secs(20),
+        "a JetStream meta leader",
+        |ps| {
+            ps.iter().all(|p| member_ports(p, dir).is_some())
+                && ps.iter().any(|p| {
+                    p.log_text()
+                        .contains("JetStream cluster new metadata leader")
+                })
+        },
+    )
+}
+
 fn replicas(url: &str, stream: &str) -> usize {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -107,18 +124,7 @@ fn nodemaint_runs_on_the_shipped_three_node_cluster_and_survives_a_lost_member()
         let mut servers: Vec<Proc> = (1..=3)
             .map(|i| spawn_member(i, &member_config(i, &routes, dir.path(), None), dir.path()))
             .collect();
-        wait_started(
-            &mut servers,
-            Duration::from_secs(20),
-            "a JetStream meta leader",
-            |ps| {
-                ps.iter().all(|p| member_ports(p, dir.path()).is_some())
-                    && ps.iter().any(|p| {
-                        p.log_text()
-                            .contains("JetStream cluster new metadata leader")
-                    })
-            },
-        )?;
+        wait_meta_leader(&mut servers, dir.path())?;
         let url = servers
             .iter()
             .map(|p| {
@@ -493,18 +499,7 @@ fn a_record_written_while_a_follower_lags_is_never_read_as_gone() {
                 spawn_member(i, &conf, dir.path())
             })
             .collect();
-        wait_started(
-            &mut servers,
-            Duration::from_secs(20),
-            "a JetStream meta leader",
-            |ps| {
-                ps.iter().all(|p| member_ports(p, dir.path()).is_some())
-                    && ps.iter().any(|p| {
-                        p.log_text()
-                            .contains("JetStream cluster new metadata leader")
-                    })
-            },
-        )?;
+        wait_meta_leader(&mut servers, dir.path())?;
         let clients: Vec<u16> = servers
             .iter()
             .map(|p| member_ports(p, dir.path()).unwrap().client)

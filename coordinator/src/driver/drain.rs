@@ -18,10 +18,46 @@ use nodemaint_proto::pb::{self, agent_command::Kind};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
+/// How a drain is paced: adaptive or not, the limit it starts at, and the
+/// most its source's slots allow it.
+struct Pace {
+    adaptive: bool,
+    start: usize,
+    ceiling: usize,
+}
+
+fn pace_of(c: &Coordinator, job: &Job) -> Pace {
+    let (max_parallel, adaptive) = match &job.spec {
+        JobSpec::Drain(d) => (d.max_parallel, d.adaptive),
+        _ => (0, false),
+    };
+    let per_source = crate::fleet::limits(&c.cfg.limits, max_parallel).per_source;
+    if adaptive {
+        let ceiling = c.cfg.drain.max(&c.cfg.limits);
+        Pace {
+            adaptive: true,
+            start: per_source.min(ceiling),
+            ceiling,
+        }
+    } else {
+        Pace {
+            adaptive: false,
+            start: per_source,
+            ceiling: per_source,
+        }
+    }
+}
+
 /// The machine for a new drain: the plan accepted with the job (rolling
 /// plans a group's drains jointly), or one made now; VMs maintenance
 /// already stopped and recorded stay where they are.
-fn new_machine(c: &Coordinator, job: &Job, node: &str, resumed: bool) -> Result<Drain, String> {
+fn new_machine(
+    c: &Coordinator,
+    job: &Job,
+    node: &str,
+    resumed: bool,
+    pace: &Pace,
+) -> Result<Drain, String> {
     let JobSpec::Drain(spec) = &job.spec else {
         return Err(format!("job {} is a {}, not a drain", job.id, job.kind()));
     };
@@ -54,14 +90,9 @@ fn new_machine(c: &Coordinator, job: &Job, node: &str, resumed: bool) -> Result<
             .collect();
     // The engine paces the drain (in plan order); the slots hold the
     // fleet-wide limits.
-    let start = if spec.adaptive {
-        limits.per_source.min(c.cfg.drain.max(&c.cfg.limits))
-    } else {
-        limits.per_source
-    };
     Ok(
         Drain::new(&job.id, node, spec.fallback, spec.ack_vfw_downtime, moves)
-            .with_concurrency(start as u32),
+            .with_concurrency(pace.start as u32),
     )
 }
 
@@ -73,12 +104,12 @@ struct Pacing {
 }
 
 impl Pacing {
-    fn new(c: &Coordinator, start: u32) -> Pacing {
+    fn new(c: &Coordinator, start: u32, max: usize) -> Pacing {
         let period = std::time::Duration::from_millis(c.cfg.drain.adaptive_window_ms.max(100));
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Pacing {
-            controller: Controller::new(start, c.cfg.drain.max(&c.cfg.limits) as u32),
+            controller: Controller::new(start, max as u32),
             tick,
             since: tokio::time::Instant::now(),
         }
@@ -114,6 +145,7 @@ async fn next_window(p: &mut Option<Pacing>) {
 /// Move all, started or resumed: the machine comes from the job's journal
 /// when there is one.
 pub async fn drain(c: Arc<Coordinator>, job: Job, resumed: bool) {
+    let pace = pace_of(&c, &job);
     let node = job.node.clone().unwrap_or_default();
     let journaled = job
         .engine
@@ -121,9 +153,8 @@ pub async fn drain(c: Arc<Coordinator>, job: Job, resumed: bool) {
         .and_then(|v| serde_json::from_value::<Drain>(v).ok());
     let mut machine = match journaled {
         Some(m) => m,
-        None => match new_machine(&c, &job, &node, resumed) {
+        None => match new_machine(&c, &job, &node, resumed, &pace) {
             Ok(m) => {
-                let adaptive = matches!(&job.spec, JobSpec::Drain(d) if d.adaptive);
                 c.jobs
                     .step(
                         &job.id,
@@ -133,7 +164,7 @@ pub async fn drain(c: Arc<Coordinator>, job: Job, resumed: bool) {
                             "plan: {} VMs to move, VFWs first, then the largest first; {} at once{}; fallback {}",
                             m.vms.len(),
                             m.concurrency,
-                            if adaptive { " to start (adaptive)" } else { "" },
+                            if pace.adaptive { " to start (adaptive)" } else { "" },
                             m.fallback.as_str()
                         ),
                     )
@@ -160,20 +191,10 @@ pub async fn drain(c: Arc<Coordinator>, job: Job, resumed: bool) {
         };
         return finish(&c, &job, &node, &machine, ending, summary).await;
     }
-    let (adaptive, per_source) = match &job.spec {
-        JobSpec::Drain(d) => (
-            d.adaptive,
-            crate::fleet::limits(&c.cfg.limits, d.max_parallel).per_source,
-        ),
-        _ => (false, c.cfg.limits.per_source),
-    };
-    let mut pacing = adaptive.then(|| Pacing::new(&c, machine.concurrency));
-    let ceiling = if adaptive {
-        c.cfg.drain.max(&c.cfg.limits)
-    } else {
-        per_source
-    };
-    let _paced = c.slots.pace(&node, ceiling);
+    let mut pacing = pace
+        .adaptive
+        .then(|| Pacing::new(&c, machine.concurrency, pace.ceiling));
+    let _paced = c.slots.pace(&node, pace.ceiling, pace.adaptive);
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
     let mut stops = c.stops.watch(&job.id);
     let mut stop_fed = machine.stopping.is_some();

@@ -21,6 +21,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// A request to an agent to publish its inventory now (the coordinator's
+/// own, outside any job).
+fn refresh_command() -> pb::AgentCommand {
+    pb::AgentCommand {
+        id: uuid::Uuid::new_v4().to_string(),
+        op_id: String::new(),
+        requested_by: "coordinator".into(),
+        kind: Some(Kind::RefreshInventory(pb::RefreshInventory {})),
+        ..Default::default()
+    }
+}
+
 /// The agent command of job `job` with id `id`, and its journal entry.
 pub fn command_record(
     id: &str,
@@ -228,14 +240,7 @@ impl Coordinator {
     /// Asks a node's agent to publish its inventory now (after a migration
     /// landed there), instead of waiting for its next poll.
     pub async fn refresh_inventory(&self, node: &str) {
-        let cmd = pb::AgentCommand {
-            id: uuid::Uuid::new_v4().to_string(),
-            op_id: String::new(),
-            requested_by: "coordinator".into(),
-            kind: Some(Kind::RefreshInventory(pb::RefreshInventory {})),
-            ..Default::default()
-        };
-        if let Err(e) = self.link.send_command(node, &cmd).await {
+        if let Err(e) = self.link.send_command(node, &refresh_command()).await {
             tracing::warn!(node, error = %e, "cannot ask for an inventory refresh");
         }
     }
@@ -354,15 +359,8 @@ impl Coordinator {
     /// not answer within 15 s or its inventory does not land within 5 s.
     pub async fn fresh_inventory(&self, node: &str) -> Option<NodeRecord> {
         let before = self.registry.get(node)?.inventory_generation;
-        let cmd = pb::AgentCommand {
-            id: uuid::Uuid::new_v4().to_string(),
-            op_id: String::new(),
-            requested_by: "coordinator".into(),
-            kind: Some(Kind::RefreshInventory(pb::RefreshInventory {})),
-            ..Default::default()
-        };
         let r = self
-            .send_and_wait(node, &cmd, Duration::from_secs(15))
+            .send_and_wait(node, &refresh_command(), Duration::from_secs(15))
             .await;
         if !r.ok {
             tracing::warn!(node, error = %describe(&r), "no inventory refresh");

@@ -191,13 +191,15 @@ impl MigrationSlots {
 
     /// Puts `source` under its drain's pacing until the guard is dropped:
     /// its outbound limit becomes `limit` (`--max-parallel`, or an adaptive
-    /// drain's ceiling, below which the drain paces itself) and its
-    /// migrations' bytes are metered. One drain per source at a time (the
-    /// node is held by it).
-    pub fn pace(&self, source: &str, limit: usize) -> PaceGuard {
+    /// drain's ceiling, below which the drain paces itself) and, when
+    /// `metered` (adaptive drains), its migrations' bytes are metered. One
+    /// drain per source at a time (the node is held by it).
+    pub fn pace(&self, source: &str, limit: usize, metered: bool) -> PaceGuard {
         let mut s = self.0.lock().unwrap();
         s.ledger.source_limit.insert(source.into(), limit.max(1));
-        s.meters.insert(source.into(), Meter::default());
+        if metered {
+            s.meters.insert(source.into(), Meter::default());
+        }
         s.grant();
         PaceGuard {
             slots: self.clone(),
@@ -298,7 +300,7 @@ mod tests {
     #[test]
     fn an_adaptive_source_has_its_own_outbound_limit_and_meter() {
         let s = slots(1, 5, 5);
-        let guard = s.pace("a", 3);
+        let guard = s.pace("a", 3, true);
         {
             let mut st = s.0.lock().unwrap();
             for to in ["x", "y", "z"] {

@@ -46,6 +46,12 @@ fn unlimited() -> u32 {
     u32::MAX
 }
 
+/// A VM that may start once there is room: waiting, and a VFW or no VFW
+/// still pending (VFWs first).
+fn startable(t: &VmTask, vfws_pending: bool) -> bool {
+    t.phase == Phase::Waiting && (t.plan.vfw || !vfws_pending)
+}
+
 /// One planned move (the planner's `Move`, plus whether the VM runs).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Planned {
@@ -338,7 +344,7 @@ impl Drain {
         let vfws_pending = self.vfws_pending();
         self.vms
             .iter()
-            .filter(|t| t.phase == Phase::Waiting && (t.plan.vfw || !vfws_pending))
+            .filter(|t| startable(t, vfws_pending))
             .count()
     }
 
@@ -875,7 +881,7 @@ impl Drain {
             if in_flight >= self.concurrency as usize {
                 break;
             }
-            if self.vms[i].phase != Phase::Waiting || (vfws_pending && !self.vms[i].plan.vfw) {
+            if !startable(&self.vms[i], vfws_pending) {
                 continue;
             }
             match self.vms[i].plan.not_migratable.clone() {
